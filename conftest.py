@@ -1,0 +1,91 @@
+"""Test isolation shared by every package's tests.
+
+Each pytest session gets its own random ROS_DOMAIN_ID with discovery limited to localhost,
+so concurrent runs (and other machines) never see each other's nodes; node processes a test
+starts are stopped at teardown, and Fast DDS shared-memory segments that killed processes
+leave behind in /dev/shm are cleaned.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("FRS_TEST_DOMAIN_ID", str(random.randint(1, 101)))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+
+
+def _clean_fastdds_shm() -> None:
+    """Remove shared-memory segments and port locks no live process holds."""
+    fastdds = shutil.which("fastdds") or str(Path(sys.executable).parent / "fastdds")
+    if Path(fastdds).exists():
+        subprocess.run([fastdds, "shm", "clean"], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fastdds_shm_cleanup() -> Iterator[None]:
+    yield
+    _clean_fastdds_shm()
+
+
+class NodeProcesses:
+    """Starts Python scripts as separate OS processes and stops them all at teardown."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self._procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def node_processes() -> Iterator[NodeProcesses]:
+    procs = NodeProcesses()
+    yield procs
+    procs.stop_all()
+    _clean_fastdds_shm()
+
+
+@pytest.fixture
+def rclpy_context() -> Iterator[object]:
+    """An initialised rclpy context of its own, shut down after the test."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()

@@ -1,0 +1,30 @@
+"""ament_python package definition for frs_bringup."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "frs_bringup"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/rviz", glob("rviz/*.rviz")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="FRS-ROS developers",
+    maintainer_email="frs-ros@example.org",
+    description=(
+        "Launch files, parameter YAML, rviz configuration, the simulated-robot node, and "
+        "rosbag record/replay evaluation for FRS-ROS."
+    ),
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,29 @@
+"""ament_python package definition for frs_steering."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "frs_steering"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/checkpoints", glob("checkpoints/*")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="FRS-ROS developers",
+    maintainer_email="frs-ros@example.org",
+    description=(
+        "Flow Reversal Steering: flow-policy interface, reversible ODE integration, FRS "
+        "and baselines, built-in flow policy, simulation, and the steering and arm-"
+        "controller nodes."
+    ),
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)
