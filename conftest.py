@@ -1,9 +1,9 @@
-"""Test isolation shared by every package's tests.
+"""Test set-up shared by every package's tests.
 
-Each pytest session gets its own random ROS_DOMAIN_ID with discovery limited to localhost,
-so concurrent runs (and other machines) never see each other's nodes; node processes a test
-starts are stopped at teardown, and Fast DDS shared-memory segments that killed processes
-leave behind in /dev/shm are cleaned.
+Imports resolve to the source tree. Each pytest session gets its own random ROS_DOMAIN_ID with
+discovery limited to localhost, so concurrent runs (and other machines) never see each other's
+nodes; node processes a test starts are stopped at teardown, and Fast DDS shared-memory segments
+that killed processes leave behind in /dev/shm are cleaned.
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
+PYTHON_PACKAGES = ("frs_steering", "frs_vlm_bridge", "frs_bringup")
+
+# Test the source tree, not the snapshot scripts/setup.sh installed into the venv (data files
+# under share/ still come from that install); node processes inherit the same path.
+_SOURCE_ROOTS = [str(REPO_ROOT / name) for name in PYTHON_PACKAGES]
+sys.path[:0] = _SOURCE_ROOTS
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*_SOURCE_ROOTS, *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("FRS_TEST_DOMAIN_ID", str(random.randint(1, 101)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

@@ -1,1 +1,1 @@
-"""frs_vlm_bridge."""
+"""frs_vlm_bridge: coarse-direction reasoners (VLM, human) and their shared types."""

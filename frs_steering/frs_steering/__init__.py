@@ -1,0 +1,1 @@
+"""frs_steering."""

@@ -1,0 +1,365 @@
+"""VLM reasoner against a real local OpenAI-compatible HTTP endpoint with scripted answers."""
+
+import base64
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from test_bridge_images import decode_png
+
+from frs_steering.reasoning import MAGNITUDE_LESS, Gripper, Observation, Source
+from frs_vlm_bridge.vlm import (
+    VlmConfig,
+    VlmReasoner,
+    answer_json_schema,
+    build_system_prompt,
+    load_api_key,
+    parse_answer,
+)
+
+SECRET = "sk-test-9f8e7d6c5b4a"
+KEY_ENV = "FRS_TEST_VLM_KEY"
+S = 1 / np.sqrt(2)
+IMAGE = np.random.default_rng(3).integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+OBS = Observation("put the red cube in the bowl", ee_position=[0.412, -0.031, 0.25], image=IMAGE)
+VALID = {
+    "defer": False,
+    "direction": ["left", "down"],
+    "amount": "less",
+    "gripper": "close",
+    "point": [3, 2],
+    "reason": "the cube is to the robot's left, below the gripper",
+}
+
+
+def completion(content: str) -> bytes:
+    message = {"role": "assistant", "content": content}
+    return json.dumps(
+        {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    ).encode()
+
+
+class ScriptedServer:
+    """Chat-completions endpoint on 127.0.0.1 that records requests and replays a script.
+
+    Each scripted reply is (status, body bytes, delay seconds); the last one repeats.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.script: list[tuple[int, bytes, float]] = []
+        self._stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                server.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                index = min(len(server.requests), len(server.script)) - 1
+                status, reply, delay = server.script[index]
+                if delay and server._stop.wait(delay):
+                    return
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except OSError:  # the client gave up (timeout test)
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def answer(self, content: str, status: int = 200, delay: float = 0.0) -> None:
+        self.script.append((status, completion(content), delay))
+
+    def fail(self, status: int, body: bytes = b'{"error": "scripted"}', delay: float = 0.0) -> None:
+        self.script.append((status, body, delay))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    scripted = ScriptedServer()
+    yield scripted
+    scripted.close()
+
+
+def make_reasoner(url: str, **overrides) -> VlmReasoner:
+    settings = dict(
+        model="test-vlm",
+        base_url=url,
+        timeout_s=0.3,
+        connect_timeout_s=0.3,
+        max_retries=2,
+        retry_backoff_s=0.01,
+        api_key_env=KEY_ENV,
+    )
+    settings.update(overrides)
+    return VlmReasoner(VlmConfig(**settings), environ={KEY_ENV: SECRET})
+
+
+def test_valid_answer_becomes_a_proposal_and_the_request_carries_everything(server):
+    server.answer(json.dumps(VALID))
+    proposal = make_reasoner(server.url).propose(OBS)
+
+    assert not proposal.defer and proposal.source is Source.VLM
+    np.testing.assert_allclose(proposal.direction, [0, S, -S])
+    assert proposal.magnitude == MAGNITUDE_LESS and proposal.gripper is Gripper.CLOSE
+    assert proposal.image_point == (3.0, 2.0)
+    assert proposal.reason == VALID["reason"] and proposal.latency_s >= 0
+
+    (request,) = server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == f"Bearer {SECRET}"
+    body = request["body"]
+    assert body["model"] == "test-vlm" and body["response_format"] == {"type": "json_object"}
+    system, user = body["messages"]
+    assert system["role"] == "system" and "ROBOT BASE frame" in system["content"]
+    text_part, image_part = user["content"]
+    assert "put the red cube in the bowl" in text_part["text"]
+    assert "x=+0.412, y=-0.031, z=+0.250" in text_part["text"]
+    url = image_part["image_url"]["url"]
+    assert image_part["type"] == "image_url" and url.startswith("data:image/png;base64,")
+    np.testing.assert_array_equal(decode_png(base64.b64decode(url.split(",", 1)[1])), IMAGE)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Here you go:\n```json\n" + json.dumps(VALID) + "\n```",
+        "<think>the cube {is} left</think>" + json.dumps(VALID),
+        "Answer: " + json.dumps(VALID) + " Hope that helps.",
+    ],
+)
+def test_wrapped_answers_are_accepted(server, content):
+    server.answer(content)
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert not proposal.defer, proposal.reason
+    np.testing.assert_allclose(proposal.direction, [0, S, -S])
+
+
+def test_direction_given_as_one_string(server):
+    server.answer(json.dumps({**VALID, "direction": "forward up", "amount": "more"}))
+    proposal = make_reasoner(server.url).propose(OBS)
+    np.testing.assert_allclose(proposal.direction, [S, 0, S])
+    assert proposal.magnitude == 1.0
+
+
+def test_model_deferral_keeps_its_reason(server):
+    server.answer('{"defer": true, "reason": "I cannot see the cube"}')
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and proposal.reason == "VLM deferred: I cannot see the cube"
+    np.testing.assert_array_equal(proposal.direction, 0)
+
+
+def test_malformed_json_defers(server):
+    server.answer('{"defer": false, "direction": ["left"')
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and "not valid JSON" in proposal.reason
+    assert len(server.requests) == 1  # a bad answer is not a transient failure
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"direction": ["northwest"]}, "'northwest'"),
+        ({"direction": ["left", "right"]}, "contradict"),
+        ({"direction": 3}, "direction"),
+        ({"defer": "false"}, "defer"),
+        ({"amount": "lots"}, "amount"),
+        ({"gripper": 1}, "gripper"),
+        ({"gripper": "squeeze"}, "squeeze"),
+        ({"point": [300, 2]}, "outside"),
+        ({"point": "middle"}, "point"),
+        ({"reason": 5}, "reason"),
+        ({"amount": None}, "amount"),
+    ],
+)
+def test_schema_violations_defer_naming_the_field(server, change, field):
+    server.answer(json.dumps({**VALID, **change}))
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and proposal.source is Source.VLM
+    assert "answer rejected" in proposal.reason and field in proposal.reason
+
+
+def test_missing_field_and_non_object_answers_defer(server):
+    server.answer(json.dumps({key: v for key, v in VALID.items() if key != "gripper"}))
+    server.answer("[1, 2, 3]")
+    reasoner = make_reasoner(server.url)
+    assert "'gripper' is missing" in reasoner.propose(OBS).reason
+    assert "JSON object" in reasoner.propose(OBS).reason
+
+
+def test_non_json_server_response_defers(server):
+    server.fail(200, b"<html>proxy error</html>")
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and "server response is not JSON" in proposal.reason
+
+
+def test_timeout_defers_within_bounded_time(server):
+    server.answer(json.dumps(VALID), delay=2.0)
+    reasoner = make_reasoner(server.url, max_retries=1)
+    started = time.monotonic()
+    proposal = reasoner.propose(OBS)
+    elapsed = time.monotonic() - started
+    assert proposal.defer and "timed out" in proposal.reason and "2 attempts" in proposal.reason
+    assert 0.55 < elapsed < 1.2
+    assert len(server.requests) == 2
+
+
+def test_deadline_bounds_the_whole_call(server):
+    server.answer(json.dumps(VALID), delay=2.0)
+    reasoner = make_reasoner(server.url, max_retries=10, deadline_s=0.5)
+    started = time.monotonic()
+    proposal = reasoner.propose(OBS)
+    assert proposal.defer and "timed out" in proposal.reason
+    assert time.monotonic() - started < 0.9
+
+
+def test_server_error_is_retried_then_succeeds(server):
+    server.fail(500)
+    server.answer(json.dumps(VALID))
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert not proposal.defer, proposal.reason
+    assert len(server.requests) == 2
+
+
+def test_persistent_server_errors_give_up_after_max_retries(server):
+    server.fail(503, b'{"error": "overloaded"}')
+    proposal = make_reasoner(server.url, max_retries=2).propose(OBS)
+    assert proposal.defer and "HTTP 503" in proposal.reason and "3 attempts" in proposal.reason
+    assert "overloaded" in proposal.reason
+    assert len(server.requests) == 3
+
+
+def test_unauthorized_defers_without_retry(server):
+    server.fail(401, json.dumps({"error": f"invalid key {SECRET}"}).encode())
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and "HTTP 401" in proposal.reason and "1 attempt:" in proposal.reason
+    assert SECRET not in proposal.reason and "<redacted>" in proposal.reason
+    assert len(server.requests) == 1
+
+
+def test_bad_request_hints_at_json_mode(server):
+    server.fail(400, b'{"error": "response_format not supported"}')
+    proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and "json_mode" in proposal.reason
+    assert len(server.requests) == 1
+
+
+def test_connection_refused_defers():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reasoner = make_reasoner(f"http://127.0.0.1:{port}/v1", max_retries=1)
+    proposal = reasoner.propose(OBS)
+    assert proposal.defer and "connection refused" in proposal.reason
+    assert "2 attempts" in proposal.reason
+
+
+def test_api_key_never_leaks(server, tmp_path, caplog):
+    key_file = tmp_path / "key"
+    key_file.write_text(SECRET + "\n")
+    config = VlmConfig(
+        model="test-vlm",
+        base_url=server.url,
+        timeout_s=0.3,
+        max_retries=1,
+        retry_backoff_s=0.01,
+        api_key_file=str(key_file),
+    )
+    reasoner = VlmReasoner(config, environ={})
+    assert SECRET not in repr(config) and SECRET not in repr(reasoner)
+    assert SECRET not in str(config.__dict__)
+
+    server.fail(500, f"upstream rejected {SECRET}".encode())
+    server.answer(json.dumps({**VALID, "reason": f"my key is {SECRET}"}))
+    with caplog.at_level(logging.DEBUG, logger="frs_vlm_bridge"):
+        proposal = reasoner.propose(OBS)
+    assert len(server.requests) == 2 and "retrying" in caplog.text
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in caplog.text and SECRET not in proposal.reason
+
+
+def test_api_key_configuration_errors(tmp_path):
+    config = VlmConfig(model="m", api_key_env=KEY_ENV)
+    with pytest.raises(ValueError, match=KEY_ENV):
+        load_api_key(config, environ={})
+    missing_file = VlmConfig(model="m", api_key_file=str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="cannot read"):
+        VlmReasoner(missing_file, environ={})
+    assert load_api_key(VlmConfig(model="m"), environ={KEY_ENV: SECRET}) is None
+    with pytest.raises(ValueError, match="control"):
+        load_api_key(config, environ={KEY_ENV: "abc\x07def"})
+    with pytest.raises(ValueError, match="credentials"):
+        VlmConfig(model="m", base_url="http://user:pw@host/v1")
+
+
+def test_no_key_means_no_authorization_header(server):
+    server.answer(json.dumps(VALID))
+    VlmReasoner(VlmConfig(model="m", base_url=server.url, timeout_s=0.3)).propose(OBS)
+    assert "Authorization" not in server.requests[0]["headers"]
+
+
+def test_json_modes_and_text_only_observation(server):
+    server.answer(json.dumps(VALID))
+    schema_reasoner = make_reasoner(server.url, json_mode="schema")
+    text_only = Observation("open the drawer", ee_position=[0.3, 0.1, 0.4])
+    proposal = schema_reasoner.propose(text_only)
+    assert proposal.image_point is None  # no image was sent, so no pixel to point at
+    body = server.requests[0]["body"]
+    assert body["response_format"]["json_schema"]["schema"] == answer_json_schema(
+        schema_reasoner.config.direction_axes
+    )
+    (text_part,) = body["messages"][1]["content"]
+    assert "No camera image" in text_part["text"]
+
+    make_reasoner(server.url, json_mode="off").propose(OBS)
+    assert "response_format" not in server.requests[1]["body"]
+    with pytest.raises(ValueError, match="json_mode"):
+        VlmConfig(model="m", json_mode="yes")
+
+
+def test_downscaled_image_point_maps_back_to_observation_pixels(server):
+    server.answer(json.dumps({**VALID, "point": [1, 1]}))
+    proposal = make_reasoner(server.url, max_image_side=4).propose(OBS)
+    assert proposal.image_point == (2.5, 2.5)
+    url = server.requests[0]["body"]["messages"][1]["content"][1]["image_url"]["url"]
+    assert decode_png(base64.b64decode(url.split(",", 1)[1])).shape == (3, 4, 3)
+
+
+def test_prompt_describes_the_configured_mapping():
+    prompt = build_system_prompt(
+        {"toward_camera": (1.0, 0.0, 0.0), "tilted": (0.6, 0.8, 0.0)},
+        scene_note="Camera faces the robot.",
+    )
+    assert "toward_camera: +x (away from the robot base)" in prompt
+    assert "tilted: (+0.600, +0.800, +0.000)" in prompt and "Camera faces the robot." in prompt
+    answer = parse_answer(
+        '{"defer": false, "direction": ["tilted"], "amount": "more", '
+        '"gripper": "keep", "reason": ""}',
+        {"tilted": (0.6, 0.8, 0.0)},
+    )
+    assert answer.direction_words == ("tilted",)
