@@ -1,10 +1,23 @@
 """ament_python package definition for frs_steering."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "frs_steering"
+
+
+def tree_data_files(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing every file under ``folder`` to share/<pkg>/<folder>."""
+    entries: dict[str, list[str]] = {}
+    for path in sorted(glob(f"{folder}/**/*", recursive=True)):
+        if os.path.isfile(path):
+            entries.setdefault(os.path.join("share", PACKAGE, os.path.dirname(path)), []).append(
+                path
+            )
+    return list(entries.items())
+
 
 setup(
     name=PACKAGE,
@@ -13,7 +26,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
-        ("share/" + PACKAGE + "/checkpoints", glob("checkpoints/*")),
+        *tree_data_files("checkpoints"),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

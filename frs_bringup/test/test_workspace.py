@@ -35,9 +35,9 @@ def test_python_package_installs_its_data_files(name: str) -> None:
     assert filecmp.cmp(share / "package.xml", REPO_ROOT / name / "package.xml", shallow=False)
     source = REPO_ROOT / name
     for folder in ("launch", "config", "rviz", "checkpoints"):
-        for path in sorted((source / folder).glob("*")):
+        for path in sorted((source / folder).rglob("*")):
             if path.is_file():
-                installed = share / folder / path.name
+                installed = share / path.relative_to(source)
                 assert installed.is_file(), f"{installed} not installed"
                 assert filecmp.cmp(installed, path, shallow=False), f"{installed} is stale"
 
