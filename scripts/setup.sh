@@ -80,7 +80,7 @@ export AMENT_PREFIX_PATH="$VENV"
 export CMAKE_PREFIX_PATH="$VENV"
 export PATH="$VENV/bin:$PATH"
 MSGS_STAMP="$VENV/.frs-msgs-$(hash_of "$ROOT"/frs_msgs/CMakeLists.txt "$ROOT"/frs_msgs/package.xml \
-  "$ROOT"/frs_msgs/msg/*.msg "$ROOT"/frs_msgs/action/*.action)"
+  "$ROOT"/frs_msgs/msg/*.msg "$ROOT"/frs_msgs/srv/*.srv "$ROOT"/frs_msgs/action/*.action)"
 if [ ! -f "$MSGS_STAMP" ]; then
   say "building frs_msgs into $VENV"
   mkdir -p "$BUILD"

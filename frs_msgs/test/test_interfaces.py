@@ -9,13 +9,25 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 
 from frs_msgs.action import ExecuteChunk, SteerChunk
-from frs_msgs.msg import ActionChunk, CoarseReference, PhaseTiming, SteeringDiagnostics
+from frs_msgs.msg import (
+    ActionChunk,
+    CoarseReference,
+    EpisodeStatus,
+    ObjectStates,
+    PhaseTiming,
+    SteeringDiagnostics,
+)
+from frs_msgs.srv import ResetEpisode
 
 MESSAGE_TYPES = [
     ActionChunk,
     CoarseReference,
+    EpisodeStatus,
+    ObjectStates,
     PhaseTiming,
     SteeringDiagnostics,
+    ResetEpisode.Request,
+    ResetEpisode.Response,
     SteerChunk.Goal,
     SteerChunk.Result,
     SteerChunk.Feedback,
