@@ -1,0 +1,228 @@
+"""The built-in pi0-like flow-matching policy, sized to run on a CPU in milliseconds.
+
+Observation (``state`` [B, state_dim], optional ``instruction`` embedding [B, instruction_dim])
+-> an encoder run once per observation that precomputes the observation's share of every FiLM
+modulation and a token bias. The action expert is an MLP-mixer over the ``horizon`` action
+tokens, FiLM-conditioned per block on observation + sinusoidal time embedding, so a velocity
+call costs only the time embedding and the mixer blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frs_steering.policy import ActionSpec, Observation, repeat_batch
+
+FILM_TERMS_PER_BLOCK = 4  # shift and scale before the token mixer and before the channel MLP
+
+
+@dataclass(frozen=True)
+class FlowPolicyConfig:
+    """Architecture and action space of :class:`FlowMatchingPolicy` (saved with checkpoints)."""
+
+    action_spec: ActionSpec
+    state_dim: int
+    instruction_dim: int = 0
+    width: int = 128
+    depth: int = 4
+    mlp_ratio: int = 4
+    token_mlp_ratio: int = 2
+    time_frequencies: int = 32
+    min_period: float = 4e-3
+    max_period: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("state_dim", "width", "depth", "mlp_ratio", "token_mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FlowPolicyConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.instruction_dim, int) or self.instruction_dim < 0:
+            raise ValueError(f"instruction_dim must be an int >= 0, got {self.instruction_dim!r}")
+        if not isinstance(self.time_frequencies, int) or self.time_frequencies < 1:
+            raise ValueError(f"time_frequencies must be positive, got {self.time_frequencies}")
+        if not 0 < self.min_period < self.max_period:
+            raise ValueError("need 0 < min_period < max_period")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["action_spec"] = self.action_spec.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowPolicyConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FlowPolicyConfig fields {sorted(unknown)}")
+        if "action_spec" not in data:
+            raise ValueError("FlowPolicyConfig needs an action_spec")
+        fields = dict(data)
+        fields["action_spec"] = ActionSpec.from_dict(fields["action_spec"])
+        return cls(**fields)
+
+
+class EncodedObservation(NamedTuple):
+    """Per-observation cache: FiLM terms ``[B, depth, 4, 1, width]`` and token bias."""
+
+    film: torch.Tensor
+    token_bias: torch.Tensor
+
+
+def _uniform_fan_in(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+
+class MixerBlock(nn.Module):
+    """FiLM-modulated token-mixing MLP (across the horizon) then channel MLP, both residual.
+
+    ``film`` is ``[B, 4, 1, width]``: shift and scale (scale already offset by 1) for each of
+    the two sublayers. Token mixing multiplies from the left, so no transposes are needed.
+    """
+
+    def __init__(self, horizon: int, width: int, mlp_ratio: int, token_mlp_ratio: int) -> None:
+        super().__init__()
+        hidden = horizon * token_mlp_ratio
+        self.token_in_weight = _uniform_fan_in((hidden, horizon), horizon)
+        self.token_in_bias = _uniform_fan_in((hidden, 1), horizon)
+        self.token_out_weight = _uniform_fan_in((horizon, hidden), hidden)
+        self.token_out_bias = _uniform_fan_in((horizon, 1), hidden)
+        self.channel_in = nn.Linear(width, width * mlp_ratio)
+        self.channel_out = nn.Linear(width * mlp_ratio, width)
+        self.width = width
+
+    def forward(self, h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, shift_b, scale_b = film.unbind(1)
+        batch = h.shape[0]
+        y = torch.addcmul(shift_a, F.layer_norm(h, (self.width,)), scale_a)
+        token_in = self.token_in_weight.expand(batch, -1, -1)
+        token_out = self.token_out_weight.expand(batch, -1, -1)
+        y = torch.baddbmm(self.token_in_bias, token_in, y)
+        y = torch.baddbmm(self.token_out_bias, token_out, F.silu(y))
+        h = h + y
+        y = torch.addcmul(shift_b, F.layer_norm(h, (self.width,)), scale_b)
+        return h + self.channel_out(F.silu(self.channel_in(y)))
+
+
+class FlowMatchingPolicy(nn.Module):
+    """Small flow-matching policy implementing :class:`frs_steering.policy.FlowPolicy`."""
+
+    def __init__(self, config: FlowPolicyConfig, seed: int | None = 0) -> None:
+        super().__init__()
+        self.config = config
+        spec = config.action_spec
+        width, depth = config.width, config.depth
+        film_size = depth * FILM_TERMS_PER_BLOCK * width
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.state_encoder = nn.Sequential(
+                nn.Linear(config.state_dim, width), nn.SiLU(), nn.Linear(width, width)
+            )
+            self.instruction_encoder = (
+                nn.Linear(config.instruction_dim, width) if config.instruction_dim else None
+            )
+            self.observation_film = nn.Linear(width, film_size)
+            self.observation_token_bias = nn.Linear(width, width)
+            self.time_encoder = nn.Sequential(
+                nn.Linear(2 * config.time_frequencies, width), nn.SiLU(), nn.Linear(width, width)
+            )
+            self.time_film = nn.Linear(width, film_size)
+            self.action_in = nn.Linear(spec.dim, width)
+            self.position = nn.Parameter(0.02 * torch.randn(spec.horizon, width))
+            self.blocks = nn.ModuleList(
+                MixerBlock(spec.horizon, width, config.mlp_ratio, config.token_mlp_ratio)
+                for _ in range(depth)
+            )
+            self.action_out = nn.Linear(width, spec.dim)
+        # Start as an identity map per block and a zero velocity, so early training is stable.
+        for layer in (self.observation_film, self.time_film, self.action_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        # FiLM scales act as (1 + learned); the 1 is added once per encode, not per call.
+        offset = torch.zeros(FILM_TERMS_PER_BLOCK, 1, width)
+        offset[1::2] = 1.0
+        self.register_buffer("film_offset", offset, persistent=False)
+        periods = torch.logspace(
+            math.log10(config.min_period), math.log10(config.max_period), config.time_frequencies
+        )
+        self.register_buffer("time_angular_rates", 2 * math.pi / periods, persistent=False)
+
+    @property
+    def spec(self) -> ActionSpec:
+        return self.config.action_spec
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_observation(self, observation: Observation) -> int:
+        if not isinstance(observation, Mapping):
+            raise ValueError(f"observation must be a mapping, got {type(observation).__name__}")
+        allowed = {"state", "instruction"} if self.config.instruction_dim else {"state"}
+        unknown = set(observation) - allowed
+        if unknown:
+            raise ValueError(f"unknown observation keys {sorted(unknown)}; expected {allowed}")
+        if "state" not in observation:
+            raise ValueError("observation needs a 'state' tensor")
+        expected = {"state": self.config.state_dim, "instruction": self.config.instruction_dim}
+        batch = None
+        for key, value in observation.items():
+            if not isinstance(value, torch.Tensor) or value.ndim != 2:
+                raise ValueError(f"observation[{key!r}] must be a [B, {expected[key]}] tensor")
+            if value.shape[1] != expected[key] or value.shape[0] == 0:
+                raise ValueError(
+                    f"observation[{key!r}] must be [B, {expected[key]}], got {tuple(value.shape)}"
+                )
+            if batch is not None and value.shape[0] != batch:
+                raise ValueError("observation tensors disagree on the batch size")
+            batch = value.shape[0]
+            if not torch.isfinite(value).all():
+                raise ValueError(f"observation[{key!r}] contains NaN or Inf")
+        return batch  # type: ignore[return-value]
+
+    def encode(self, observation: Observation) -> EncodedObservation:
+        """Run the observation encoder once; a missing instruction counts as a zero embedding."""
+        batch = self._check_observation(observation)
+        param = self.action_in.weight
+        embedding = self.state_encoder(observation["state"].to(param))
+        if self.instruction_encoder is not None and "instruction" in observation:
+            embedding = embedding + self.instruction_encoder(observation["instruction"].to(param))
+        embedding = F.silu(embedding)
+        film = self.observation_film(embedding).view(
+            batch, self.config.depth, FILM_TERMS_PER_BLOCK, 1, self.config.width
+        )
+        film = film + self.film_offset
+        token_bias = self.observation_token_bias(embedding).unsqueeze(1)
+        return EncodedObservation(film=film, token_bias=token_bias)
+
+    def repeat_cache(self, cache: EncodedObservation, repeats: int) -> EncodedObservation:
+        return repeat_batch(cache, repeats)
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.to(self.time_angular_rates.dtype)[:, None] * self.time_angular_rates
+        return self.time_encoder(torch.cat((angles.sin(), angles.cos()), dim=1))
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cache: EncodedObservation) -> torch.Tensor:
+        """Velocity of the normalized, padded chunk ``x`` [B, horizon, dim] at times ``t`` [B]."""
+        batch = x.shape[0]
+        if x.ndim != 3 or x.shape[1:] != self.spec.chunk_shape:
+            raise ValueError(
+                f"x must be [B, {self.spec.horizon}, {self.spec.dim}], got {tuple(x.shape)}"
+            )
+        if t.shape != (batch,) or cache.film.shape[0] != batch:
+            raise ValueError(
+                f"batch mismatch: x {batch}, t {tuple(t.shape)}, cache {cache.film.shape[0]}"
+            )
+        time_film = self.time_film(F.silu(self.time_embedding(t)))
+        film = cache.film + time_film.view_as(cache.film)
+        h = self.action_in(x) + self.position + cache.token_bias
+        for block, block_film in zip(self.blocks, film.unbind(1), strict=True):
+            h = block(h, block_film)
+        return self.action_out(F.layer_norm(h, (self.config.width,)))

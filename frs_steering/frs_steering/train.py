@@ -1,0 +1,105 @@
+"""Flow-matching training for any ``nn.Module`` that implements the flow-policy contract."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from frs_steering.policy import FlowPolicy, Observation
+
+
+def flow_matching_loss(
+    policy: FlowPolicy,
+    observation: Observation,
+    chunks: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean squared error between predicted and straight-path velocity at uniform random times.
+
+    ``chunks`` are normalized, padded ``[B, horizon, dim]``; the path and its target follow the
+    policy's time convention.
+    """
+    convention = policy.spec.convention
+    noise = torch.randn(chunks.shape, generator=generator, dtype=chunks.dtype)
+    t = torch.rand(chunks.shape[0], generator=generator, dtype=chunks.dtype)
+    x_t = convention.interpolate(noise, chunks, t)
+    target = convention.velocity_target(noise, chunks)
+    predicted = policy.velocity(x_t, t, policy.encode(observation))
+    return (predicted - target).pow(2).mean()
+
+
+def _check_data(observations: Observation, actions: torch.Tensor) -> int:
+    if not torch.isfinite(actions).all():
+        raise ValueError("actions contain NaN or Inf")
+    count = actions.shape[0]
+    if count == 0:
+        raise ValueError("no training examples")
+    for key, value in observations.items():
+        if not isinstance(value, torch.Tensor) or value.shape[:1] != (count,):
+            raise ValueError(
+                f"observations[{key!r}] must be a tensor with {count} rows like actions, got "
+                f"{getattr(value, 'shape', type(value))}"
+            )
+    return count
+
+
+def train_flow_policy(
+    policy: nn.Module,
+    observations: Observation,
+    actions: torch.Tensor,
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 50,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    actions_normalized: bool = False,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``policy`` in place by flow matching; returns the per-step loss history.
+
+    ``observations`` holds ``[N, ...]`` tensors (e.g. ``state``, ``instruction``); ``actions``
+    are ``[N, horizon, num_real]`` real-unit chunks (or ``[N, horizon, dim]`` normalized with
+    ``actions_normalized``). AdamW with linear warmup and cosine decay; batches, noise and
+    times come from one generator seeded with ``seed``, so CPU runs repeat exactly.
+    """
+    if steps < 1 or batch_size < 1 or learning_rate <= 0:
+        raise ValueError("steps, batch_size and learning_rate must be positive")
+    spec = policy.spec
+    count = _check_data(observations, actions)
+    with torch.no_grad():
+        chunks = actions.float() if actions_normalized else spec.to_policy(actions.float())
+    if tuple(chunks.shape[1:]) != spec.chunk_shape:
+        raise ValueError(f"normalized actions must be [N, *{spec.chunk_shape}], got {chunks.shape}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress_ratio = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress_ratio))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    policy.train()
+    history: list[float] = []
+    bar = tqdm(range(steps), desc="flow matching", disable=not progress, leave=False)
+    for _ in bar:
+        index = torch.randint(count, (min(batch_size, count),), generator=generator)
+        batch_obs = {key: value[index] for key, value in observations.items()}
+        loss = flow_matching_loss(policy, batch_obs, chunks[index], generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        history.append(loss.item())
+        if progress and len(history) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(history[-20:]) / 20:.4f}")
+    policy.eval()
+    return history

@@ -1,0 +1,217 @@
+"""Built-in flow policy: contract, input checks, training, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from frs_steering.checkpoint import CheckpointError, load_policy, read_config, save_policy
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
+from frs_steering.normalization import fit_normalizer
+from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
+from frs_steering.steer import steer
+from frs_steering.train import train_flow_policy
+
+HORIZON, REAL_DIMS, PADDED = 4, 3, 5
+
+
+def _dataset(count: int = 256, seed: int = 0):
+    """Chunks that ramp from the state's first three entries, with a bimodal sign flip."""
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(count, 6, generator=g)
+    sign = torch.where(torch.rand(count, generator=g) < 0.5, -1.0, 1.0)
+    ramp = torch.linspace(0.25, 1.0, HORIZON)
+    actions = sign[:, None, None] * ramp[None, :, None] * state[:, None, :REAL_DIMS]
+    actions = 10.0 * actions + 0.05 * torch.randn(count, HORIZON, REAL_DIMS, generator=g)
+    instruction = torch.randn(count, 8, generator=g)
+    return {"state": state, "instruction": instruction}, actions
+
+
+def _config(convention=TimeConvention.NOISE_AT_ONE, actions=None) -> FlowPolicyConfig:
+    normalizer = fit_normalizer(_dataset()[1] if actions is None else actions, "quantile")
+    spec = ActionSpec(
+        horizon=HORIZON,
+        dim=PADDED,
+        real_dims=(0, 1, 2),
+        convention=convention,
+        num_steps=8,
+        normalizer=normalizer,
+    )
+    return FlowPolicyConfig(action_spec=spec, state_dim=6, instruction_dim=8, width=32, depth=2)
+
+
+def _trained(convention=TimeConvention.NOISE_AT_ONE, steps: int = 30):
+    observations, actions = _dataset()
+    policy = FlowMatchingPolicy(_config(convention, actions), seed=3)
+    history = train_flow_policy(
+        policy, observations, actions, steps=steps, batch_size=32, seed=4, progress=False
+    )
+    return policy, history
+
+
+def test_policy_implements_the_protocol_and_shapes():
+    policy = FlowMatchingPolicy(_config())
+    assert isinstance(policy, FlowPolicy)
+    observations, _ = _dataset(3)
+    cache = policy.encode(observations)
+    x = torch.randn(3, HORIZON, PADDED)
+    v = policy.velocity(x, torch.rand(3), cache)
+    assert v.shape == x.shape
+    repeated = policy.repeat_cache(cache, 2)
+    assert repeated.film.shape[0] == 6
+    torch.testing.assert_close(repeated.film[4], cache.film[2])
+
+
+def test_missing_instruction_means_zero_embedding():
+    policy = FlowMatchingPolicy(_config())
+    state = torch.randn(2, 6)
+    without = policy.encode({"state": state})
+    with_zero = policy.encode({"state": state, "instruction": torch.zeros(2, 8)})
+    assert torch.equal(without.film, with_zero.film)
+
+
+@pytest.mark.parametrize(
+    ("observation", "message"),
+    [
+        ({}, "needs a 'state'"),
+        ({"state": torch.zeros(2, 5)}, r"observation\['state'\] must be \[B, 6\]"),
+        ({"state": torch.zeros(6)}, "must be a"),
+        ({"state": torch.full((2, 6), float("nan"))}, "NaN or Inf"),
+        ({"state": torch.zeros(2, 6), "image": torch.zeros(2, 6)}, "unknown observation keys"),
+        ({"state": torch.zeros(2, 6), "instruction": torch.zeros(3, 8)}, "batch size"),
+    ],
+)
+def test_bad_observations_raise(observation, message):
+    with pytest.raises(ValueError, match=message):
+        FlowMatchingPolicy(_config()).encode(observation)
+
+
+def test_bad_velocity_inputs_raise():
+    policy = FlowMatchingPolicy(_config())
+    cache = policy.encode({"state": torch.zeros(2, 6)})
+    with pytest.raises(ValueError, match="x must be"):
+        policy.velocity(torch.zeros(2, HORIZON, 3), torch.zeros(2), cache)
+    with pytest.raises(ValueError, match="batch mismatch"):
+        policy.velocity(torch.zeros(3, HORIZON, PADDED), torch.zeros(3), cache)
+
+
+@pytest.mark.parametrize("convention", list(TimeConvention))
+def test_training_lowers_the_flow_matching_loss(convention):
+    policy, history = _trained(convention, steps=150)
+    assert len(history) == 150
+    first, last = sum(history[:15]) / 15, sum(history[-15:]) / 15
+    assert last < 0.6 * first, (first, last)
+
+
+def test_training_is_deterministic():
+    a, history_a = _trained()
+    b, history_b = _trained()
+    assert history_a == history_b
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_training_rejects_bad_data():
+    observations, actions = _dataset(8)
+    policy = FlowMatchingPolicy(_config())
+    bad = actions.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        train_flow_policy(policy, observations, bad, steps=1, progress=False)
+    with pytest.raises(ValueError, match="rows like actions"):
+        train_flow_policy(policy, {"state": torch.zeros(7, 6)}, actions, steps=1, progress=False)
+
+
+def test_checkpoint_round_trip_is_bitwise(tmp_path):
+    policy, _ = _trained()
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.config == policy.config
+    assert read_config(tmp_path / "ckpt") == policy.config
+    assert loaded.spec.convention is TimeConvention.NOISE_AT_ONE
+    observations, actions = _dataset(4, seed=1)
+    results = [
+        steer(
+            p,
+            actions,
+            observation=observations,
+            generator=torch.Generator().manual_seed(0),
+            round_trip=True,
+        )
+        for p in (policy, loaded)
+    ]
+    assert torch.equal(results[0].chunk, results[1].chunk)
+    assert torch.equal(results[0].noise, results[1].noise)
+    assert torch.equal(results[0].chunk_real, results[1].chunk_real)
+
+
+def test_noise_at_zero_convention_survives_checkpoints(tmp_path):
+    policy = FlowMatchingPolicy(_config(TimeConvention.NOISE_AT_ZERO))
+    loaded = load_policy(save_policy(policy, tmp_path / "c"))
+    assert loaded.spec.convention is TimeConvention.NOISE_AT_ZERO
+    assert loaded.spec.normalizer == policy.spec.normalizer
+
+
+def _saved(tmp_path):
+    directory = tmp_path / "ckpt"
+    save_policy(FlowMatchingPolicy(_config()), directory)
+    return directory
+
+
+def test_corrupt_weights_are_detected(tmp_path):
+    directory = _saved(tmp_path)
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_policy(directory)
+
+
+def test_truncated_weights_without_hash_give_clear_error(tmp_path):
+    directory = _saved(tmp_path)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    document = json.loads((directory / "config.json").read_text())
+    del document["weights_sha256"]
+    (directory / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_policy(directory)
+
+
+def _edit_config(directory, edit) -> None:
+    path = directory / "config.json"
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["config"].update(width=48), "do not match its config"),
+        (lambda d: d["config"].update(depth=3), "do not match its config"),
+        (lambda d: d["config"].update(colour="red"), "unknown FlowPolicyConfig fields"),
+        (lambda d: d["config"]["action_spec"].update(convention="sideways"), "invalid model"),
+        (lambda d: d.update(format="something_else"), "is not a"),
+        (lambda d: d.update(format_version=99), "format_version"),
+    ],
+)
+def test_mismatched_config_gives_clear_error(tmp_path, edit, message):
+    directory = _saved(tmp_path)
+    _edit_config(directory, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_policy(directory)
+
+
+def test_missing_or_unparsable_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_policy(tmp_path / "nowhere")
+    directory = _saved(tmp_path)
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_policy(directory)
+    directory = _saved(tmp_path)
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_policy(directory)
