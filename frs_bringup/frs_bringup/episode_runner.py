@@ -1,0 +1,166 @@
+"""Episode runner: reset a task, let the proposer -> steering -> controller loop run, score it.
+
+Instruction in (a task of the simulated robot's split), then the loop runs until the episode
+status says done (success, failure or timeout) or the runner's own time limit passes; the
+proposer is enabled only while an episode is running. Prints one line per episode and a summary.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.client import Client
+from rclpy.executors import Executor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from std_srvs.srv import SetBool
+
+from frs_msgs.msg import EpisodeStatus
+from frs_msgs.srv import ResetEpisode
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """How one episode ended."""
+
+    episode: int
+    task: str
+    instruction: str
+    success: bool
+    steps: int
+    wall_s: float
+    reason: str
+
+    def line(self) -> str:
+        verdict = "SUCCESS" if self.success else "failure"
+        return (
+            f"episode {self.episode:3d}  {self.task:22s} {verdict:8s} steps {self.steps:3d}  "
+            f"{self.wall_s:5.1f} s  ({self.reason})  '{self.instruction}'"
+        )
+
+
+def summarize(outcomes: list[EpisodeOutcome]) -> str:
+    """One-line success rate over the outcomes."""
+    if not outcomes:
+        return "no episodes ran"
+    wins = sum(o.success for o in outcomes)
+    return f"success {wins}/{len(outcomes)} = {100.0 * wins / len(outcomes):.0f}%"
+
+
+class EpisodeRunner(Node):
+    """Drives episodes through the simulated robot's reset service and the proposer's switch."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003 - rclpy Node keyword arguments
+        super().__init__("episode_runner", **kwargs)
+        self._group = ReentrantCallbackGroup()
+        self.declare_parameter(
+            "episodes", 6, ParameterDescriptor(description="Episodes to run (>= 1).")
+        )
+        self.declare_parameter(
+            "tasks",
+            [""],
+            ParameterDescriptor(
+                description="Task names cycled over episodes; [''] = the robot's split in order."
+            ),
+        )
+        self.declare_parameter(
+            "seed", 0, ParameterDescriptor(description="Seed of the first episode (+1 each).")
+        )
+        self.declare_parameter(
+            "episode_timeout", 20.0, ParameterDescriptor(description="Wall seconds per episode.")
+        )
+        self._status: EpisodeStatus | None = None
+        # Best effort matches a reliable or a best-effort publisher; the status repeats.
+        status_qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(
+            EpisodeStatus,
+            "frs/episode_status",
+            self._on_status,
+            status_qos,
+            callback_group=self._group,
+        )
+        self._reset = self.create_client(
+            ResetEpisode, "frs/reset_episode", callback_group=self._group
+        )
+        self._enable = self.create_client(
+            SetBool, "frs/proposer/enable", callback_group=self._group
+        )
+
+    def _on_status(self, msg: EpisodeStatus) -> None:
+        self._status = msg
+
+    def _call(self, executor: Executor, client: Client, request, timeout_s: float):  # noqa: ANN001
+        """Call a service, spinning the executor until the answer or the timeout."""
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise RuntimeError(f"service {client.srv_name} not available after {timeout_s} s")
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        if not future.done():
+            raise RuntimeError(f"service {client.srv_name} did not answer in {timeout_s} s")
+        return future.result()
+
+    def run(self, executor: Executor) -> list[EpisodeOutcome]:
+        """Run the configured episodes; the executor must hold every node of the stack."""
+        episodes = int(self.get_parameter("episodes").value)
+        tasks = [t for t in self.get_parameter("tasks").value if t] or [""]
+        seed = int(self.get_parameter("seed").value)
+        timeout = float(self.get_parameter("episode_timeout").value)
+        outcomes: list[EpisodeOutcome] = []
+        for index in range(episodes):
+            request = ResetEpisode.Request(
+                task=tasks[index % len(tasks)], seed=seed + index, template_id=-1
+            )
+            reply = self._call(executor, self._reset, request, timeout_s=30.0)
+            if not reply.success:
+                raise RuntimeError(f"reset refused: {reply.message}")
+            self._status = None
+            start = time.monotonic()
+            self._call(executor, self._enable, SetBool.Request(data=True), timeout_s=10.0)
+            while time.monotonic() - start < timeout:
+                executor.spin_once(timeout_sec=0.05)
+                status = self._status
+                if status is not None and status.episode == reply.episode and status.done:
+                    break
+            self._call(executor, self._enable, SetBool.Request(data=False), timeout_s=10.0)
+            status = self._status
+            finished = status is not None and status.episode == reply.episode
+            outcome = EpisodeOutcome(
+                episode=reply.episode,
+                task=reply.task,
+                instruction=reply.instruction,
+                success=bool(finished and status.success),
+                steps=int(status.step) if finished else 0,
+                wall_s=time.monotonic() - start,
+                reason=(status.reason or "running") if finished else "no status received",
+            )
+            if not finished or not status.done:
+                outcome = EpisodeOutcome(**{**outcome.__dict__, "reason": "runner timeout"})
+            outcomes.append(outcome)
+            print(outcome.line(), flush=True)
+        print(summarize(outcomes), flush=True)
+        return outcomes
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run episodes against a stack started elsewhere (launch file or separate processes)."""
+    rclpy.init(args=args)
+    runner = EpisodeRunner()
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(runner)
+    try:
+        outcomes = runner.run(executor)
+    finally:
+        runner.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(0 if outcomes else 1)
+
+
+if __name__ == "__main__":
+    main()
