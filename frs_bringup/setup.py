@@ -26,5 +26,11 @@ setup(
         "rosbag record/replay evaluation for FRS-ROS."
     ),
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "sim_robot = frs_bringup.sim_robot_node:main",
+            "episode_runner = frs_bringup.episode_runner:main",
+            "sim_demo = frs_bringup.sim_demo:main",
+        ]
+    },
 )

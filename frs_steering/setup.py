@@ -38,5 +38,10 @@ setup(
         "controller nodes."
     ),
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "steering = frs_steering.steering_node:main",
+            "arm_controller = frs_steering.arm_controller_node:main",
+        ]
+    },
 )

@@ -22,5 +22,9 @@ setup(
         "reasoner for the simulator."
     ),
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "proposer = frs_vlm_bridge.proposer_node:main",
+        ]
+    },
 )

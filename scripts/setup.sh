@@ -103,6 +103,8 @@ say "installing frs_steering, frs_vlm_bridge, frs_bringup"
 pip_logged packages --no-deps --no-build-isolation \
   "$ROOT/frs_steering" "$ROOT/frs_vlm_bridge" "$ROOT/frs_bringup" ||
   die "installing the ament_python packages failed (see above)."
+# setuptools builds in-tree: drop its build/ and egg-info copies so nothing stale shadows sources.
+rm -rf "$ROOT"/frs_{steering,vlm_bridge,bringup}/{build,*.egg-info}
 
 # 6. Check the result imports before calling it ready.
 "$PY" - <<'EOF' || die "the venv does not import cleanly (see above)."

@@ -20,21 +20,14 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
+from frs_steering.package_data import find_package_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_params_file() -> Path:
-    """config/sim.yaml from the installed share directory, else from the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("frs_bringup")) / "config" / "sim.yaml"
-        if installed.is_file():
-            return installed
-    except (ImportError, LookupError):
-        pass
-    return PACKAGE_ROOT / "config" / "sim.yaml"
+    """config/sim.yaml of frs_bringup (source tree or installed share directory)."""
+    return find_package_file("frs_bringup", PACKAGE_ROOT, "config", "sim.yaml")
 
 
 def bring_up(node: LifecycleNode) -> None:

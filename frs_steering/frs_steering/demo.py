@@ -11,34 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-CHECKPOINT_PARTS = ("checkpoints", "generalist")
-
-
-def find_checkpoint() -> Path:
-    """The shipped generalist: source tree first, then the ament share directory."""
-    candidates = [Path(__file__).resolve().parent.parent.joinpath(*CHECKPOINT_PARTS)]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(
-            Path(get_package_share_directory("frs_steering")).joinpath(*CHECKPOINT_PARTS)
-        )
-    except Exception:  # noqa: BLE001 - ament index absent or package not installed there
-        pass
-    candidates.append(Path(sys.prefix, "share", "frs_steering", *CHECKPOINT_PARTS))
-    for path in candidates:
-        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-            return path
-    searched = ", ".join(str(p) for p in candidates)
-    raise FileNotFoundError(
-        f"no shipped generalist checkpoint found (searched {searched}); build it with "
-        "`python -m frs_steering.sim.generalist --out frs_steering/checkpoints/generalist`"
-    )
+from frs_steering.package_data import shipped_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     torch.set_num_threads(2)
-    checkpoint = args.checkpoint or find_checkpoint()
+    checkpoint = args.checkpoint or shipped_checkpoint()
     policy = load_policy(checkpoint)
     print(f"generalist: {checkpoint} ({policy.num_parameters():,} parameters)")
     reasoner_config = ReasonerConfig()

@@ -44,6 +44,11 @@ class MethodOutput:
 
 SteeringMethod = Callable[..., MethodOutput]
 
+#: ``callback(phase, step, num_steps)`` called before each integration step of every pass
+#: (``phase`` is "reverse" or "forward", ``step`` counts completed steps of that pass). Raising
+#: from it abandons the call between steps: that is how a node honours cancel and preemption.
+StepCallback = Callable[[str, int, int], None]
+
 
 class SteeringContext:
     """Everything a method needs, with the observation encoded lazily and at most once."""
@@ -60,6 +65,7 @@ class SteeringContext:
         num_steps: int,
         solver: Solver,
         include_base_sample: bool,
+        step_callback: StepCallback | None = None,
     ) -> None:
         self.policy = policy
         self.spec: ActionSpec = policy.spec
@@ -70,6 +76,7 @@ class SteeringContext:
         self.num_steps = num_steps
         self.solver = solver
         self.include_base_sample = include_base_sample
+        self.step_callback = step_callback
         self.nfe = 0
         self.encode_calls = 0
         self.timings: dict[str, float] = {}
@@ -123,6 +130,11 @@ class SteeringContext:
         def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return policy.velocity(x_t, t, cache)
 
+        if self.step_callback is not None:
+            velocity = _with_step_callback(
+                velocity, self.step_callback, phase, num_steps, self.solver.stages
+            )
+
         with self.timed(phase):
             out = integrate(
                 velocity,
@@ -162,6 +174,26 @@ class SteeringContext:
             num_steps=self.num_steps,
             reverse=True,
         )
+
+
+def _with_step_callback(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    callback: StepCallback,
+    phase: str,
+    num_steps: int,
+    stages: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``velocity`` that first calls ``callback`` whenever a new integration step begins."""
+    calls = 0
+
+    def wrapped(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        if calls % stages == 0:
+            callback(phase, calls // stages, num_steps)
+        calls += 1
+        return velocity(x_t, t)
+
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -417,6 +449,7 @@ def steer(
     solver: Solver | str = Solver.EULER,
     include_base_sample: bool = True,
     round_trip: bool = False,
+    step_callback: StepCallback | None = None,
 ) -> SteerResult:
     """Refine a coarse reference chunk into an in-distribution one with ``method``.
 
@@ -429,6 +462,8 @@ def steer(
     ``include_base_sample`` also returns an unsteered sample for comparison. Work happens in
     float32 under ``torch.inference_mode`` (``.clone()`` outputs outside inference mode before
     autograd use). Each velocity call sees batch B (or B * samples), never mixed observations.
+    ``step_callback`` (see :data:`StepCallback`) reports progress between integration steps;
+    an exception it raises propagates out of ``steer`` with no partial result.
     """
     total_start = time.perf_counter()
     run_method = get_method(method)
@@ -455,6 +490,7 @@ def steer(
             num_steps=steps,
             solver=solver,
             include_base_sample=include_base_sample,
+            step_callback=step_callback,
         )
         out = run_method(ctx, **params)
         base = out.base_chunk

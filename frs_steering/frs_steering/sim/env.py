@@ -141,12 +141,14 @@ class ChunkRollout:
         return self.observations[-1]
 
 
-def _yaw_of(rot: np.ndarray) -> float:
+def yaw_of_rotation(rot: np.ndarray) -> float:
+    """Heading (rotation about z, radians) of a 3x3 rotation matrix."""
     return float(np.arctan2(rot[1, 0], rot[0, 0]))
 
 
-def _quat_yaw(quat: np.ndarray) -> float:
-    w, x, y, z = quat
+def yaw_of_quaternion(quat: np.ndarray) -> float:
+    """Heading (rotation about z, radians) of a (w, x, y, z) quaternion."""
+    w, x, y, z = (float(v) for v in quat)
     return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
 
 
@@ -392,6 +394,73 @@ class FrankaTabletopEnv(gym.Env):
         self.data.ctrl[self.idx.arm_actuators] = self._q_des
         self.data.ctrl[self.idx.finger_actuators] = 0.04 * (1.0 - self._gripper_cmd)
 
+    # ------------------------------------------------------------------ joint-level control
+    # Used by the simulated-robot node, which speaks ros2_control-style joint commands instead of
+    # Cartesian rows. ``step()`` does not use these and keeps its own goal-pose bookkeeping.
+    def set_joint_targets(self, q: np.ndarray, gripper: float) -> None:
+        """Hold arm joint targets ``q`` (7, rad; clipped to the joint range) and gripper [0, 1]."""
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)) or not np.isfinite(gripper):
+            raise ValueError(f"joint targets must be 7 finite values and a finite gripper; got {q}")
+        self._q_des = np.clip(q, *self.idx.arm_range.T)
+        self._gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+        self._apply_ctrl()
+
+    def joint_targets(self) -> tuple[np.ndarray, float]:
+        """Currently held arm joint targets (7, rad) and gripper command in [0, 1]."""
+        return self._q_des.copy(), self._gripper_cmd
+
+    def advance(self, seconds: float) -> int:
+        """Run physics for ``seconds`` (rounded to whole 2 ms steps) holding the current targets.
+
+        Returns the number of physics steps taken. Episode bookkeeping that ``step()`` does per
+        control period (highest cube lift for the push detector) is updated here too.
+        """
+        if not self._reset_called:
+            raise RuntimeError("call reset() before advance()")
+        n_steps = int(round(max(0.0, seconds) / self.model.opt.timestep))
+        if n_steps:
+            mujoco.mj_step(self.model, self.data, nstep=n_steps)
+            heights = self._cube_positions()[:, 2]
+            self._max_cube_height = np.maximum(self._max_cube_height, heights)
+        return n_steps
+
+    @property
+    def sim_time(self) -> float:
+        """Physics time since the last reset, seconds."""
+        return float(self.data.time)
+
+    def arm_joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured arm joint positions (7, rad) and velocities (7, rad/s)."""
+        return (
+            self.data.qpos[self.idx.arm_qpos].copy(),
+            self.data.qvel[self.idx.arm_dof].copy(),
+        )
+
+    def finger_joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured finger joint positions (2, m; 0.04 = open) and velocities (2, m/s)."""
+        dof = [
+            int(self.model.jnt_dofadr[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, n)])
+            for n in sc.FINGER_JOINTS
+        ]
+        return self.data.qpos[self.idx.finger_qpos].copy(), self.data.qvel[dof].copy()
+
+    def object_poses_in_base(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cube centres (n, 3, m) and orientations (n, 4, w x y z) in the base frame."""
+        _, base_rot = self._base_world()
+        base_quat = np.empty(4)
+        mujoco.mju_mat2Quat(base_quat, base_rot.reshape(-1))
+        base_inv = np.empty(4)
+        mujoco.mju_negQuat(base_inv, base_quat)
+        quats = np.empty((N_OBJECTS, 4))
+        for i, quat in enumerate(self.data.xquat[self.idx.cube_bodies]):
+            mujoco.mju_mulQuat(quats[i], base_inv, quat)
+        return self._to_base(self._cube_positions()), quats
+
+    def object_dropped(self) -> bool:
+        """Whether a cube fell off the table (``step()`` terminates the episode on this)."""
+        return bool(np.any(self._cube_positions()[:, 2] < sc.TABLE_TOP_Z - 0.1))
+
     # ------------------------------------------------------------------ ground truth
     def _ee_world(self) -> tuple[np.ndarray, np.ndarray]:
         site = self.idx.ee_site
@@ -463,28 +532,16 @@ class FrankaTabletopEnv(gym.Env):
         ee_pos, ee_quat = self.ee_pose_in_base()
         _, base_rot = self._base_world()
         ee_rot = base_rot.T @ self._ee_world()[1]
-        yaw = _yaw_of(ee_rot)
+        yaw = yaw_of_rotation(ee_rot)
         cubes = self._to_base(self._cube_positions())
         cube_quats = self.data.xquat[self.idx.cube_bodies].copy()
-        cube_yaws = np.array([_quat_yaw(q) for q in cube_quats])
+        cube_yaws = np.array([yaw_of_quaternion(q) for q in cube_quats])
         mats = self._to_base(self.data.mocap_pos[self.idx.mat_mocap])
         joints = self.data.qpos[self.idx.arm_qpos].copy()
         grip = self.gripper_opening()
 
-        state = np.empty(STATE_DIM, dtype=np.float64)
-        lay = STATE_LAYOUT
-        state[lay["ee_pos"]] = ee_pos
-        state[lay["ee_yaw"]] = (np.sin(yaw), np.cos(yaw))
-        state[lay["gripper"]] = grip
-        state[lay["joint_pos"]] = joints
-        state[lay["object_pos"]] = cubes.reshape(-1)
-        state[lay["object_yaw"]] = np.stack(
-            [np.sin(4 * cube_yaws), np.cos(4 * cube_yaws)], axis=1
-        ).reshape(-1)
-        state[lay["object_rel"]] = (cubes - ee_pos).reshape(-1)
-        state[lay["target_pos"]] = mats.reshape(-1)
         obs: dict[str, Any] = {
-            "state": np.clip(state, -_POSITION_BOUND, _POSITION_BOUND).astype(np.float32),
+            "state": tabletop_state(ee_pos, yaw, grip, joints, cubes, cube_yaws, mats),
             "ee_pos": ee_pos.astype(np.float32),
             "ee_quat": np.clip(ee_quat, -1.0, 1.0).astype(np.float32),
             "gripper": np.array([grip], dtype=np.float32),
@@ -550,6 +607,37 @@ class FrankaTabletopEnv(gym.Env):
                     if len(cubes) == N_OBJECTS:
                         return np.array(cubes), np.array(mats)
         raise RuntimeError("could not sample a non-overlapping layout; widen the region")
+
+
+def tabletop_state(
+    ee_pos: np.ndarray,
+    ee_yaw: float,
+    gripper_opening: float,
+    joint_pos: np.ndarray,
+    object_pos: np.ndarray,
+    object_yaw: np.ndarray,
+    target_pos: np.ndarray,
+) -> np.ndarray:
+    """The policy's flat ``state`` vector (``STATE_LAYOUT``) from measurements in the base frame.
+
+    One place for the layout: the environment and the ROS steering node (which measures the
+    same quantities from joint states and object ground truth) both build states here.
+    """
+    state = np.empty(STATE_DIM, dtype=np.float64)
+    lay = STATE_LAYOUT
+    object_pos = np.asarray(object_pos, dtype=np.float64).reshape(N_OBJECTS, 3)
+    object_yaw = np.asarray(object_yaw, dtype=np.float64).reshape(N_OBJECTS)
+    state[lay["ee_pos"]] = ee_pos
+    state[lay["ee_yaw"]] = (np.sin(ee_yaw), np.cos(ee_yaw))
+    state[lay["gripper"]] = gripper_opening
+    state[lay["joint_pos"]] = joint_pos
+    state[lay["object_pos"]] = object_pos.reshape(-1)
+    state[lay["object_yaw"]] = np.stack(
+        [np.sin(4 * object_yaw), np.cos(4 * object_yaw)], axis=1
+    ).reshape(-1)
+    state[lay["object_rel"]] = (object_pos - np.asarray(ee_pos)).reshape(-1)
+    state[lay["target_pos"]] = np.asarray(target_pos, dtype=np.float64).reshape(-1)
+    return np.clip(state, -_POSITION_BOUND, _POSITION_BOUND).astype(np.float32)
 
 
 def _norm_clip(vec: np.ndarray, limit: float) -> np.ndarray:

@@ -20,6 +20,7 @@ from frs_steering.sim.env import (
     GRASP_HEIGHT,
     MAT_SUCCESS_HALF,
     EnvConfig,
+    yaw_of_quaternion,
 )
 from frs_steering.sim.scene import CUBE_HALF_SIZE
 from frs_steering.sim.tasks import TaskSpec
@@ -61,11 +62,6 @@ def _wrap_quarter(angle: float) -> float:
 def _clip_norm(vec: np.ndarray, limit: float) -> np.ndarray:
     norm = float(np.linalg.norm(vec))
     return vec * (limit / norm) if norm > limit else vec
-
-
-def _quat_yaw(quat: np.ndarray) -> float:
-    w, x, y, z = (float(v) for v in quat)
-    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
 
 
 class ScriptedExpert:
@@ -114,7 +110,7 @@ class ScriptedExpert:
             grip,
             holding,
             cube.copy(),
-            _quat_yaw(obs["object_quat"][i]),
+            yaw_of_quaternion(obs["object_quat"][i]),
             None if target is None else np.asarray(target, dtype=float).copy(),
         )
 

@@ -1,0 +1,314 @@
+"""Helpers for tests that run the simulated rig (sim robot + arm controller) as separate processes.
+
+``start_sim_robot`` / ``start_arm_controller`` start each node in its own process through any
+starter with a ``start(*args)`` method (the root conftest's ``node_processes`` fixture);
+``RigClient`` is the test side: it spins its own node with a ``spin_once`` loop, resets episodes,
+sends ExecuteChunk goals, calls the e-stop services and records what the controller commands.
+Used by the sim-robot and arm-controller tests and meant for later full-pipeline tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.action import ActionClient
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, Header, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from frs_msgs.action import ExecuteChunk
+from frs_msgs.msg import ActionChunk, EpisodeStatus, ObjectStates
+from frs_msgs.srv import ResetEpisode
+
+ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad0")
+
+
+class ProcessStarter(Protocol):
+    """Anything that starts ``python <args>`` as a process (e.g. conftest's node_processes)."""
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Any: ...
+
+
+def ros_args(params: dict[str, object]) -> list[str]:
+    """``--ros-args -p name:=value`` for each parameter (bools, numbers, lists, strings)."""
+
+    def fmt(value: object) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, list | tuple):
+            return "[" + ",".join(fmt(v) for v in value) + "]"
+        return str(value)
+
+    args = ["--ros-args"]
+    for name, value in params.items():
+        args += ["-p", f"{name}:={fmt(value)}"]
+    return args
+
+
+def start_sim_robot(starter: ProcessStarter, **params: object) -> Any:
+    """Start ``frs_bringup.sim_robot_node`` with the given parameters in its own process."""
+    return starter.start("-m", "frs_bringup.sim_robot_node", *ros_args(params))
+
+
+def start_arm_controller(starter: ProcessStarter, **params: object) -> Any:
+    """Start ``frs_steering.arm_controller_node`` (autostarted) in its own process."""
+    return starter.start("-m", "frs_steering.arm_controller_node", *ros_args(params))
+
+
+def start_rig(
+    starter: ProcessStarter,
+    context: Context,
+    controller: dict[str, object] | None = None,
+    sim: dict[str, object] | None = None,
+    timeout: float = 30.0,
+) -> RigClient:
+    """Start the sim robot and the arm controller, each in its own process; a ready client."""
+    start_sim_robot(starter, **(sim or {}))
+    start_arm_controller(starter, **(controller or {}))
+    client = RigClient(context)
+    client.wait_for_robot(timeout)
+    client.wait_for_controller(timeout)
+    return client
+
+
+def stamp_seconds(stamp: Any) -> float:
+    """``builtin_interfaces/Time`` as float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def shifted_stamp(stamp: Any, seconds: float) -> Time:
+    """``stamp`` moved by ``seconds`` (negative = earlier)."""
+    t = stamp_seconds(stamp) + seconds
+    sec = math.floor(t)
+    return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+
+
+def make_chunk(
+    rows: np.ndarray,
+    stamp: Any,
+    dt: float = 0.1,
+    action_space: str = "ee_delta",
+    frame_id: str = "fr3_link0",
+    dim_names: Sequence[str] | None = None,
+) -> ActionChunk:
+    """An ActionChunk of real-unit ``rows`` (horizon, dim) computed from an observation at
+    ``stamp``."""
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.float32))
+    if dim_names is None:
+        dim_names = EE_DELTA_NAMES if rows.shape[1] == len(EE_DELTA_NAMES) else ()
+    return ActionChunk(
+        header=Header(stamp=stamp, frame_id=frame_id),
+        action_space=action_space,
+        normalized=False,
+        dt=float(dt),
+        horizon=rows.shape[0],
+        dim=rows.shape[1],
+        dim_names=list(dim_names),
+        data=rows.reshape(-1).tolist(),
+    )
+
+
+@dataclass
+class Recorded:
+    """Messages a RigClient subscription received, with receive times (test clock)."""
+
+    messages: list[Any] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def since(self, t: float) -> list[Any]:
+        """Messages received at or after ``t`` (``time.monotonic()`` seconds)."""
+        return [m for m, tm in zip(self.messages, self.times, strict=True) if tm >= t]
+
+    def clear(self) -> None:
+        """Forget everything received so far."""
+        self.messages.clear()
+        self.times.clear()
+
+
+@dataclass
+class GoalOutcome:
+    """What an ExecuteChunk goal ended with."""
+
+    accepted: bool
+    status: int
+    result: ExecuteChunk.Result | None
+    feedback: list[ExecuteChunk.Feedback]
+
+
+class RigClient:
+    """Test-side node: resets episodes, sends chunks, records the controller's commands."""
+
+    def __init__(self, context: Context, name: str = "rig_client") -> None:
+        import rclpy
+
+        self.node = rclpy.create_node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        node = self.node
+        self.joint_states = Recorded()
+        self.object_states = Recorded()
+        self.episode_status = Recorded()
+        self.instructions = Recorded()
+        self.velocity_commands = Recorded()
+        self.trajectory_commands = Recorded()
+        self.gripper_commands = Recorded()
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        subscriptions: list[tuple[type, str, Recorded, QoSProfile]] = [
+            (JointState, "joint_states", self.joint_states, qos_profile_sensor_data),
+            (ObjectStates, "frs/object_states", self.object_states, qos_profile_sensor_data),
+            (EpisodeStatus, "frs/episode_status", self.episode_status, reliable),
+            (String, "frs/instruction", self.instructions, latched),
+            (
+                Float64MultiArray,
+                "forward_velocity_controller/commands",
+                self.velocity_commands,
+                reliable,
+            ),
+            (
+                JointTrajectory,
+                "joint_trajectory_controller/joint_trajectory",
+                self.trajectory_commands,
+                reliable,
+            ),
+            (Float64MultiArray, "gripper_controller/commands", self.gripper_commands, reliable),
+        ]
+        for msg_type, topic, store, qos in subscriptions:
+            node.create_subscription(msg_type, topic, self._recorder(store), qos)
+        self.execute_client = ActionClient(node, ExecuteChunk, "frs/execute_chunk")
+        self.reset_client = node.create_client(ResetEpisode, "frs/reset_episode")
+        self.estop_client = node.create_client(Trigger, "frs/estop")
+        self.reset_estop_client = node.create_client(Trigger, "frs/reset_estop")
+
+    @staticmethod
+    def _recorder(store: Recorded) -> Callable[[Any], None]:
+        def record(msg: Any) -> None:
+            store.messages.append(msg)
+            store.times.append(time.monotonic())
+
+        return record
+
+    # ------------------------------------------------------------------ spinning
+    def spin_for(self, seconds: float) -> None:
+        """Process callbacks for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=min(0.01, max(0.0, end - time.monotonic())))
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Process callbacks until ``predicate()`` holds; False on timeout."""
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > end:
+                return False
+            self.executor.spin_once(timeout_sec=0.01)
+        return True
+
+    def wait_future(self, future: Future, timeout: float) -> Any:
+        """Spin until ``future`` is done; its result (raises TimeoutError)."""
+        if not self.spin_until(future.done, timeout):
+            raise TimeoutError("future not done in time")
+        return future.result()
+
+    # ------------------------------------------------------------------ readiness
+    def wait_for_robot(self, timeout: float = 20.0) -> None:
+        """Until joint states flow and the reset service is up (sim robot ready)."""
+        ok = self.spin_until(lambda: len(self.joint_states.messages) > 2, timeout)
+        if not ok or not self.reset_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError("simulated robot did not come up")
+
+    def wait_for_controller(self, timeout: float = 20.0) -> None:
+        """Until the ExecuteChunk server and the e-stop services are available."""
+        end = time.monotonic() + timeout
+        while not self.execute_client.server_is_ready():
+            if time.monotonic() > end:
+                raise TimeoutError("arm controller action server did not come up")
+            self.executor.spin_once(timeout_sec=0.05)
+        for client in (self.estop_client, self.reset_estop_client):
+            if not client.wait_for_service(timeout_sec=max(0.1, end - time.monotonic())):
+                raise TimeoutError(f"{client.srv_name} did not come up")
+        # Handshake: the controller checks its readiness (active, joint states flowing) before
+        # validating a chunk, so a probe rejected for its action space proves it is ready.
+        probe = make_chunk(np.zeros((1, 1)), Time(sec=1), action_space="readiness_probe")
+        while True:
+            reason = self.execute(probe, timeout=max(1.0, end - time.monotonic())).result.reason
+            if "readiness_probe" in reason:
+                return
+            if time.monotonic() > end:
+                raise TimeoutError(f"arm controller not ready: {reason}")
+            self.spin_for(0.1)
+
+    # ------------------------------------------------------------------ state
+    def latest_joint_state(self) -> tuple[Any, np.ndarray]:
+        """(header stamp, 7 arm joint positions) of the newest joint_states message."""
+        msg = self.joint_states.messages[-1]
+        q = np.array([msg.position[list(msg.name).index(n)] for n in ARM_JOINTS])
+        return msg.header.stamp, q
+
+    def arm_positions_since(self, t: float) -> np.ndarray:
+        """(n, 7) arm joint positions of joint_states received since monotonic time ``t``."""
+        rows = []
+        for msg in self.joint_states.since(t):
+            names = list(msg.name)
+            rows.append([msg.position[names.index(n)] for n in ARM_JOINTS])
+        return np.array(rows).reshape(-1, 7)
+
+    # ------------------------------------------------------------------ calls
+    def reset_episode(
+        self, task: str = "", seed: int = -1, template_id: int = -1, timeout: float = 10.0
+    ) -> ResetEpisode.Response:
+        """Call frs/reset_episode."""
+        request = ResetEpisode.Request(task=task, seed=seed, template_id=template_id)
+        return self.wait_future(self.reset_client.call_async(request), timeout)
+
+    def trigger(self, client_name: str, timeout: float = 5.0) -> Trigger.Response:
+        """Call ``estop`` or ``reset_estop``."""
+        client = {"estop": self.estop_client, "reset_estop": self.reset_estop_client}[client_name]
+        return self.wait_future(client.call_async(Trigger.Request()), timeout)
+
+    def send_chunk(self, chunk: ActionChunk, max_points: int = 0) -> tuple[Any, list]:
+        """Send a goal; returns (goal handle future, feedback list that fills while spinning)."""
+        feedback: list[ExecuteChunk.Feedback] = []
+        future = self.execute_client.send_goal_async(
+            ExecuteChunk.Goal(chunk=chunk, max_points=max_points),
+            feedback_callback=lambda fb: feedback.append(fb.feedback),
+        )
+        return future, feedback
+
+    def finish(self, goal_future: Future, feedback: list, timeout: float = 10.0) -> GoalOutcome:
+        """Wait for a goal sent with ``send_chunk`` to end."""
+        handle = self.wait_future(goal_future, timeout)
+        if not handle.accepted:
+            return GoalOutcome(False, 0, None, feedback)
+        response = self.wait_future(handle.get_result_async(), timeout)
+        return GoalOutcome(True, response.status, response.result, feedback)
+
+    def execute(
+        self, chunk: ActionChunk, max_points: int = 0, timeout: float = 10.0
+    ) -> GoalOutcome:
+        """Send a chunk and wait for its result."""
+        return self.finish(*self.send_chunk(chunk, max_points), timeout=timeout)
+
+    def destroy(self) -> None:
+        """Destroy the client node."""
+        self.execute_client.destroy()
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()

@@ -1,0 +1,43 @@
+"""Finding files a package ships (checkpoints, parameter YAML) wherever it is run from.
+
+From a source checkout the files sit next to the package; after an install they sit under
+``<prefix>/share/<package>``, found through the ament index when ``AMENT_PREFIX_PATH`` is set
+(sourced ROS environments) or under this interpreter's prefix (the project's venv).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SHIPPED_GENERALIST = ("checkpoints", "generalist")
+
+
+def find_package_file(package: str, source_root: Path, *parts: str) -> Path:
+    """First existing ``parts`` under the source tree, the ament share dir or sys.prefix/share."""
+    candidates = [source_root.joinpath(*parts)]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory(package)).joinpath(*parts))
+    except (ImportError, LookupError, OSError):  # no ament index, or package not in it
+        pass
+    candidates.append(Path(sys.prefix, "share", package, *parts))
+    for path in candidates:
+        if path.exists():
+            return path
+    searched = ", ".join(str(p) for p in candidates)
+    raise FileNotFoundError(f"{'/'.join(parts)} of {package} not found (searched {searched})")
+
+
+def shipped_checkpoint() -> Path:
+    """The generalist checkpoint shipped with frs_steering."""
+    try:
+        return find_package_file(
+            "frs_steering", Path(__file__).resolve().parents[1], *SHIPPED_GENERALIST
+        )
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}; build it with "
+            "`python -m frs_steering.sim.generalist --out frs_steering/checkpoints/generalist`"
+        ) from None

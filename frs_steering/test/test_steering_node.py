@@ -1,0 +1,346 @@
+"""The steering node in its own process, driven over Fast DDS by this test process.
+
+This process plays the robot (joint_states, frs/object_states, frs/instruction) and the client of
+``frs/steer_chunk``; the node runs a tiny checkpoint trained here on random data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose
+from rclpy.action import ActionClient
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from frs_msgs.action import SteerChunk
+from frs_msgs.msg import ObjectStates, SteeringDiagnostics
+from frs_steering.checkpoint import save_policy
+from frs_steering.kinematics import REST_QPOS, ArmKinematics
+from frs_steering.ros_messages import ns_to_stamp, stamp_to_ns
+from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
+from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
+from frs_steering.train import train_flow_policy
+
+Result = SteerChunk.Result
+HORIZON, DIM, REAL = 10, 8, 7
+OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]
+OBJECTS += [("blue_cube", (0.6, 0.0, 0.02)), ("yellow_mat", (0.45, -0.2, 0.0))]
+OBJECTS += [("purple_mat", (0.6, 0.2, 0.0)), ("white_mat", (0.4, 0.25, 0.0))]
+
+
+def _train_checkpoint(directory: Path) -> Path:
+    """A small generalist-shaped policy (state 46 + MiniLM 384 -> 10 x 8) on random data."""
+    generator = torch.Generator().manual_seed(0)
+    count = 256
+    actions = torch.rand(count, HORIZON, REAL, generator=generator) * 0.1 - 0.05
+    actions[..., 6] = (torch.rand(count, 1, generator=generator) > 0.5).float()
+    policy = make_policy(fit_action_normalizer(actions), GeneralistRecipe(width=32, depth=1))
+    observations = {
+        "state": torch.randn(count, 46, generator=generator),
+        "instruction": torch.randn(count, 384, generator=generator) * 0.05,
+    }
+    train_flow_policy(policy, observations, actions, steps=60, batch_size=64, progress=False)
+    return save_policy(policy, directory)
+
+
+def _start_node(log_path: Path, *params: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "frs_steering.steering_node", "--ros-args"]
+    for param in params:
+        args += ["-p", param]
+    log = log_path.open("w")
+    return subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class Robot:
+    """This test process: fake robot topics plus the steering action client."""
+
+    def __init__(self, context: object) -> None:
+        self.node = Node("steering_test_client", context=context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        node = self.node
+        self.joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self.objects = node.create_publisher(
+            ObjectStates, "frs/object_states", qos_profile_sensor_data
+        )
+        self.instruction = node.create_publisher(String, "frs/instruction", LATCHED_QOS)
+        self.client = ActionClient(node, SteerChunk, "frs/steer_chunk")
+        self.markers: list[MarkerArray] = []
+        self.diagnostics: list[SteeringDiagnostics] = []
+        node.create_subscription(MarkerArray, "frs/markers", self.markers.append, RELIABLE_QOS)
+        node.create_subscription(
+            SteeringDiagnostics, "frs/diagnostics", self.diagnostics.append, RELIABLE_QOS
+        )
+        self.q = REST_QPOS.copy()
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+        return done()
+
+    def publish_observation(self, age_s: float = 0.0) -> Time:
+        """Joint and object states with one stamp, ``age_s`` in the past; returns the stamp."""
+        stamp = ns_to_stamp(time.time_ns() - int(age_s * 1e9))
+        joints = JointState(
+            name=[f"fr3_joint{i}" for i in range(1, 8)]
+            + ["fr3_finger_joint1", "fr3_finger_joint2"],
+            position=[*self.q.tolist(), 0.04, 0.04],
+        )
+        joints.header.stamp = stamp
+        objects = ObjectStates(names=[name for name, _ in OBJECTS])
+        objects.header.stamp = stamp
+        objects.header.frame_id = "fr3_link0"
+        for name, (x, y, z) in OBJECTS:
+            pose = Pose()
+            pose.position.x, pose.position.y, pose.position.z = x, y, z
+            pose.orientation.w = 1.0
+            objects.poses.append(pose)
+            objects.kinds.append(ObjectStates.KIND_TARGET if "mat" in name else 0)
+        self.joints.publish(joints)
+        self.objects.publish(objects)
+        self.spin_until(lambda: False, 0.05)  # let the node take both in
+        return stamp
+
+    def send(self, goal: SteerChunk.Goal, feedback: list | None = None):  # noqa: ANN201
+        """Send a goal; returns the goal handle (the result is fetched with ``result``)."""
+        callback = None if feedback is None else (lambda fb: feedback.append(fb.feedback))
+        future = self.client.send_goal_async(goal, feedback_callback=callback)
+        assert self.spin_until(future.done, 10.0), "goal was not answered"
+        handle = future.result()
+        assert handle.accepted, "the node accepts every goal (rejections come as results)"
+        return handle
+
+    def result(self, handle) -> Result:  # noqa: ANN001
+        future = handle.get_result_async()
+        assert self.spin_until(future.done, 30.0), "no result"
+        return future.result().result
+
+    def steer(self, goal: SteerChunk.Goal) -> Result:
+        return self.result(self.send(goal))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return _train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Robot]:
+    from rclpy.context import Context
+
+    log_path = tmp_path_factory.mktemp("steering") / "node.log"
+    proc = _start_node(log_path, f"checkpoint:={checkpoint}", "max_observation_age:=2.0")
+    context = Context()
+    rclpy.init(context=context)
+    robot = Robot(context)
+    try:
+        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
+        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
+        yield robot
+    finally:
+        robot.client.destroy()
+        robot.node.destroy_node()
+        context.try_shutdown()
+        _stop(proc)
+
+
+def frs_goal(stamp: Time, **fields) -> SteerChunk.Goal:  # noqa: ANN003
+    goal = SteerChunk.Goal(method="frs", observation_stamp=stamp, seed=7, **fields)
+    goal.reference.header.frame_id = "fr3_link0"
+    goal.reference.direction.y = 1.0  # robot's left
+    goal.reference.magnitude = 1.0
+    return goal
+
+
+def test_goal_without_any_observation_is_rejected(robot: Robot) -> None:
+    result = robot.steer(frs_goal(Time()))
+    assert result.outcome == Result.OUTCOME_REJECTED
+    assert "nothing received on joint_states" in result.reason
+
+
+def test_valid_goal_returns_refined_chunk(robot: Robot) -> None:
+    robot.instruction.publish(String(data="put the red cube on the yellow mat"))
+    stamp = robot.publish_observation()
+    feedback: list = []
+    result = robot.result(robot.send(frs_goal(stamp), feedback))
+    if result.outcome == Result.OUTCOME_REJECTED and "instruction" in result.reason:
+        robot.spin_until(lambda: False, 0.5)  # embedding the first instruction
+        result = robot.steer(frs_goal(stamp))
+    assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+
+    refined = result.refined
+    assert (refined.horizon, refined.dim, refined.normalized) == (HORIZON, DIM, False)
+    assert refined.action_space == "ee_delta" and refined.header.frame_id == "fr3_link0"
+    assert stamp_to_ns(refined.header.stamp) == stamp_to_ns(stamp)
+    assert math.isclose(refined.dt, 0.1, rel_tol=1e-6)
+    assert list(refined.dim_names)[:3] == ["dx", "dy", "dz"] and len(refined.dim_names) == DIM
+    rows = np.asarray(refined.data).reshape(HORIZON, DIM)
+    assert np.all(np.isfinite(rows)) and np.all(rows[:, 7] == 0.0)
+    for chunk in (result.reference, result.noise):
+        assert (chunk.horizon, chunk.dim, chunk.normalized) == (HORIZON, DIM, True)
+    assert len(result.unsteered.data) == HORIZON * DIM
+
+    diag = result.diagnostics
+    assert diag.method == "frs" and diag.solver == "euler" and diag.num_steps == 10
+    assert diag.nfe == 20  # K reverse + K forward (the unsteered sample rides in the batch)
+    assert math.isfinite(diag.noise_norm_ratio) and math.isfinite(diag.reference_cosine)
+    assert {t.phase for t in diag.timings} >= {"observation", "encode", "reverse", "forward"}
+    assert robot.spin_until(lambda: bool(robot.markers) and bool(robot.diagnostics), 5.0)
+    assert robot.diagnostics[-1].nfe == 20
+    assert [fb.phase for fb in feedback[:1]] in ([], ["reverse"])  # feedback may trail
+
+    markers = {m.ns: m for m in robot.markers[-1].markers}
+    assert set(markers) == {"reference", "refined", "unsteered"}
+    ee, _ = ArmKinematics().forward(robot.q)
+    for marker in markers.values():
+        assert marker.header.frame_id == "fr3_link0"
+        assert len(marker.points) == HORIZON + 1
+        start = marker.points[0]
+        np.testing.assert_allclose([start.x, start.y, start.z], ee, atol=1e-6)
+    ref_end = markers["reference"].points[-1]
+    np.testing.assert_allclose(ref_end.y - ee[1], HORIZON * 0.05, atol=1e-5)  # 10 x 5 cm left
+
+
+def test_deferral_samples_the_base_policy(robot: Robot) -> None:
+    goal = frs_goal(robot.publish_observation())
+    goal.reference.defer = True
+    result = robot.steer(goal)
+    assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+    assert result.diagnostics.method == "base" and result.diagnostics.nfe == 10
+    assert len(result.reference.data) == 0
+
+
+def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
+    def chunk(horizon: int, dim: int, length: int, value: float = 0.0):  # noqa: ANN202
+        def apply(goal: SteerChunk.Goal) -> None:
+            c = goal.reference.chunk
+            c.horizon, c.dim, c.data = horizon, dim, [value] * length
+
+        return apply
+
+    def set_attr(path: str, value: object):  # noqa: ANN202
+        def apply(goal: SteerChunk.Goal) -> None:
+            *parents, name = path.split(".")
+            target = goal
+            for parent in parents:
+                target = getattr(target, parent)
+            setattr(target, name, value)
+
+        return apply
+
+    def with_mask(goal: SteerChunk.Goal) -> None:
+        chunk(HORIZON, REAL, HORIZON * REAL)(goal)
+        goal.reference.mask = [True] * 5
+
+    return [
+        ("wrong horizon", chunk(3, DIM, 3 * DIM), "reference.chunk is 3x8"),
+        ("wrong length", chunk(HORIZON, REAL, 5), "len(data) = 5"),
+        ("NaN chunk", chunk(HORIZON, REAL, HORIZON * REAL, math.nan), "NaN"),
+        ("wrong mask", with_mask, "reference.mask has 5 entries"),
+        ("NaN direction", set_attr("reference.direction.x", math.nan), "direction must be finite"),
+        ("not unit", set_attr("reference.direction.x", 1.0), "unit vector or zero"),
+        ("huge magnitude", set_attr("reference.magnitude", 1e6), "magnitude must be in [0, 1]"),
+        ("unknown method", set_attr("method", "telepathy"), "unknown method 'telepathy'"),
+        ("too many steps", set_attr("num_steps", 10**6), "exceeds max_num_steps"),
+        ("unknown solver", set_attr("solver", "leapfrog"), "unknown solver 'leapfrog'"),
+        ("noise scale", set_attr("noise_scale", -1.0), "noise_scale must be in [0, 10]"),
+        ("wrong frame", set_attr("reference.header.frame_id", "camera"), "no tf2"),
+        ("bad gripper", set_attr("reference.gripper", 9), "reference.gripper 9"),
+    ]
+
+
+def test_malformed_goals_are_rejected_with_a_reason(robot: Robot) -> None:
+    stamp = robot.publish_observation()
+    for label, mutate, expected in _bad_goals():
+        goal = frs_goal(stamp)
+        mutate(goal)
+        result = robot.steer(goal)
+        assert result.outcome == Result.OUTCOME_REJECTED, label
+        assert expected in result.reason, f"{label}: {result.reason!r}"
+
+
+def test_stale_and_missing_observations_are_rejected(robot: Robot) -> None:
+    stale = robot.publish_observation(age_s=5.0)
+    result = robot.steer(frs_goal(stale))
+    assert result.outcome == Result.OUTCOME_REJECTED and "stale observation" in result.reason
+
+    latest = robot.publish_observation()
+    missing = ns_to_stamp(stamp_to_ns(latest) + 50_000_000)  # nothing was published after it
+    result = robot.steer(frs_goal(missing))
+    assert result.outcome == Result.OUTCOME_REJECTED and "no observation at stamp" in result.reason
+
+
+def _long_goal(stamp: Time) -> SteerChunk.Goal:
+    return frs_goal(stamp, num_steps=1000, solver="rk4")  # ~8000 velocity calls: seconds
+
+
+def test_cancel_mid_integration(robot: Robot) -> None:
+    feedback: list = []
+    handle = robot.send(_long_goal(robot.publish_observation()), feedback)
+    assert robot.spin_until(lambda: len(feedback) >= 3, 10.0), "no feedback"
+    cancel = handle.cancel_goal_async()
+    result = robot.result(handle)
+    assert result.outcome == Result.OUTCOME_CANCELED, result.reason
+    assert cancel.done() or robot.spin_until(cancel.done, 2.0)
+    last = feedback[-1]
+    assert last.total_steps == 1000
+    assert not (last.phase == "forward" and last.step == 1000), "canceled after integrating"
+
+
+def test_newer_goal_preempts_older(robot: Robot) -> None:
+    feedback: list = []
+    stamp = robot.publish_observation()
+    old = robot.send(_long_goal(stamp), feedback)
+    assert robot.spin_until(lambda: len(feedback) >= 3, 10.0), "no feedback"
+    new = robot.send(frs_goal(stamp))
+    assert robot.result(old).outcome == Result.OUTCOME_PREEMPTED
+    assert robot.result(new).outcome == Result.OUTCOME_SUCCEEDED
+
+
+def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    cases = {tmp_path / "absent": "does not exist", corrupt: "is not valid JSON"}
+    procs = {
+        path: _start_node(tmp_path / f"{path.name}.log", f"checkpoint:={path}") for path in cases
+    }
+    try:
+        for path, expected in cases.items():
+            code = procs[path].wait(timeout=60)
+            log = (tmp_path / f"{path.name}.log").read_text()
+            assert code == 1, log
+            assert "configure failed" in log and expected in log, log
+    finally:
+        for proc in procs.values():
+            _stop(proc)
