@@ -106,6 +106,21 @@ class EpisodeRunner(Node):
             raise RuntimeError(f"service {client.srv_name} did not answer in {timeout_s} s")
         return future.result()
 
+    def start_episode(
+        self, executor: Executor, task: str = "", seed: int = -1
+    ) -> ResetEpisode.Response:
+        """Reset the simulated robot to ``task`` (empty = next of its split) and ``seed``."""
+        request = ResetEpisode.Request(task=task, seed=seed, template_id=-1)
+        reply = self._call(executor, self._reset, request, timeout_s=30.0)
+        if not reply.success:
+            raise RuntimeError(f"reset refused: {reply.message}")
+        self._status = None
+        return reply
+
+    def set_proposer(self, executor: Executor, enabled: bool) -> None:
+        """Switch the proposer's loop on or off."""
+        self._call(executor, self._enable, SetBool.Request(data=enabled), timeout_s=10.0)
+
     def run(self, executor: Executor) -> list[EpisodeOutcome]:
         """Run the configured episodes; the executor must hold every node of the stack."""
         episodes = int(self.get_parameter("episodes").value)
@@ -114,38 +129,38 @@ class EpisodeRunner(Node):
         timeout = float(self.get_parameter("episode_timeout").value)
         outcomes: list[EpisodeOutcome] = []
         for index in range(episodes):
-            request = ResetEpisode.Request(
-                task=tasks[index % len(tasks)], seed=seed + index, template_id=-1
-            )
-            reply = self._call(executor, self._reset, request, timeout_s=30.0)
-            if not reply.success:
-                raise RuntimeError(f"reset refused: {reply.message}")
-            self._status = None
+            reply = self.start_episode(executor, tasks[index % len(tasks)], seed + index)
             start = time.monotonic()
-            self._call(executor, self._enable, SetBool.Request(data=True), timeout_s=10.0)
+            self.set_proposer(executor, True)
             while time.monotonic() - start < timeout:
                 executor.spin_once(timeout_sec=0.05)
                 status = self._status
                 if status is not None and status.episode == reply.episode and status.done:
                     break
-            self._call(executor, self._enable, SetBool.Request(data=False), timeout_s=10.0)
-            status = self._status
-            finished = status is not None and status.episode == reply.episode
-            outcome = EpisodeOutcome(
-                episode=reply.episode,
-                task=reply.task,
-                instruction=reply.instruction,
-                success=bool(finished and status.success),
-                steps=int(status.step) if finished else 0,
-                wall_s=time.monotonic() - start,
-                reason=(status.reason or "running") if finished else "no status received",
-            )
-            if not finished or not status.done:
-                outcome = EpisodeOutcome(**{**outcome.__dict__, "reason": "runner timeout"})
-            outcomes.append(outcome)
-            print(outcome.line(), flush=True)
+            self.set_proposer(executor, False)
+            outcomes.append(self._outcome(reply, time.monotonic() - start))
+            print(outcomes[-1].line(), flush=True)
         print(summarize(outcomes), flush=True)
         return outcomes
+
+    def _outcome(self, reply: ResetEpisode.Response, wall_s: float) -> EpisodeOutcome:
+        status = self._status
+        finished = status is not None and status.episode == reply.episode
+        if not finished:
+            reason = "no status received"
+        elif not status.done:
+            reason = "runner timeout"
+        else:
+            reason = status.reason or "done"
+        return EpisodeOutcome(
+            episode=reply.episode,
+            task=reply.task,
+            instruction=reply.instruction,
+            success=bool(finished and status.success),
+            steps=int(status.step) if finished else 0,
+            wall_s=wall_s,
+            reason=reason,
+        )
 
 
 def main(args: list[str] | None = None) -> None:

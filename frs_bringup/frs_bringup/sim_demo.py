@@ -44,11 +44,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=None, help="override episode count")
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")
+    parser.add_argument(
+        "--log-level", default="", help="ROS log level, e.g. debug or proposer:=debug"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    extra_ros_args = ["--log-level", args.log_level] if args.log_level else []
     params_file = args.params_file or default_params_file()
     if not params_file.is_file():
         print(f"parameter file not found: {params_file}", file=sys.stderr)
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from frs_steering.steering_node import SteeringNode
     from frs_vlm_bridge.proposer_node import ProposerNode
 
-    rclpy.init(args=["--ros-args", "--params-file", str(params_file)])
+    rclpy.init(args=["--ros-args", "--params-file", str(params_file), *extra_ros_args])
     runner_overrides = [
         Parameter(name, value=value)
         for name, value in (("episodes", args.episodes), ("seed", args.seed))
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         SteeringNode(),
         ProposerNode(parameter_overrides=proposer_overrides),
     ]
+    proposer = nodes[-1]
     runner = EpisodeRunner(parameter_overrides=runner_overrides)
     stack = MultiThreadedExecutor(num_threads=4)
     for node in nodes:
@@ -85,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(node, LifecycleNode):
                 bring_up(node)
         spinner.start()
+        proposer.start()
         control = SingleThreadedExecutor()
         control.add_node(runner)
         outcomes = runner.run(control)
     finally:
+        proposer.stop()
         stack.shutdown(timeout_sec=2.0)
         for node in [*nodes, runner]:
             node.destroy_node()
