@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.client import Client
 from rclpy.executors import Executor
@@ -20,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import SetBool
 
+from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import EpisodeStatus
 from frs_msgs.srv import ResetEpisode
 
@@ -90,6 +92,11 @@ class EpisodeRunner(Node):
         self._enable = self.create_client(
             SetBool, "frs/proposer/enable", callback_group=self._group
         )
+        # Only to know when the stack is up: steering loads its model in on_configure.
+        self._servers = [
+            ActionClient(self, SteerChunk, "frs/steer_chunk", callback_group=self._group),
+            ActionClient(self, ExecuteChunk, "frs/execute_chunk", callback_group=self._group),
+        ]
 
     def _on_status(self, msg: EpisodeStatus) -> None:
         self._status = msg
@@ -105,6 +112,15 @@ class EpisodeRunner(Node):
         if not future.done():
             raise RuntimeError(f"service {client.srv_name} did not answer in {timeout_s} s")
         return future.result()
+
+    def wait_for_stack(self, executor: Executor, timeout_s: float = 120.0) -> None:
+        """Block until steering and the arm controller serve their actions."""
+        deadline = time.monotonic() + timeout_s
+        while not all(server.server_is_ready() for server in self._servers):
+            if time.monotonic() > deadline:
+                missing = [s._action_name for s in self._servers if not s.server_is_ready()]  # noqa: SLF001
+                raise RuntimeError(f"action servers not up after {timeout_s} s: {missing}")
+            executor.spin_once(timeout_sec=0.1)
 
     def start_episode(
         self, executor: Executor, task: str = "", seed: int = -1
@@ -128,6 +144,7 @@ class EpisodeRunner(Node):
         seed = int(self.get_parameter("seed").value)
         timeout = float(self.get_parameter("episode_timeout").value)
         outcomes: list[EpisodeOutcome] = []
+        self.wait_for_stack(executor)
         for index in range(episodes):
             reply = self.start_episode(executor, tasks[index % len(tasks)], seed + index)
             start = time.monotonic()
