@@ -2,9 +2,15 @@
 
 Observation (``state`` [B, state_dim], optional ``instruction`` embedding [B, instruction_dim])
 -> an encoder run once per observation that precomputes the observation's share of every FiLM
-modulation and a token bias. The action expert is an MLP-mixer over the ``horizon`` action
-tokens, FiLM-conditioned per block on observation + sinusoidal time embedding, so a velocity
-call costs only the time embedding and the mixer blocks.
+modulation and a token bias. Two encoders: the default (``encoder_depth=0``) adds a state MLP
+and a linear instruction projection; ``encoder_depth=n`` runs an n-hidden-layer MLP over the
+concatenation [state, instruction], which lets the instruction *select* parts of the state
+(multiplicative interaction) instead of only shifting one hidden layer. With
+``input_normalization`` the inputs are standardized by per-feature statistics stored as weights
+(set once from the training data by :meth:`FlowMatchingPolicy.set_input_statistics`). The
+action expert is an MLP-mixer over the ``horizon`` action tokens, FiLM-conditioned per block on
+observation + sinusoidal time embedding, so a velocity call costs only the time embedding and
+the mixer blocks.
 """
 
 from __future__ import annotations
@@ -37,12 +43,21 @@ class FlowPolicyConfig:
     time_frequencies: int = 32
     min_period: float = 4e-3
     max_period: float = 4.0
+    encoder_depth: int = 0  # 0: additive state MLP + linear instruction; n: MLP over the concat
+    encoder_width: int = 0  # hidden width of the concat MLP (0: ``width``)
+    input_normalization: bool = False  # standardize state / instruction with stored statistics
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "width", "depth", "mlp_ratio", "token_mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"FlowPolicyConfig.{name} must be a positive int, got {value!r}")
+        for name in ("encoder_depth", "encoder_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"FlowPolicyConfig.{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.input_normalization, bool):
+            raise ValueError("input_normalization must be a bool")
         if not isinstance(self.instruction_dim, int) or self.instruction_dim < 0:
             raise ValueError(f"instruction_dim must be an int >= 0, got {self.instruction_dim!r}")
         if not isinstance(self.time_frequencies, int) or self.time_frequencies < 1:
@@ -123,12 +138,22 @@ class FlowMatchingPolicy(nn.Module):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.state_encoder = nn.Sequential(
-                nn.Linear(config.state_dim, width), nn.SiLU(), nn.Linear(width, width)
-            )
-            self.instruction_encoder = (
-                nn.Linear(config.instruction_dim, width) if config.instruction_dim else None
-            )
+            if config.encoder_depth == 0:
+                self.state_encoder = nn.Sequential(
+                    nn.Linear(config.state_dim, width), nn.SiLU(), nn.Linear(width, width)
+                )
+                self.instruction_encoder = (
+                    nn.Linear(config.instruction_dim, width) if config.instruction_dim else None
+                )
+            else:
+                hidden = config.encoder_width or width
+                layers: list[nn.Module] = []
+                size = config.state_dim + config.instruction_dim
+                for _ in range(config.encoder_depth):
+                    layers += [nn.Linear(size, hidden), nn.SiLU()]
+                    size = hidden
+                layers.append(nn.Linear(size, width))
+                self.observation_encoder = nn.Sequential(*layers)
             self.observation_film = nn.Linear(width, film_size)
             self.observation_token_bias = nn.Linear(width, width)
             self.time_encoder = nn.Sequential(
@@ -150,6 +175,13 @@ class FlowMatchingPolicy(nn.Module):
         offset = torch.zeros(FILM_TERMS_PER_BLOCK, 1, width)
         offset[1::2] = 1.0
         self.register_buffer("film_offset", offset, persistent=False)
+        if config.input_normalization:  # saved with the weights; identity until set
+            for name, size in (
+                ("state", config.state_dim),
+                ("instruction", config.instruction_dim),
+            ):
+                self.register_buffer(f"{name}_shift", torch.zeros(size))
+                self.register_buffer(f"{name}_scale", torch.ones(size))
         periods = torch.logspace(
             math.log10(config.min_period), math.log10(config.max_period), config.time_frequencies
         )
@@ -161,6 +193,30 @@ class FlowMatchingPolicy(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def set_input_statistics(self, observations: Observation, min_std: float = 1e-3) -> None:
+        """Store per-feature mean and 1/std of the training observations (needs
+        ``input_normalization``); features with std below ``min_std`` are only centred."""
+        if not self.config.input_normalization:
+            raise ValueError("set_input_statistics needs config.input_normalization=True")
+        for name in ("state", "instruction"):
+            if name not in observations or getattr(self, f"{name}_shift").numel() == 0:
+                continue
+            values = observations[name].double()
+            std = values.std(dim=0, unbiased=False)
+            scale = torch.where(std > min_std, 1.0 / std.clamp_min(min_std), torch.ones_like(std))
+            getattr(self, f"{name}_shift").copy_(values.mean(dim=0))
+            getattr(self, f"{name}_scale").copy_(scale)
+
+    def _normalized(self, observation: Observation, name: str, batch: int) -> torch.Tensor:
+        param = self.action_in.weight
+        size = self.config.state_dim if name == "state" else self.config.instruction_dim
+        value = observation.get(name)
+        value = param.new_zeros(batch, size) if value is None else value.to(param)
+        if self.config.input_normalization:
+            value = (value - getattr(self, f"{name}_shift")) * getattr(self, f"{name}_scale")
+        return value
 
     def _check_observation(self, observation: Observation) -> int:
         if not isinstance(observation, Mapping):
@@ -190,10 +246,17 @@ class FlowMatchingPolicy(nn.Module):
     def encode(self, observation: Observation) -> EncodedObservation:
         """Run the observation encoder once; a missing instruction counts as a zero embedding."""
         batch = self._check_observation(observation)
-        param = self.action_in.weight
-        embedding = self.state_encoder(observation["state"].to(param))
-        if self.instruction_encoder is not None and "instruction" in observation:
-            embedding = embedding + self.instruction_encoder(observation["instruction"].to(param))
+        state = self._normalized(observation, "state", batch)
+        if self.config.encoder_depth:
+            inputs = [state]
+            if self.config.instruction_dim:
+                inputs.append(self._normalized(observation, "instruction", batch))
+            embedding = self.observation_encoder(torch.cat(inputs, dim=1))
+        else:
+            embedding = self.state_encoder(state)
+            if self.instruction_encoder is not None and "instruction" in observation:
+                instruction = self._normalized(observation, "instruction", batch)
+                embedding = embedding + self.instruction_encoder(instruction)
         embedding = F.silu(embedding)
         film = self.observation_film(embedding).view(
             batch, self.config.depth, FILM_TERMS_PER_BLOCK, 1, self.config.width

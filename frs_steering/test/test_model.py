@@ -215,3 +215,52 @@ def test_missing_or_unparsable_files(tmp_path):
     (directory / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         load_policy(directory)
+
+
+def _concat_config() -> FlowPolicyConfig:
+    base = _config()
+    return FlowPolicyConfig(
+        action_spec=base.action_spec,
+        state_dim=6,
+        instruction_dim=8,
+        width=32,
+        depth=2,
+        encoder_depth=2,
+        encoder_width=48,
+        input_normalization=True,
+    )
+
+
+def test_concat_encoder_with_input_statistics_trains_and_round_trips(tmp_path):
+    observations, actions = _dataset()
+    observations = {
+        "state": 0.01 * observations["state"] + 0.4,
+        **{"instruction": observations["instruction"]},
+    }
+    policy = FlowMatchingPolicy(_concat_config(), seed=3)
+    assert not hasattr(policy, "state_encoder")
+    policy.set_input_statistics(observations)
+    torch.testing.assert_close(policy.state_shift, observations["state"].mean(0))
+    standardized = (observations["state"] - policy.state_shift) * policy.state_scale
+    torch.testing.assert_close(standardized.std(0, unbiased=False), torch.ones(6))
+    history = train_flow_policy(
+        policy, observations, actions, steps=30, batch_size=32, seed=4, progress=False
+    )
+    assert sum(history[-5:]) < sum(history[:5])
+    loaded = load_policy(save_policy(policy, tmp_path / "c"))
+    assert loaded.config == policy.config
+    torch.testing.assert_close(loaded.state_scale, policy.state_scale)
+    a, b = policy.encode(observations), loaded.encode(observations)
+    assert torch.equal(a.film, b.film)
+    without = policy.encode({"state": observations["state"][:2]})
+    with_zero = policy.encode(
+        {"state": observations["state"][:2], "instruction": torch.zeros(2, 8)}
+    )
+    assert torch.equal(without.film, with_zero.film)
+
+
+def test_input_statistics_need_the_flag_and_bad_encoder_sizes_raise():
+    with pytest.raises(ValueError, match="input_normalization"):
+        FlowMatchingPolicy(_config()).set_input_statistics(_dataset()[0])
+    with pytest.raises(ValueError, match="encoder_depth"):
+        FlowPolicyConfig(action_spec=_config().action_spec, state_dim=6, encoder_depth=-1)

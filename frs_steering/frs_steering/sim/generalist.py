@@ -12,6 +12,14 @@ and dyaw is nonzero on ~3% of rows, so its 1-99% spread is ~4 mrad and the rare 
 become ~100 sigma outliers that wreck training). The fitted quantiles are therefore widened to at
 least the environment's documented action limits (+/-5 cm, +/-0.25 rad, gripper 0..1), which
 also puts a "more" step of 5 cm along one axis at exactly 1.0 in the policy's space.
+
+Encoder choice (measured on the cached demos, 800 steps, open-loop first-row translation cosine
+to the expert on training states): the legacy encoder on raw inputs reached 0.24 after 400 steps;
+standardizing the inputs (state in metres has centimetre-scale differences; MiniLM embeddings of
+"red cube" vs "blue cube" instructions have cosine up to 0.96, ~0 on average once standardized)
+lifted it to 0.60 (400 steps) / 0.78 (800); a 2-hidden-layer MLP over [state, instruction] (the
+instruction has to *select* a cube and a mat from the state) reached 0.83 at 800 steps. Hence
+``encoder_depth=2``, ``encoder_width=256``, ``input_normalization=True``.
 """
 
 from __future__ import annotations
@@ -56,9 +64,12 @@ class GeneralistRecipe:
     execute_rows: int = 1
     width: int = 128
     depth: int = 4
-    steps: int = 3000
+    encoder_depth: int = 2  # MLP over [state, instruction] (0: legacy additive encoder)
+    encoder_width: int = 256
+    input_normalization: bool = True  # standardize state and MiniLM embedding (stats saved)
+    steps: int = 4000
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
     num_steps: int = 10
@@ -101,6 +112,9 @@ def make_policy(normalizer, recipe: GeneralistRecipe = GeneralistRecipe()) -> Fl
         instruction_dim=EMBEDDING_DIM,
         width=recipe.width,
         depth=recipe.depth,
+        encoder_depth=recipe.encoder_depth,
+        encoder_width=recipe.encoder_width,
+        input_normalization=recipe.input_normalization,
     )
     return FlowMatchingPolicy(config, seed=recipe.seed)
 
@@ -151,6 +165,8 @@ def train_generalist(
     observations, actions = demos_to_tensors(demos)
     normalizer = fit_action_normalizer(actions)
     policy = make_policy(normalizer, recipe)
+    if recipe.input_normalization:
+        policy.set_input_statistics(observations)
     losses = train_flow_policy(
         policy,
         observations,
@@ -233,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--width", type=int, default=defaults.width)
     parser.add_argument("--depth", type=int, default=defaults.depth)
+    parser.add_argument("--encoder-depth", type=int, default=defaults.encoder_depth)
+    parser.add_argument("--encoder-width", type=int, default=defaults.encoder_width)
+    parser.add_argument(
+        "--no-input-normalization", action="store_true", help="raw state / embedding inputs"
+    )
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--split", default=defaults.split)
@@ -250,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         width=args.width,
         depth=args.depth,
+        encoder_depth=args.encoder_depth,
+        encoder_width=args.encoder_width,
+        input_normalization=not args.no_input_normalization,
         learning_rate=args.lr,
         seed=args.seed,
     )
