@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m frs_steering.demo
+	$(PY) -m frs_bringup.sim_demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -103,7 +103,10 @@ def test_late_rows_are_dropped_max_points_honoured_and_joint_velocity_chunks_run
     assert outcome.result.outcome == Result.OUTCOME_SUCCEEDED, outcome.result.reason
     _settle(rig)
     dq = rig.latest_joint_state()[1] - q0
-    assert dq[0] == pytest.approx(0.03 * outcome.result.points_executed, abs=0.02)
+    # 0.03 rad per executed row; a loaded machine adds some hold-over before the stop.
+    assert outcome.result.points_executed >= 1
+    assert dq[0] > 0.01
+    assert dq[0] == pytest.approx(0.03 * outcome.result.points_executed, abs=0.03, rel=0.25)
     assert np.all(np.abs(dq[1:]) < 0.02)
 
 
