@@ -1,22 +1,24 @@
-"""The simulated demo in one process: the nodes of sim.launch.py, composed without ros2 launch.
+"""The simulated demo without ros2 launch: the nodes of sim.launch.py, then episodes.
 
-``ros2 launch`` is not installable from PyPI wheels, so this entry point builds the same nodes
-(simulated robot, arm controller, steering, proposer, episode runner) in one process from the same
-parameter YAML, brings the lifecycle nodes up, spins them on a multi-threaded executor and runs
-episodes, printing the result of each. On a rig with ROS 2 installed use the launch files instead.
+``ros2 launch`` is not installable from PyPI wheels, so this entry point does its job for the
+simulated stack: it starts the same nodes (simulated robot, arm controller, steering, proposer)
+from the same parameter YAML, each in its own process as launch would, waits until they serve,
+runs episodes through the episode runner and prints the result of each. (Composing them in one
+Python process was measured to starve on 2 cores: chunks arrived 1-4 s late and joint states
+went stale.) On a rig with ROS 2 installed use the launch files instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
@@ -24,18 +26,18 @@ from frs_steering.package_data import find_package_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
+#: (node name in the YAML, module to run), in start order.
+STACK = (
+    ("sim_robot", "frs_bringup.sim_robot_node"),
+    ("arm_controller", "frs_steering.arm_controller_node"),
+    ("steering", "frs_steering.steering_node"),
+    ("proposer", "frs_vlm_bridge.proposer_node"),
+)
+
 
 def default_params_file() -> Path:
     """config/sim.yaml of frs_bringup (source tree or installed share directory)."""
     return find_package_file("frs_bringup", PACKAGE_ROOT, "config", "sim.yaml")
-
-
-def bring_up(node: LifecycleNode) -> None:
-    """configure + activate a lifecycle node in-process, failing loudly if it refuses."""
-    for transition in (node.trigger_configure, node.trigger_activate):
-        result = transition()
-        if result != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError(f"{node.get_name()}: {transition.__name__} failed ({result})")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,15 +46,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=None, help="override episode count")
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")
-    parser.add_argument(
-        "--log-level", default="", help="ROS log level, e.g. debug or proposer:=debug"
-    )
+    parser.add_argument("--log-level", default="", help="ROS log level of the nodes, e.g. debug")
     return parser.parse_args(argv)
+
+
+def start_stack(params_file: Path, args: argparse.Namespace) -> list[subprocess.Popen]:
+    """Start each node of the stack in its own process, as sim.launch.py does."""
+    processes = []
+    for name, module in STACK:
+        ros_args = ["--ros-args", "--params-file", str(params_file)]
+        if name == "proposer" and args.method is not None:
+            ros_args += ["-p", f"method:={args.method}"]
+        if args.log_level:
+            ros_args += ["--log-level", args.log_level]
+        processes.append(subprocess.Popen([sys.executable, "-m", module, *ros_args]))
+    return processes
+
+
+def stop_stack(processes: list[subprocess.Popen]) -> None:
+    """SIGINT every node (they stop the arm on the way out), then kill stragglers."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    extra_ros_args = ["--log-level", args.log_level] if args.log_level else []
     params_file = args.params_file or default_params_file()
     if not params_file.is_file():
         print(f"parameter file not found: {params_file}", file=sys.stderr)
@@ -60,46 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    # Imported here so --help works without loading MuJoCo and torch.
-    from frs_bringup.sim_robot_node import SimRobotNode
-    from frs_steering.arm_controller_node import ArmControllerNode
-    from frs_steering.steering_node import SteeringNode
-    from frs_vlm_bridge.proposer_node import ProposerNode
-
-    rclpy.init(args=["--ros-args", "--params-file", str(params_file), *extra_ros_args])
-    runner_overrides = [
+    processes = start_stack(params_file, args)
+    rclpy.init(args=["--ros-args", "--params-file", str(params_file)])
+    overrides = [
         Parameter(name, value=value)
         for name, value in (("episodes", args.episodes), ("seed", args.seed))
         if value is not None
     ]
-    proposer_overrides = [] if args.method is None else [Parameter("method", value=args.method)]
-    nodes = [
-        SimRobotNode(),
-        ArmControllerNode(),
-        SteeringNode(),
-        ProposerNode(parameter_overrides=proposer_overrides),
-    ]
-    proposer = nodes[-1]
-    runner = EpisodeRunner(parameter_overrides=runner_overrides)
-    stack = MultiThreadedExecutor(num_threads=4)
-    for node in nodes:
-        stack.add_node(node)
-    spinner = threading.Thread(target=stack.spin, daemon=True)
+    runner = EpisodeRunner(parameter_overrides=overrides)
+    executor = SingleThreadedExecutor()
+    executor.add_node(runner)
     try:
-        for node in nodes:
-            if isinstance(node, LifecycleNode):
-                bring_up(node)
-        spinner.start()
-        proposer.start()
-        control = SingleThreadedExecutor()
-        control.add_node(runner)
-        outcomes = runner.run(control)
+        outcomes = runner.run(executor)
     finally:
-        proposer.stop()
-        stack.shutdown(timeout_sec=2.0)
-        for node in [*nodes, runner]:
-            node.destroy_node()
+        runner.destroy_node()
         rclpy.try_shutdown()
+        stop_stack(processes)
     print(f"simulated demo: {summarize(outcomes)}", flush=True)
     return 0 if outcomes else 1
 
