@@ -33,6 +33,7 @@ from trajectory_msgs.msg import JointTrajectory
 from frs_msgs.msg import EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
 from frs_steering.execution import JointPath
+from frs_steering.ros_messages import stamp_to_seconds
 from frs_steering.sim import scene as sc
 from frs_steering.sim.env import EnvConfig, FrankaTabletopEnv
 from frs_steering.sim.instructions import EMBEDDING_DIM
@@ -53,10 +54,6 @@ _MAX_TICK_GAP = 0.1  # s; a stalled process catches up at most this much physics
 def _no_embedding(_text: str) -> np.ndarray:
     """Instruction embeddings are the proposer's business; skip MiniLM here."""
     return np.zeros(EMBEDDING_DIM, dtype=np.float32)
-
-
-def _stamp_seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class SimRobotNode(Node):
@@ -234,7 +231,7 @@ class SimRobotNode(Node):
             )
             return
         now = self._now()
-        start = _stamp_seconds(msg.header.stamp) or now
+        start = stamp_to_seconds(msg.header.stamp) or now
         times, positions = [now], [self.env.joint_targets()[0]]
         for point in msg.points:
             t = start + point.time_from_start.sec + point.time_from_start.nanosec * 1e-9

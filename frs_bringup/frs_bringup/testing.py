@@ -23,13 +23,14 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.task import Future
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, Header, String
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_msgs.action import ExecuteChunk
 from frs_msgs.msg import ActionChunk, EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
+from frs_steering.ros_messages import chunk_to_msg, stamp_to_seconds
 
 ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
 EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad0")
@@ -85,14 +86,9 @@ def start_rig(
     return client
 
 
-def stamp_seconds(stamp: Any) -> float:
-    """``builtin_interfaces/Time`` as float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def shifted_stamp(stamp: Any, seconds: float) -> Time:
     """``stamp`` moved by ``seconds`` (negative = earlier)."""
-    t = stamp_seconds(stamp) + seconds
+    t = stamp_to_seconds(stamp) + seconds
     sec = math.floor(t)
     return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
 
@@ -110,15 +106,14 @@ def make_chunk(
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float32))
     if dim_names is None:
         dim_names = EE_DELTA_NAMES if rows.shape[1] == len(EE_DELTA_NAMES) else ()
-    return ActionChunk(
-        header=Header(stamp=stamp, frame_id=frame_id),
+    return chunk_to_msg(
+        rows,
+        stamp=stamp,
+        frame_id=frame_id,
         action_space=action_space,
+        dt=dt,
+        dim_names=dim_names,
         normalized=False,
-        dt=float(dt),
-        horizon=rows.shape[0],
-        dim=rows.shape[1],
-        dim_names=list(dim_names),
-        data=rows.reshape(-1).tolist(),
     )
 
 

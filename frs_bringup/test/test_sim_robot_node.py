@@ -11,8 +11,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from frs_bringup.testing import ARM_JOINTS, RigClient, stamp_seconds, start_sim_robot
+from frs_bringup.testing import ARM_JOINTS, RigClient, start_sim_robot
 from frs_msgs.msg import ObjectStates
+from frs_steering.ros_messages import stamp_to_seconds
 from frs_steering.sim.tasks import find_task
 
 
@@ -57,8 +58,8 @@ def test_publishes_states_objects_instruction_status_and_camera(node_processes, 
     ]
     assert list(objects.kinds) == [ObjectStates.KIND_OBJECT] * 3 + [ObjectStates.KIND_TARGET] * 3
     assert np.all(_object_positions(client)[:3, 2] == pytest.approx(0.02, abs=3e-3))
-    joint_stamps = {stamp_seconds(m.header.stamp) for m in joint_msgs}
-    object_stamps = [stamp_seconds(m.header.stamp) for m in client.object_states.messages[-10:]]
+    joint_stamps = {stamp_to_seconds(m.header.stamp) for m in joint_msgs}
+    object_stamps = [stamp_to_seconds(m.header.stamp) for m in client.object_states.messages[-10:]]
     assert all(s in joint_stamps for s in object_stamps)  # same tick, same stamp
 
     # Published once at start-up, before this client subscribed: transient-local delivers it.

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import rclpy
-from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -68,6 +67,7 @@ from frs_steering.execution import (
     velocity_command,
 )
 from frs_steering.kinematics import ArmKinematics
+from frs_steering.ros_messages import stamp_to_seconds
 
 OUTPUTS = ("forward_velocity", "joint_trajectory", "moveit")
 COMMAND_QOS = QoSProfile(
@@ -95,10 +95,6 @@ class _Stream:
         self.outcome, self.reason = outcome, reason
         self.points_executed = self.plan.rows_done(now)
         self.done.set()
-
-
-def _seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class ArmControllerNode(LifecycleNode):
@@ -433,7 +429,7 @@ class ArmControllerNode(LifecycleNode):
             return self._reject(goal, f"ee_delta chunk in frame {frame!r}; expected {base!r}")
         request = ChunkRequest(
             action_space=chunk.action_space,
-            stamp=_seconds(chunk.header.stamp),
+            stamp=stamp_to_seconds(chunk.header.stamp),
             dt=float(chunk.dt),
             horizon=int(chunk.horizon),
             dim=int(chunk.dim),

@@ -31,6 +31,11 @@ def stamp_to_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def stamp_to_seconds(stamp: Time) -> float:
+    """A ``builtin_interfaces/Time`` (or Duration) as float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def ns_to_stamp(nanoseconds: int) -> Time:
     """Integer nanoseconds as a ``builtin_interfaces/Time``."""
     sec, nanosec = divmod(int(nanoseconds), 1_000_000_000)
