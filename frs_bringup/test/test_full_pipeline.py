@@ -15,6 +15,10 @@ from frs_bringup.episode_runner import EpisodeRunner
 from frs_bringup.testing import RigClient, ros_args, start_arm_controller, start_sim_robot
 from frs_steering.package_data import shipped_checkpoint
 
+# Separate processes on a 2-core machine: a stalled process can miss a deadline the test
+# checks; rerun such a test (twice at most) rather than loosen what it checks.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 # Novel-split pushes, cycled over EPISODES seeds (the base policy solves ~10% of novel tasks).
 # Through ROS the FRS success rate on these varied from 1/8 to 3/5 between runs on 2 cores (the
 # loop pauses between chunks and late chunks are refused), so the test pins that the loop runs

@@ -16,6 +16,10 @@ from frs_msgs.msg import ObjectStates
 from frs_steering.ros_messages import stamp_to_seconds
 from frs_steering.sim.tasks import find_task
 
+# Separate processes on a 2-core machine: a stalled process can miss a deadline the test
+# checks; rerun such a test (twice at most) rather than loosen what it checks.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 
 @pytest.fixture
 def client(rclpy_context) -> RigClient:

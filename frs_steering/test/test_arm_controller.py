@@ -20,6 +20,10 @@ from frs_msgs.action import ExecuteChunk
 from frs_steering.kinematics import ArmKinematics
 from frs_steering.ros_messages import stamp_to_seconds
 
+# Separate processes on a 2-core machine: a stalled process can miss a deadline the test
+# checks; rerun such a test (twice at most) rather than loosen what it checks.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 Result = ExecuteChunk.Result
 WATCHDOG_PERIOD = 0.25
 # Tests that are not about the watchdog run it at 1 s: on a loaded 2-core machine a Python
@@ -59,6 +63,18 @@ def _rows(n: int, step: tuple[float, float, float], gripper: float = 0.0) -> np.
 
 def _settle(client: RigClient, seconds: float = 0.3) -> None:
     client.spin_for(seconds)
+
+
+def _execute_when_inputs_fresh(rig: RigClient, make, attempts: int = 3):  # noqa: ANN001, ANN202
+    """Execute a freshly stamped chunk; retry while the controller refuses it for stale joint
+    states (a stalled simulator process on a loaded machine; refusing is the correct response,
+    but not what the calling test examines)."""
+    for _ in range(attempts):
+        outcome = rig.execute(make())
+        if "joint_states stale" not in outcome.result.reason:
+            return outcome
+        _settle(rig, 1.0)
+    return outcome
 
 
 def test_ee_delta_chunk_moves_the_arm_in_the_commanded_direction(
@@ -102,8 +118,9 @@ def test_late_rows_are_dropped_max_points_honoured_and_joint_velocity_chunks_run
     q0 = rig.latest_joint_state()[1]
     rows = np.zeros((5, 8))
     rows[:, 0] = 0.3  # joint 1 at 0.3 rad/s for 0.5 s
-    chunk = make_chunk(rows, _fresh_stamp(rig), action_space="joint_velocity", frame_id="")
-    outcome = rig.execute(chunk)
+    outcome = _execute_when_inputs_fresh(
+        rig, lambda: make_chunk(rows, _fresh_stamp(rig), action_space="joint_velocity", frame_id="")
+    )
     assert outcome.result.outcome == Result.OUTCOME_SUCCEEDED, outcome.result.reason
     _settle(rig)
     dq = rig.latest_joint_state()[1] - q0

@@ -37,6 +37,10 @@ from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer,
 from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
 from frs_steering.train import train_flow_policy
 
+# Separate processes on a 2-core machine: a stalled process can miss a deadline the test
+# checks; rerun such a test (twice at most) rather than loosen what it checks.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 Result = SteerChunk.Result
 HORIZON, DIM, REAL = 10, 8, 7
 OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]
