@@ -16,7 +16,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
@@ -34,6 +34,7 @@ from frs_msgs.msg import EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
 from frs_steering.execution import JointPath
 from frs_steering.ros_messages import stamp_to_seconds
+from frs_steering.ros_params import declare_described
 from frs_steering.sim import scene as sc
 from frs_steering.sim.env import EnvConfig, FrankaTabletopEnv
 from frs_steering.sim.instructions import EMBEDDING_DIM
@@ -199,10 +200,7 @@ class SimRobotNode(Node):
             ("base_frame_id", "fr3_link0", "frame of object poses (robot base)", {}),
             ("camera_frame_id", "fr3_camera_optical_frame", "frame of camera images", {}),
         ]
-        for name, default, description, extra in specs:
-            read_only = bool(extra.pop("read_only", True))
-            descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
-            self.declare_parameter(name, default, descriptor)
+        declare_described(self, specs)
 
     def _param(self, name: str) -> object:
         return self.get_parameter(name).value

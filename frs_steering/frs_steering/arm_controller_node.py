@@ -33,7 +33,6 @@ import rclpy
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
-    ParameterDescriptor,
     SetParametersResult,
 )
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -68,6 +67,7 @@ from frs_steering.execution import (
 )
 from frs_steering.kinematics import ArmKinematics
 from frs_steering.ros_messages import stamp_to_seconds
+from frs_steering.ros_params import declare_described
 
 OUTPUTS = ("forward_velocity", "joint_trajectory", "moveit")
 COMMAND_QOS = QoSProfile(
@@ -196,10 +196,7 @@ class ArmControllerNode(LifecycleNode):
             ("joint_prefix", "fr3_", "arm joints are <prefix>joint1..7", {}),
             ("base_frame_id", "fr3_link0", "frame ee_delta chunks must be in (empty = this)", {}),
         ]
-        for name, default, description, extra in specs:
-            read_only = bool(extra.pop("read_only", True))
-            descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
-            self.declare_parameter(name, default, descriptor)
+        declare_described(self, specs)
 
     def _param(self, name: str) -> object:
         return self.get_parameter(name).value

@@ -32,7 +32,7 @@ import numpy as np
 import rclpy
 import torch
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -65,6 +65,7 @@ from frs_steering.ros_messages import (
     proposal_from_msg,
     stamp_to_ns,
 )
+from frs_steering.ros_params import declare_described
 from frs_steering.sim import scene
 from frs_steering.sim.env import STATE_DIM, tabletop_state, yaw_of_quaternion, yaw_of_rotation
 from frs_steering.steer import SteerResult, available_methods, steer
@@ -258,9 +259,9 @@ class SteeringNode(LifecycleNode):
             ("publish_feedback", True, "action feedback at every integration step", False, {}),
             ("publish_markers", True, "EE paths on frs/markers", False, {}),
         ]
-        for name, default, description, read_only, extra in specs:
-            descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
-            self.declare_parameter(name, default, descriptor)
+        declare_described(
+            self, ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in specs)
+        )
 
     def _param(self, name: str):  # noqa: ANN202
         return self.get_parameter(name).value

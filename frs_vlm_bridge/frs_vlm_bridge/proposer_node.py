@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PointStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -39,6 +39,7 @@ from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
 from frs_steering.reasoning import BASE_FRAME, CoarseProposal, Observation, Reasoner
 from frs_steering.ros_messages import proposal_to_msg, stamp_to_ns
+from frs_steering.ros_params import declare_described
 from frs_vlm_bridge.images import ros_image_to_rgb
 from frs_vlm_bridge.transforms import StaticTransform
 
@@ -255,9 +256,9 @@ class ProposerNode(Node):
                 ints(0, 10000),
             ),
         ]
-        for name, default, description, read_only, extra in specs:
-            descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
-            self.declare_parameter(name, default, descriptor)
+        declare_described(
+            self, ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in specs)
+        )
 
     def _param(self, name: str):  # noqa: ANN202
         return self.get_parameter(name).value

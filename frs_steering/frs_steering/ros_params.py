@@ -1,0 +1,21 @@
+"""Declaring node parameters with descriptors, the one way every FRS node does it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+
+#: (name, default, description, descriptor extras such as ranges; "read_only" defaults to True)
+ParameterSpec = tuple[str, Any, str, Mapping[str, Any]]
+
+
+def declare_described(node: Node, specs: Iterable[ParameterSpec]) -> None:
+    """Declare each parameter with its description, range and read-only flag."""
+    for name, default, description, extra in specs:
+        extra = dict(extra)
+        read_only = bool(extra.pop("read_only", True))
+        descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
+        node.declare_parameter(name, default, descriptor)
