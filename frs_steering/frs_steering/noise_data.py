@@ -1,0 +1,186 @@
+"""(observation, noise) datasets: what noise policies (DSBC) and noise-space RL learn from.
+
+Each sample is one action chunk: the policy observation it was computed from, the noise the
+flow policy generated it from (``[horizon, dim]`` in the policy's normalized, padded space),
+which elements of that noise came from steering (reversal) rather than a fresh draw, and the
+episode it belongs to with that episode's outcome. Sources: closed-loop FRS rollouts in the
+simulation, and demonstrations reversed into noise (a bag of teleoperated chunks).
+
+Stored as one safetensors file: tensors ``obs.<key>``, ``noise``, ``steered``, ``episode``,
+``success``, and a JSON ``info`` string in the header (checkpoint, method, solver, steps,
+source). No pickle. Anything malformed raises :class:`NoiseDatasetError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "frs_steering.noise_dataset"
+FORMAT_VERSION = 1
+_OBS_PREFIX = "obs."
+
+
+class NoiseDatasetError(ValueError):
+    """A noise dataset cannot be read or its tensors disagree with each other."""
+
+
+@dataclass
+class NoiseDataset:
+    """Aligned per-chunk tensors (first axis = sample) plus free-form ``info``."""
+
+    observations: dict[str, torch.Tensor]  # key -> [N, ...] (the policy's observation keys)
+    noise: torch.Tensor  # [N, horizon, dim] float32, policy space
+    steered: torch.Tensor  # [N, horizon, dim] bool: element came from steering, not a fresh draw
+    episode: torch.Tensor  # [N] int64 episode id
+    success: torch.Tensor  # [N] bool: the episode succeeded
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __len__(self) -> int:
+        return int(self.noise.shape[0])
+
+    def validate(self) -> None:
+        """Raise :class:`NoiseDatasetError` unless shapes, dtypes and values agree."""
+        if self.noise.ndim != 3 or not self.noise.is_floating_point():
+            raise NoiseDatasetError(
+                f"noise must be float [N, horizon, dim], got {self.noise.dtype} "
+                f"{tuple(self.noise.shape)}"
+            )
+        n = self.noise.shape[0]
+        if self.steered.dtype != torch.bool or self.steered.shape != self.noise.shape:
+            raise NoiseDatasetError(
+                f"steered must be bool {tuple(self.noise.shape)}, got {self.steered.dtype} "
+                f"{tuple(self.steered.shape)}"
+            )
+        for name, tensor in (("episode", self.episode), ("success", self.success)):
+            if tensor.shape != (n,):
+                raise NoiseDatasetError(f"{name} must have shape ({n},), got {tuple(tensor.shape)}")
+        if self.success.dtype != torch.bool:
+            raise NoiseDatasetError(f"success must be bool, got {self.success.dtype}")
+        if not self.observations:
+            raise NoiseDatasetError("no observation tensors")
+        for key, tensor in self.observations.items():
+            if tensor.shape[:1] != (n,):
+                raise NoiseDatasetError(
+                    f"observation {key!r} has {tuple(tensor.shape)[:1]} samples, noise has {n}"
+                )
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NoiseDatasetError(f"observation {key!r} contains NaN or Inf")
+        if not torch.isfinite(self.noise).all():
+            raise NoiseDatasetError("noise contains NaN or Inf")
+
+    @property
+    def chunk_shape(self) -> tuple[int, int]:
+        return int(self.noise.shape[1]), int(self.noise.shape[2])
+
+    def observation(self, index: int | slice | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The policy observation of the selected samples (batched)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return {key: tensor[index] for key, tensor in self.observations.items()}
+
+    def select(self, keep: torch.Tensor) -> NoiseDataset:
+        """The samples where the bool ``keep`` is True (e.g. ``dataset.success``)."""
+        return NoiseDataset(
+            observations={key: tensor[keep] for key, tensor in self.observations.items()},
+            noise=self.noise[keep],
+            steered=self.steered[keep],
+            episode=self.episode[keep],
+            success=self.success[keep],
+            info=dict(self.info),
+        )
+
+    def episodes(self) -> int:
+        return int(torch.unique(self.episode).numel())
+
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (parent directories created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {_OBS_PREFIX + k: v.contiguous().cpu() for k, v in self.observations.items()}
+        tensors.update(
+            noise=self.noise.float().contiguous().cpu(),
+            steered=self.steered.contiguous().cpu(),
+            episode=self.episode.long().contiguous().cpu(),
+            success=self.success.contiguous().cpu(),
+        )
+        metadata = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "info": json.dumps(self.info, sort_keys=True),
+        }
+        tmp = path.with_name(path.name + ".partial")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)  # never leave a half-written dataset under the final name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> NoiseDataset:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise NoiseDatasetError(f"no noise dataset at {path}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise NoiseDatasetError(f"cannot read noise dataset {path}: {error}") from error
+        if metadata.get("format") != FORMAT:
+            raise NoiseDatasetError(f"{path} is not a {FORMAT} file")
+        if metadata.get("format_version") != str(FORMAT_VERSION):
+            raise NoiseDatasetError(
+                f"{path} has format_version {metadata.get('format_version')!r}; this code reads "
+                f"{FORMAT_VERSION}"
+            )
+        missing = [k for k in ("noise", "steered", "episode", "success") if k not in tensors]
+        if missing:
+            raise NoiseDatasetError(f"{path} lacks tensors {missing}")
+        try:
+            info = json.loads(metadata.get("info", "{}"))
+        except json.JSONDecodeError as error:
+            raise NoiseDatasetError(f"{path} has an unreadable info header: {error}") from error
+        observations = {
+            k[len(_OBS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_OBS_PREFIX)
+        }
+        return cls(
+            observations=observations,
+            noise=tensors["noise"],
+            steered=tensors["steered"],
+            episode=tensors["episode"],
+            success=tensors["success"],
+            info=info,
+        )
+
+
+def concatenate(datasets: Sequence[NoiseDataset], info: Mapping[str, Any] | None = None):
+    """One dataset from several with the same observation keys (episode ids kept distinct)."""
+    if not datasets:
+        raise NoiseDatasetError("nothing to concatenate")
+    keys = set(datasets[0].observations)
+    if any(set(d.observations) != keys for d in datasets):
+        raise NoiseDatasetError("datasets have different observation keys")
+    offset, episodes = 0, []
+    for dataset in datasets:
+        episodes.append(dataset.episode + offset)
+        offset = int(episodes[-1].max()) + 1 if len(dataset) else offset
+    return NoiseDataset(
+        observations={k: torch.cat([d.observations[k] for d in datasets]) for k in keys},
+        noise=torch.cat([d.noise for d in datasets]),
+        steered=torch.cat([d.steered for d in datasets]),
+        episode=torch.cat(episodes),
+        success=torch.cat([d.success for d in datasets]),
+        info=dict(info if info is not None else datasets[0].info),
+    )
