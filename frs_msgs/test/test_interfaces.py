@@ -16,6 +16,7 @@ from frs_msgs.msg import (
     ObjectStates,
     PhaseTiming,
     SteeringDiagnostics,
+    SteeringRecord,
 )
 from frs_msgs.srv import ResetEpisode
 
@@ -26,6 +27,7 @@ MESSAGE_TYPES = [
     ObjectStates,
     PhaseTiming,
     SteeringDiagnostics,
+    SteeringRecord,
     ResetEpisode.Request,
     ResetEpisode.Response,
     SteerChunk.Goal,

@@ -20,7 +20,8 @@ preemption take effect between integration steps.
 
 from __future__ import annotations
 
-import math
+import json
+import os
 import sys
 import threading
 import time
@@ -50,28 +51,33 @@ from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from frs_msgs.action import SteerChunk
-from frs_msgs.msg import ObjectStates, PhaseTiming, SteeringDiagnostics
+from frs_msgs.msg import ObjectStates, PhaseTiming, SteeringDiagnostics, SteeringRecord
 from frs_steering.checkpoint import CheckpointError, load_policy
 from frs_steering.integrate import as_solver
 from frs_steering.model import FlowMatchingPolicy
+from frs_steering.observation import (
+    BuiltReference,
+    ObservationError,
+    ReferenceSettings,
+    StampedObservation,
+    build_observation,
+    build_reference,
+    ee_path,
+    instruction_embedding,
+    joint_sample,
+    method_and_params,
+    padded_real,
+    scene_sample,
+)
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import BASE_FRAME
-from frs_steering.reference import CartesianLayout, cartesian_reference
-from frs_steering.ros_messages import (
-    MessageError,
-    chunk_from_msg,
-    chunk_to_msg,
-    ns_to_stamp,
-    proposal_from_msg,
-    stamp_to_ns,
-)
+from frs_steering.ros_messages import MessageError, chunk_to_msg, ns_to_stamp, stamp_to_ns
 from frs_steering.ros_params import declare_described
 from frs_steering.sim import scene
-from frs_steering.sim.env import STATE_DIM, tabletop_state, yaw_of_quaternion, yaw_of_rotation
+from frs_steering.sim.env import STATE_DIM
 from frs_steering.steer import SteerResult, available_methods, steer
 
 PACKAGE = "frs_steering"
-FINGER_OPEN_SUM = 0.08  # m; finger joint positions summed at a fully open gripper
 DEFAULT_DIM_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad0")
 MARKER_COLOURS = {  # namespace -> RGBA
     "reference": (1.0, 0.75, 0.0, 1.0),
@@ -103,31 +109,6 @@ class _Preempted(Exception):
 
 
 # ---------------------------------------------------------------------------- observations
-
-
-@dataclass(frozen=True)
-class JointSample:
-    stamp_ns: int
-    arm: np.ndarray  # (7,) rad
-    gripper_opening: float  # [0, 1], 1 = open
-
-
-@dataclass(frozen=True)
-class SceneSample:
-    stamp_ns: int
-    objects: np.ndarray  # (n, 3) m, base frame
-    object_yaws: np.ndarray  # (n,) rad
-    targets: np.ndarray  # (m, 3) m, base frame
-
-
-@dataclass(frozen=True)
-class StampedObservation:
-    """What one goal conditions on: the policy observation, its stamp and the EE position."""
-
-    stamp_ns: int
-    policy_input: dict[str, torch.Tensor]
-    ee_position: np.ndarray
-    gripper_opening: float
 
 
 class StampedBuffer:
@@ -258,6 +239,13 @@ class SteeringNode(LifecycleNode):
             ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
             ("publish_feedback", True, "action feedback at every integration step", False, {}),
             ("publish_markers", True, "EE paths on frs/markers", False, {}),
+            (
+                "publish_record",
+                True,
+                "one frs_msgs/SteeringRecord per served goal on frs/steering/record (bags)",
+                False,
+                {},
+            ),
         ]
         declare_described(
             self, ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in specs)
@@ -323,7 +311,7 @@ class SteeringNode(LifecycleNode):
                 )
             embed_instruction("warm-up")  # load the encoder now, not on the first instruction
             self._embed = embed_instruction
-        self._layout = CartesianLayout(max_translation=float(self._param("max_translation")))
+        self._checkpoint_sha256 = _weights_sha256(checkpoint)
         self._dim_names = dim_names
         self._policy = policy
 
@@ -355,6 +343,9 @@ class SteeringNode(LifecycleNode):
         )
         self._markers_pub = self.create_lifecycle_publisher(
             MarkerArray, "frs/markers", RELIABLE_QOS
+        )
+        self._record_pub = self.create_lifecycle_publisher(
+            SteeringRecord, "frs/steering/record", RELIABLE_QOS
         )
         self._action_server = ActionServer(
             self,
@@ -392,7 +383,7 @@ class SteeringNode(LifecycleNode):
         for entity in self._entities:
             self.destroy_subscription(entity)
         self._entities = []
-        for name in ("_diagnostics_pub", "_markers_pub"):
+        for name in ("_diagnostics_pub", "_markers_pub", "_record_pub"):
             publisher = getattr(self, name, None)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
@@ -402,21 +393,15 @@ class SteeringNode(LifecycleNode):
 
     # ------------------------------------------------------------------ topics
     def _on_joints(self, msg: JointState) -> None:
-        index = {name: i for i, name in enumerate(msg.name)}
         arm_names, finger_names = self._param("arm_joints"), self._param("finger_joints")
-        try:
-            arm = np.array([msg.position[index[n]] for n in arm_names], dtype=np.float64)
-            fingers = sum(msg.position[index[n]] for n in finger_names)
-        except (KeyError, IndexError):
+        sample = joint_sample(msg, arm_names, finger_names)
+        if sample is None:
             self.get_logger().warning(
-                f"joint_states lacks some of {arm_names + finger_names}; ignored",
+                f"joint_states lacks some of {arm_names + finger_names} or is not finite; ignored",
                 throttle_duration_sec=5.0,
             )
             return
-        if not np.all(np.isfinite(arm)) or not math.isfinite(fingers):
-            return
-        opening = float(np.clip(fingers / FINGER_OPEN_SUM, 0.0, 1.0))
-        self._joints.add(JointSample(stamp_to_ns(msg.header.stamp), arm, opening))
+        self._joints.add(sample)
 
     def _on_objects(self, msg: ObjectStates) -> None:
         frame = self._param("frame_id")
@@ -427,40 +412,19 @@ class SteeringNode(LifecycleNode):
                 throttle_duration_sec=5.0,
             )
             return
-        poses = dict(zip(msg.names, msg.poses, strict=False))
         try:
-            objects = [poses[n] for n in self._param("object_names")]
-            targets = [poses[n] for n in self._param("target_names")]
-        except KeyError as missing:
-            self.get_logger().warning(
-                f"frs/object_states lacks {missing}; ignored", throttle_duration_sec=5.0
-            )
+            sample = scene_sample(msg, self._param("object_names"), self._param("target_names"))
+        except ObservationError as error:
+            self.get_logger().warning(f"{error}; ignored", throttle_duration_sec=5.0)
             return
-        self._scenes.add(
-            SceneSample(
-                stamp_ns=stamp_to_ns(msg.header.stamp),
-                objects=np.array([[p.position.x, p.position.y, p.position.z] for p in objects]),
-                object_yaws=np.array(
-                    [
-                        yaw_of_quaternion(
-                            (p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z)
-                        )
-                        for p in objects
-                    ]
-                ),
-                targets=np.array([[p.position.x, p.position.y, p.position.z] for p in targets]),
-            )
-        )
+        self._scenes.add(sample)
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
         with self._instruction_lock:
             if self._instruction is not None and self._instruction[0] == text:
                 return
-        embedding = None
-        if self._embed is not None:
-            vector = np.clip(self._embed(text), -1.0, 1.0)  # as the environment does
-            embedding = torch.as_tensor(vector, dtype=torch.float32).reshape(1, -1)
+        embedding = instruction_embedding(text, self._embed)
         with self._instruction_lock:
             self._instruction = (text, embedding)
         self.get_logger().info(f"instruction: {text!r}")
@@ -491,33 +455,27 @@ class SteeringNode(LifecycleNode):
                 f"stale observation: stamp {joints.stamp_ns * 1e-9:.6f} s is {age:.3f} s old "
                 f"(max_observation_age {max_age:g} s)"
             )
-        scene_sample = self._scenes.nearest(joints.stamp_ns, tolerance)
-        if scene_sample is None:
+        scene = self._scenes.nearest(joints.stamp_ns, tolerance)
+        if scene is None:
             raise GoalRejected(
                 f"no observation: no frs/object_states within {tolerance * 1e-9:g} s of the "
                 f"joint_states stamp {joints.stamp_ns * 1e-9:.6f} s"
             )
-        with self._kinematics_lock:
-            ee_position, ee_rotation = self._kinematics.forward(joints.arm)
-        state = tabletop_state(
-            ee_position,
-            yaw_of_rotation(ee_rotation),
-            joints.gripper_opening,
-            joints.arm,
-            scene_sample.objects,
-            scene_sample.object_yaws,
-            scene_sample.targets,
-        )
-        policy_input = {"state": torch.from_numpy(state).reshape(1, -1)}
-        if self._embed is not None:
-            with self._instruction_lock:
-                instruction = self._instruction
-            if instruction is None:
-                raise GoalRejected("no observation: no instruction received on frs/instruction")
-            policy_input["instruction"] = instruction[1]
-        return StampedObservation(
-            joints.stamp_ns, policy_input, ee_position, joints.gripper_opening
-        )
+        with self._instruction_lock:
+            instruction = self._instruction
+        text, embedding = instruction if instruction is not None else ("", None)
+        try:
+            with self._kinematics_lock:
+                return build_observation(
+                    joints,
+                    scene,
+                    embedding,
+                    self._kinematics,
+                    needs_instruction=self._embed is not None,
+                    instruction_text=text,
+                )
+        except ObservationError as error:
+            raise GoalRejected(str(error)) from None
 
     # ------------------------------------------------------------------ goals
     def _on_accepted(self, goal_handle: ServerGoalHandle) -> None:
@@ -534,9 +492,8 @@ class SteeringNode(LifecycleNode):
             request = self._check_goal(goal)
             prepare_start = time.perf_counter()
             observation = self._observation(stamp_to_ns(goal.observation_stamp))
-            reference, mask, reference_normalized, reference_real = self._reference(
-                goal, request, observation
-            )
+            built = self._reference(goal, observation)
+            reference, mask, reference_real = built.chunk, built.mask, built.real
             prepare_s = time.perf_counter() - prepare_start
         except (GoalRejected, MessageError) as error:
             return self._finish(goal_handle, Result.OUTCOME_REJECTED, str(error))
@@ -565,7 +522,7 @@ class SteeringNode(LifecycleNode):
                     method=request.method,
                     params=request.params,
                     mask=mask,
-                    reference_normalized=reference_normalized,
+                    reference_normalized=built.normalized,
                     generator=request.generator,
                     num_steps=request.num_steps,
                     solver=request.solver,
@@ -590,6 +547,8 @@ class SteeringNode(LifecycleNode):
         self._diagnostics_pub.publish(msg.diagnostics)
         if self._param("publish_markers"):
             self._markers_pub.publish(self._markers(result, observation, reference_real))
+        if self._param("publish_record"):
+            self._record_pub.publish(self._record_msg(goal, request, observation, msg))
         return msg
 
     @staticmethod
@@ -603,124 +562,57 @@ class SteeringNode(LifecycleNode):
         method = goal.method or SteerChunk.Goal.METHOD_FRS
         if method not in available_methods():
             raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
-        if goal.reference.defer:
-            method = SteerChunk.Goal.METHOD_BASE  # the policy acts on its own
         max_steps = int(self._param("max_num_steps"))
         if goal.num_steps > max_steps:
             raise GoalRejected(f"num_steps {goal.num_steps} exceeds max_num_steps {max_steps}")
         try:
             solver = as_solver(goal.solver or "euler")
+            method, params = method_and_params(
+                method,
+                defer=goal.reference.defer,
+                noise_scale=goal.noise_scale,
+                partial_time=goal.partial_time,
+                num_samples=goal.num_samples,
+                max_samples=int(self._param("max_samples")),
+            )
         except ValueError as error:
             raise GoalRejected(str(error)) from None
-        params: dict[str, float | int] = {}
-        if method == SteerChunk.Goal.METHOD_FRS:
-            if not (math.isfinite(goal.noise_scale) and 0.0 <= goal.noise_scale <= 10.0):
-                raise GoalRejected(f"noise_scale must be in [0, 10], got {goal.noise_scale}")
-            params["noise_scale"] = float(goal.noise_scale)
-        elif method == SteerChunk.Goal.METHOD_PARTIAL_NOISING:
-            if not (math.isfinite(goal.partial_time) and 0.0 <= goal.partial_time <= 1.0):
-                raise GoalRejected(f"partial_time must be in (0, 1], got {goal.partial_time}")
-            if goal.partial_time > 0.0:  # 0 = the method's default
-                params["noise_level"] = float(goal.partial_time)
-        elif method == SteerChunk.Goal.METHOD_SAMPLE_RANK:
-            max_samples = int(self._param("max_samples"))
-            if goal.num_samples > max_samples:
-                raise GoalRejected(
-                    f"num_samples {goal.num_samples} exceeds max_samples {max_samples}"
-                )
-            if goal.num_samples > 0:  # 0 = the method's default
-                params["num_samples"] = int(goal.num_samples)
-        generator = None
-        if goal.seed >= 0:
-            generator = torch.Generator(device=str(self._param("device"))).manual_seed(goal.seed)
+        # A negative seed draws one here, so the call is still random but can be replayed.
+        seed = int(goal.seed) if goal.seed >= 0 else int.from_bytes(os.urandom(7), "little")
+        generator = torch.Generator(device=str(self._param("device"))).manual_seed(seed)
         return SteerRequest(
             method=method,
             params=params,
             num_steps=goal.num_steps or None,
             solver=solver.value,
             generator=generator,
+            seed=seed,
         )
 
-    def _reference(
-        self, goal: SteerChunk.Goal, request: SteerRequest, observation: StampedObservation
-    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor | None]:
-        """Reference, mask, whether both are in normalized space, and the real-unit reference
-        (None for a deferral), all in the POLICY's action space."""
-        spec = self._policy.spec
-        coarse = goal.reference
-        frame = self._param("frame_id")
-        if coarse.header.frame_id not in ("", frame):
-            raise GoalRejected(
-                f"reference.header.frame_id {coarse.header.frame_id!r} is not {frame!r} "
-                "(no tf2 in this node)"
-            )
-        if coarse.defer:
-            return torch.zeros(spec.chunk_shape), None, True, None
-        if len(coarse.chunk.data):
-            return self._full_reference(coarse)
-        proposal = proposal_from_msg(coarse)
-        layout = self._layout
-        opening = observation.gripper_opening  # 1 = open; the action's gripper is 0 = open
-        current = layout.gripper_open + (1.0 - opening) * (
-            layout.gripper_closed - layout.gripper_open
+    def _reference_settings(self) -> ReferenceSettings:
+        return ReferenceSettings(
+            frame_id=str(self._param("frame_id")),
+            action_space=str(self._param("action_space")),
+            max_translation=float(self._param("max_translation")),
+            commanded_rows=int(self._param("commanded_rows")),
+            command_rotation=bool(self._param("command_rotation")),
         )
-        rows = int(self._param("commanded_rows"))
+
+    def _reference(self, goal: SteerChunk.Goal, observation: StampedObservation) -> BuiltReference:
+        """Reference, mask and real-unit reference in the POLICY's action space."""
         try:
-            built = cartesian_reference(
-                spec,
-                layout,
-                proposal,
-                current_gripper=current,
-                commanded_rows=min(rows, spec.horizon) or None,
-                command_rotation=bool(self._param("command_rotation")),
+            return build_reference(
+                self._policy.spec,
+                self._reference_settings(),
+                goal.reference,
+                observation.gripper_opening,
             )
-        except ValueError as error:
-            raise GoalRejected(f"reference: {error}") from None
-        return built.chunk, built.mask, True, built.real
-
-    def _full_reference(self, coarse) -> tuple:  # noqa: ANN001
-        """A reasoner's full reference chunk (and mask), checked against the policy's shape."""
-        spec = self._policy.spec
-        chunk = coarse.chunk
-        space = self._param("action_space")
-        if chunk.action_space not in ("", space):
-            raise GoalRejected(
-                f"reference.chunk.action_space {chunk.action_space!r} is not {space!r}"
-            )
-        rows = chunk_from_msg(chunk, "reference.chunk")
-        widths = (spec.dim,) if chunk.normalized else (spec.num_real, spec.dim)
-        if chunk.horizon != spec.horizon or chunk.dim not in widths:
-            want = " or ".join(f"{spec.horizon}x{w}" for w in widths)
-            space_name = "normalized" if chunk.normalized else "real-unit"
-            raise GoalRejected(
-                f"reference.chunk is {chunk.horizon}x{chunk.dim}; the policy needs {want} "
-                f"({space_name})"
-            )
-        mask = None
-        if len(coarse.mask):
-            if len(coarse.mask) != rows.size:
-                raise GoalRejected(
-                    f"reference.mask has {len(coarse.mask)} entries, the chunk {rows.size}"
-                )
-            mask = torch.from_numpy(np.asarray(coarse.mask, dtype=bool).reshape(rows.shape))
-        reference = torch.from_numpy(rows.copy())
-        real_dims = list(spec.real_dims)
-        if not chunk.normalized and chunk.dim == spec.dim and spec.has_padding:
-            reference = reference[:, real_dims]  # a padded real-unit chunk: drop the padding
-            mask = None if mask is None else mask[:, real_dims]
-        if chunk.normalized:
-            real = spec.from_policy(reference)
-        else:
-            real = reference
-        return reference, mask, chunk.normalized, real
+        except ObservationError as error:
+            raise GoalRejected(str(error)) from None
 
     # ------------------------------------------------------------------ results
     def _padded_real(self, real: torch.Tensor) -> np.ndarray:
-        """Real-unit ``[horizon, num_real]`` rows placed in the policy's padded row layout."""
-        spec = self._policy.spec
-        rows = np.zeros(spec.chunk_shape, dtype=np.float32)
-        rows[:, list(spec.real_dims)] = real.detach().cpu().numpy()
-        return rows
+        return padded_real(self._policy.spec, real)
 
     def _result_msg(
         self,
@@ -794,6 +686,42 @@ class SteeringNode(LifecycleNode):
             total_ms=(time.perf_counter() - started) * 1e3,
         )
 
+    def _record_msg(
+        self,
+        goal: SteerChunk.Goal,
+        request: SteerRequest,
+        observation: StampedObservation,
+        result: Result,
+    ) -> SteeringRecord:
+        """Everything needed to replay this call offline (see frs_msgs/SteeringRecord)."""
+        msg = SteeringRecord(
+            requested_method=goal.method,
+            num_steps=goal.num_steps,
+            solver=goal.solver,
+            noise_scale=goal.noise_scale,
+            partial_time=goal.partial_time,
+            num_samples=goal.num_samples,
+            requested_seed=goal.seed,
+            reference=goal.reference,
+            method=request.method,
+            seed=request.seed,
+            scene_stamp=ns_to_stamp(observation.scene_stamp_ns),
+            instruction=observation.instruction,
+            max_translation=float(self._param("max_translation")),
+            commanded_rows=int(self._param("commanded_rows")),
+            command_rotation=bool(self._param("command_rotation")),
+            include_unsteered=bool(self._param("include_unsteered")),
+            checkpoint_sha256=self._checkpoint_sha256,
+            refined=result.refined,
+            reference_chunk=result.reference,
+            noise=result.noise,
+            unsteered=result.unsteered,
+            diagnostics=result.diagnostics,
+        )
+        msg.header.stamp = ns_to_stamp(observation.stamp_ns)
+        msg.header.frame_id = str(self._param("frame_id"))
+        return msg
+
     def _markers(
         self,
         result: SteerResult,
@@ -806,8 +734,7 @@ class SteeringNode(LifecycleNode):
             "refined": result.chunk_real[0],
             "unsteered": None if result.base_chunk_real is None else result.base_chunk_real[0],
         }
-        translation = list(self._layout.translation)
-        start = np.asarray(observation.ee_position, dtype=np.float64)
+        translation = self._reference_settings().layout().translation
         markers = MarkerArray()
         for index, (namespace, real) in enumerate(paths.items()):
             marker = Marker(ns=namespace, id=index, type=Marker.LINE_STRIP)
@@ -817,8 +744,7 @@ class SteeringNode(LifecycleNode):
                 marker.action = Marker.DELETE
                 markers.markers.append(marker)
                 continue
-            steps = real[:, translation].detach().cpu().numpy().astype(np.float64)
-            path = np.vstack([start, start + np.cumsum(steps, axis=0)])
+            path = ee_path(observation.ee_position, real, translation)
             marker.action = Marker.ADD
             marker.pose.orientation.w = 1.0
             marker.scale.x = 0.004
@@ -838,6 +764,16 @@ class SteerRequest:
     num_steps: int | None
     solver: str
     generator: torch.Generator | None
+    seed: int = -1
+
+
+def _weights_sha256(checkpoint: str) -> str:
+    """The weights' SHA-256 recorded in a checkpoint's config.json ("" if absent)."""
+    try:
+        document = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(document.get("weights_sha256", "")) if isinstance(document, dict) else ""
 
 
 def main(args: list[str] | None = None) -> None:
