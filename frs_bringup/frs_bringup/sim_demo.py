@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")
     parser.add_argument("--log-level", default="", help="ROS log level of the nodes, e.g. debug")
+    parser.add_argument(
+        "--record", type=Path, default=None, help="also record the session to this bag (frs_record)"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,6 +63,9 @@ def start_stack(params_file: Path, args: argparse.Namespace) -> list[subprocess.
         if args.log_level:
             ros_args += ["--log-level", args.log_level]
         processes.append(subprocess.Popen([sys.executable, "-m", module, *ros_args]))
+    if args.record is not None:
+        recorder = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
+        processes.insert(0, subprocess.Popen(recorder))  # stopped first: the bag closes cleanly
     return processes
 
 

@@ -289,6 +289,14 @@ def method_and_params(
     return method, params
 
 
+def reference_cosine(chunk: torch.Tensor, reference: torch.Tensor, steered: torch.Tensor) -> float:
+    """Cosine similarity of one refined chunk and its reference over the steered elements
+    (normalized space), as ``SteeringDiagnostics.reference_cosine`` reports it."""
+    weights = steered.to(chunk.dtype)
+    a, b = (chunk * weights).flatten(), (reference * weights).flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0, eps=1e-12))
+
+
 def padded_real(spec: ActionSpec, real: torch.Tensor) -> np.ndarray:
     """Real-unit ``[horizon, num_real]`` rows placed in the policy's padded row layout."""
     rows = np.zeros(spec.chunk_shape, dtype=np.float32)
@@ -319,5 +327,6 @@ __all__ = [
     "joint_sample",
     "method_and_params",
     "padded_real",
+    "reference_cosine",
     "scene_sample",
 ]

@@ -9,11 +9,13 @@ the text straight back to its client.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Vector3
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
 
 from frs_msgs.msg import ActionChunk, CoarseReference
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -86,6 +88,33 @@ def chunk_from_msg(msg: ActionChunk, field: str = "chunk") -> np.ndarray:
     if not np.all(np.isfinite(data)):
         raise MessageError(f"{field}: data contains NaN or Inf")
     return data.reshape(msg.horizon, msg.dim)
+
+
+def path_markers(
+    paths: Mapping[str, tuple[np.ndarray | None, tuple[float, float, float, float]]],
+    *,
+    stamp: Time,
+    frame_id: str,
+    width: float = 0.004,
+) -> MarkerArray:
+    """One LINE_STRIP per namespace: ``{ns: ((n, 3) points or None, rgba)}``; None deletes it."""
+    markers = MarkerArray()
+    for index, (namespace, (points, colour)) in enumerate(paths.items()):
+        marker = Marker(ns=namespace, id=index, type=Marker.LINE_STRIP)
+        marker.header.stamp = stamp
+        marker.header.frame_id = frame_id
+        if points is None:
+            marker.action = Marker.DELETE
+            markers.markers.append(marker)
+            continue
+        marker.action = Marker.ADD
+        marker.pose.orientation.w = 1.0
+        marker.scale.x = width
+        r, g, b, a = colour
+        marker.color = ColorRGBA(r=r, g=g, b=b, a=a)
+        marker.points = [Point(x=p[0], y=p[1], z=p[2]) for p in np.asarray(points).tolist()]
+        markers.markers.append(marker)
+    return markers
 
 
 def _vector(msg: Vector3 | Point) -> np.ndarray:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import rclpy
 import torch
-from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -47,8 +46,8 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import JointState
-from std_msgs.msg import ColorRGBA, String
-from visualization_msgs.msg import Marker, MarkerArray
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ObjectStates, PhaseTiming, SteeringDiagnostics, SteeringRecord
@@ -67,11 +66,18 @@ from frs_steering.observation import (
     joint_sample,
     method_and_params,
     padded_real,
+    reference_cosine,
     scene_sample,
 )
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import BASE_FRAME
-from frs_steering.ros_messages import MessageError, chunk_to_msg, ns_to_stamp, stamp_to_ns
+from frs_steering.ros_messages import (
+    MessageError,
+    chunk_to_msg,
+    ns_to_stamp,
+    path_markers,
+    stamp_to_ns,
+)
 from frs_steering.ros_params import declare_described
 from frs_steering.sim import scene
 from frs_steering.sim.env import STATE_DIM
@@ -663,9 +669,7 @@ class SteeringNode(LifecycleNode):
 
         cosine = nan
         if has_reference:
-            weights = result.steered[0].to(result.chunk.dtype)
-            a, b = (result.chunk[0] * weights).flatten(), (result.reference[0] * weights).flatten()
-            cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0, eps=1e-12))
+            cosine = reference_cosine(result.chunk[0], result.reference[0], result.steered[0])
         timings = [PhaseTiming(phase="observation", duration_ms=prepare_s * 1e3)]
         timings += [
             PhaseTiming(phase=phase, duration_ms=seconds * 1e3)
@@ -735,24 +739,17 @@ class SteeringNode(LifecycleNode):
             "unsteered": None if result.base_chunk_real is None else result.base_chunk_real[0],
         }
         translation = self._reference_settings().layout().translation
-        markers = MarkerArray()
-        for index, (namespace, real) in enumerate(paths.items()):
-            marker = Marker(ns=namespace, id=index, type=Marker.LINE_STRIP)
-            marker.header.stamp = ns_to_stamp(observation.stamp_ns)
-            marker.header.frame_id = self._param("frame_id")
-            if real is None:
-                marker.action = Marker.DELETE
-                markers.markers.append(marker)
-                continue
-            path = ee_path(observation.ee_position, real, translation)
-            marker.action = Marker.ADD
-            marker.pose.orientation.w = 1.0
-            marker.scale.x = 0.004
-            r, g, b, a = MARKER_COLOURS[namespace]
-            marker.color = ColorRGBA(r=r, g=g, b=b, a=a)
-            marker.points = [Point(x=p[0], y=p[1], z=p[2]) for p in path.tolist()]
-            markers.markers.append(marker)
-        return markers
+        return path_markers(
+            {
+                namespace: (
+                    None if real is None else ee_path(observation.ee_position, real, translation),
+                    MARKER_COLOURS[namespace],
+                )
+                for namespace, real in paths.items()
+            },
+            stamp=ns_to_stamp(observation.stamp_ns),
+            frame_id=self._param("frame_id"),
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,294 @@
+"""rosbag2 files for FRS-ROS: the topics worth recording, a typestore with ``frs_msgs``, a
+crash-safe MCAP writer and a validating reader. No rclpy (the ``rosbags`` library does the I/O).
+
+- :data:`RECORD_TOPICS`: what a session is replayed from (observation, instruction, reference,
+  steering records, diagnostics, commands, episode status, markers).
+- :func:`typestore`: the ROS 2 Jazzy types plus ``frs_msgs`` registered from its ``.msg`` text,
+  so MCAP bags embed every definition and ``ros2 bag info/play`` or ``mcap`` readers need no
+  workspace.
+- :class:`BagWriter`: writes into a hidden ``.<name>.partial`` directory and moves the finished
+  bag (``metadata.yaml`` + ``<name>.mcap``) to its final name only on close, so a killed writer
+  never leaves an unreadable bag under the name a user asked for. Memory stays bounded: rosbags
+  flushes each 1 MiB chunk to disk.
+- :class:`BagReader`: opens a directory bag (MCAP or SQLite3, as ``ros2 bag record`` writes)
+  or a bare ``.mcap``/``.db3`` file, with topic remapping and a time range; anything wrong
+  (missing, truncated, corrupt, empty, missing topics, undecodable messages) raises
+  :class:`BagError` with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+#: topic -> message type recorded by default (relative names, as the nodes use them).
+RECORD_TOPICS: dict[str, str] = {
+    "joint_states": "sensor_msgs/msg/JointState",
+    "frs/object_states": "frs_msgs/msg/ObjectStates",
+    "frs/instruction": "std_msgs/msg/String",
+    "frs/reference": "frs_msgs/msg/CoarseReference",
+    "frs/steering/record": "frs_msgs/msg/SteeringRecord",
+    "frs/diagnostics": "frs_msgs/msg/SteeringDiagnostics",
+    "frs/episode_status": "frs_msgs/msg/EpisodeStatus",
+    "frs/markers": "visualization_msgs/msg/MarkerArray",
+    "forward_velocity_controller/commands": "std_msgs/msg/Float64MultiArray",
+    "joint_trajectory_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "gripper_controller/commands": "std_msgs/msg/Float64MultiArray",
+}
+#: Topics published with sensor QoS (best effort) and latched ones (transient local).
+SENSOR_TOPICS = frozenset({"joint_states", "frs/object_states", "camera/image_raw"})
+LATCHED_TOPICS = frozenset({"frs/instruction"})
+
+
+class BagError(Exception):
+    """A bag cannot be used; ``str(err)`` says which bag and why."""
+
+
+def frs_msgs_dir() -> Path:
+    """The ``msg`` folder of frs_msgs: ament share directory, venv share, or the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("frs_msgs")) / "msg")
+    except (ImportError, LookupError, OSError):
+        pass
+    candidates += [
+        Path(sys.prefix, "share", "frs_msgs", "msg"),
+        PACKAGE_ROOT.parent / "frs_msgs" / "msg",
+    ]
+    for path in candidates:
+        if any(path.glob("*.msg")):
+            return path
+    raise BagError(f"frs_msgs .msg files not found (searched {', '.join(map(str, candidates))})")
+
+
+@cache
+def typestore() -> Any:
+    """ROS 2 Jazzy types plus every ``frs_msgs/msg/*`` type from its ``.msg`` definition."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types: dict = {}
+    for path in sorted(frs_msgs_dir().glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"frs_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
+
+
+def msg_class(msgtype: str) -> Any:
+    """The rosbags dataclass of ``msgtype`` (e.g. ``frs_msgs/msg/ActionChunk``)."""
+    return typestore().types[msgtype]
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class BagWriter:
+    """A rosbag2 MCAP bag (version 9) written crash-safely; use as a context manager."""
+
+    def __init__(self, path: str | Path, *, storage: str = "mcap") -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"{self.path} exists already; not overwriting")
+        self._partial = self.path.parent / f".{self.path.name}.partial"
+        if self._partial.exists():
+            shutil.rmtree(self._partial)  # left behind by a killed writer
+        self._partial.mkdir(parents=True)
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self._partial / self.path.name, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self._closed = False
+
+    def add_topic(self, topic: str, msgtype: str, *, msgdef: str | None = None, rihs01=None):  # noqa: ANN001, ANN201
+        """Declare ``topic`` (definition from :func:`typestore` unless ``msgdef`` is given)."""
+        if topic in self._connections:
+            return self._connections[topic]
+        kwargs: dict[str, Any] = {"typestore": typestore()}
+        if msgdef and rihs01:
+            kwargs = {"msgdef": msgdef, "rihs01": rihs01}
+        self._connections[topic] = self._writer.add_connection(topic, msgtype, **kwargs)
+        self.counts[topic] = 0
+        return self._connections[topic]
+
+    def write_raw(self, topic: str, log_ns: int, data: bytes | memoryview) -> None:
+        """CDR bytes of a message on a declared topic, logged at ``log_ns``."""
+        self._writer.write(self._connections[topic], int(log_ns), data)
+        self.counts[topic] += 1
+
+    def write(self, topic: str, log_ns: int, msg: Any) -> None:
+        """A rosbags message object (serialized with :func:`typestore`)."""
+        msgtype = self._connections[topic].msgtype
+        self.write_raw(topic, log_ns, typestore().serialize_cdr(msg, msgtype))
+
+    def close(self) -> Path:
+        """Finish the bag and move it to its final name."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        self._writer.close()
+        (self._partial / self.path.name).rename(self.path)
+        self._partial.rmdir()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written (nothing is left under the final name)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001 - we are discarding it anyway
+            pass
+        shutil.rmtree(self._partial, ignore_errors=True)
+
+    def __enter__(self) -> BagWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:  # noqa: ANN001
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One decoded message: topic (after remapping), log time (ns) and the message."""
+
+    topic: str
+    log_ns: int
+    msg: Any
+
+
+def parse_remaps(items: Sequence[str]) -> dict[str, str]:
+    """``["old:=new", ...]`` -> ``{old: new}`` (leading slashes dropped); ValueError if bad."""
+    remaps = {}
+    for item in items:
+        old, sep, new = item.partition(":=")
+        if not sep or not old.strip("/") or not new.strip("/"):
+            raise ValueError(f"bad remap {item!r}; use old:=new")
+        remaps[old.strip("/")] = new.strip("/")
+    return remaps
+
+
+class BagReader:
+    """A rosbag2 bag opened for replay (see the module docstring); a context manager."""
+
+    def __init__(self, path: str | Path, *, remap: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag {self.path} does not exist")
+        if self.path.is_dir() and not (self.path / "metadata.yaml").exists():
+            files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
+            if len(files) != 1:
+                raise BagError(
+                    f"bag {self.path} has no metadata.yaml (and not exactly one .mcap/.db3 file; "
+                    "run `ros2 bag reindex` on it)"
+                )
+            self.path = files[0]
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as error:  # rosbags raises several types for broken files
+            raise BagError(f"cannot open bag {path}: {type(error).__name__}: {error}") from None
+        self._remap = dict(remap or {})
+        self.connections: dict[str, list] = {}
+        for connection in self._reader.connections:
+            name = connection.topic.strip("/")
+            name = self._remap.get(name, name)
+            self.connections.setdefault(name, []).append(connection)
+        self.message_count = int(self._reader.message_count)
+        if self.message_count == 0:
+            self.close()
+            raise BagError(f"bag {path} is empty (no messages)")
+        self.start_ns = int(self._reader.start_time)
+        self.end_ns = int(self._reader.end_time)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> BagReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def count(self, topic: str) -> int:
+        return sum(c.msgcount for c in self.connections.get(topic, []))
+
+    def msgtype(self, topic: str) -> str | None:
+        connections = self.connections.get(topic)
+        return connections[0].msgtype if connections else None
+
+    def require(self, topics: Sequence[str], *, why: str = "") -> None:
+        """BagError naming every topic of ``topics`` with no messages in the bag."""
+        missing = [t for t in topics if self.count(t) == 0]
+        if missing:
+            present = {t: self.count(t) for t in sorted(self.connections)}
+            reason = f" ({why})" if why else ""
+            raise BagError(
+                f"bag {self.path} lacks messages on {missing}{reason}; it has {present}. "
+                "Record them, or map other names with --remap old:=new"
+            )
+
+    def time_window(self, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+        """Absolute ``[start, end]`` ns from offsets in seconds after the bag's first message."""
+        start = self.start_ns + int(round((start_s or 0.0) * 1e9))
+        end = self.end_ns if end_s is None else self.start_ns + int(round(end_s * 1e9))
+        if end < start:
+            raise BagError(f"empty time range: --end {end_s} is before --start {start_s}")
+        return start, end
+
+    def raw_messages(
+        self, topics: Sequence[str] | None = None, start_ns: int | None = None, end_ns=None
+    ) -> Iterator[tuple[str, Any, int, bytes]]:
+        """(topic, connection, log ns, CDR bytes) in log-time order, ``end_ns`` included."""
+        if topics is None:
+            connections = [c for cs in self.connections.values() for c in cs]
+        else:
+            connections = [c for t in topics for c in self.connections.get(t, [])]
+        if not connections:
+            return
+        stop = None if end_ns is None else int(end_ns) + 1
+        try:
+            for connection, log_ns, data in self._reader.messages(
+                connections, start=start_ns, stop=stop
+            ):
+                name = connection.topic.strip("/")
+                yield self._remap.get(name, name), connection, log_ns, data
+        except BagError:
+            raise
+        except Exception as error:
+            raise BagError(
+                f"bag {self.path} is truncated or corrupt: {type(error).__name__}: {error}"
+            ) from None
+
+    def messages(
+        self, topics: Sequence[str], start_ns: int | None = None, end_ns: int | None = None
+    ) -> Iterator[BagMessage]:
+        """Decoded messages of ``topics`` in log-time order (BagError if one does not decode)."""
+        store = typestore()
+        for topic, connection, log_ns, data in self.raw_messages(topics, start_ns, end_ns):
+            try:
+                msg = store.deserialize_cdr(data, connection.msgtype)
+            except Exception as error:
+                raise BagError(
+                    f"bag {self.path}: message on {topic} at {log_ns * 1e-9:.3f} s does not decode "
+                    f"as {connection.msgtype} ({type(error).__name__}: {error}); the bag is "
+                    "corrupt or was recorded with other message definitions"
+                ) from None
+            yield BagMessage(topic, log_ns, msg)
