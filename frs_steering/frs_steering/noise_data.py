@@ -2,13 +2,15 @@
 
 Each sample is one action chunk: the policy observation it was computed from, the noise the
 flow policy generated it from (``[horizon, dim]`` in the policy's normalized, padded space),
-which elements of that noise came from steering (reversal) rather than a fresh draw, and the
-episode it belongs to with that episode's outcome. Sources: closed-loop FRS rollouts in the
-simulation, and demonstrations reversed into noise (a bag of teleoperated chunks).
+which elements of that noise came from steering (reversal) rather than a fresh draw, the
+episode it belongs to with that episode's outcome, and optionally the chunk the noise generated
+(normalized, padded; what standard behaviour cloning trains on). Sources: closed-loop FRS
+rollouts in the simulation, and demonstrations reversed into noise (teleoperated chunks).
 
 Stored as one safetensors file: tensors ``obs.<key>``, ``noise``, ``steered``, ``episode``,
-``success``, and a JSON ``info`` string in the header (checkpoint, method, solver, steps,
-source). No pickle. Anything malformed raises :class:`NoiseDatasetError` naming the problem.
+``success``, optional ``chunks``, and a JSON ``info`` string in the header (checkpoint, method,
+solver, steps, source). No pickle. Anything malformed raises :class:`NoiseDatasetError`
+naming the problem.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class NoiseDataset:
     episode: torch.Tensor  # [N] int64 episode id
     success: torch.Tensor  # [N] bool: the episode succeeded
     info: dict[str, Any] = field(default_factory=dict)
+    chunks: torch.Tensor | None = None  # [N, horizon, dim] what the noise generated (optional)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,6 +81,13 @@ class NoiseDataset:
                 raise NoiseDatasetError(f"observation {key!r} contains NaN or Inf")
         if not torch.isfinite(self.noise).all():
             raise NoiseDatasetError("noise contains NaN or Inf")
+        if self.chunks is not None and (
+            self.chunks.shape != self.noise.shape or not torch.isfinite(self.chunks).all()
+        ):
+            raise NoiseDatasetError(
+                f"chunks must be finite {tuple(self.noise.shape)} like noise, got "
+                f"{tuple(self.chunks.shape)}"
+            )
 
     @property
     def chunk_shape(self) -> tuple[int, int]:
@@ -98,6 +108,7 @@ class NoiseDataset:
             episode=self.episode[keep],
             success=self.success[keep],
             info=dict(self.info),
+            chunks=None if self.chunks is None else self.chunks[keep],
         )
 
     def episodes(self) -> int:
@@ -114,6 +125,8 @@ class NoiseDataset:
             episode=self.episode.long().contiguous().cpu(),
             success=self.success.contiguous().cpu(),
         )
+        if self.chunks is not None:
+            tensors["chunks"] = self.chunks.float().contiguous().cpu()
         metadata = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
@@ -162,6 +175,7 @@ class NoiseDataset:
             episode=tensors["episode"],
             success=tensors["success"],
             info=info,
+            chunks=tensors.get("chunks"),
         )
 
 
@@ -172,6 +186,7 @@ def concatenate(datasets: Sequence[NoiseDataset], info: Mapping[str, Any] | None
     keys = set(datasets[0].observations)
     if any(set(d.observations) != keys for d in datasets):
         raise NoiseDatasetError("datasets have different observation keys")
+    with_chunks = all(d.chunks is not None for d in datasets)
     offset, episodes = 0, []
     for dataset in datasets:
         episodes.append(dataset.episode + offset)
@@ -183,4 +198,5 @@ def concatenate(datasets: Sequence[NoiseDataset], info: Mapping[str, Any] | None
         episode=torch.cat(episodes),
         success=torch.cat([d.success for d in datasets]),
         info=dict(info if info is not None else datasets[0].info),
+        chunks=torch.cat([d.chunks for d in datasets]) if with_chunks else None,
     )

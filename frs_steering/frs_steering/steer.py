@@ -453,8 +453,9 @@ def steer(
 ) -> SteerResult:
     """Refine a coarse reference chunk into an in-distribution one with ``method``.
 
-    Give either ``observation`` (encoded once here) or a ``cache`` from ``policy.encode``, for
-    B observations matching the reference batch. ``reference`` is real-unit
+    Give ``observation`` (encoded once here) or a ``cache`` from ``policy.encode`` for B
+    observations matching the reference batch; give both to reuse a cache with a method that
+    reads the raw observation (``noise_policy``). ``reference`` is real-unit
     ``[B, horizon, num_real]`` or, with ``reference_normalized``, policy-space
     ``[B, horizon, dim]`` (an unbatched chunk means B = 1; outputs are always batched).
     ``mask`` (bool, same layout, True = steer this element) defaults to all real dims.
@@ -472,8 +473,8 @@ def steer(
         _SIGNATURES[method].bind(None, **params)
     except TypeError as error:
         raise ValueError(f"bad params {sorted(params)} for method {method!r}: {error}") from None
-    if (observation is None) == (cache is None):
-        raise ValueError("give exactly one of observation or cache")
+    if observation is None and cache is None:
+        raise ValueError("give an observation or a cache")
     spec = policy.spec
     steps = spec.num_steps if num_steps is None else _check_count("num_steps", num_steps)
     solver = as_solver(solver)

@@ -17,6 +17,7 @@ def _dataset(n: int = 6, seed: int = 0) -> NoiseDataset:
         episode=torch.arange(n) // 2,
         success=torch.tensor([True, True, False, False, True, True])[:n],
         info={"source": "test", "num_steps": 10},
+        chunks=torch.randn(n, 4, 2, generator=g),
     )
 
 
@@ -28,6 +29,7 @@ def test_round_trip_keeps_every_tensor_and_info(tmp_path):
     assert torch.equal(loaded.episode, data.episode) and torch.equal(loaded.success, data.success)
     assert set(loaded.observations) == {"state", "instruction"}
     assert torch.equal(loaded.observations["state"], data.observations["state"])
+    assert torch.equal(loaded.chunks, data.chunks)
     assert not list((tmp_path / "d").glob("*.partial"))
 
 
@@ -46,6 +48,7 @@ def test_select_and_concatenate_keep_samples_aligned():
         (lambda d: d.noise.__setitem__((0, 0, 0), float("nan")), "NaN"),
         (lambda d: setattr(d, "steered", d.steered[:, :3]), "steered"),
         (lambda d: setattr(d, "episode", d.episode[:2]), "episode"),
+        (lambda d: setattr(d, "chunks", d.chunks[:, :2]), "chunks"),
         (lambda d: setattr(d, "observations", {"state": torch.zeros(2, 5)}), "samples"),
     ],
 )

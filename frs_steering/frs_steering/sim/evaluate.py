@@ -47,6 +47,7 @@ from frs_steering.steer import steer
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("base", "direct", "partial_noising", "sample_rank", "frs")
+REASONER_FREE_METHODS = ("base", "noise_policy")  # act from the observation alone
 EmbedFn = Callable[[str], np.ndarray]
 
 
@@ -59,9 +60,12 @@ class Setting:
     num_steps: int | None = None  # None: the policy's own K
     solver: str = "euler"
     split: str = "novel"
+    tag: str = ""  # names a learned component, e.g. "DSBC" or "standard BC"
 
     @property
     def label(self) -> str:
+        if self.tag:
+            return f"{self.method} ({self.tag})"
         if self.method == "partial_noising":
             return f"partial_noising (noise {self.params['noise_level']:g})"
         if self.method == "sample_rank":
@@ -71,8 +75,17 @@ class Setting:
             return f"frs ({self.solver}, {k})"
         return self.method
 
+    @property
+    def uses_reasoner(self) -> bool:
+        return self.method not in REASONER_FREE_METHODS
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "params": dict(self.params), "label": self.label}
+        params = {
+            k: v if isinstance(v, (int, float, str, bool)) else type(v).__name__
+            for k, v in self.params.items()
+        }
+        fields = {k: v for k, v in asdict(self).items() if k != "params"}
+        return {**fields, "params": params, "label": self.label}
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,17 @@ class EpisodeResult:
     seconds: float
     record: list[ChunkRecord] | None = None
     objects: dict[str, list[float]] | None = None
+    samples: list[ChunkSample] | None = None
+
+
+@dataclass
+class ChunkSample:
+    """What one chunk was computed from and with: the training data of noise policies."""
+
+    observation: dict[str, np.ndarray]  # the policy observation (unbatched)
+    noise: np.ndarray  # [horizon, dim] noise the chunk was generated from (policy space)
+    steered: np.ndarray  # [horizon, dim] bool: from steering rather than a fresh draw
+    chunk: np.ndarray  # [horizon, dim] the generated chunk (normalized, padded)
 
 
 def _policy_observation(obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -217,8 +241,13 @@ def run_episode(
     seed: int,
     config: EvalConfig = EvalConfig(),
     record: bool = False,
+    collect: bool = False,
 ) -> EpisodeResult:
-    """One closed-loop episode of ``task`` under ``setting`` (deterministic given ``seed``)."""
+    """One closed-loop episode of ``task`` under ``setting`` (deterministic given ``seed``).
+
+    ``record`` keeps end-effector paths for plots; ``collect`` keeps a :class:`ChunkSample`
+    per chunk (observation, noise, generated chunk) for training noise policies.
+    """
     start = time.perf_counter()
     spec = policy.spec
     layout = CartesianLayout(max_translation=config.max_translation)
@@ -229,6 +258,7 @@ def run_episode(
     gripper_cmd = 0.0
     steps = chunks = deferred = 0
     records: list[ChunkRecord] = []
+    samples: list[ChunkSample] = []
     objects = None
     if record:
         objects = {"cube": obs["object_pos"][task.object_index].tolist()}
@@ -242,17 +272,21 @@ def run_episode(
         ]
     success = False
     while True:
+        policy_obs = _policy_observation(obs)
         with torch.inference_mode():
-            cache = policy.encode(_policy_observation(obs))
-        proposal = None if setting.method == "base" else reasoner.propose_for(obs, task)
+            cache = policy.encode(policy_obs)
+        proposal = reasoner.propose_for(obs, task) if setting.uses_reasoner else None
         ref = None
         if proposal is None or proposal.defer:
             deferred += proposal is not None
+            reasoner_free = not setting.uses_reasoner
             result = steer(
                 policy,
                 idle,
+                observation=policy_obs,
                 cache=cache,
-                method="base",
+                method=setting.method if reasoner_free else "base",
+                params=setting.params if reasoner_free else None,
                 reference_normalized=True,
                 generator=generator,
                 include_base_sample=False,
@@ -271,6 +305,15 @@ def run_episode(
                 num_steps=setting.num_steps,
                 solver=setting.solver,
                 include_base_sample=record,
+            )
+        if collect and result.noise is not None:
+            samples.append(
+                ChunkSample(
+                    observation={k: v[0].numpy() for k, v in policy_obs.items()},
+                    noise=result.noise[0].numpy(),
+                    steered=(result.steered[0] & (ref is not None)).numpy(),
+                    chunk=result.chunk[0].numpy(),
+                )
             )
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = result.chunk_real[0].numpy()
@@ -307,6 +350,7 @@ def run_episode(
         seconds=time.perf_counter() - start,
         record=records if record else None,
         objects=objects,
+        samples=samples if collect else None,
     )
 
 
@@ -316,9 +360,15 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    checkpoint: str | None, policy, embed_fn: EmbedFn, config: EvalConfig, threads: int
+    checkpoint: str | None,
+    policy,
+    embed_fn: EmbedFn,
+    config: EvalConfig,
+    threads: int,
+    collect: bool = False,
 ) -> None:
     torch.set_num_threads(threads)
+    _WORKER["collect"] = collect
     _WORKER["policy"] = policy if policy is not None else load_policy(checkpoint)
     _WORKER["embed_fn"] = embed_fn
     _WORKER["config"] = config
@@ -335,7 +385,14 @@ def _run_job(job: tuple[Setting, TaskSpec, int]) -> EpisodeResult:
         )
     reasoner = ScriptedReasoner(config.reasoner, seed=seed)
     return run_episode(
-        envs[setting.split], _WORKER["policy"], reasoner, task, setting, seed, config
+        envs[setting.split],
+        _WORKER["policy"],
+        reasoner,
+        task,
+        setting,
+        seed,
+        config,
+        collect=_WORKER["collect"],
     )
 
 
@@ -366,8 +423,10 @@ def run_jobs(
     config: EvalConfig,
     workers: int = 1,
     progress: bool = True,
+    collect: bool = False,
 ) -> list[EpisodeResult]:
-    """Run episodes in this process (``workers=1``) or in a spawn pool."""
+    """Run episodes in this process (``workers=1``) or in a spawn pool (``collect``: keep
+    per-chunk samples, see :func:`run_episode`)."""
     bar = tqdm(total=len(jobs), desc="episodes", unit="ep", disable=not progress)
     results: list[EpisodeResult] = []
     wins: dict[str, list[int]] = {}
@@ -382,7 +441,7 @@ def run_jobs(
 
     if workers <= 1:
         previous = dict(_WORKER)
-        _init_worker(checkpoint, policy, embed_fn, config, torch.get_num_threads())
+        _init_worker(checkpoint, policy, embed_fn, config, torch.get_num_threads(), collect)
         try:
             for job in jobs:
                 note(_run_job(job))
@@ -394,7 +453,7 @@ def run_jobs(
             filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])
         )
         context = multiprocessing.get_context("spawn")
-        args = (checkpoint, policy if checkpoint is None else None, embed_fn, config, 1)
+        args = (checkpoint, policy if checkpoint is None else None, embed_fn, config, 1, collect)
         with context.Pool(workers, initializer=_init_worker, initargs=args) as pool:
             for result in pool.imap_unordered(_run_job, jobs, chunksize=1):
                 note(result)

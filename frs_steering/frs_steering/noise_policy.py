@@ -1,0 +1,313 @@
+"""Noise policies: small networks obs -> noise that drive a frozen flow policy (DSBC, DSRL).
+
+A noise policy replaces the reasoner: it predicts the noise a flow policy should start from,
+and the flow policy's ordinary forward pass turns it into the action chunk. DSBC clones it from
+the noises FRS found (:func:`train_dsbc`); DSRL trains it with SAC as the actor over the flow
+policy's noise space (:mod:`frs_steering.dsrl`).
+
+The output is one bounded vector per chunk (``bound * tanh``), shared by every row of the
+chunk (``target = "chunk_mean"``: the training target is the noise averaged over the rows),
+or a full ``[horizon, dim]`` noise (``target = "full"``). Registered as the ``noise_policy``
+steering method: ``steer(policy, ..., method="noise_policy", params={"noise_policy": net},
+observation=obs)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from frs_steering.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    read_checkpoint,
+    write_checkpoint,
+)
+from frs_steering.noise_data import NoiseDataset
+from frs_steering.steer import MethodOutput, SteeringContext, register_method
+
+FORMAT = "frs_steering.noise_policy"
+TARGETS = ("chunk_mean", "full")
+OBJECTIVES = ("mse", "nll")
+LOG_STD_RANGE = (-5.0, 1.0)
+
+
+@dataclass(frozen=True)
+class NoisePolicyConfig:
+    """Architecture of a :class:`NoisePolicy` (saved with its checkpoint)."""
+
+    observation_dims: Mapping[str, int]  # observation key -> flattened width
+    horizon: int
+    dim: int
+    target: str = "chunk_mean"
+    hidden: int = 256
+    depth: int = 2
+    bound: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not self.observation_dims:
+            raise ValueError("observation_dims is empty")
+        for name in ("horizon", "dim", "hidden", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NoisePolicyConfig.{name} must be a positive int, got {value!r}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"bound must be positive, got {self.bound}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.dim if self.target == "chunk_mean" else self.horizon * self.dim
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["observation_dims"] = dict(self.observation_dims)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoisePolicyConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown NoisePolicyConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class NoisePolicy(nn.Module):
+    """Standardized observation -> MLP -> Gaussian over the pre-squash noise.
+
+    ``forward`` gives the deterministic noise ``bound * tanh(mean)`` as ``[B, horizon, dim]``;
+    :meth:`distribution` gives mean and log-std (used by the NLL objective and by SAC).
+    """
+
+    def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
+        super().__init__()
+        self.config = config
+        if seed is not None:
+            torch.manual_seed(seed)
+        width = sum(config.observation_dims.values())
+        layers: list[nn.Module] = []
+        for _ in range(config.depth):
+            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
+            width = config.hidden
+        self.trunk = nn.Sequential(*layers)
+        self.mean_head = nn.Linear(width, config.output_dim)
+        self.log_std_head = nn.Linear(width, config.output_dim)
+        total = sum(config.observation_dims.values())
+        self.register_buffer("input_mean", torch.zeros(total))
+        self.register_buffer("input_std", torch.ones(total))
+
+    def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
+        """Standardize inputs with the data's mean and std (constant features left as is)."""
+        flat = self.flatten(observations, standardize=False)
+        self.input_mean.copy_(flat.mean(0))
+        self.input_std.copy_(
+            flat.std(0).clamp_min(1e-3) if len(flat) > 1 else torch.ones_like(flat[0])
+        )
+
+    def flatten(
+        self, observations: Mapping[str, torch.Tensor], standardize: bool = True
+    ) -> torch.Tensor:
+        """``[B, sum(observation_dims)]`` in the config's key order."""
+        parts = []
+        for key, width in self.config.observation_dims.items():
+            if key not in observations:
+                raise ValueError(
+                    f"observation lacks {key!r}; needs {list(self.config.observation_dims)}"
+                )
+            value = observations[key].reshape(observations[key].shape[0], -1).float()
+            if value.shape[1] != width:
+                raise ValueError(
+                    f"observation {key!r} has width {value.shape[1]}, expected {width}"
+                )
+            parts.append(value)
+        flat = torch.cat(parts, dim=1)
+        return self.standardize(flat) if standardize else flat
+
+    def standardize(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat features -> the network's standardized input."""
+        return (flat - self.input_mean) / self.input_std
+
+    def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-squash mean and clamped log-std from standardized features."""
+        hidden = self.trunk(features)
+        return self.mean_head(hidden), self.log_std_head(hidden).clamp(*LOG_STD_RANGE)
+
+    def distribution(
+        self, observations: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-squash mean and clamped log-std, each ``[B, output_dim]``."""
+        return self.head(self.flatten(observations))
+
+    def squash(self, pre: torch.Tensor) -> torch.Tensor:
+        """Bounded output vector from a pre-squash vector."""
+        return self.config.bound * torch.tanh(pre)
+
+    def as_noise(self, vector: torch.Tensor) -> torch.Tensor:
+        """``[B, output_dim]`` -> ``[B, horizon, dim]`` (one row repeated for chunk_mean)."""
+        config = self.config
+        if config.target == "chunk_mean":
+            return vector.unsqueeze(1).expand(-1, config.horizon, -1)
+        return vector.reshape(-1, config.horizon, config.dim)
+
+    def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        mean, _ = self.distribution(observations)
+        return self.as_noise(self.squash(mean))
+
+    def target_of(self, noise: torch.Tensor) -> torch.Tensor:
+        """The regression target for ``[N, horizon, dim]`` noises, clipped inside the bound."""
+        vector = noise.mean(1) if self.config.target == "chunk_mean" else noise.flatten(1)
+        limit = self.config.bound * (1.0 - 1e-3)
+        return vector.clamp(-limit, limit)
+
+
+def noise_policy_method(
+    ctx: SteeringContext, *, noise_policy: NoisePolicy, noise_scale: float = 0.0
+) -> MethodOutput:
+    """Generate from the noise a noise policy predicts for the observation (no reference).
+
+    ``noise_scale`` adds that much fresh N(0, I) noise (exploration); padding dims always take
+    fresh noise, as in FRS.
+    """
+    if ctx.observation is None:
+        raise ValueError("the noise_policy method needs the observation, not only a cache")
+    if not isinstance(noise_policy, NoisePolicy):
+        raise ValueError(f"noise_policy must be a NoisePolicy, got {type(noise_policy).__name__}")
+    made = (noise_policy.config.horizon, noise_policy.config.dim)
+    if made != tuple(ctx.spec.chunk_shape):
+        raise ValueError(
+            f"noise policy makes {made[0]}x{made[1]} noise; the flow policy needs "
+            f"{tuple(ctx.spec.chunk_shape)}"
+        )
+    fresh = ctx.noise()
+    with ctx.timed("noise_policy"):
+        predicted = noise_policy(ctx.observation).to(fresh.dtype)
+    real = ctx.spec.steerable_mask(fresh.device).expand_as(fresh)
+    noise = torch.where(real, predicted + noise_scale * fresh, fresh)
+    chunk = ctx.generate(noise)
+    base = ctx.generate(fresh) if ctx.include_base_sample else None
+    return MethodOutput(chunk=chunk, noise=noise, base_chunk=base)
+
+
+register_method("noise_policy", noise_policy_method)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class DsbcConfig:
+    """Behaviour cloning of noises (DSBC): objective and optimizer settings."""
+
+    objective: str = "mse"
+    steps: int = 3000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("steps, batch_size and learning_rate must be positive")
+
+
+def dsbc_loss(
+    net: NoisePolicy,
+    observations: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    objective: str,
+) -> torch.Tensor:
+    """MSE of the bounded output, or Gaussian NLL with the predicted std around it."""
+    mean, log_std = net.distribution(observations)
+    output = net.squash(mean)
+    if objective == "mse":
+        return (output - target).pow(2).mean()
+    return (0.5 * ((target - output) / log_std.exp()).pow(2) + log_std).mean()
+
+
+def train_dsbc(
+    dataset: NoiseDataset,
+    noise_policy_config: NoisePolicyConfig | None = None,
+    config: DsbcConfig = DsbcConfig(),
+    *,
+    progress: bool = True,
+) -> tuple[NoisePolicy, dict[str, Any]]:
+    """Fit a noise policy to ``dataset`` (use only the samples you want cloned, e.g. successes).
+
+    Returns the policy (eval mode) and a history: per-step ``loss``, ``seconds`` (CPU wall),
+    ``steps`` run. Seeded: the same data and config give the same weights.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the noise dataset is empty")
+    horizon, dim = dataset.chunk_shape
+    if noise_policy_config is None:
+        noise_policy_config = NoisePolicyConfig(
+            observation_dims={k: int(v[0].numel()) for k, v in dataset.observations.items()},
+            horizon=horizon,
+            dim=dim,
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    net = NoisePolicy(noise_policy_config, seed=config.seed)
+    observations = {k: v.float() for k, v in dataset.observations.items()}
+    net.set_input_statistics(observations)
+    target = net.target_of(dataset.noise.float())
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
+    losses: list[float] = []
+    start = time.process_time()
+    net.train()
+    bar = tqdm(range(config.steps), desc="DSBC", disable=not progress, leave=False)
+    for _ in bar:
+        index = torch.randint(
+            len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
+        )
+        loss = dsbc_loss(
+            net, {k: v[index] for k, v in observations.items()}, target[index], config.objective
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if progress and len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+        if time.process_time() - start > config.max_seconds:
+            break
+    net.eval()
+    history = {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
+    return net, history
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_noise_policy(net: NoisePolicy, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (same layout as flow-policy checkpoints)."""
+    return write_checkpoint(directory, FORMAT, net.config.to_dict(), net.state_dict())
+
+
+def load_noise_policy(directory: str | Path, *, device: str = "cpu") -> NoisePolicy:
+    """Rebuild a noise policy saved by :func:`save_noise_policy`, in eval mode."""
+    directory = Path(directory)
+    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
+    try:
+        config = NoisePolicyConfig.from_dict(config_data)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"invalid noise-policy config in {directory}: {error}") from error
+    net = NoisePolicy(config, seed=None)
+    check_state_dict(net.state_dict(), tensors, directory)
+    net.load_state_dict(tensors)
+    return net.to(device).eval()

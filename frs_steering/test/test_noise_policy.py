@@ -1,0 +1,177 @@
+"""DSBC noise policies: training, bounds, reproducibility, checkpoints, the steering method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frs_steering.checkpoint import CheckpointError
+from frs_steering.integrate import Solver
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
+from frs_steering.noise_data import NoiseDataset
+from frs_steering.noise_policy import (
+    DsbcConfig,
+    NoisePolicy,
+    NoisePolicyConfig,
+    load_noise_policy,
+    save_noise_policy,
+    train_dsbc,
+)
+from frs_steering.policy import ActionSpec
+from frs_steering.steer import SteeringContext, available_methods, steer
+
+HORIZON, DIM = 4, 3
+
+
+def _dataset(n: int = 256, seed: int = 0) -> NoiseDataset:
+    """Noises that depend smoothly on the state (a learnable map), some beyond the bound."""
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(n, 6, generator=g)
+    weights = torch.randn(6, HORIZON * DIM, generator=g)
+    noise = (state @ weights).reshape(n, HORIZON, DIM)
+    return NoiseDataset(
+        observations={"state": state},
+        noise=noise,
+        steered=torch.ones(n, HORIZON, DIM, dtype=torch.bool),
+        episode=torch.arange(n) // 8,
+        success=torch.ones(n, dtype=torch.bool),
+    )
+
+
+@pytest.mark.parametrize("target", ["chunk_mean", "full"])
+@pytest.mark.parametrize("objective", ["mse", "nll"])
+def test_dsbc_lowers_its_loss_and_respects_the_bound(target, objective):
+    data = _dataset()
+    config = NoisePolicyConfig({"state": 6}, HORIZON, DIM, target=target, hidden=64, bound=2.0)
+    net, history = train_dsbc(
+        data, config, DsbcConfig(objective=objective, steps=300, batch_size=64), progress=False
+    )
+    loss = history["loss"]
+    assert history["steps"] == 300 and history["cpu_seconds"] > 0
+    assert sum(loss[-30:]) / 30 < 0.5 * sum(loss[:30]) / 30
+    with torch.no_grad():
+        extreme = net({"state": 1e4 * torch.randn(64, 6)})
+    assert extreme.shape == (64, HORIZON, DIM)
+    assert extreme.abs().max() <= 2.0 and torch.isfinite(extreme).all()
+    if target == "chunk_mean":  # one vector shared by every row
+        assert torch.equal(extreme[:, 0], extreme[:, -1])
+
+
+def test_seeded_training_reproduces_and_seeds_differ():
+    data = _dataset()
+    config = NoisePolicyConfig({"state": 6}, HORIZON, DIM, hidden=32)
+    runs = [
+        train_dsbc(data, config, DsbcConfig(steps=50, seed=s), progress=False) for s in (0, 0, 1)
+    ]
+    weights = [torch.cat([p.flatten() for p in net.parameters()]) for net, _ in runs]
+    assert torch.equal(weights[0], weights[1])
+    assert runs[0][1]["loss"] == runs[1][1]["loss"]
+    assert not torch.equal(weights[0], weights[2])
+
+
+def test_cpu_budget_stops_training_early():
+    net, history = train_dsbc(
+        _dataset(), None, DsbcConfig(steps=100_000, max_seconds=0.3), progress=False
+    )
+    assert 0 < history["steps"] < 100_000
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    net = NoisePolicy(NoisePolicyConfig({"state": 6, "instruction": 4}, HORIZON, DIM), seed=3)
+    net.set_input_statistics({"state": torch.randn(20, 6), "instruction": torch.randn(20, 4)})
+    path = save_noise_policy(net, tmp_path / "np")
+    loaded = load_noise_policy(path)
+    obs = {"state": torch.randn(5, 6), "instruction": torch.randn(5, 4)}
+    with torch.no_grad():
+        assert torch.equal(loaded(obs), net(obs))
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_noise_policy(path)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_noise_policy(tmp_path / "missing")
+
+
+def test_bad_observations_are_named():
+    net = NoisePolicy(NoisePolicyConfig({"state": 6}, HORIZON, DIM))
+    with pytest.raises(ValueError, match="lacks 'state'"):
+        net({"image": torch.zeros(1, 6)})
+    with pytest.raises(ValueError, match="width 5"):
+        net({"state": torch.zeros(1, 5)})
+
+
+def _flow_policy() -> FlowMatchingPolicy:
+    spec = ActionSpec(horizon=HORIZON, dim=DIM + 1, real_dims=tuple(range(DIM)), num_steps=5)
+    return FlowMatchingPolicy(FlowPolicyConfig(spec, state_dim=6, width=16, depth=1), seed=0)
+
+
+def test_noise_policy_method_generates_from_the_predicted_noise():
+    assert "noise_policy" in available_methods()
+    policy = _flow_policy()
+    net = NoisePolicy(NoisePolicyConfig({"state": 6}, HORIZON, DIM + 1, target="full"), seed=1)
+    obs = {"state": torch.randn(3, 6)}
+    result = steer(
+        policy,
+        torch.zeros(3, HORIZON, DIM + 1),
+        observation=obs,
+        method="noise_policy",
+        params={"noise_policy": net},
+        reference_normalized=True,
+        generator=torch.Generator().manual_seed(0),
+        include_base_sample=False,
+    )
+    with torch.no_grad():
+        predicted = net(obs)
+    real = policy.spec.steerable_mask("cpu").expand_as(predicted)
+    assert torch.equal(result.noise[real], predicted[real])  # padding takes fresh noise
+    with torch.inference_mode():
+        ctx = SteeringContext(
+            policy,
+            torch.zeros(3, HORIZON, DIM + 1),
+            real,
+            observation=obs,
+            cache=None,
+            generator=None,
+            num_steps=5,
+            solver=Solver.EULER,
+            include_base_sample=False,
+        )
+        again = ctx.generate(result.noise)
+    assert torch.allclose(result.chunk, again, atol=1e-6)
+
+
+def test_noise_policy_method_refuses_what_it_cannot_use():
+    policy = _flow_policy()
+    obs = {"state": torch.randn(1, 6)}
+    ref = torch.zeros(HORIZON, DIM + 1)
+    with pytest.raises(ValueError, match="must be a NoisePolicy"):
+        steer(
+            policy,
+            ref,
+            observation=obs,
+            method="noise_policy",
+            params={"noise_policy": "path"},
+            reference_normalized=True,
+        )
+    wrong = NoisePolicy(NoisePolicyConfig({"state": 6}, HORIZON + 1, DIM + 1))
+    with pytest.raises(ValueError, match="flow policy needs"):
+        steer(
+            policy,
+            ref,
+            observation=obs,
+            method="noise_policy",
+            params={"noise_policy": wrong},
+            reference_normalized=True,
+        )
+    net = NoisePolicy(NoisePolicyConfig({"state": 6}, HORIZON, DIM + 1))
+    with torch.inference_mode():
+        cache = policy.encode(obs)
+    with pytest.raises(ValueError, match="needs the observation"):
+        steer(
+            policy,
+            ref,
+            cache=cache,
+            method="noise_policy",
+            params={"noise_policy": net},
+            reference_normalized=True,
+        )
