@@ -31,6 +31,9 @@ setup(
             "sim_robot = frs_bringup.sim_robot_node:main",
             "episode_runner = frs_bringup.episode_runner:main",
             "sim_demo = frs_bringup.sim_demo:main",
+            "frs_record = frs_bringup.recorder:main",
+            "frs_bag_replay = frs_bringup.bag_replay:main",
+            "frs_bag_noise = frs_bringup.bag_noise:main",
         ]
     },
 )

@@ -101,7 +101,7 @@ class Chunk:
     log_ns: int
     record: Any
     observation: Any  # StampedObservation
-    reference: Any  # BuiltReference
+    reference: Any  # BuiltReference (None for a plain ActionChunk)
 
 
 @dataclass
@@ -132,6 +132,9 @@ class StampIndex:
 
     def get(self, stamp_ns: int) -> Any:
         return self._items.get(stamp_ns)
+
+    def latest(self) -> Any:
+        return self._items[self._order[-1]] if self._order else None
 
 
 class InputBuilder:
@@ -230,12 +233,14 @@ def iter_chunks(
             instruction = msg.data
         elif item.log_ns >= start_ns:
             record = msg
+            is_record = hasattr(record, "scene_stamp")  # else a plain ActionChunk
             joint = joints.get(stamp_ns(record.header.stamp))
-            scene = scenes.get(stamp_ns(record.scene_stamp))
+            scene_stamp = record.scene_stamp if is_record else record.header.stamp
+            scene = scenes.get(stamp_ns(scene_stamp)) or (None if is_record else scenes.latest())
             if joint is None or scene is None:
                 skipped.add("observation not in the bag (joint_states/object_states dropped)")
                 continue
-            text = record.instruction or instruction
+            text = (record.instruction if is_record else "") or instruction
             try:
                 observation = build_observation(
                     joint,
@@ -245,12 +250,14 @@ def iter_chunks(
                     needs_instruction=builder.embed is not None,
                     instruction_text=text,
                 )
-                reference = build_reference(
-                    builder.policy.spec,
-                    builder.settings(record),
-                    record.reference,
-                    observation.gripper_opening,
-                )
+                reference = None
+                if is_record:
+                    reference = build_reference(
+                        builder.policy.spec,
+                        builder.settings(record),
+                        record.reference,
+                        observation.gripper_opening,
+                    )
             except ValueError as error:
                 skipped.add(f"cannot rebuild inputs: {error}")
                 continue

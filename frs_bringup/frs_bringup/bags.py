@@ -174,6 +174,19 @@ class BagMessage:
     msg: Any
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _has_mcap_footer(path: Path) -> bool:
+    """Whether an MCAP file ends with its closing magic (a finished writer wrote it)."""
+    size = path.stat().st_size
+    if size < 2 * len(MCAP_MAGIC):
+        return False
+    with path.open("rb") as stream:
+        stream.seek(size - len(MCAP_MAGIC))
+        return stream.read() == MCAP_MAGIC
+
+
 def parse_remaps(items: Sequence[str]) -> dict[str, str]:
     """``["old:=new", ...]`` -> ``{old: new}`` (leading slashes dropped); ValueError if bad."""
     remaps = {}
@@ -200,6 +213,13 @@ class BagReader:
                     "run `ros2 bag reindex` on it)"
                 )
             self.path = files[0]
+        files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
+        for file in files:
+            if file.suffix == ".mcap" and not _has_mcap_footer(file):
+                raise BagError(
+                    f"bag {path} is truncated: {file.name} does not end with the MCAP footer "
+                    "(writer killed?); recover it with `mcap recover` or re-record"
+                )
         try:
             self._reader = Reader(self.path)
             self._reader.open()

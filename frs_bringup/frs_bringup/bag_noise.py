@@ -1,0 +1,192 @@
+"""Reverse the executed chunks of a bag into noise: an (observation, noise) dataset for DSBC.
+
+``python -m frs_bringup.bag_noise --bag runs/demos --out data/demo_noise.safetensors``
+
+Each executed chunk (default: the refined chunks on ``frs/steering/record``; or any
+``frs_msgs/ActionChunk`` topic via ``--chunk-topic``, e.g. teleoperated chunks stamped with the
+observation they were decided on) is put into the policy's normalized space and run backwards
+through the flow ODE (FRS's reversal, same observation conditioning and steps) to the noise that
+regenerates it. Real dims are reversed (``steered`` = True); padding dims get fresh N(0, I)
+noise, as in FRS. Episodes and their outcome come from ``frs/episode_status`` when recorded
+(otherwise one episode, ``--success``). Written with :class:`frs_steering.noise_data.NoiseDataset`;
+``info`` holds the reconstruction error (executed chunk vs forward pass of its noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from frs_bringup.bag_replay import RECORD_TOPIC, Skipped, _weights_sha, iter_chunks
+from frs_bringup.bags import BagError, BagReader, parse_remaps
+
+STATUS_TOPIC = "frs/episode_status"
+
+
+def episode_outcomes(bag: BagReader, window: tuple[int, int]) -> tuple[list, list, dict]:
+    """(log times, episode ids) of status messages and each episode's final success."""
+    times, episodes, success = [], [], {}
+    if bag.count(STATUS_TOPIC) == 0:
+        return times, episodes, success
+    for item in bag.messages([STATUS_TOPIC], None, window[1]):
+        times.append(item.log_ns)
+        episodes.append(int(item.msg.episode))
+        success[int(item.msg.episode)] = bool(item.msg.success) or success.get(
+            int(item.msg.episode), False
+        )
+    return times, episodes, success
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bag", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help=".safetensors file to write")
+    parser.add_argument("--chunk-topic", default=RECORD_TOPIC, help="SteeringRecord or ActionChunk")
+    parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: shipped)")
+    parser.add_argument("--num-steps", type=int, default=0, help="0 = the policy's default")
+    parser.add_argument("--solver", default="euler")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the padding dims' noise")
+    parser.add_argument("--success", action="store_true", help="mark chunks of unknown outcome")
+    parser.add_argument("--only-success", action="store_true", help="keep successful episodes")
+    parser.add_argument("--start", type=float, default=None, help="s after the bag's start")
+    parser.add_argument("--end", type=float, default=None, help="s after the bag's start")
+    parser.add_argument("--remap", nargs="*", default=[], metavar="OLD:=NEW")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None)
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser.parse_args(argv)
+
+
+def export(args: argparse.Namespace) -> dict:
+    """Build and save the dataset; returns its ``info``. BagError/ValueError if unusable."""
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with BagReader(args.bag, remap=parse_remaps(args.remap)) as bag:
+        topic = args.chunk_topic.strip("/")
+        bag.require(["joint_states", "frs/object_states", topic], why="executed chunks")
+        window = bag.time_window(args.start, args.end)
+        status_times, status_episodes, outcome = episode_outcomes(bag, window)
+
+        import torch
+
+        from frs_bringup.bag_replay import InputBuilder
+        from frs_steering.checkpoint import load_policy
+        from frs_steering.noise_data import NoiseDataset
+        from frs_steering.package_data import shipped_checkpoint
+        from frs_steering.ros_messages import chunk_from_msg
+        from frs_steering.steer import steer
+
+        torch.set_num_threads(1)
+        checkpoint = args.checkpoint or str(shipped_checkpoint())
+        policy = load_policy(checkpoint)
+        spec = policy.spec
+        real_dims = list(spec.real_dims)
+        builder = InputBuilder(policy)
+        generator = torch.Generator().manual_seed(args.seed)
+        states, instructions, noises, steered, episodes, errors = [], [], [], [], [], []
+        skipped = Skipped()
+        for chunk in iter_chunks(
+            bag,
+            builder,
+            start_ns=window[0],
+            end_ns=window[1],
+            skipped=skipped,
+            progress=progress,
+            chunk_topic=topic,
+        ):
+            msg = chunk.record.refined if hasattr(chunk.record, "refined") else chunk.record
+            try:
+                rows = chunk_from_msg(msg, f"{topic} chunk")
+            except ValueError as error:
+                skipped.add(str(error))
+                continue
+            if msg.normalized or rows.shape[0] != spec.horizon:
+                skipped.add(f"chunk is not a real-unit {spec.horizon}-row chunk")
+                continue
+            if rows.shape[1] == spec.dim and spec.has_padding:
+                rows = rows[:, real_dims]
+            if rows.shape[1] != spec.num_real:
+                skipped.add(f"chunk has {rows.shape[1]} dims, the policy {spec.num_real}")
+                continue
+            executed = torch.from_numpy(rows.astype(np.float32))
+            result = steer(
+                policy,
+                executed,
+                observation=chunk.observation.policy_input,
+                method="frs",
+                reference_normalized=False,
+                generator=generator,
+                num_steps=args.num_steps or None,
+                solver=args.solver,
+                include_base_sample=False,
+            )
+            errors.append(float((result.chunk_real[0] - executed).pow(2).mean().sqrt()))
+            noises.append(result.noise[0].clone())
+            steered.append(result.steered[0].clone())
+            obs = chunk.observation.policy_input
+            states.append(obs["state"][0].float())
+            if "instruction" in obs:
+                instructions.append(obs["instruction"][0].float())
+            index = bisect.bisect_right(status_times, chunk.log_ns) - 1
+            episodes.append(status_episodes[index] if index >= 0 else 0)
+        if not noises:
+            raise BagError(
+                f"bag {args.bag}: no executed chunk on {topic} could be reversed "
+                f"(skipped: {skipped.reasons or 'none in range'})"
+            )
+        episode = torch.tensor(episodes, dtype=torch.int64)
+        success = torch.tensor([outcome.get(e, args.success) for e in episodes], dtype=torch.bool)
+        observations = {"state": torch.stack(states)}
+        if instructions:
+            observations["instruction"] = torch.stack(instructions)
+        info = {
+            "source": "bag_noise",
+            "bag": str(args.bag),
+            "chunk_topic": topic,
+            "checkpoint_sha256": _weights_sha(checkpoint),
+            "method": "frs_reversal",
+            "solver": args.solver,
+            "num_steps": args.num_steps or spec.num_steps,
+            "chunks": len(noises),
+            "skipped": skipped.reasons,
+            "reconstruction_rms_mean": float(np.mean(errors)),
+            "reconstruction_rms_max": float(np.max(errors)),
+        }
+        dataset = NoiseDataset(
+            observations=observations,
+            noise=torch.stack(noises),
+            steered=torch.stack(steered),
+            episode=episode,
+            success=success,
+            info=info,
+        )
+        if args.only_success:
+            dataset = dataset.select(dataset.success)
+            if len(dataset) == 0:
+                raise BagError(f"bag {args.bag}: no chunk from a successful episode")
+        dataset.save(args.out)
+        info["saved"] = len(dataset)
+        info["episodes"] = dataset.episodes()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        info = export(args)
+    except (BagError, ValueError) as error:
+        print(f"frs_bag_noise: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {info['saved']} (observation, noise) pairs from {info['episodes']} episode(s) to "
+        f"{args.out}; reconstruction RMS mean {info['reconstruction_rms_mean']:.2e}, max "
+        f"{info['reconstruction_rms_max']:.2e} (real units)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
