@@ -1,10 +1,10 @@
 """DSRL: soft actor-critic whose action is a frozen flow policy's noise, optionally seeded by FRS.
 
 The actor is a :class:`~frs_steering.noise_policy.NoisePolicy` (bounded ``bound * tanh``
-Gaussian over one noise vector per chunk), so a trained actor deploys exactly like a DSBC
-policy (``noise_policy`` steering method). Twin Q critics read the actor's standardized
-observation features and the action scaled to [-1, 1]; the temperature is tuned toward a
-target entropy.
+Gaussian over the noise of the dims it predicts, one vector per chunk by default), so a
+trained actor deploys exactly like a DSBC policy (``noise_policy`` steering method). Twin Q
+critics read the actor's standardized observation features and the action scaled to [-1, 1];
+the temperature is tuned toward a target entropy.
 
 **DSRL + FRS** adds two things, both from FRS rollouts: the replay buffer starts prefilled
 with their transitions, and the actor loss gets a behaviour-cloning term
@@ -98,19 +98,20 @@ def flat_features(observation: Mapping[str, np.ndarray | torch.Tensor], keys) ->
 
 
 def frs_transitions(
-    data: NoiseDataset, keys, bound: float
+    data: NoiseDataset, actor: NoisePolicy
 ) -> tuple[list[tuple], np.ndarray, np.ndarray]:
     """Replay transitions from FRS rollouts, plus (features, action) pairs of successful ones.
 
     Chunks of one episode are consecutive in ``data``; an episode's last chunk ends it with
     reward 1 if it succeeded, and is dropped if it failed (a timeout has no next observation
-    to bootstrap from). Actions are the chunk-averaged noises, clipped inside the bound.
+    to bootstrap from). Actions are the noises in the actor's layout (its predicted dims,
+    chunk-averaged or full), clipped inside its bound.
     """
+    keys = list(actor.config.observation_dims)
     features = np.concatenate(
         [data.observations[k].reshape(len(data), -1).float().numpy() for k in keys], axis=1
     )
-    limit = bound * (1.0 - 1e-3)
-    actions = data.noise.mean(1).clamp(-limit, limit).numpy()
+    actions = actor.target_of(data.noise.float()).numpy()
     episode, success = data.episode.numpy(), data.success.numpy()
     transitions = []
     for i in range(len(data)):
@@ -142,8 +143,6 @@ class DsrlAgent:
     """SAC over the noise space of a flow policy (the actor is a :class:`NoisePolicy`)."""
 
     def __init__(self, actor: NoisePolicy, config: SacConfig = SacConfig(), seed: int = 0):
-        if actor.config.target != "chunk_mean":
-            raise ValueError("DSRL acts with one noise vector per chunk (target chunk_mean)")
         torch.manual_seed(seed)
         self.config = config
         self.actor = actor

@@ -51,6 +51,7 @@ class NoisePolicyConfig:
     hidden: int = 256
     depth: int = 2
     bound: float = 5.0
+    noise_dims: tuple[int, ...] | None = None  # action dims predicted (None: all); rest fresh
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -63,14 +64,40 @@ class NoisePolicyConfig:
                 raise ValueError(f"NoisePolicyConfig.{name} must be a positive int, got {value!r}")
         if not (math.isfinite(self.bound) and self.bound > 0):
             raise ValueError(f"bound must be positive, got {self.bound}")
+        if self.noise_dims is not None:
+            dims = tuple(int(d) for d in self.noise_dims)
+            if not dims or len(set(dims)) != len(dims) or not all(0 <= d < self.dim for d in dims):
+                raise ValueError(f"noise_dims must be distinct dims in [0, {self.dim}), got {dims}")
+            object.__setattr__(self, "noise_dims", dims)
+
+    @property
+    def predicted_dims(self) -> list[int]:
+        return list(range(self.dim)) if self.noise_dims is None else list(self.noise_dims)
 
     @property
     def output_dim(self) -> int:
-        return self.dim if self.target == "chunk_mean" else self.horizon * self.dim
+        rows = 1 if self.target == "chunk_mean" else self.horizon
+        return rows * len(self.predicted_dims)
+
+    def compose(self, vector: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, output_dim]`` -> ``[B, horizon, dim]``: the predicted dims (one row repeated
+        for chunk_mean), ``fresh`` (default zeros) in the dims the policy does not predict."""
+        dims = self.predicted_dims
+        batch = vector.shape[0]
+        if self.target == "chunk_mean":
+            part = vector.unsqueeze(1).expand(batch, self.horizon, len(dims))
+        else:
+            part = vector.reshape(batch, self.horizon, len(dims))
+        if fresh is None:
+            fresh = vector.new_zeros(batch, self.horizon, self.dim)
+        noise = fresh.clone()
+        noise[..., dims] = part.to(noise.dtype)
+        return noise
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["observation_dims"] = dict(self.observation_dims)
+        data["noise_dims"] = None if self.noise_dims is None else list(self.noise_dims)
         return data
 
     @classmethod
@@ -151,20 +178,19 @@ class NoisePolicy(nn.Module):
         """Bounded output vector from a pre-squash vector."""
         return self.config.bound * torch.tanh(pre)
 
-    def as_noise(self, vector: torch.Tensor) -> torch.Tensor:
-        """``[B, output_dim]`` -> ``[B, horizon, dim]`` (one row repeated for chunk_mean)."""
-        config = self.config
-        if config.target == "chunk_mean":
-            return vector.unsqueeze(1).expand(-1, config.horizon, -1)
-        return vector.reshape(-1, config.horizon, config.dim)
+    def as_noise(self, vector: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        return self.config.compose(vector, fresh)
 
-    def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, observations: Mapping[str, torch.Tensor], fresh: torch.Tensor | None = None
+    ) -> torch.Tensor:
         mean, _ = self.distribution(observations)
-        return self.as_noise(self.squash(mean))
+        return self.as_noise(self.squash(mean), fresh)
 
     def target_of(self, noise: torch.Tensor) -> torch.Tensor:
         """The regression target for ``[N, horizon, dim]`` noises, clipped inside the bound."""
-        vector = noise.mean(1) if self.config.target == "chunk_mean" else noise.flatten(1)
+        part = noise[..., self.config.predicted_dims]
+        vector = part.mean(1) if self.config.target == "chunk_mean" else part.flatten(1)
         limit = self.config.bound * (1.0 - 1e-3)
         return vector.clamp(-limit, limit)
 
@@ -174,8 +200,8 @@ def noise_policy_method(
 ) -> MethodOutput:
     """Generate from the noise a noise policy predicts for the observation (no reference).
 
-    ``noise_scale`` adds that much fresh N(0, I) noise (exploration); padding dims always take
-    fresh noise, as in FRS.
+    ``noise_scale`` adds that much fresh N(0, I) noise (exploration); dims the noise policy
+    does not predict, and padding, take fresh noise, as unsteered dims do in FRS.
     """
     if ctx.observation is None:
         raise ValueError("the noise_policy method needs the observation, not only a cache")
@@ -190,8 +216,10 @@ def noise_policy_method(
     fresh = ctx.noise()
     with ctx.timed("noise_policy"):
         predicted = noise_policy(ctx.observation).to(fresh.dtype)
-    real = ctx.spec.steerable_mask(fresh.device).expand_as(fresh)
-    noise = torch.where(real, predicted + noise_scale * fresh, fresh)
+    dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
+    dims[noise_policy.config.predicted_dims] = True
+    use = ctx.spec.steerable_mask(fresh.device) & dims
+    noise = torch.where(use.expand_as(fresh), predicted + noise_scale * fresh, fresh)
     chunk = ctx.generate(noise)
     base = ctx.generate(fresh) if ctx.include_base_sample else None
     return MethodOutput(chunk=chunk, noise=noise, base_chunk=base)
@@ -236,6 +264,20 @@ def dsbc_loss(
     return (0.5 * ((target - output) / log_std.exp()).pow(2) + log_std).mean()
 
 
+def default_config(dataset: NoiseDataset, **overrides: Any) -> NoisePolicyConfig:
+    """A config for ``dataset``: its observation widths and chunk shape, predicting the action
+    dims that steering acted on in it (all dims if none did, e.g. reversed demonstrations)."""
+    horizon, dim = dataset.chunk_shape
+    steered_dims = torch.nonzero(dataset.steered.any(dim=(0, 1))).flatten().tolist()
+    fields: dict[str, Any] = {
+        "observation_dims": {k: int(v[0].numel()) for k, v in dataset.observations.items()},
+        "horizon": horizon,
+        "dim": dim,
+        "noise_dims": tuple(steered_dims) if steered_dims else None,
+    }
+    return NoisePolicyConfig(**(fields | overrides))
+
+
 def train_dsbc(
     dataset: NoiseDataset,
     noise_policy_config: NoisePolicyConfig | None = None,
@@ -250,13 +292,8 @@ def train_dsbc(
     """
     if len(dataset) == 0:
         raise ValueError("the noise dataset is empty")
-    horizon, dim = dataset.chunk_shape
     if noise_policy_config is None:
-        noise_policy_config = NoisePolicyConfig(
-            observation_dims={k: int(v[0].numel()) for k, v in dataset.observations.items()},
-            horizon=horizon,
-            dim=dim,
-        )
+        noise_policy_config = default_config(dataset)
     generator = torch.Generator().manual_seed(config.seed)
     net = NoisePolicy(noise_policy_config, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from frs_steering.dsrl import DsrlAgent, ReplayBuffer, SacConfig, frs_transitions
@@ -98,7 +97,7 @@ def test_frs_transitions_reward_success_and_drop_failed_timeouts():
         episode=torch.tensor([0, 0, 0, 1, 1]),
         success=torch.tensor([True, True, True, False, False]),
     )
-    transitions, bc_features, bc_actions = frs_transitions(data, ["state"], bound=5.0)
+    transitions, bc_features, bc_actions = frs_transitions(data, _agent().actor)
     assert len(transitions) == 4  # the failed episode's last chunk has nothing to bootstrap
     rewards = [t[2] for t in transitions]
     dones = [t[4] for t in transitions]
@@ -106,9 +105,3 @@ def test_frs_transitions_reward_success_and_drop_failed_timeouts():
     np.testing.assert_array_equal(transitions[0][3], data.observations["state"][1].numpy())
     np.testing.assert_allclose(transitions[1][1], noise[1].mean(0).numpy(), rtol=1e-6)
     assert len(bc_features) == 3 and len(bc_actions) == 3
-
-
-def test_agent_refuses_a_full_chunk_actor():
-    actor = NoisePolicy(NoisePolicyConfig({"state": FEATURES}, HORIZON, DIM, target="full"))
-    with pytest.raises(ValueError, match="chunk_mean"):
-        DsrlAgent(actor)

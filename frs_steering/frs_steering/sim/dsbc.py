@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -33,11 +34,12 @@ from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import (
     DsbcConfig,
-    NoisePolicyConfig,
+    default_config,
     save_noise_policy,
     train_dsbc,
 )
 from frs_steering.package_data import shipped_checkpoint
+from frs_steering.sim.env import EnvConfig
 from frs_steering.sim.evaluate import (
     EpisodeResult,
     EvalConfig,
@@ -167,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bc-steps", type=int, default=1500)
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
-    parser.add_argument("--target", choices=("chunk_mean", "full"), default="chunk_mean")
+    parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
+    parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
     parser.add_argument("--tasks", default="", help="comma-separated task names (all: empty)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -176,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t) or None
-    config = EvalConfig(tasks=tasks)
+    config = EvalConfig(tasks=tasks, env=EnvConfig(max_episode_steps=args.max_steps))
     embed_fn = _LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
     generalist = load_policy(args.checkpoint)
     frs = Setting("frs", num_steps=args.frs_steps, split=args.split)
@@ -219,13 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dsbc_config = DsbcConfig(
         objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
-    horizon, dim = successful.chunk_shape
-    net_config = NoisePolicyConfig(
-        observation_dims={k: int(v[0].numel()) for k, v in successful.observations.items()},
-        horizon=horizon,
-        dim=dim,
-        target=args.target,
-    )
+    net_config = default_config(successful, target=args.target)
     dsbc, dsbc_history = train_dsbc(successful, net_config, dsbc_config)
     save_noise_policy(dsbc, args.out / "dsbc")
     dsbc_params = sum(p.numel() for p in dsbc.parameters())
@@ -264,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarize([*settings, bc_setting], results)
     by_label = {row["label"]: row["success_rate"] for row in rows}
     document = {
-        "command": "python -m frs_steering.sim.dsbc " + " ".join(argv or []),
+        "command": " ".join(["python -m frs_steering.sim.dsbc", *(argv or sys.argv[1:])]),
         "rollouts": rollouts.info | {"chunks": len(rollouts), "successful_chunks": len(successful)},
         "dsbc": {
             "config": net_config.to_dict(),

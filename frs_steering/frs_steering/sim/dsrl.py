@@ -33,6 +33,7 @@ from frs_steering.integrate import Solver
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
 from frs_steering.package_data import shipped_checkpoint
+from frs_steering.reference import CartesianLayout
 from frs_steering.sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
 from frs_steering.sim.evaluate import (
     EvalConfig,
@@ -59,12 +60,13 @@ class NoiseActionEnv:
         env: FrankaTabletopEnv,
         policy,
         task: TaskSpec,
+        layout: NoisePolicyConfig,
         *,
         execute_rows: int = 5,
         num_steps: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.env, self.policy, self.task = env, policy, task
+        self.env, self.policy, self.task, self.layout = env, policy, task, layout
         self.execute_rows = execute_rows
         self.num_steps = num_steps or policy.spec.num_steps
         self.generator = torch.Generator().manual_seed(seed)
@@ -81,7 +83,7 @@ class NoiseActionEnv:
         spec = self.policy.spec
         if self.observation is None:
             raise RuntimeError("reset() first")
-        vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, 1, spec.dim)
+        vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
         with torch.inference_mode():
             ctx = SteeringContext(
                 self.policy,
@@ -95,7 +97,7 @@ class NoiseActionEnv:
                 include_base_sample=False,
             )
             fresh = ctx.noise()
-            noise = torch.where(ctx.steered, vector.expand_as(fresh), fresh)
+            noise = torch.where(ctx.steered, self.layout.compose(vector, fresh), fresh)
             chunk_real = spec.from_policy(ctx.generate(noise))[0].numpy()
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
@@ -135,21 +137,20 @@ def train_dsrl(
     eval_episodes: int = 10,
     seed: int = 0,
     label: str = "DSRL",
+    progress: bool = True,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
     """SAC for ``env_steps`` chunks; ``prefill`` (FRS rollouts) seeds the buffer and BC data."""
     torch.manual_seed(seed)
-    spec = env.policy.spec
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
-    dims = {k: int(np.asarray(v).size) for k, v in obs.items()}
-    actor = NoisePolicy(NoisePolicyConfig(dims, spec.horizon, spec.dim), seed=seed)
+    actor = NoisePolicy(env.layout, seed=seed)
     config = SacConfig(bc_weight=bc_weight)
     agent = DsrlAgent(actor, config, seed=seed)
-    buffer = ReplayBuffer(sum(dims.values()), spec.dim, capacity=max(env_steps, 1) + 20_000)
+    action_dim = env.layout.output_dim
+    feature_dim = sum(env.layout.observation_dims.values())
+    buffer = ReplayBuffer(feature_dim, action_dim, capacity=max(env_steps, 1) + 20_000)
     seen = []
     if prefill is not None:
-        transitions, bc_features, bc_actions = frs_transitions(
-            prefill, agent.keys, actor.config.bound
-        )
+        transitions, bc_features, bc_actions = frs_transitions(prefill, actor)
         for transition in transitions:
             buffer.add(*transition)
         agent.set_bc_data(bc_features, bc_actions)
@@ -159,10 +160,10 @@ def train_dsrl(
     episode, episode_return, returns = 0, 0.0, []
     features = flat_features(obs, agent.keys)
     start = time.process_time()
-    bar = tqdm(range(env_steps), desc=label, unit="step", leave=False)
+    bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
     for step in bar:
         if step < warmup_steps:
-            action = np.clip(rng.standard_normal(spec.dim), -actor.config.bound, actor.config.bound)
+            action = np.clip(rng.standard_normal(action_dim), -env.layout.bound, env.layout.bound)
             seen.append(features[None])
         else:
             action = agent.act(features)
@@ -177,7 +178,7 @@ def train_dsrl(
             episode_return = 0.0
             obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)
             features = flat_features(obs, agent.keys)
-        if step + 1 == warmup_steps:
+        if step + 1 == min(warmup_steps, env_steps):
             all_seen = torch.from_numpy(np.concatenate(seen))
             actor.input_mean.copy_(all_seen.mean(0))
             actor.input_std.copy_(all_seen.std(0).clamp_min(1e-3))
@@ -195,7 +196,8 @@ def train_dsrl(
                     "train_success_rate": float(np.mean(returns[-20:])) if returns else 0.0,
                 }
             )
-            bar.write(f"{label}: {step + 1} steps, eval success {rate:.0%}")
+            if progress:
+                bar.write(f"{label}: {step + 1} steps, eval success {rate:.0%}")
             obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)  # eval moved the env
             features = flat_features(obs, agent.keys)
     history = {
@@ -236,10 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env-steps", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
     parser.add_argument("--bc-weight", type=float, default=1.0)
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
+    parser.add_argument("--target", choices=("chunk_mean", "full"), default="chunk_mean")
+    parser.add_argument(
+        "--noise-dims", default="translation", help="action dims the actor sets (comma list)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
     args = parser.parse_args(argv)
@@ -284,12 +291,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{float(prefill.success.float().mean()):.0%} of chunks from successful ones"
         )
 
+    spec = policy.spec
+    noise_dims = (
+        CartesianLayout().translation
+        if args.noise_dims == "translation"
+        else tuple(int(d) for d in args.noise_dims.split(","))
+    )
+    layout = NoisePolicyConfig(
+        observation_dims={
+            "state": policy.config.state_dim,
+            "instruction": policy.config.instruction_dim,
+        },
+        horizon=spec.horizon,
+        dim=spec.dim,
+        target=args.target,
+        noise_dims=tuple(noise_dims),
+    )
     runs: dict[str, dict[str, Any]] = {}
     for method in methods:
         env = NoiseActionEnv(
             FrankaTabletopEnv(tasks=args.split, config=EnvConfig(), embed_fn=embed_fn),
             policy,
             task,
+            layout,
             seed=args.seed,
         )
         label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
@@ -299,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             env_steps=args.env_steps,
             prefill=prefill if method == "dsrl_frs" else None,
             bc_weight=args.bc_weight if method == "dsrl_frs" else 0.0,
+            warmup_steps=args.warmup_steps,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
             seed=args.seed,
