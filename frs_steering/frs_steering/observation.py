@@ -264,15 +264,16 @@ def method_and_params(
 ) -> tuple[str, dict[str, float | int]]:
     """The method that runs for a SteerChunk goal's settings and its :func:`steer` params.
 
-    Empty = ``frs``; a deferring reference runs ``base`` (the policy acts on its own);
-    ``partial_time`` / ``num_samples`` of 0 mean the method's default. ObservationError
-    names an out-of-range setting.
+    Empty = ``frs``; a deferring reference runs ``base`` (the policy acts on its own), except
+    for ``noise_policy``, which needs no reference (the caller adds the network as the
+    ``noise_policy`` param). ``partial_time`` / ``num_samples`` of 0 mean the method's
+    default. ObservationError names an out-of-range setting.
     """
     method = method or "frs"
-    if defer:
+    if defer and method != "noise_policy":
         method = "base"
     params: dict[str, float | int] = {}
-    if method == "frs":
+    if method in ("frs", "noise_policy"):
         if not (math.isfinite(noise_scale) and 0.0 <= noise_scale <= 10.0):
             raise ObservationError(f"noise_scale must be in [0, 10], got {noise_scale}")
         params["noise_scale"] = float(noise_scale)

@@ -54,6 +54,7 @@ from frs_msgs.msg import ObjectStates, PhaseTiming, SteeringDiagnostics, Steerin
 from frs_steering.checkpoint import CheckpointError, load_policy
 from frs_steering.integrate import as_solver
 from frs_steering.model import FlowMatchingPolicy
+from frs_steering.noise_policy import NoisePolicy, load_noise_policy
 from frs_steering.observation import (
     BuiltReference,
     ObservationError,
@@ -185,6 +186,13 @@ class SteeringNode(LifecycleNode):
         mats = [f"{name}_mat" for name in scene.TARGET_NAMES]
         specs: list[tuple[str, object, str, bool, dict]] = [
             ("checkpoint", "", "policy checkpoint directory; empty = shipped generalist", True, {}),
+            (
+                "noise_policy",
+                "",
+                "noise-policy checkpoint (DSBC / DSRL) for method noise_policy; empty = none",
+                True,
+                {},
+            ),
             ("device", "cpu", "torch device of the policy", True, {}),
             ("torch_threads", 1, "torch intra-op threads (1 suits small CPUs)", True, ints(1, 64)),
             ("autostart", True, "configure and activate on start-up", True, {}),
@@ -317,9 +325,32 @@ class SteeringNode(LifecycleNode):
                 )
             embed_instruction("warm-up")  # load the encoder now, not on the first instruction
             self._embed = embed_instruction
+        self._noise_policy = self._load_noise_policy(policy)
         self._checkpoint_sha256 = _weights_sha256(checkpoint)
         self._dim_names = dim_names
         self._policy = policy
+
+    def _load_noise_policy(self, policy: FlowMatchingPolicy) -> NoisePolicy | None:
+        """The ``noise_policy`` checkpoint, checked against the flow policy's inputs/outputs."""
+        path = str(self._param("noise_policy"))
+        if not path:
+            return None
+        net = load_noise_policy(path, device=str(self._param("device")))
+        wanted = {"state": policy.config.state_dim}
+        if policy.config.instruction_dim:
+            wanted["instruction"] = policy.config.instruction_dim
+        if dict(net.config.observation_dims) != wanted:
+            raise CheckpointError(
+                f"noise policy {path} reads {dict(net.config.observation_dims)}; the flow policy "
+                f"observes {wanted}"
+            )
+        if (net.config.horizon, net.config.dim) != tuple(policy.spec.chunk_shape):
+            raise CheckpointError(
+                f"noise policy {path} makes {net.config.horizon}x{net.config.dim} noise; the flow "
+                f"policy needs {tuple(policy.spec.chunk_shape)}"
+            )
+        self.get_logger().info(f"noise policy loaded from {path}")
+        return net
 
     def _open_interfaces(self) -> None:
         size = int(self._param("buffer_size"))
@@ -583,6 +614,13 @@ class SteeringNode(LifecycleNode):
             )
         except ValueError as error:
             raise GoalRejected(str(error)) from None
+        if method == SteerChunk.Goal.METHOD_NOISE_POLICY:
+            if self._noise_policy is None:
+                raise GoalRejected(
+                    "method noise_policy needs a noise-policy checkpoint: set the noise_policy "
+                    "parameter (trained by frs_steering.sim.dsbc or frs_steering.sim.dsrl)"
+                )
+            params["noise_policy"] = self._noise_policy
         # A negative seed draws one here, so the call is still random but can be replayed.
         seed = int(goal.seed) if goal.seed >= 0 else int.from_bytes(os.urandom(7), "little")
         generator = torch.Generator(device=str(self._param("device"))).manual_seed(seed)

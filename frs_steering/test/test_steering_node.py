@@ -32,6 +32,7 @@ from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ObjectStates, SteeringDiagnostics
 from frs_steering.checkpoint import save_policy
 from frs_steering.kinematics import REST_QPOS, ArmKinematics
+from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
 from frs_steering.ros_messages import ns_to_stamp, stamp_to_ns
 from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
 from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
@@ -158,12 +159,26 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
+def _noise_policy(directory: Path, state_dim: int = 46) -> Path:
+    """An untrained noise policy for the tiny checkpoint (translation dims, full chunk)."""
+    config = NoisePolicyConfig(
+        {"state": state_dim, "instruction": 384}, HORIZON, DIM, target="full", noise_dims=(0, 1, 2)
+    )
+    return save_noise_policy(NoisePolicy(config, seed=0), directory)
+
+
 @pytest.fixture(scope="module")
 def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Robot]:
     from rclpy.context import Context
 
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
-    proc = _start_node(log_path, f"checkpoint:={checkpoint}", "max_observation_age:=2.0")
+    noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
+    proc = _start_node(
+        log_path,
+        f"checkpoint:={checkpoint}",
+        "max_observation_age:=2.0",
+        f"noise_policy:={noise_policy}",
+    )
     context = Context()
     rclpy.init(context=context)
     robot = Robot(context)
@@ -242,6 +257,26 @@ def test_deferral_samples_the_base_policy(robot: Robot) -> None:
     assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
     assert result.diagnostics.method == "base" and result.diagnostics.nfe == 10
     assert len(result.reference.data) == 0
+
+
+def test_noise_policy_method_needs_no_reference(robot: Robot) -> None:
+    """A deferring reference with method noise_policy runs the loaded noise policy (DSBC)."""
+    chunks = []
+    for seed in (3, 3, 4):
+        goal = frs_goal(robot.publish_observation())
+        goal.method, goal.seed = "noise_policy", seed
+        goal.reference.defer = True
+        goal.reference.direction.y = 0.0
+        goal.reference.magnitude = 0.0
+        result = robot.steer(goal)
+        assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+        assert result.diagnostics.method == "noise_policy" and result.diagnostics.nfe >= 10
+        noise = np.asarray(result.noise.data).reshape(HORIZON, DIM)
+        chunks.append((noise, np.asarray(result.refined.data)))
+    # the predicted dims do not depend on the seed; the others are fresh draws
+    assert np.allclose(chunks[0][0][:, :3], chunks[2][0][:, :3], atol=0.2)
+    assert not np.allclose(chunks[0][0][:, 3:], chunks[2][0][:, 3:])
+    assert np.array_equal(chunks[0][0][:, 3:], chunks[1][0][:, 3:])
 
 
 def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
@@ -339,6 +374,11 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     procs = {
         path: _start_node(tmp_path / f"{path.name}.log", f"checkpoint:={path}") for path in cases
     }
+    mismatched = _noise_policy(tmp_path / "np_mismatch", state_dim=12)
+    cases[mismatched] = "reads {'state': 12"
+    procs[mismatched] = _start_node(
+        tmp_path / f"{mismatched.name}.log", f"noise_policy:={mismatched}"
+    )
     try:
         for path, expected in cases.items():
             code = procs[path].wait(timeout=60)
