@@ -242,6 +242,7 @@ class DsbcConfig:
     weight_decay: float = 1e-4
     max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
     seed: int = 0
+    steered_only: bool = False  # fit only elements that came from steering (skip fresh draws)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -255,13 +256,19 @@ def dsbc_loss(
     observations: Mapping[str, torch.Tensor],
     target: torch.Tensor,
     objective: str,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE of the bounded output, or Gaussian NLL with the predicted std around it."""
+    """MSE of the bounded output, or Gaussian NLL with the predicted std around it, averaged
+    with ``weights`` (same shape as ``target``; None = uniform)."""
     mean, log_std = net.distribution(observations)
     output = net.squash(mean)
     if objective == "mse":
-        return (output - target).pow(2).mean()
-    return (0.5 * ((target - output) / log_std.exp()).pow(2) + log_std).mean()
+        per_element = (output - target).pow(2)
+    else:
+        per_element = 0.5 * ((target - output) / log_std.exp()).pow(2) + log_std
+    if weights is None:
+        return per_element.mean()
+    return (per_element * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def default_config(dataset: NoiseDataset, **overrides: Any) -> NoisePolicyConfig:
@@ -299,6 +306,7 @@ def train_dsbc(
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     target = net.target_of(dataset.noise.float())
+    weights = net.target_of(dataset.steered.float()) if config.steered_only else None
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -312,7 +320,11 @@ def train_dsbc(
             len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
         )
         loss = dsbc_loss(
-            net, {k: v[index] for k, v in observations.items()}, target[index], config.objective
+            net,
+            {k: v[index] for k, v in observations.items()},
+            target[index],
+            config.objective,
+            None if weights is None else weights[index],
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
