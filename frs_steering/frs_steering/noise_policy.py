@@ -52,6 +52,7 @@ class NoisePolicyConfig:
     depth: int = 2
     bound: float = 5.0
     noise_dims: tuple[int, ...] | None = None  # action dims predicted (None: all); rest fresh
+    defer_head: bool = False  # also predict whether steering acted (else: fresh noise, as FRS)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -128,6 +129,7 @@ class NoisePolicy(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.mean_head = nn.Linear(width, config.output_dim)
         self.log_std_head = nn.Linear(width, config.output_dim)
+        self.defer_head = nn.Linear(width, 1) if config.defer_head else None
         total = sum(config.observation_dims.values())
         self.register_buffer("input_mean", torch.zeros(total))
         self.register_buffer("input_std", torch.ones(total))
@@ -187,6 +189,12 @@ class NoisePolicy(nn.Module):
         mean, _ = self.distribution(observations)
         return self.as_noise(self.squash(mean), fresh)
 
+    def defer_logit(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """``[B]`` logit that the reasoner would defer here (None without a defer head)."""
+        if self.defer_head is None:
+            return None
+        return self.defer_head(self.trunk(self.flatten(observations)))[:, 0]
+
     def target_of(self, noise: torch.Tensor) -> torch.Tensor:
         """The regression target for ``[N, horizon, dim]`` noises, clipped inside the bound."""
         part = noise[..., self.config.predicted_dims]
@@ -201,7 +209,8 @@ def noise_policy_method(
     """Generate from the noise a noise policy predicts for the observation (no reference).
 
     ``noise_scale`` adds that much fresh N(0, I) noise (exploration); dims the noise policy
-    does not predict, and padding, take fresh noise, as unsteered dims do in FRS.
+    does not predict, and padding, take fresh noise, as unsteered dims do in FRS; so does the
+    whole chunk where a defer head predicts the reasoner would have deferred.
     """
     if ctx.observation is None:
         raise ValueError("the noise_policy method needs the observation, not only a cache")
@@ -218,8 +227,11 @@ def noise_policy_method(
         predicted = noise_policy(ctx.observation).to(fresh.dtype)
     dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
     dims[noise_policy.config.predicted_dims] = True
-    use = ctx.spec.steerable_mask(fresh.device) & dims
-    noise = torch.where(use.expand_as(fresh), predicted + noise_scale * fresh, fresh)
+    use = (ctx.spec.steerable_mask(fresh.device) & dims).expand_as(fresh)
+    logit = noise_policy.defer_logit(ctx.observation)
+    if logit is not None:  # a predicted deferral leaves the policy to act on its own
+        use = use & (logit <= 0).to(fresh.device).view(-1, 1, 1)
+    noise = torch.where(use, predicted + noise_scale * fresh, fresh)
     chunk = ctx.generate(noise)
     base = ctx.generate(fresh) if ctx.include_base_sample else None
     return MethodOutput(chunk=chunk, noise=noise, base_chunk=base)
@@ -271,6 +283,15 @@ def dsbc_loss(
     return (per_element * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def defer_loss(
+    net: NoisePolicy, observations: Mapping[str, torch.Tensor], steered: torch.Tensor
+) -> torch.Tensor:
+    """Binary cross-entropy of the defer head against 'no element was steered'."""
+    logit = net.defer_logit(observations)
+    deferred = (~steered.flatten(1).any(1)).float()
+    return nn.functional.binary_cross_entropy_with_logits(logit, deferred)
+
+
 def default_config(dataset: NoiseDataset, **overrides: Any) -> NoisePolicyConfig:
     """A config for ``dataset``: its observation widths and chunk shape, predicting the action
     dims that steering acted on in it (all dims if none did, e.g. reversed demonstrations)."""
@@ -306,7 +327,8 @@ def train_dsbc(
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     target = net.target_of(dataset.noise.float())
-    weights = net.target_of(dataset.steered.float()) if config.steered_only else None
+    steered_only = config.steered_only or net.config.defer_head  # deferrals: the head's job
+    weights = net.target_of(dataset.steered.float()) if steered_only else None
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -326,6 +348,10 @@ def train_dsbc(
             config.objective,
             None if weights is None else weights[index],
         )
+        if net.defer_head is not None:
+            loss = loss + defer_loss(
+                net, {k: v[index] for k, v in observations.items()}, dataset.steered[index]
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

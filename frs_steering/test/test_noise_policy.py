@@ -175,3 +175,32 @@ def test_noise_policy_method_refuses_what_it_cannot_use():
             params={"noise_policy": net},
             reference_normalized=True,
         )
+
+
+def test_defer_head_learns_when_steering_was_skipped_and_then_leaves_noise_fresh():
+    data = _dataset(n=512)
+    deferred = data.observations["state"][:, 0] > 0  # the "reasoner" defers on one side
+    data.steered[deferred] = False
+    data.noise[deferred] = torch.randn(int(deferred.sum()), HORIZON, DIM)  # fresh draws
+    config = NoisePolicyConfig({"state": 6}, HORIZON, DIM, target="full", defer_head=True)
+    net, _ = train_dsbc(data, config, DsbcConfig(steps=400, batch_size=64), progress=False)
+    with torch.no_grad():
+        logit = net.defer_logit(data.observations)
+    assert ((logit > 0) == deferred).float().mean() > 0.9
+    spec = ActionSpec(horizon=HORIZON, dim=DIM, num_steps=5)
+    policy = FlowMatchingPolicy(FlowPolicyConfig(spec, state_dim=6, width=16, depth=1), seed=0)
+    obs = {"state": data.observations["state"][:64]}
+    result = steer(
+        policy,
+        torch.zeros(64, HORIZON, DIM),
+        observation=obs,
+        method="noise_policy",
+        params={"noise_policy": net},
+        reference_normalized=True,
+        generator=torch.Generator().manual_seed(0),
+        include_base_sample=False,
+    )
+    with torch.no_grad():
+        predicted = net(obs)
+    took_prediction = (result.noise == predicted).flatten(1).all(1)
+    assert torch.equal(took_prediction, logit[:64] <= 0)

@@ -170,6 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
     parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
+    parser.add_argument(
+        "--defer-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="learn when the reasoner deferred (fresh noise there, as FRS does)",
+    )
     parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
     parser.add_argument("--tasks", default="", help="comma-separated task names (all: empty)")
     parser.add_argument("--workers", type=int, default=2)
@@ -222,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dsbc_config = DsbcConfig(
         objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
-    net_config = default_config(successful, target=args.target)
+    net_config = default_config(successful, target=args.target, defer_head=args.defer_head)
     dsbc, dsbc_history = train_dsbc(successful, net_config, dsbc_config)
     save_noise_policy(dsbc, args.out / "dsbc")
     dsbc_params = sum(p.numel() for p in dsbc.parameters())
