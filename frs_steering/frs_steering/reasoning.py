@@ -315,3 +315,14 @@ class Reasoner(Protocol):
     def propose(self, observation: Observation) -> CoarseProposal:
         """Coarse action for the next chunk; backends defer rather than raise on bad input."""
         ...
+
+
+class NoReasoner:
+    """No reasoner in the loop: every chunk defers, so the steering method acts alone (method
+    ``noise_policy`` runs a DSBC / DSRL noise policy; ``base`` samples the flow policy)."""
+
+    def propose(self, observation: Observation) -> CoarseProposal:
+        return CoarseProposal(source=Source.SCRIPTED, defer=True, reason="no reasoner")
+
+    def __repr__(self) -> str:
+        return "NoReasoner()"

@@ -2,7 +2,7 @@
 
 Loop (on its own thread, so a slow VLM never blocks the executor): take the latest observation
 (``joint_states`` -> EE position by FK, ``frs/object_states``, ``frs/instruction``, optionally
-``camera/image_raw``), ask the backend (``scripted`` | ``human`` | ``vlm``) for a
+``camera/image_raw``), ask the backend (``scripted`` | ``human`` | ``vlm`` | ``none``) for a
 :class:`CoarseProposal`, publish it as ``frs_msgs/CoarseReference`` on ``frs/reference``, send it
 to ``frs/steer_chunk`` with the observation's stamp, then send the refined chunk to
 ``frs/execute_chunk`` and wait. It repeats while enabled (``frs/proposer/enable``) and while the
@@ -37,13 +37,19 @@ from std_srvs.srv import SetBool
 
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
-from frs_steering.reasoning import BASE_FRAME, CoarseProposal, Observation, Reasoner
+from frs_steering.reasoning import (
+    BASE_FRAME,
+    CoarseProposal,
+    NoReasoner,
+    Observation,
+    Reasoner,
+)
 from frs_steering.ros_messages import proposal_to_msg, stamp_to_ns
 from frs_steering.ros_params import declare_described
 from frs_vlm_bridge.images import ros_image_to_rgb
 from frs_vlm_bridge.transforms import StaticTransform
 
-BACKENDS = ("scripted", "human", "vlm")
+BACKENDS = ("scripted", "human", "vlm", "none")
 LATCHED_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     history=HistoryPolicy.KEEP_LAST,
@@ -264,6 +270,8 @@ class ProposerNode(Node):
         return self.get_parameter(name).value
 
     def _make_reasoner(self, backend: str) -> Reasoner:
+        if backend == "none":  # e.g. method noise_policy: a trained noise policy drives
+            return NoReasoner()
         if backend == "scripted":
             from frs_steering.sim.reasoner import ReasonerConfig, ScriptedReasoner
 

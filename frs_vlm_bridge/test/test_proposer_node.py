@@ -257,7 +257,7 @@ def test_vlm_proposals_steer_and_execute(node_processes, vlm, rig, tmp_path) -> 
     assert API_KEY not in log.read_text(), "the API key leaked into the log"
 
 
-@pytest.mark.parametrize("backend", ["scripted", "human"])
+@pytest.mark.parametrize("backend", ["scripted", "human", "none"])
 def test_other_backends_construct(rclpy_context, backend: str) -> None:  # noqa: ANN001
     from rclpy.parameter import Parameter
 
@@ -267,9 +267,10 @@ def test_other_backends_construct(rclpy_context, backend: str) -> None:  # noqa:
         context=rclpy_context, parameter_overrides=[Parameter("reasoner", value=backend)]
     )
     try:
-        assert type(node._reasoner).__name__ == {"scripted": "ScriptedReasoner"}.get(
-            backend, "HumanReasoner"
-        )
+        expected = {"scripted": "ScriptedReasoner", "human": "HumanReasoner"}
+        assert type(node._reasoner).__name__ == expected.get(backend, "NoReasoner")
+        if backend == "none":  # every chunk defers: the steering method acts alone
+            assert node._reasoner.propose(None).defer
     finally:
         node.destroy_node()
 
