@@ -138,12 +138,13 @@ def train_dsrl(
     seed: int = 0,
     label: str = "DSRL",
     progress: bool = True,
+    actor_lr: float = SacConfig.actor_lr,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
     """SAC for ``env_steps`` chunks; ``prefill`` (FRS rollouts) seeds the buffer and BC data."""
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     actor = NoisePolicy(env.layout, seed=seed)
-    config = SacConfig(bc_weight=bc_weight)
+    config = SacConfig(bc_weight=bc_weight, actor_lr=actor_lr)
     agent = DsrlAgent(actor, config, seed=seed)
     action_dim = env.layout.output_dim
     feature_dim = sum(env.layout.observation_dims.values())
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
     parser.add_argument("--bc-weight", type=float, default=1.0)
+    parser.add_argument("--actor-lr", type=float, default=SacConfig.actor_lr)
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
@@ -324,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefill=prefill if method == "dsrl_frs" else None,
             bc_weight=args.bc_weight if method == "dsrl_frs" else 0.0,
             warmup_steps=args.warmup_steps,
+            actor_lr=args.actor_lr,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
             seed=args.seed,
