@@ -43,6 +43,8 @@ class SacConfig:
     target_entropy_per_dim: float = -1.0
     bc_weight: float = 0.0  # > 0: DSRL + FRS behaviour-cloning term
     bc_batch_size: int = 128
+    layer_norm: bool = True  # LayerNorm in the critics: curbs Q over-estimation off the data
+    prefill_fraction: float = 0.5  # share of each batch from the prefilled (FRS) buffer
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma < 1.0 or not 0.0 < self.tau <= 1.0:
@@ -124,13 +126,39 @@ def frs_transitions(
     return transitions, features[good], actions[good]
 
 
+def sample_mixed(
+    online: ReplayBuffer,
+    prefill: ReplayBuffer | None,
+    batch_size: int,
+    prefill_fraction: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """A batch drawn ``prefill_fraction`` from ``prefill`` and the rest from ``online``
+    (symmetric sampling as in RLPD); whichever buffer is empty gives way to the other."""
+    from_prefill = 0
+    if prefill is not None and len(prefill):
+        from_prefill = batch_size if not len(online) else round(batch_size * prefill_fraction)
+    parts = []
+    if from_prefill:
+        parts.append(prefill.sample(from_prefill, generator))
+    if batch_size - from_prefill:
+        parts.append(online.sample(batch_size - from_prefill, generator))
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 class _Critic(nn.Module):
-    def __init__(self, feature_dim: int, action_dim: int, hidden: int) -> None:
+    def __init__(self, feature_dim: int, action_dim: int, hidden: int, layer_norm: bool) -> None:
         super().__init__()
+
+        def norm() -> nn.Module:
+            return nn.LayerNorm(hidden) if layer_norm else nn.Identity()
+
         self.net = nn.Sequential(
             nn.Linear(feature_dim + action_dim, hidden),
+            norm(),
             nn.SiLU(),
             nn.Linear(hidden, hidden),
+            norm(),
             nn.SiLU(),
             nn.Linear(hidden, 2),  # twin Q heads
         )
@@ -150,7 +178,7 @@ class DsrlAgent:
         self.bound = actor.config.bound
         feature_dim = sum(actor.config.observation_dims.values())
         self.action_dim = actor.config.output_dim
-        self.critic = _Critic(feature_dim, self.action_dim, config.hidden)
+        self.critic = _Critic(feature_dim, self.action_dim, config.hidden, config.layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), requires_grad=True)
         self.target_entropy = config.target_entropy_per_dim * self.action_dim

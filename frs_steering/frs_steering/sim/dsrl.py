@@ -28,7 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import load_policy
-from frs_steering.dsrl import DsrlAgent, ReplayBuffer, SacConfig, flat_features, frs_transitions
+from frs_steering.dsrl import (
+    DsrlAgent,
+    ReplayBuffer,
+    SacConfig,
+    flat_features,
+    frs_transitions,
+    sample_mixed,
+)
 from frs_steering.integrate import Solver
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
@@ -133,6 +140,8 @@ def train_dsrl(
     prefill: NoiseDataset | None,
     bc_weight: float,
     warmup_steps: int = 300,
+    pretrain_updates: int = 0,
+    updates_per_step: int = 1,
     eval_every: int = 500,
     eval_episodes: int = 10,
     seed: int = 0,
@@ -140,7 +149,14 @@ def train_dsrl(
     progress: bool = True,
     actor_lr: float = SacConfig.actor_lr,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
-    """SAC for ``env_steps`` chunks; ``prefill`` (FRS rollouts) seeds the buffer and BC data."""
+    """SAC for ``env_steps`` chunks.
+
+    Plain DSRL starts with ``warmup_steps`` random N(0, I) noises (the base policy's own
+    behaviour). With ``prefill`` (FRS rollouts of the task), the FRS transitions fill a
+    second buffer that supplies part of every batch, successful FRS noises feed the BC term,
+    and ``pretrain_updates`` gradient steps on them run before the first environment step
+    (no warm-up: the actor already imitates FRS). The environment-step budget is the same.
+    """
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     actor = NoisePolicy(env.layout, seed=seed)
@@ -148,19 +164,45 @@ def train_dsrl(
     agent = DsrlAgent(actor, config, seed=seed)
     action_dim = env.layout.output_dim
     feature_dim = sum(env.layout.observation_dims.values())
-    buffer = ReplayBuffer(feature_dim, action_dim, capacity=max(env_steps, 1) + 20_000)
+    online = ReplayBuffer(feature_dim, action_dim, capacity=max(env_steps, 1))
+    offline: ReplayBuffer | None = None
     seen = []
     if prefill is not None:
         transitions, bc_features, bc_actions = frs_transitions(prefill, actor)
+        offline = ReplayBuffer(feature_dim, action_dim, capacity=max(len(transitions), 1))
         for transition in transitions:
-            buffer.add(*transition)
+            offline.add(*transition)
         agent.set_bc_data(bc_features, bc_actions)
         seen.append(np.stack([t[0] for t in transitions]))
+        warmup_steps = 0
+
+    def set_input_statistics() -> None:
+        all_seen = torch.from_numpy(np.concatenate(seen))
+        actor.input_mean.copy_(all_seen.mean(0))
+        actor.input_std.copy_(all_seen.std(0).clamp_min(1e-3))
+
+    def batch() -> dict[str, torch.Tensor]:
+        return sample_mixed(
+            online, offline, config.batch_size, config.prefill_fraction, agent.generator
+        )
+
+    start = time.process_time()
+    if offline is not None:
+        set_input_statistics()
+        for _ in tqdm(
+            range(pretrain_updates), desc=f"{label} pretrain", leave=False, disable=not progress
+        ):
+            agent.update(batch())
     rng = np.random.default_rng(seed)
     curve: list[dict[str, float]] = []
+    if offline is not None:  # where the FRS pretraining left the actor
+        rate = evaluate_actor(agent, env, task_index, eval_episodes)
+        curve.append(
+            {"env_steps": 0, "success_rate": rate, "train_episodes": 0, "train_success_rate": 0.0}
+        )
+        obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     episode, episode_return, returns = 0, 0.0, []
     features = flat_features(obs, agent.keys)
-    start = time.process_time()
     bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
     for step in bar:
         if step < warmup_steps:
@@ -170,7 +212,7 @@ def train_dsrl(
             action = agent.act(features)
         obs, reward, success, truncated = env.step(action)
         next_features = flat_features(obs, agent.keys)
-        buffer.add(features, action, reward, next_features, success)
+        online.add(features, action, reward, next_features, success)
         features = next_features
         episode_return += reward
         if success or truncated:
@@ -179,12 +221,11 @@ def train_dsrl(
             episode_return = 0.0
             obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)
             features = flat_features(obs, agent.keys)
-        if step + 1 == min(warmup_steps, env_steps):
-            all_seen = torch.from_numpy(np.concatenate(seen))
-            actor.input_mean.copy_(all_seen.mean(0))
-            actor.input_std.copy_(all_seen.std(0).clamp_min(1e-3))
-        if step + 1 >= warmup_steps and len(buffer) >= config.batch_size:
-            metrics = agent.update(buffer.sample(config.batch_size, agent.generator))
+        if offline is None and step + 1 == min(warmup_steps, env_steps):
+            set_input_statistics()
+        if step + 1 >= warmup_steps and len(online) + len(offline or ()) >= config.batch_size:
+            for _ in range(updates_per_step):
+                metrics = agent.update(batch())
             if step % 50 == 0:
                 bar.set_postfix(q=f"{metrics['q']:.2f}", alpha=f"{metrics['alpha']:.3f}")
         if (step + 1) % eval_every == 0 or step + 1 == env_steps:
@@ -205,7 +246,8 @@ def train_dsrl(
         "curve": curve,
         "cpu_seconds": time.process_time() - start,
         "train_episodes": episode,
-        "prefilled_transitions": len(buffer) - env_steps if prefill is not None else 0,
+        "prefilled_transitions": len(offline) if offline is not None else 0,
+        "pretrain_updates": pretrain_updates if offline is not None else 0,
         "config": asdict(config),
     }
     return agent, history
@@ -242,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
     parser.add_argument("--bc-weight", type=float, default=1.0)
     parser.add_argument("--actor-lr", type=float, default=SacConfig.actor_lr)
+    parser.add_argument(
+        "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
+    )
+    parser.add_argument("--updates-per-step", type=int, default=1)
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
@@ -327,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bc_weight=args.bc_weight if method == "dsrl_frs" else 0.0,
             warmup_steps=args.warmup_steps,
             actor_lr=args.actor_lr,
+            pretrain_updates=args.pretrain_updates,
+            updates_per_step=args.updates_per_step,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
             seed=args.seed,
