@@ -39,7 +39,8 @@ class SacConfig:
     gamma: float = 0.95
     tau: float = 0.01
     batch_size: int = 256
-    initial_alpha: float = 0.1
+    initial_alpha: float = 0.01
+    initial_log_std: float = -2.0  # pre-squash: start by exploring near the actor's mean
     target_entropy_per_dim: float = -1.0
     bc_weight: float = 0.0  # > 0: DSRL + FRS behaviour-cloning term
     bc_batch_size: int = 128
@@ -178,6 +179,12 @@ class DsrlAgent:
         self.bound = actor.config.bound
         feature_dim = sum(actor.config.observation_dims.values())
         self.action_dim = actor.config.output_dim
+        # Start exploring near the mean: with a fresh head (std ~ 1 before the squash) the noise
+        # spans the whole bound, nearly every training episode fails and the critic sees
+        # only failures (measured: 0-30% training success while the mean actor scored 50-80%).
+        with torch.no_grad():
+            actor.log_std_head.weight.mul_(0.01)
+            actor.log_std_head.bias.fill_(config.initial_log_std)
         self.critic = _Critic(feature_dim, self.action_dim, config.hidden, config.layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), requires_grad=True)

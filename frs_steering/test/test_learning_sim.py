@@ -125,6 +125,7 @@ def test_seeded_dsrl_training_reproduces(embed):
             warmup_steps=8,
             eval_every=40,
             eval_episodes=1,
+            final_eval_episodes=1,
             seed=0,
             progress=False,
         )

@@ -144,6 +144,7 @@ def train_dsrl(
     updates_per_step: int = 1,
     eval_every: int = 500,
     eval_episodes: int = 10,
+    final_eval_episodes: int = 30,
     seed: int = 0,
     label: str = "DSRL",
     progress: bool = True,
@@ -242,9 +243,15 @@ def train_dsrl(
                 bar.write(f"{label}: {step + 1} steps, eval success {rate:.0%}")
             obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)  # eval moved the env
             features = flat_features(obs, agent.keys)
+    cpu_seconds = time.process_time() - start
+    final = evaluate_actor(agent, env, task_index, final_eval_episodes)
+    if progress:
+        bar.write(f"{label}: final actor {final:.0%} over {final_eval_episodes} episodes")
     history = {
         "curve": curve,
-        "cpu_seconds": time.process_time() - start,
+        "final_success_rate": final,
+        "final_eval_episodes": final_eval_episodes,
+        "cpu_seconds": cpu_seconds,
         "train_episodes": episode,
         "prefilled_transitions": len(offline) if offline is not None else 0,
         "pretrain_updates": pretrain_updates if offline is not None else 0,
@@ -281,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env-steps", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--final-eval-episodes", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
     parser.add_argument("--bc-weight", type=float, default=1.0)
     parser.add_argument("--actor-lr", type=float, default=SacConfig.actor_lr)
@@ -377,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             updates_per_step=args.updates_per_step,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
+            final_eval_episodes=args.final_eval_episodes,
             seed=args.seed,
             label=label,
         )
@@ -392,14 +401,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     plot_curves(runs, out / "curves.png", f"{args.task}: SAC in noise space")
     lines = [
-        "| method | final eval success | best | CPU s | train episodes |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| method | final actor success | episodes | curve (eval every "
+        f"{args.eval_every} steps, {args.eval_episodes} episodes) | CPU s | train episodes |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for label, history in runs.items():
-        rates = [p["success_rate"] for p in history["curve"]]
+        rates = " ".join(f"{100 * p['success_rate']:.0f}" for p in history["curve"])
         lines.append(
-            f"| {label} | {100 * rates[-1]:.0f}% | {100 * max(rates):.0f}% | "
-            f"{history['cpu_seconds']:.0f} | {history['train_episodes']} |"
+            f"| {label} | {100 * history['final_success_rate']:.0f}% | "
+            f"{history['final_eval_episodes']} | {rates} | {history['cpu_seconds']:.0f} | "
+            f"{history['train_episodes']} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(
