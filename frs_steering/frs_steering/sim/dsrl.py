@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -56,6 +59,7 @@ from frs_steering.sim.evaluate import (
 from frs_steering.sim.tasks import TaskSpec, get_split
 from frs_steering.steer import SteeringContext
 
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
 
 
@@ -285,25 +289,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
     parser.add_argument("--split", default="novel")
     parser.add_argument("--task", required=True, help="task name in the split")
-    parser.add_argument("--env-steps", type=int, default=4000)
-    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--env-steps", type=int, default=15000)
+    parser.add_argument("--eval-every", type=int, default=1500)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--final-eval-episodes", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
-    parser.add_argument("--bc-weight", type=float, default=1.0)
-    parser.add_argument("--actor-lr", type=float, default=SacConfig.actor_lr)
+    parser.add_argument("--bc-weight", type=float, default=2.5)
+    parser.add_argument("--actor-lr", type=float, default=1e-4)
     parser.add_argument(
         "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
     )
-    parser.add_argument("--updates-per-step", type=int, default=1)
+    parser.add_argument("--updates-per-step", type=int, default=2)
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
-    parser.add_argument("--target", choices=("chunk_mean", "full"), default="chunk_mean")
+    parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
     parser.add_argument(
         "--noise-dims", default="translation", help="action dims the actor sets (comma list)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="train the methods side by side")
     parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -363,35 +368,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,
         noise_dims=tuple(noise_dims),
     )
+    jobs = [
+        (vars(args), method, layout, embed_fn, prefill if method == "dsrl_frs" else None)
+        for method in methods
+    ]
+    if args.workers > 1 and len(jobs) > 1:
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])
+        )
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(args.workers, len(jobs))) as pool:
+            outcomes = pool.map(_train_method, jobs, chunksize=1)
+    else:
+        outcomes = [_train_method(job) for job in jobs]
     runs: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        env = NoiseActionEnv(
-            FrankaTabletopEnv(tasks=args.split, config=EnvConfig(), embed_fn=embed_fn),
-            policy,
-            task,
-            layout,
-            seed=args.seed,
-        )
-        label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
-        agent, history = train_dsrl(
-            env,
-            task_index,
-            env_steps=args.env_steps,
-            prefill=prefill if method == "dsrl_frs" else None,
-            bc_weight=args.bc_weight if method == "dsrl_frs" else 0.0,
-            warmup_steps=args.warmup_steps,
-            actor_lr=args.actor_lr,
-            pretrain_updates=args.pretrain_updates,
-            updates_per_step=args.updates_per_step,
-            eval_every=args.eval_every,
-            eval_episodes=args.eval_episodes,
-            final_eval_episodes=args.final_eval_episodes,
-            seed=args.seed,
-            label=label,
-        )
-        save_noise_policy(agent.actor, out / method)
+    for method, (label, history, actor) in zip(methods, outcomes, strict=True):
+        save_noise_policy(actor, out / method)
         runs[label] = history
     document = {
+        "command": " ".join(["python -m frs_steering.sim.dsrl", *(argv or sys.argv[1:])]),
+        "layout": layout.to_dict(),
         "task": args.task,
         "split": args.split,
         "env_steps": args.env_steps,
@@ -418,6 +414,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(table)
     return 0
+
+
+def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
+    """Train one method (``dsrl`` or ``dsrl_frs``) as the CLI configured it (pool worker)."""
+    options, method, layout, embed_fn, prefill = job
+    torch.set_num_threads(1)
+    tasks = get_split(options["split"])
+    task_index = [t.name for t in tasks].index(options["task"])
+    policy = load_policy(options["checkpoint"])
+    env = NoiseActionEnv(
+        FrankaTabletopEnv(tasks=options["split"], config=EnvConfig(), embed_fn=embed_fn),
+        policy,
+        tasks[task_index],
+        layout,
+        seed=options["seed"],
+    )
+    label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
+    agent, history = train_dsrl(
+        env,
+        task_index,
+        env_steps=options["env_steps"],
+        prefill=prefill,
+        bc_weight=options["bc_weight"] if method == "dsrl_frs" else 0.0,
+        warmup_steps=options["warmup_steps"],
+        actor_lr=options["actor_lr"],
+        pretrain_updates=options["pretrain_updates"],
+        updates_per_step=options["updates_per_step"],
+        eval_every=options["eval_every"],
+        eval_episodes=options["eval_episodes"],
+        final_eval_episodes=options["final_eval_episodes"],
+        seed=options["seed"],
+        label=label,
+    )
+    return label, history, agent.actor
 
 
 def _task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:
