@@ -45,6 +45,8 @@ class SacConfig:
     bc_weight: float = 0.0  # > 0: DSRL + FRS behaviour-cloning term
     bc_batch_size: int = 128
     layer_norm: bool = True  # LayerNorm in the critics: curbs Q over-estimation off the data
+    q_bounds: tuple[float, float] | None = (0.0, 1.0)  # TD targets clipped to what the reward
+    # allows (sparse success reward 1 that ends the episode: 0 <= Q <= 1); None = no clipping
     prefill_fraction: float = 0.5  # share of each batch from the prefilled (FRS) buffer
 
     def __post_init__(self) -> None:
@@ -236,6 +238,8 @@ class DsrlAgent:
             target = batch["rewards"] + config.gamma * (1 - batch["dones"]) * (
                 next_q - alpha * next_log_prob
             )
+            if config.q_bounds is not None:
+                target = target.clamp(*config.q_bounds)
         q = self.critic(features, batch["actions"] * scale)
         critic_loss = (q - target.unsqueeze(1)).pow(2).mean()
         self.critic_optimizer.zero_grad(set_to_none=True)

@@ -135,12 +135,16 @@ class NoisePolicy(nn.Module):
         self.register_buffer("input_std", torch.ones(total))
 
     def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
-        """Standardize inputs with the data's mean and std (constant features left as is)."""
-        flat = self.flatten(observations, standardize=False)
+        """Standardize inputs with the data's mean and std (see :meth:`set_flat_statistics`)."""
+        self.set_flat_statistics(self.flatten(observations, standardize=False))
+
+    def set_flat_statistics(self, flat: torch.Tensor, min_std: float = 1e-2) -> None:
+        """Mean and std per feature of ``[N, features]``; features that hardly vary in the data
+        (std <= ``min_std``: metres, radians, embedding units) are only centred, so a later
+        small change (a cube nudged that never moved in the data) stays a small input."""
+        std = flat.std(0) if len(flat) > 1 else torch.zeros_like(flat[0])
         self.input_mean.copy_(flat.mean(0))
-        self.input_std.copy_(
-            flat.std(0).clamp_min(1e-3) if len(flat) > 1 else torch.ones_like(flat[0])
-        )
+        self.input_std.copy_(torch.where(std > min_std, std, torch.ones_like(std)))
 
     def flatten(
         self, observations: Mapping[str, torch.Tensor], standardize: bool = True

@@ -204,3 +204,12 @@ def test_defer_head_learns_when_steering_was_skipped_and_then_leaves_noise_fresh
         predicted = net(obs)
     took_prediction = (result.noise == predicted).flatten(1).all(1)
     assert torch.equal(took_prediction, logit[:64] <= 0)
+
+
+def test_features_that_hardly_vary_are_only_centred():
+    net = NoisePolicy(NoisePolicyConfig({"state": 3}, HORIZON, DIM))
+    flat = torch.stack([torch.randn(50), torch.full((50,), 0.3), 0.001 * torch.randn(50)], dim=1)
+    net.set_flat_statistics(flat)
+    assert net.input_std[0] == pytest.approx(float(flat[:, 0].std()))
+    assert net.input_std[1] == 1.0 and net.input_std[2] == 1.0  # a 5 cm nudge stays 0.05
+    assert net.input_mean[1] == pytest.approx(0.3)

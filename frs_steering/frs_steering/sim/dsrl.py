@@ -182,9 +182,7 @@ def train_dsrl(
         warmup_steps = 0
 
     def set_input_statistics() -> None:
-        all_seen = torch.from_numpy(np.concatenate(seen))
-        actor.input_mean.copy_(all_seen.mean(0))
-        actor.input_std.copy_(all_seen.std(0).clamp_min(1e-3))
+        actor.set_flat_statistics(torch.from_numpy(np.concatenate(seen)))
 
     def batch() -> dict[str, torch.Tensor]:
         return sample_mixed(
