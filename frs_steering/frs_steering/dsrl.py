@@ -45,6 +45,8 @@ class SacConfig:
     bc_weight: float = 0.0  # > 0: DSRL + FRS behaviour-cloning term
     bc_batch_size: int = 128
     layer_norm: bool = True  # LayerNorm in the critics: curbs Q over-estimation off the data
+    backup_entropy: bool = False  # entropy bonus in the TD target (off: with 10-30 noise dims
+    # it outweighs a sparse reward of 1 and every Q drifts to the same value)
     q_bounds: tuple[float, float] | None = (0.0, 1.0)  # TD targets clipped to what the reward
     # allows (sparse success reward 1 that ends the episode: 0 <= Q <= 1); None = no clipping
     prefill_fraction: float = 0.5  # share of each batch from the prefilled (FRS) buffer
@@ -235,9 +237,9 @@ class DsrlAgent:
         with torch.no_grad():
             next_action, next_log_prob = self._sample(next_features)
             next_q = self.target_critic(next_features, next_action * scale).min(1).values
-            target = batch["rewards"] + config.gamma * (1 - batch["dones"]) * (
-                next_q - alpha * next_log_prob
-            )
+            if config.backup_entropy:
+                next_q = next_q - alpha * next_log_prob
+            target = batch["rewards"] + config.gamma * (1 - batch["dones"]) * next_q
             if config.q_bounds is not None:
                 target = target.clamp(*config.q_bounds)
         q = self.critic(features, batch["actions"] * scale)
