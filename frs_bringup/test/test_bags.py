@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from rosbags.rosbag2 import Reader
 
 from frs_bringup.bags import BagReader, BagWriter, typestore
 from frs_bringup.sim_demo import default_params_file
@@ -38,24 +39,34 @@ def session(tmp_path_factory) -> Path:  # noqa: ANN001
     generalist, FRS, seeds drawn by the node), scripted proposer, recorded by frs_record."""
     root = tmp_path_factory.mktemp("session")
     params = yaml.safe_load(default_params_file().read_text())
-    params["sim_robot"]["ros__parameters"]["max_episode_time"] = 3.0
-    params["episode_runner"]["ros__parameters"]["episode_timeout"] = 8.0
+    params["sim_robot"]["ros__parameters"]["max_episode_time"] = 6.0
+    params["episode_runner"]["ros__parameters"]["episode_timeout"] = 14.0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    bag = root / "session"
-    done = _run(
-        "-m",
-        "frs_bringup.sim_demo",
-        "--params-file",
-        str(root / "params.yaml"),
-        "--episodes",
-        "1",
-        "--record",
-        str(bag),
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (bag / "metadata.yaml").is_file(), done.stdout[-2000:]
-    assert not (root / ".session.partial").exists()
+    # On a loaded 2-core machine the stack can spend a short episode warming up and log no
+    # steering record at all; record again once rather than fail every replay test after it.
+    for attempt in range(2):
+        bag = root / f"session{attempt}" / "session"
+        done = _run(
+            "-m",
+            "frs_bringup.sim_demo",
+            "--params-file",
+            str(root / "params.yaml"),
+            "--episodes",
+            "1",
+            "--record",
+            str(bag),
+            timeout=150,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert (bag / "metadata.yaml").is_file(), done.stdout[-2000:]
+        assert not (bag.parent / ".session.partial").exists()
+        with Reader(bag) as reader:
+            records = sum(
+                c.msgcount for c in reader.connections if c.topic.endswith("frs/steering/record")
+            )
+        if records >= 3:
+            break
+    assert records >= 3, f"two recorded episodes logged only {records} steering records"
     return bag
 
 
