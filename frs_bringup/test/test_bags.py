@@ -158,10 +158,9 @@ def test_ros2_bag_record_style_db3_bag_replays(session: Path, tmp_path: Path) ->
 
 def test_noise_export_regenerates_executed_chunks(session: Path, tmp_path: Path) -> None:
     from frs_steering.checkpoint import load_policy
-    from frs_steering.integrate import as_solver
     from frs_steering.noise_data import NoiseDataset
     from frs_steering.package_data import shipped_checkpoint
-    from frs_steering.steer import SteeringContext
+    from frs_steering.steer import generate_from_noise
 
     out = tmp_path / "noise.safetensors"
     done = _run("-m", "frs_bringup.bag_noise", "--bag", str(session), "--out", str(out))
@@ -175,21 +174,12 @@ def test_noise_export_regenerates_executed_chunks(session: Path, tmp_path: Path)
     policy = load_policy(str(shipped_checkpoint()))
     spec = policy.spec
     assert data.steered[:, :, list(spec.real_dims)].all() and not data.steered[:, :, -1].any()
-    with torch.inference_mode():
-        ctx = SteeringContext(
-            policy,
-            torch.zeros(len(data), *spec.chunk_shape),
-            data.steered,
-            observation=data.observation(slice(0, len(data))),
-            cache=None,
-            generator=None,
-            num_steps=spec.num_steps,
-            solver=as_solver("euler"),
-            include_base_sample=False,
-        )
-        regenerated = spec.from_policy(ctx.generate(data.noise)).numpy()
-        fresh = torch.randn(data.noise.shape, generator=torch.Generator().manual_seed(0))
-        sampled = spec.from_policy(ctx.generate(fresh)).numpy()
+    observation = data.observation(slice(0, len(data)))
+    regenerated = generate_from_noise(policy, data.noise, observation=observation)
+    fresh = torch.randn(data.noise.shape, generator=torch.Generator().manual_seed(0))
+    sampled = generate_from_noise(policy, fresh, observation=observation)
+    regenerated = spec.from_policy(regenerated).numpy()
+    sampled = spec.from_policy(sampled).numpy()
     target = executed.reshape(len(data), *spec.chunk_shape)[:, :, list(spec.real_dims)]
     rms = np.sqrt(((regenerated - target) ** 2).mean(axis=(1, 2)))
     rms_sampled = np.sqrt(((sampled - target) ** 2).mean(axis=(1, 2)))

@@ -114,10 +114,7 @@ def frs_transitions(
     to bootstrap from). Actions are the noises in the actor's layout (its predicted dims,
     chunk-averaged or full), clipped inside its bound.
     """
-    keys = list(actor.config.observation_dims)
-    features = np.concatenate(
-        [data.observations[k].reshape(len(data), -1).float().numpy() for k in keys], axis=1
-    )
+    features = actor.flatten(data.observations, standardize=False).numpy()
     actions = actor.target_of(data.noise.float()).numpy()
     episode, success = data.episode.numpy(), data.success.numpy()
     transitions = []

@@ -184,14 +184,11 @@ class NoisePolicy(nn.Module):
         """Bounded output vector from a pre-squash vector."""
         return self.config.bound * torch.tanh(pre)
 
-    def as_noise(self, vector: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
-        return self.config.compose(vector, fresh)
-
     def forward(
         self, observations: Mapping[str, torch.Tensor], fresh: torch.Tensor | None = None
     ) -> torch.Tensor:
         mean, _ = self.distribution(observations)
-        return self.as_noise(self.squash(mean), fresh)
+        return self.config.compose(self.squash(mean), fresh)
 
     def defer_logit(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """``[B]`` logit that the reasoner would defer here (None without a defer head)."""

@@ -534,3 +534,31 @@ def steer(
             steered=steered,
             diagnostics=diagnostics,
         )
+
+
+def generate_from_noise(
+    policy: FlowPolicy,
+    noise: torch.Tensor,
+    *,
+    observation: Observation,
+    num_steps: int | None = None,
+    solver: Solver | str = Solver.EULER,
+) -> torch.Tensor:
+    """The normalized ``[B, horizon, dim]`` chunk a full forward pass makes from ``noise``.
+
+    What a noise label is checked with (does it regenerate its chunk?) and how noise-space RL
+    acts; the same integration :func:`steer` runs.
+    """
+    with torch.inference_mode():
+        ctx = SteeringContext(
+            policy,
+            torch.zeros_like(noise),
+            policy.spec.steerable_mask(noise.device).expand_as(noise),
+            observation=observation,
+            cache=None,
+            generator=None,
+            num_steps=policy.spec.num_steps if num_steps is None else num_steps,
+            solver=as_solver(solver),
+            include_base_sample=False,
+        )
+        return ctx.generate(noise)

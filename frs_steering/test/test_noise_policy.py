@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from frs_steering.checkpoint import CheckpointError
-from frs_steering.integrate import Solver
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import (
@@ -18,7 +17,7 @@ from frs_steering.noise_policy import (
     train_dsbc,
 )
 from frs_steering.policy import ActionSpec
-from frs_steering.steer import SteeringContext, available_methods, steer
+from frs_steering.steer import available_methods, generate_from_noise, steer
 
 HORIZON, DIM = 4, 3
 
@@ -124,19 +123,7 @@ def test_noise_policy_method_generates_from_the_predicted_noise():
         predicted = net(obs)
     real = policy.spec.steerable_mask("cpu").expand_as(predicted)
     assert torch.equal(result.noise[real], predicted[real])  # padding takes fresh noise
-    with torch.inference_mode():
-        ctx = SteeringContext(
-            policy,
-            torch.zeros(3, HORIZON, DIM + 1),
-            real,
-            observation=obs,
-            cache=None,
-            generator=None,
-            num_steps=5,
-            solver=Solver.EULER,
-            include_base_sample=False,
-        )
-        again = ctx.generate(result.noise)
+    again = generate_from_noise(policy, result.noise, observation=obs)
     assert torch.allclose(result.chunk, again, atol=1e-6)
 
 

@@ -39,7 +39,6 @@ from frs_steering.dsrl import (
     frs_transitions,
     sample_mixed,
 )
-from frs_steering.integrate import Solver
 from frs_steering.noise_data import NoiseDataset
 from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
 from frs_steering.package_data import shipped_checkpoint
@@ -57,7 +56,7 @@ from frs_steering.sim.evaluate import (
     split_instructions,
 )
 from frs_steering.sim.tasks import TaskSpec, get_split
-from frs_steering.steer import SteeringContext
+from frs_steering.steer import generate_from_noise
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
@@ -95,21 +94,13 @@ class NoiseActionEnv:
         if self.observation is None:
             raise RuntimeError("reset() first")
         vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
-        with torch.inference_mode():
-            ctx = SteeringContext(
-                self.policy,
-                torch.zeros(1, *spec.chunk_shape),
-                spec.steerable_mask("cpu").expand(1, *spec.chunk_shape),
-                observation=self.observation,
-                cache=None,
-                generator=self.generator,
-                num_steps=self.num_steps,
-                solver=Solver.EULER,
-                include_base_sample=False,
-            )
-            fresh = ctx.noise()
-            noise = torch.where(ctx.steered, self.layout.compose(vector, fresh), fresh)
-            chunk_real = spec.from_policy(ctx.generate(noise))[0].numpy()
+        fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
+        real = spec.steerable_mask("cpu").expand_as(fresh)
+        noise = torch.where(real, self.layout.compose(vector, fresh), fresh)
+        chunk = generate_from_noise(
+            self.policy, noise, observation=self.observation, num_steps=self.num_steps
+        )
+        chunk_real = spec.from_policy(chunk)[0].numpy()
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
         rollout = self.env.execute_chunk(rows, n_rows=self.execute_rows)
