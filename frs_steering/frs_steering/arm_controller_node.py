@@ -67,7 +67,7 @@ from frs_steering.execution import (
 )
 from frs_steering.kinematics import ArmKinematics
 from frs_steering.ros_messages import stamp_to_seconds
-from frs_steering.ros_params import declare_described
+from frs_steering.ros_params import RESULT_TIMEOUT, declare_described
 
 OUTPUTS = ("forward_velocity", "joint_trajectory", "moveit")
 COMMAND_QOS = QoSProfile(
@@ -196,7 +196,7 @@ class ArmControllerNode(LifecycleNode):
             ("joint_prefix", "fr3_", "arm joints are <prefix>joint1..7", {}),
             ("base_frame_id", "fr3_link0", "frame ee_delta chunks must be in (empty = this)", {}),
         ]
-        declare_described(self, specs)
+        declare_described(self, [*specs, RESULT_TIMEOUT])
 
     def _param(self, name: str) -> object:
         return self.get_parameter(name).value
@@ -303,6 +303,7 @@ class ArmControllerNode(LifecycleNode):
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=self._group,
+            result_timeout=int(self.get_parameter("result_timeout").value),
         )
         self.get_logger().info(f"configured: output {self._output}, limits {self._limits}")
         return TransitionCallbackReturn.SUCCESS

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
 #: (name, default, description, descriptor extras such as ranges; "read_only" defaults to True)
@@ -19,3 +19,14 @@ def declare_described(node: Node, specs: Iterable[ParameterSpec]) -> None:
         read_only = bool(extra.pop("read_only", True))
         descriptor = ParameterDescriptor(description=description, read_only=read_only, **extra)
         node.declare_parameter(name, default, descriptor)
+
+
+#: The action servers' result lifetime. rclpy keeps a finished goal 900 s by default and lists
+#: every kept goal in each status message, so a client's per-goal cost grows with the goals
+#: served (measured: ~5 ms of status decoding per goal after a few hundred goals).
+RESULT_TIMEOUT: ParameterSpec = (
+    "result_timeout",
+    10,
+    "s a finished goal's result stays fetchable (the action status lists every kept goal)",
+    {"integer_range": [IntegerRange(from_value=1, to_value=3600, step=1)]},
+)

@@ -20,12 +20,15 @@ preemption take effect between integration steps.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -45,6 +48,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
@@ -79,7 +83,7 @@ from frs_steering.ros_messages import (
     path_markers,
     stamp_to_ns,
 )
-from frs_steering.ros_params import declare_described
+from frs_steering.ros_params import RESULT_TIMEOUT, declare_described
 from frs_steering.sim import scene
 from frs_steering.sim.env import STATE_DIM
 from frs_steering.steer import SteerResult, available_methods, steer
@@ -161,7 +165,7 @@ class SteeringNode(LifecycleNode):
         self._declare_parameters()
         self._group = ReentrantCallbackGroup()
         self._goal_lock = threading.Lock()
-        self._compute_lock = threading.Lock()
+        self._jobs: ThreadPoolExecutor | None = None  # the one compute worker, made in configure
         self._instruction_lock = threading.Lock()
         self._current_goal: ServerGoalHandle | None = None
         self._active = False
@@ -264,6 +268,7 @@ class SteeringNode(LifecycleNode):
         declare_described(
             self, ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in specs)
         )
+        declare_described(self, [RESULT_TIMEOUT])
 
     def _param(self, name: str):  # noqa: ANN202
         return self.get_parameter(name).value
@@ -355,6 +360,12 @@ class SteeringNode(LifecycleNode):
     def _open_interfaces(self) -> None:
         size = int(self._param("buffer_size"))
         self._joints, self._scenes = StampedBuffer(size), StampedBuffer(size)
+        self._jobs = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="frs_steer",
+            initializer=torch.set_num_threads,  # intra-op threads are set per calling thread
+            initargs=(int(self._param("torch_threads")),),
+        )
         group = self._group
         self._entities = [
             self.create_subscription(
@@ -393,6 +404,7 @@ class SteeringNode(LifecycleNode):
             handle_accepted_callback=self._on_accepted,
             cancel_callback=lambda _handle: CancelResponse.ACCEPT,
             callback_group=group,
+            result_timeout=int(self._param("result_timeout")),
         )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -414,6 +426,9 @@ class SteeringNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _close_interfaces(self) -> None:
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None:  # queued goals still run: inactive, they are rejected at once
+            jobs.shutdown(wait=True)
         if self._action_server is not None:
             self._action_server.destroy()
             self._action_server = None
@@ -520,7 +535,43 @@ class SteeringNode(LifecycleNode):
             self._current_goal = goal_handle  # an older goal sees this between steps
         goal_handle.execute()
 
-    def _execute(self, goal_handle: ServerGoalHandle) -> Result:
+    async def _execute(self, goal_handle: ServerGoalHandle) -> Result:
+        """Hand the goal to the compute worker and wait without holding the executor.
+
+        The executor thread stays free for joint states, cancel requests and newer goals while
+        the worker steers; the goal's state transition happens back here, on the executor.
+        """
+        done = Future(executor=self.executor)
+        done.add_done_callback(lambda _future: None)  # a done callback wakes the executor
+        served: list[_Served] = []
+
+        def job() -> None:
+            try:
+                served.append(self._serve(goal_handle))
+            except BaseException as error:  # noqa: BLE001 - surfaced on the executor thread
+                done.set_exception(error)
+            else:
+                done.set_result(True)
+
+        jobs = self._jobs
+        if jobs is None:
+            reason = "the steering node is not active"
+            return self._finish(goal_handle, Result.OUTCOME_REJECTED, reason)
+        jobs.submit(job)
+        await done
+        outcome = served[0]
+        if outcome.transition == "succeed":
+            goal_handle.succeed()
+            if outcome.publish is not None:
+                jobs.submit(outcome.publish)
+        elif outcome.transition == "canceled":
+            goal_handle.canceled()
+        elif goal_handle.is_active:
+            goal_handle.abort()
+        return outcome.result
+
+    def _serve(self, goal_handle: ServerGoalHandle) -> _Served:
+        """Steer one goal on the worker thread."""
         started = time.perf_counter()
         goal: SteerChunk.Goal = goal_handle.request
         try:
@@ -533,7 +584,7 @@ class SteeringNode(LifecycleNode):
             reference, mask, reference_real = built.chunk, built.mask, built.real
             prepare_s = time.perf_counter() - prepare_start
         except (GoalRejected, MessageError) as error:
-            return self._finish(goal_handle, Result.OUTCOME_REJECTED, str(error))
+            return _Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=str(error)))
 
         def on_step(phase: str, step: int, total: int) -> None:
             if goal_handle.is_cancel_requested:
@@ -549,44 +600,58 @@ class SteeringNode(LifecycleNode):
 
         publish_feedback = bool(self._param("publish_feedback"))
         try:
-            with self._compute_lock:
-                if self._current_goal is not goal_handle:
-                    raise _Preempted
-                result = steer(
-                    self._policy,
-                    reference,
-                    observation=observation.policy_input,
-                    method=request.method,
-                    params=request.params,
-                    mask=mask,
-                    reference_normalized=built.normalized,
-                    generator=request.generator,
-                    num_steps=request.num_steps,
-                    solver=request.solver,
-                    include_base_sample=bool(self._param("include_unsteered")),
-                    round_trip=bool(self._param("round_trip")),
-                    step_callback=on_step,
-                )
+            if self._current_goal is not goal_handle:
+                raise _Preempted
+            result = steer(
+                self._policy,
+                reference,
+                observation=observation.policy_input,
+                method=request.method,
+                params=request.params,
+                mask=mask,
+                reference_normalized=built.normalized,
+                generator=request.generator,
+                num_steps=request.num_steps,
+                solver=request.solver,
+                include_base_sample=bool(self._param("include_unsteered")),
+                round_trip=bool(self._param("round_trip")),
+                step_callback=on_step,
+            )
         except _Canceled:
             reason = "canceled by the client" if self._active else "node deactivated"
-            if goal_handle.is_cancel_requested:
-                goal_handle.canceled()
-                return Result(outcome=Result.OUTCOME_CANCELED, reason=reason)
-            return self._finish(goal_handle, Result.OUTCOME_CANCELED, reason)
+            transition = "canceled" if goal_handle.is_cancel_requested else "abort"
+            return _Served(transition, Result(outcome=Result.OUTCOME_CANCELED, reason=reason))
         except _Preempted:
-            return self._finish(goal_handle, Result.OUTCOME_PREEMPTED, "preempted by a newer goal")
+            reason = "preempted by a newer goal"
+            return _Served("abort", Result(outcome=Result.OUTCOME_PREEMPTED, reason=reason))
         except (ValueError, RuntimeError) as error:
             self.get_logger().error(f"steering failed: {error}")
-            return self._finish(goal_handle, Result.OUTCOME_FAILED, f"steering failed: {error}")
+            reason = f"steering failed: {error}"
+            return _Served("abort", Result(outcome=Result.OUTCOME_FAILED, reason=reason))
 
         msg = self._result_msg(result, request, observation, reference_real, prepare_s, started)
-        goal_handle.succeed()
+        publish = functools.partial(
+            self._publish_extras, goal, request, observation, result, reference_real, msg
+        )
+        return _Served("succeed", msg, publish)
+
+    def _publish_extras(
+        self,
+        goal: SteerChunk.Goal,
+        request: SteerRequest,
+        observation: StampedObservation,
+        result: SteerResult,
+        reference_real: torch.Tensor | None,
+        msg: Result,
+    ) -> None:
+        """Diagnostics, rviz markers and the replay record: after the result, off its path."""
+        if not self._active or self._diagnostics_pub is None:
+            return
         self._diagnostics_pub.publish(msg.diagnostics)
         if self._param("publish_markers"):
             self._markers_pub.publish(self._markers(result, observation, reference_real))
         if self._param("publish_record"):
             self._record_pub.publish(self._record_msg(goal, request, observation, msg))
-        return msg
 
     @staticmethod
     def _finish(goal_handle: ServerGoalHandle, outcome: int, reason: str) -> Result:
@@ -791,6 +856,15 @@ class SteeringNode(LifecycleNode):
 
 
 @dataclass(frozen=True)
+class _Served:
+    """How the worker ended a goal: the goal-state transition, the result, what to publish after."""
+
+    transition: str  # "succeed" | "abort" | "canceled"
+    result: Result
+    publish: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
 class SteerRequest:
     """A goal's checked steering settings, in :func:`steer`'s terms."""
 
@@ -815,7 +889,7 @@ def main(args: list[str] | None = None) -> None:
     """Run the steering node; with ``autostart`` it configures and activates itself."""
     rclpy.init(args=args)
     node = SteeringNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()  # ROS I/O; steering runs on the node's worker thread
     executor.add_node(node)
     code = 0
     try:
