@@ -19,10 +19,13 @@ from frs_steering.package_data import shipped_checkpoint
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
 pytestmark = pytest.mark.flaky(reruns=2)
 
-# Novel-split pushes, cycled over EPISODES seeds (the base policy solves ~10% of novel tasks).
-# Through ROS the FRS success rate on these varied from 1/8 to 3/5 between runs on 2 cores (the
-# loop pauses between chunks and late chunks are refused), so the test pins that the loop runs
-# and drives the arm in every episode, and reports the success rate rather than asserting it.
+# Novel-split pushes, cycled over EPISODES seeds. The base policy alone solves ~10% of novel
+# tasks (frs_steering/results/sim_benchmark); FRS with the scripted reasoner ~83% of novel pushes
+# in the pure simulation. Through the four processes (plan-ahead proposer, single-threaded
+# executors) FRS solved 5/6 here and 8/9 pushes in an 18-episode `make demo` run, so the test
+# asserts at least half: P(< 3/6) is ~2% at an 80% rate, and a base-policy rate would pass it
+# with ~2%.
+MIN_SUCCESSES = 3
 NOVEL_TASKS = ["push_red_yellow", "push_green_purple", "push_blue_white"]
 EPISODES = 6
 
@@ -91,7 +94,9 @@ def test_frs_episodes_succeed_on_novel_tasks(rig, rclpy_context) -> None:  # noq
             if start <= t < end
         ]
         assert max(speeds, default=0.0) > 1e-3, "an episode ran without driving the arm"
-    print(f"FRS through ROS: {sum(o.success for o in outcomes)}/{len(outcomes)} successes")
+    successes = sum(o.success for o in outcomes)
+    print(f"FRS through ROS: {successes}/{len(outcomes)} successes")
+    assert successes >= MIN_SUCCESSES, [o.line() for o in outcomes]
 
 
 def test_killing_steering_stops_the_arm(node_processes, rclpy_context) -> None:  # noqa: ANN001

@@ -1,22 +1,34 @@
-"""What ROS adds to a steering call: observation stamp -> refined chunk, action vs in-process.
+"""What ROS adds to a steering call, and how long from an observation to the arm's first command.
 
-Starts the steering node in its own process (Fast DDS, localhost), then per chunk publishes
-joint_states + frs/object_states with a fresh stamp and immediately sends an ``frs`` goal for
-that stamp; latency is result arrival minus the observation stamp. The same ``steer()`` call
-(same policy, observation construction and reference building) runs in this process for the
-in-process figure. Prints medians and the overhead (target < 2 ms median). Not a test.
+Starts the steering node (and, with ``--first-command``, the arm controller) each in its own
+process over Fast DDS on localhost. Per chunk it publishes ``joint_states`` +
+``frs/object_states`` with a fresh stamp, then runs, in alternating order:
+
+- in-process: the node's own work on the same messages without ROS (``joint_sample``,
+  ``scene_sample``, ``build_observation``, ``build_reference``, ``steer`` with the unsteered
+  sample, as the node's defaults do), timed from the stamp;
+- over ROS: a ``SteerChunk`` goal for that stamp, timed from the stamp to the refined chunk;
+
+so both see the same machine load and the per-chunk difference is the ROS overhead (target:
+under 2 ms median). With ``--first-command`` the refined chunk then goes to the arm controller
+(``joint_trajectory`` output, one message per chunk) and the time from the observation stamp to
+that command is recorded. For scale, each chunk also times an empty goal against a minimal
+rclpy action server (own process, no parameter services, returns at once): the floor any
+rclpy action pays on this machine. Prints medians and percentiles, writes ``results.json`` and
+``latency.png`` to ``--out``. Not a test.
 
     PYTHONPATH=frs_steering:frs_vlm_bridge .venv/bin/python frs_steering/bench/bench_ros_overhead.py
-        [--chunks 200] [--checkpoint DIR] [--feedback/--no-feedback] [--markers/--no-markers]
+        [--chunks 200] [--feedback/--no-feedback] [--markers/--no-markers]
+        [--first-command/--no-first-command] [--param NAME:=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,34 +40,63 @@ import rclpy
 import torch
 from geometry_msgs.msg import Pose
 from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
 
-from frs_msgs.action import SteerChunk
+from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
 from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.kinematics import REST_QPOS, ArmKinematics
-from frs_steering.reasoning import CoarseProposal, Source
-from frs_steering.reference import CartesianLayout, cartesian_reference
+from frs_steering.observation import (
+    ReferenceSettings,
+    build_observation,
+    build_reference,
+    instruction_embedding,
+    joint_sample,
+    scene_sample,
+)
 from frs_steering.ros_messages import ns_to_stamp
-from frs_steering.sim.env import tabletop_state, yaw_of_rotation
+from frs_steering.sim import scene
 from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
 from frs_steering.sim.instructions import embed_instruction
 from frs_steering.steer import steer
 from frs_steering.steering_node import LATCHED_QOS, shipped_checkpoint
 
-OBJECTS = [
-    ("red_cube", (0.5, 0.1, 0.02)),
-    ("green_cube", (0.55, -0.1, 0.02)),
-    ("blue_cube", (0.6, 0.0, 0.02)),
-    ("yellow_mat", (0.45, -0.2, 0.0)),
-    ("purple_mat", (0.6, 0.2, 0.0)),
-    ("white_mat", (0.4, 0.25, 0.0)),
-]
 INSTRUCTION = "put the red cube on the yellow mat"
-JOINT_NAMES = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
+ARM_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]
+FINGER_JOINTS = ["fr3_finger_joint1", "fr3_finger_joint2"]
+CUBES = [f"{name}_cube" for name in scene.OBJECT_NAMES]
+MATS = [f"{name}_mat" for name in scene.TARGET_NAMES]
+POSITIONS = [(0.5, 0.1, 0.02), (0.55, -0.1, 0.02), (0.6, 0.0, 0.02)] + [
+    (0.45, -0.2, 0.0),
+    (0.6, 0.2, 0.0),
+    (0.4, 0.25, 0.0),
+]
+TRAJECTORY_TOPIC = "joint_trajectory_controller/joint_trajectory"
+FLOOR_ACTION = "frs/bench_floor"
+
+
+def serve_floor() -> None:
+    """A minimal SteerChunk server that succeeds at once: rclpy's own action round trip."""
+    from rclpy.action import ActionServer
+
+    def execute(goal_handle):  # noqa: ANN001, ANN202
+        goal_handle.succeed()
+        return SteerChunk.Result(outcome=SteerChunk.Result.OUTCOME_SUCCEEDED)
+
+    rclpy.init()
+    node = Node("bench_floor", start_parameter_services=False, enable_rosout=False)
+    ActionServer(node, SteerChunk, FLOOR_ACTION, execute_callback=execute, result_timeout=2.0)
+    try:
+        rclpy.spin(node, executor=SingleThreadedExecutor())
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        rclpy.try_shutdown()
 
 
 def _checkpoint(path: str | None, scratch: Path) -> Path:
@@ -69,89 +110,222 @@ def _checkpoint(path: str | None, scratch: Path) -> Path:
     return save_policy(make_policy(fit_action_normalizer(actions), GeneralistRecipe()), scratch)
 
 
-def _in_process(checkpoint: Path, chunks: int) -> list[float]:
-    """Seconds per chunk for the node's work without ROS: observation, reference, steer()."""
-    policy = load_policy(checkpoint)
-    kinematics = ArmKinematics()
-    embedding = torch.tensor(embed_instruction(INSTRUCTION)).reshape(1, -1)
-    objects = np.array([p for _, p in OBJECTS[:3]])
-    targets = np.array([p for _, p in OBJECTS[3:]])
-    proposal = CoarseProposal(source=Source.SCRIPTED, direction=[0.0, 1.0, 0.0])
-    times = []
-    for i in range(chunks + 10):
-        start = time.perf_counter()
-        ee, rot = kinematics.forward(REST_QPOS)
-        state = tabletop_state(
-            ee, yaw_of_rotation(rot), 1.0, REST_QPOS, objects, np.zeros(3), targets
+class InProcess:
+    """The steering node's per-goal work on the same messages, without ROS."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.policy = load_policy(checkpoint)
+        self.kinematics = ArmKinematics()
+        self.embedding = instruction_embedding(INSTRUCTION, embed_instruction)
+        self.settings = ReferenceSettings()
+
+    def __call__(self, joints: JointState, objects: ObjectStates, goal: SteerChunk.Goal) -> None:
+        observation = build_observation(
+            joint_sample(joints, ARM_JOINTS, FINGER_JOINTS),
+            scene_sample(objects, CUBES, MATS),
+            self.embedding,
+            self.kinematics,
+            needs_instruction=True,
+            instruction_text=INSTRUCTION,
         )
-        observation = {"state": torch.from_numpy(state).reshape(1, -1), "instruction": embedding}
-        ref = cartesian_reference(policy.spec, CartesianLayout(), proposal, current_gripper=0.0)
+        built = build_reference(
+            self.policy.spec, self.settings, goal.reference, observation.gripper_opening
+        )
         steer(
-            policy,
-            ref.chunk,
-            observation=observation,
-            mask=ref.mask,
-            reference_normalized=True,
-            generator=torch.Generator().manual_seed(i),
+            self.policy,
+            built.chunk,
+            observation=observation.policy_input,
+            mask=built.mask,
+            reference_normalized=built.normalized,
+            generator=torch.Generator().manual_seed(int(goal.seed)),
+            include_base_sample=True,
         )
-        if i >= 10:  # warm-up
-            times.append(time.perf_counter() - start)
-    return times
 
 
-def _over_ros(node: Node, chunks: int) -> tuple[list[float], list[float], int]:
-    """Seconds from observation stamp to result, the node's own seconds per goal (its
-    diagnostics.total_ms), and how many goals came back rejected."""
-    executor = rclpy.executors.SingleThreadedExecutor(context=node.context)
-    executor.add_node(node)
-    joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-    objects = node.create_publisher(ObjectStates, "frs/object_states", qos_profile_sensor_data)
-    instruction = node.create_publisher(String, "frs/instruction", LATCHED_QOS)
-    client = ActionClient(node, SteerChunk, "frs/steer_chunk")
+class Client:
+    """A lean client node (no parameter services, no rosout) driving the nodes under test."""
 
-    def spin_until(done, timeout: float) -> bool:  # noqa: ANN001
+    def __init__(self) -> None:
+        self.node = Node("bench_ros_overhead", start_parameter_services=False, enable_rosout=False)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.joints = self.node.create_publisher(
+            JointState, "joint_states", qos_profile_sensor_data
+        )
+        self.objects = self.node.create_publisher(
+            ObjectStates, "frs/object_states", qos_profile_sensor_data
+        )
+        self.instruction = self.node.create_publisher(String, "frs/instruction", LATCHED_QOS)
+        self.steering = ActionClient(self.node, SteerChunk, "frs/steer_chunk")
+        self.controller = ActionClient(self.node, ExecuteChunk, "frs/execute_chunk")
+        self.floor = ActionClient(self.node, SteerChunk, FLOOR_ACTION)
+        self.commands: list[int] = []  # arrival times (ns) of trajectory commands
+        self.node.create_subscription(
+            JointTrajectory, TRAJECTORY_TOPIC, lambda _msg: self.commands.append(time.time_ns()), 10
+        )
+
+    def spin_until(self, done, timeout: float) -> bool:  # noqa: ANN001
         deadline = time.monotonic() + timeout
         while not done() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)  # returns as soon as work arrives
+            self.executor.spin_once(timeout_sec=0.05)  # returns as soon as work arrives
         return done()
 
-    if not spin_until(client.server_is_ready, 60.0):
-        raise RuntimeError("steering node did not come up")
-    spin_until(lambda: joints.get_subscription_count() > 0, 10.0)
-    instruction.publish(String(data=INSTRUCTION))
-    object_msg = ObjectStates(names=[n for n, _ in OBJECTS])
-    object_msg.header.frame_id = "fr3_link0"
-    for _, (x, y, z) in OBJECTS:
+    def result(self, client: ActionClient, goal, timeout: float = 10.0):  # noqa: ANN001, ANN201
+        sent = client.send_goal_async(goal)
+        if not self.spin_until(sent.done, timeout) or not sent.result().accepted:
+            raise RuntimeError(f"{client._action_name} goal not accepted")
+        result = sent.result().get_result_async()
+        if not self.spin_until(result.done, timeout):
+            raise RuntimeError(f"{client._action_name} result did not arrive")
+        return result.result().result
+
+
+def _messages() -> tuple[JointState, ObjectStates]:
+    joints = JointState(name=ARM_JOINTS + FINGER_JOINTS, position=[*REST_QPOS.tolist(), 0.04, 0.04])
+    objects = ObjectStates(names=CUBES + MATS)
+    objects.header.frame_id = "fr3_link0"
+    for x, y, z in POSITIONS:
         pose = Pose()
         pose.position.x, pose.position.y, pose.position.z = x, y, z
         pose.orientation.w = 1.0
-        object_msg.poses.append(pose)
-    joint_msg = JointState(name=JOINT_NAMES, position=[*REST_QPOS.tolist(), 0.04, 0.04])
-    times, inside, rejected = [], [], 0
-    for i in range(chunks + 10):
-        stamp_ns = time.time_ns()
-        stamp = ns_to_stamp(stamp_ns)
-        joint_msg.header.stamp = object_msg.header.stamp = stamp
-        joints.publish(joint_msg)
-        objects.publish(object_msg)
-        goal = SteerChunk.Goal(method="frs", observation_stamp=stamp, seed=i)
+        objects.poses.append(pose)
+    return joints, objects
+
+
+def measure(client: Client, local: InProcess, chunks: int, first_command: bool) -> dict:
+    """Per-chunk seconds: in-process, over ROS, inside the node, stamp -> first command."""
+    if not client.spin_until(client.steering.server_is_ready, 60.0):
+        raise RuntimeError("steering node did not come up")
+    if not client.spin_until(client.floor.server_is_ready, 30.0):
+        raise RuntimeError("floor action server did not come up")
+    if first_command and not client.spin_until(client.controller.server_is_ready, 60.0):
+        raise RuntimeError("arm controller did not come up")
+    client.spin_until(lambda: client.joints.get_subscription_count() > 0, 10.0)
+    client.instruction.publish(String(data=INSTRUCTION))
+    joints, objects = _messages()
+    rows: dict[str, list[float]] = {
+        "local": [],
+        "ros": [],
+        "inside": [],
+        "first_command": [],
+        "floor": [],
+    }
+    warmup, rejected, i = 10, 0, 0
+    started = time.monotonic()
+    while len(rows["ros"]) < chunks:
+        goal = SteerChunk.Goal(method="frs", seed=i)
         goal.reference.direction.y = 1.0
         goal.reference.magnitude = 1.0
-        sent = client.send_goal_async(goal)
-        spin_until(sent.done, 10.0)
-        result_future = sent.result().get_result_async()
-        spin_until(result_future.done, 10.0)
-        result = result_future.result().result
-        elapsed = (time.time_ns() - stamp_ns) * 1e-9
-        if result.outcome != SteerChunk.Result.OUTCOME_SUCCEEDED:
-            rejected += 1
-            if "instruction" in result.reason or i < 10:
-                time.sleep(0.2)  # the node is still embedding the first instruction
-            continue
-        if i >= 10:
-            times.append(elapsed)
-            inside.append(result.diagnostics.total_ms * 1e-3)
-    return times, inside, rejected
+        for path in ("local", "ros") if i % 2 == 0 else ("ros", "local"):
+            stamp_ns = time.time_ns()
+            joints.header.stamp = objects.header.stamp = ns_to_stamp(stamp_ns)
+            client.joints.publish(joints)
+            client.objects.publish(objects)
+            if path == "local":
+                local(joints, objects, goal)
+                local_s = (time.time_ns() - stamp_ns) * 1e-9
+                continue
+            goal.observation_stamp = joints.header.stamp
+            result = client.result(client.steering, goal)
+            ros_s = (time.time_ns() - stamp_ns) * 1e-9
+            if result.outcome != SteerChunk.Result.OUTCOME_SUCCEEDED:
+                if "instruction" not in result.reason and i >= warmup:
+                    print(f"chunk {i}: {result.reason}")
+                rejected += 1
+                time.sleep(0.2)  # e.g. the node is still embedding the first instruction
+                break
+            floor_start = time.perf_counter()
+            client.result(client.floor, SteerChunk.Goal())
+            floor_s = time.perf_counter() - floor_start
+            first_s = float("nan")
+            if first_command:
+                client.commands.clear()
+                execute = ExecuteChunk.Goal(chunk=result.refined, max_points=5)
+                client.controller.send_goal_async(execute)
+                if client.spin_until(lambda: bool(client.commands), 5.0):
+                    first_s = (client.commands[0] - stamp_ns) * 1e-9
+        else:
+            if i >= warmup:
+                rows["local"].append(local_s)
+                rows["ros"].append(ros_s)
+                rows["inside"].append(result.diagnostics.total_ms * 1e-3)
+                rows["first_command"].append(first_s)
+                rows["floor"].append(floor_s)
+                if len(rows["ros"]) % 50 == 0:
+                    rate = len(rows["ros"]) / (time.monotonic() - started)
+                    print(f"  {len(rows['ros'])}/{chunks} chunks ({rate:.1f}/s)", flush=True)
+        i += 1
+    rows["rejected"] = rejected
+    return rows
+
+
+def summarize(rows: dict, args: argparse.Namespace) -> dict:
+    local, ros = np.array(rows["local"]) * 1e3, np.array(rows["ros"]) * 1e3
+    overhead = ros - local
+    first = np.array(rows["first_command"]) * 1e3
+    first = first[np.isfinite(first)]
+
+    def stats(values: np.ndarray) -> dict:
+        if not len(values):
+            return {}
+        return {
+            q: float(np.percentile(values, p))
+            for q, p in (("p10", 10), ("median", 50), ("p90", 90))
+        }
+
+    return {
+        "chunks": len(ros),
+        "feedback": args.feedback,
+        "markers": args.markers,
+        "in_process_ms": stats(local),
+        "ros_ms": stats(ros),
+        "inside_node_ms": stats(np.array(rows["inside"]) * 1e3),
+        "overhead_ms": stats(overhead),
+        "rclpy_action_floor_ms": stats(np.array(rows["floor"]) * 1e3),
+        "stamp_to_first_command_ms": stats(first),
+        "not_served": rows["rejected"],
+        "target_overhead_ms": 2.0,
+        "meets_target": bool(np.median(overhead) < 2.0),
+    }
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    series = {
+        "in-process steer": rows["local"],
+        "SteerChunk over ROS": rows["ros"],
+        "stamp -> first command": [v for v in rows["first_command"] if np.isfinite(v)],
+    }
+    for label, values in series.items():
+        if values:
+            ms = np.sort(np.array(values) * 1e3)
+            left.plot(ms, np.linspace(0, 1, len(ms)), label=label)
+    left.set(xlabel="ms from observation stamp", ylabel="fraction of chunks", title="latency CDF")
+    left.legend()
+    overhead = (np.array(rows["ros"]) - np.array(rows["local"])) * 1e3
+    right.hist(overhead, bins=40)
+    right.axvline(2.0, color="k", linestyle="--", label="2 ms target")
+    right.axvline(float(np.median(overhead)), color="r", label="median")
+    floor = float(np.median(rows["floor"])) * 1e3
+    right.axvline(floor, color="g", linestyle=":", label="rclpy floor (empty goal)")
+    right.set(xlabel="ROS - in-process (ms), paired per chunk", title="ROS overhead")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 def main() -> None:
@@ -160,51 +334,78 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--markers", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--first-command", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", type=Path, default=Path("build/bench_ros_overhead"))
+    parser.add_argument(
+        "--param", action="append", default=[], help="extra steering parameter NAME:=VALUE"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as the node's torch_threads default
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(102, 200)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = _checkpoint(args.checkpoint, Path(scratch) / "policy")
-        local = _in_process(checkpoint, args.chunks)
-        params = [
+        local = InProcess(checkpoint)
+        steering = [
+            "-p",
             f"checkpoint:={checkpoint}",
+            "-p",
             f"publish_feedback:={str(args.feedback).lower()}",
+            "-p",
             f"publish_markers:={str(args.markers).lower()}",
+            *[item for param in args.param for item in ("-p", param)],
         ]
-        command = [sys.executable, "-m", "frs_steering.steering_node", "--ros-args"]
-        for param in params:
-            command += ["-p", param]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nodes = [("frs_steering.steering_node", steering), (None, ["--serve-floor"])]
+        if args.first_command:
+            nodes.append(("frs_steering.arm_controller_node", ["-p", "output:=joint_trajectory"]))
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", module, "--ros-args", *params]
+                if module
+                else [sys.executable, __file__, *params],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for module, params in nodes
+        ]
         rclpy.init()
-        node = Node("bench_ros_overhead")
+        client = Client()
         try:
-            remote, inside, rejected = _over_ros(node, args.chunks)
+            rows = measure(client, local, args.chunks, args.first_command)
         finally:
-            node.destroy_node()
+            client.node.destroy_node()
             rclpy.try_shutdown()
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
+            for process in processes:
+                _stop(process)
 
-    local_ms = statistics.median(local) * 1e3
-    remote_ms = statistics.median(remote) * 1e3
-    print(f"checkpoint {checkpoint}")
-    print(f"feedback {args.feedback}, markers {args.markers}, {len(remote)} chunks over ROS")
-    print(f"in-process steer (obs + reference + frs): median {local_ms:.2f} ms")
-    print(f"ROS action, stamp -> refined chunk:       median {remote_ms:.2f} ms")
-    inside_ms = statistics.median(inside) * 1e3
-    print(f"  of which inside the node's execute callback: median {inside_ms:.2f} ms")
-    p90 = float(np.percentile(remote, 90)) * 1e3
-    print(f"  p90 {p90:.2f} ms, {rejected} goals not served (rejected / warm-up)")
-    overhead = remote_ms - local_ms
-    verdict = "meets" if overhead < 2.0 else "misses"
-    print(f"overhead: median {overhead:.2f} ms ({verdict} the < 2 ms target)")
+    summary = summarize(rows, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, args.out / "latency.png")
+    print(f"checkpoint {checkpoint}; {summary['chunks']} chunks, paired in alternating order")
+    print(f"feedback {args.feedback}, markers {args.markers}")
+    for key, label in (
+        ("in_process_ms", "in-process steer (same work, same messages)"),
+        ("ros_ms", "SteerChunk action, stamp -> refined chunk"),
+        ("inside_node_ms", "  of which inside the node's execute callback"),
+        ("stamp_to_first_command_ms", "stamp -> controller's first command"),
+        ("overhead_ms", "overhead (ROS - in-process, per chunk)"),
+        ("rclpy_action_floor_ms", "rclpy floor: empty goal to a minimal server"),
+    ):
+        value = summary[key]
+        if value:
+            print(
+                f"{label:<48} median {value['median']:7.2f} ms  "
+                f"(p10 {value['p10']:.2f}, p90 {value['p90']:.2f})"
+            )
+    verdict = "meets" if summary["meets_target"] else "misses"
+    print(f"overhead {verdict} the < 2 ms median target; {summary['not_served']} goals not served")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'latency.png'}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--serve-floor"]:
+        serve_floor()
+    else:
+        main()

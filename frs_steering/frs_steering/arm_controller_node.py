@@ -38,11 +38,12 @@ from rcl_interfaces.msg import (
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -66,6 +67,7 @@ from frs_steering.execution import (
     velocity_command,
 )
 from frs_steering.kinematics import ArmKinematics
+from frs_steering.ros_executor import waking_future
 from frs_steering.ros_messages import stamp_to_seconds
 from frs_steering.ros_params import RESULT_TIMEOUT, declare_described
 
@@ -84,7 +86,7 @@ class _Stream:
 
     goal: ServerGoalHandle
     plan: JointPlan
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    done: Future  # completed once; the goal's coroutine awaits it (see ros_executor)
     outcome: int = Outcome.OUTCOME_SUCCEEDED
     reason: str = ""
     points_executed: int = 0
@@ -94,7 +96,7 @@ class _Stream:
     def finish(self, outcome: int, reason: str, now: float) -> None:
         self.outcome, self.reason = outcome, reason
         self.points_executed = self.plan.rows_done(now)
-        self.done.set()
+        self.done.set_result(outcome)
 
 
 class ArmControllerNode(LifecycleNode):
@@ -303,7 +305,7 @@ class ArmControllerNode(LifecycleNode):
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=self._group,
-            result_timeout=int(self.get_parameter("result_timeout").value),
+            result_timeout=float(self.get_parameter("result_timeout").value),
         )
         self.get_logger().info(f"configured: output {self._output}, limits {self._limits}")
         return TransitionCallbackReturn.SUCCESS
@@ -412,7 +414,7 @@ class ArmControllerNode(LifecycleNode):
         goal.abort()
         return ExecuteChunk.Result(outcome=Outcome.OUTCOME_REJECTED, reason=reason)
 
-    def _execute(self, goal: ServerGoalHandle) -> ExecuteChunk.Result:
+    async def _execute(self, goal: ServerGoalHandle) -> ExecuteChunk.Result:
         """Validate and plan (outside the lock), start streaming, wait for the stream to end."""
         chunk = goal.request.chunk
         now = self._now()
@@ -451,7 +453,7 @@ class ArmControllerNode(LifecycleNode):
         except ChunkRejected as err:
             return self._reject(goal, str(err))
 
-        stream = _Stream(goal, plan)
+        stream = _Stream(goal, plan, waking_future(self))
         with self._lock:
             problem = self._not_ready_reason(self._now())  # e-stop may have come meanwhile
             if not problem:
@@ -464,7 +466,7 @@ class ArmControllerNode(LifecycleNode):
                     self._publish_trajectory(plan)
         if problem:
             return self._reject(goal, problem)
-        stream.done.wait()  # set by the control loop, a preempting goal, e-stop or deactivation
+        await stream.done  # set by the control loop, a preempting goal, e-stop or deactivation
         return self._conclude(stream)
 
     def _plan(
@@ -628,7 +630,7 @@ def main(args: list[str] | None = None) -> None:
     exit_code = 0
     try:
         node = ArmControllerNode()
-        executor = MultiThreadedExecutor(num_threads=6)
+        executor = SingleThreadedExecutor()  # goals await their stream; see ros_executor
         executor.add_node(node)
         if node.get_parameter("autostart").value:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import threading
@@ -48,7 +49,6 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
@@ -76,6 +76,7 @@ from frs_steering.observation import (
 )
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import BASE_FRAME
+from frs_steering.ros_executor import waking_future
 from frs_steering.ros_messages import (
     MessageError,
     chunk_to_msg,
@@ -255,7 +256,15 @@ class SteeringNode(LifecycleNode):
             ("max_samples", 64, "largest num_samples (sample_rank)", False, ints(1, 4096)),
             ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
             ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
-            ("publish_feedback", True, "action feedback at every integration step", False, {}),
+            ("publish_feedback", True, "action feedback during integration", False, {}),
+            (
+                "feedback_period",
+                0.02,
+                "s between feedback messages (also sent at each phase's first and last step); "
+                "0 = every step",
+                False,
+                floats(0.0, 10.0),
+            ),
             ("publish_markers", True, "EE paths on frs/markers", False, {}),
             (
                 "publish_record",
@@ -404,7 +413,7 @@ class SteeringNode(LifecycleNode):
             handle_accepted_callback=self._on_accepted,
             cancel_callback=lambda _handle: CancelResponse.ACCEPT,
             callback_group=group,
-            result_timeout=int(self._param("result_timeout")),
+            result_timeout=float(self._param("result_timeout")),
         )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -541,8 +550,7 @@ class SteeringNode(LifecycleNode):
         The executor thread stays free for joint states, cancel requests and newer goals while
         the worker steers; the goal's state transition happens back here, on the executor.
         """
-        done = Future(executor=self.executor)
-        done.add_done_callback(lambda _future: None)  # a done callback wakes the executor
+        done = waking_future(self)
         served: list[_Served] = []
 
         def job() -> None:
@@ -593,12 +601,17 @@ class SteeringNode(LifecycleNode):
                 raise _Preempted
             if not self._active:
                 raise _Canceled
-            if publish_feedback:
+            now = time.monotonic()
+            boundary = phase != last_feedback[0] or step + 1 == total
+            if publish_feedback and (boundary or now - last_feedback[1] >= feedback_period):
+                last_feedback[:] = [phase, now]
                 goal_handle.publish_feedback(
                     SteerChunk.Feedback(phase=phase, step=step + 1, total_steps=total)
                 )
 
         publish_feedback = bool(self._param("publish_feedback"))
+        feedback_period = float(self._param("feedback_period"))
+        last_feedback: list = ["", -math.inf]  # phase and time of the last feedback sent
         try:
             if self._current_goal is not goal_handle:
                 raise _Preempted

@@ -5,15 +5,22 @@ Loop (on its own thread, so a slow VLM never blocks the executor): take the late
 ``camera/image_raw``), ask the backend (``scripted`` | ``human`` | ``vlm`` | ``none``) for a
 :class:`CoarseProposal`, publish it as ``frs_msgs/CoarseReference`` on ``frs/reference``, send it
 to ``frs/steer_chunk`` with the observation's stamp, then send the refined chunk to
-``frs/execute_chunk`` and wait. It repeats while enabled (``frs/proposer/enable``) and while the
-episode (``frs/episode_status``) is not done.
+``frs/execute_chunk``. With ``plan_ahead`` (default) it does not wait for the chunk to end: it
+plans the next one so that it reaches the controller (measured latency, 90th percentile) just
+before the current chunk's last row is due, and the new chunk preempts the old one, so the arm
+never idles while the stack thinks; without it, it waits for each execution result. It repeats
+while enabled (``frs/proposer/enable``) and while the episode (``frs/episode_status``) is not
+done.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +29,7 @@ from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -70,6 +77,24 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8"))
 
 
+class ChunkLatency:
+    """Running estimate of observation stamp -> chunk accepted by the controller (s)."""
+
+    def __init__(self, initial: float = 0.1, window: int = 20) -> None:
+        self._samples: deque[float] = deque([initial], maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        if math.isfinite(seconds) and seconds >= 0.0:
+            with self._lock:
+                self._samples.append(seconds)
+
+    def estimate(self) -> float:
+        """A high quantile, so a chunk rarely arrives after its predecessor ended."""
+        with self._lock:
+            return float(np.quantile(list(self._samples), 0.9))
+
+
 @dataclass(frozen=True)
 class ProposerObservation:
     """The observation one chunk is proposed, steered and executed from."""
@@ -97,6 +122,7 @@ class ProposerNode(Node):
         self._status: EpisodeStatus | None = None
         self._enabled = bool(self._param("start_enabled"))
         self._stop = threading.Event()
+        self._latency = ChunkLatency()
 
         from frs_steering.kinematics import ArmKinematics  # compiles the MuJoCo Panda
 
@@ -185,6 +211,20 @@ class ProposerNode(Node):
                 "rows of each refined chunk to execute; 0 = all",
                 False,
                 ints(0, 1000),
+            ),
+            (
+                "plan_ahead",
+                True,
+                "plan the next chunk while this one executes, timed to arrive as it ends",
+                False,
+                {},
+            ),
+            (
+                "plan_margin",
+                0.02,
+                "s; plan_ahead sends the next chunk this much before the current one ends",
+                False,
+                floats(0.0, 1.0),
             ),
             ("steer_timeout", 5.0, "s to wait for a refined chunk", False, floats(0.01, 600.0)),
             ("execute_timeout", 10.0, "s to wait for execution", False, floats(0.01, 600.0)),
@@ -519,11 +559,23 @@ class ProposerNode(Node):
             )
             time.sleep(retry)
             return
-        execute = ExecuteChunk.Goal(
-            chunk=steered.refined, max_points=int(self._param("execute_rows"))
-        )
+        rows = int(self._param("execute_rows")) or int(steered.refined.horizon)
+        execute = ExecuteChunk.Goal(chunk=steered.refined, max_points=rows)
+        plan_until = None
+        if self._param("plan_ahead"):
+            # The next chunk is planned while this one runs and preempts it on arrival: start
+            # planning one measured pipeline latency (stamp -> chunk accepted) before this
+            # chunk's last row is due, so the arm never stands still between chunks.
+            end_ns = stamp_to_ns(observation.stamp) + int(rows * steered.refined.dt * 1e9)
+            lead = self._latency.estimate() + float(self._param("plan_margin"))
+            plan_until = end_ns - int(lead * 1e9)
         executed = self._send(
-            self._execute, execute, float(self._param("execute_timeout")), "execution"
+            self._execute,
+            execute,
+            float(self._param("execute_timeout")),
+            "execution",
+            accepted=lambda: self._latency.add(self._age(observation.stamp)),
+            until_ns=plan_until,
         )
         if executed is not None and executed.outcome != ExecuteChunk.Result.OUTCOME_SUCCEEDED:
             self.get_logger().warning(
@@ -532,8 +584,23 @@ class ProposerNode(Node):
             )
             time.sleep(retry)
 
-    def _send(self, client: ActionClient, goal, timeout: float, what: str):  # noqa: ANN001, ANN201
-        """Send ``goal`` and wait for its result (None, logged, when it does not come)."""
+    def _age(self, stamp) -> float:  # noqa: ANN001 - builtin_interfaces/Time
+        """Seconds from ``stamp`` to now on this node's clock."""
+        return (self.get_clock().now().nanoseconds - stamp_to_ns(stamp)) * 1e-9
+
+    def _send(  # noqa: ANN201
+        self,
+        client: ActionClient,
+        goal,  # noqa: ANN001
+        timeout: float,
+        what: str,
+        accepted: Callable[[], None] | None = None,
+        until_ns: int | None = None,
+    ):
+        """Send ``goal`` and wait for its result (None, logged, when it does not come).
+
+        With ``until_ns`` (node clock) the wait ends then, the goal left running: None.
+        """
         if not client.server_is_ready():
             self.get_logger().warning(f"{what} server not available", throttle_duration_sec=5.0)
             return None
@@ -542,7 +609,15 @@ class ProposerNode(Node):
         if handle is None or not handle.accepted:
             self.get_logger().warning(f"{what} goal not accepted", throttle_duration_sec=2.0)
             return None
-        response = self._wait(handle.get_result_async(), max(0.0, deadline - time.monotonic()))
+        if accepted is not None:
+            accepted()
+        result_future = handle.get_result_async()
+        if until_ns is not None:
+            remaining = (until_ns - self.get_clock().now().nanoseconds) * 1e-9
+            if remaining < deadline - time.monotonic():
+                response = self._wait(result_future, max(0.0, remaining))
+                return None if response is None else response.result
+        response = self._wait(result_future, max(0.0, deadline - time.monotonic()))
         if response is None and not self._stop.is_set():
             self.get_logger().warning(f"{what} timed out after {timeout:g} s; canceling")
             handle.cancel_goal_async()
@@ -558,7 +633,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"[proposer] {error}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(1)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()  # the proposing loop has its own thread
     executor.add_node(node)
     node.start()
     try:
