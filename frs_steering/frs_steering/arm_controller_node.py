@@ -66,6 +66,15 @@ from frs_steering.execution import (
     validate_chunk,
     velocity_command,
 )
+from frs_steering.gripper import (
+    GRIPPER_OUTPUTS,
+    FrankaGripper,
+    FrankaGripperSettings,
+    GripperLatch,
+    GripperOutput,
+    GripperUnavailable,
+    TopicGripper,
+)
 from frs_steering.kinematics import ArmKinematics
 from frs_steering.ros_executor import waking_future
 from frs_steering.ros_messages import stamp_to_seconds
@@ -91,7 +100,6 @@ class _Stream:
     reason: str = ""
     points_executed: int = 0
     last_feedback: int = -1
-    last_gripper: float | None = None
 
     def finish(self, outcome: int, reason: str, now: float) -> None:
         self.outcome, self.reason = outcome, reason
@@ -121,6 +129,7 @@ class ArmControllerNode(LifecycleNode):
         self._timer = None
         self._action_server: ActionServer | None = None
         self._velocity_pub = self._trajectory_pub = self._gripper_pub = None
+        self._gripper: GripperOutput | None = None
         self._subscriptions_owned: list[object] = []
         self._services_owned: list[object] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -196,6 +205,25 @@ class ArmControllerNode(LifecycleNode):
                 {"integer_range": [IntegerRange(from_value=1, to_value=200)]},
             ),
             ("joint_prefix", "fr3_", "arm joints are <prefix>joint1..7", {}),
+            (
+                "gripper_output",
+                "topic",
+                f"gripper interface, one of {list(GRIPPER_OUTPUTS)}: topic = "
+                "gripper_controller/commands stream, franka = franka_gripper move/grasp actions",
+                {},
+            ),
+            ("franka_gripper_namespace", "franka_gripper", "franka_gripper node's namespace", {}),
+            ("gripper_open_width", 0.08, "m; franka move goal width to open", frange(0.0, 0.08)),
+            ("gripper_speed", 0.1, "m/s of franka move / grasp goals", frange(0.001, 0.2)),
+            ("grasp_force", 20.0, "N of franka grasp goals", frange(1.0, 140.0)),
+            (
+                "grasp_epsilon",
+                0.08,
+                "m; franka grasp inner/outer width tolerance",
+                frange(0.0, 0.08),
+            ),
+            ("gripper_close_above", 0.6, "franka: close at gripper >= this", frange(0.0, 1.0)),
+            ("gripper_open_below", 0.4, "franka: open at gripper <= this", frange(0.0, 1.0)),
             ("base_frame_id", "fr3_link0", "frame ee_delta chunks must be in (empty = this)", {}),
         ]
         declare_described(self, [*specs, RESULT_TIMEOUT])
@@ -279,9 +307,12 @@ class ArmControllerNode(LifecycleNode):
             self._trajectory_pub = self.create_publisher(
                 JointTrajectory, "joint_trajectory_controller/joint_trajectory", COMMAND_QOS
             )
-        self._gripper_pub = self.create_publisher(
-            Float64MultiArray, "gripper_controller/commands", COMMAND_QOS
-        )
+        try:
+            self._gripper = self._make_gripper()
+        except (GripperUnavailable, ValueError) as err:
+            self.get_logger().error(str(err))
+            self._destroy_entities()
+            return TransitionCallbackReturn.FAILURE
         self._subscriptions_owned = [
             self.create_subscription(
                 JointState,
@@ -342,6 +373,31 @@ class ArmControllerNode(LifecycleNode):
         self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
 
+    def _make_gripper(self) -> GripperOutput | None:
+        """The configured gripper output (GripperUnavailable / ValueError if it cannot run)."""
+        output = str(self._param("gripper_output"))
+        if output not in GRIPPER_OUTPUTS:
+            raise ValueError(f"gripper_output must be one of {GRIPPER_OUTPUTS}, got {output!r}")
+        if output == "none":
+            return None
+        if output == "topic":
+            self._gripper_pub = self.create_publisher(
+                Float64MultiArray, "gripper_controller/commands", COMMAND_QOS
+            )
+            return TopicGripper(self._gripper_pub, Float64MultiArray)
+        latch = GripperLatch(
+            close_above=float(self._param("gripper_close_above")),
+            open_below=float(self._param("gripper_open_below")),
+        )
+        settings = FrankaGripperSettings(
+            namespace=str(self._param("franka_gripper_namespace")),
+            open_width=float(self._param("gripper_open_width")),
+            speed=float(self._param("gripper_speed")),
+            force=float(self._param("grasp_force")),
+            epsilon=float(self._param("grasp_epsilon")),
+        )
+        return FrankaGripper(self, settings, latch)
+
     def _destroy_entities(self) -> None:
         if self._action_server is not None:
             self._action_server.destroy()
@@ -350,6 +406,9 @@ class ArmControllerNode(LifecycleNode):
             if publisher is not None:
                 self.destroy_publisher(publisher)
         self._velocity_pub = self._trajectory_pub = self._gripper_pub = None
+        if isinstance(self._gripper, FrankaGripper):
+            self._gripper.destroy()
+        self._gripper = None
         for subscription in self._subscriptions_owned:
             self.destroy_subscription(subscription)
         for service in self._services_owned:
@@ -556,10 +615,8 @@ class ArmControllerNode(LifecycleNode):
         if self._velocity_pub is not None:
             target, feedforward = plan.path.sample(now)
             self._publish_velocity(target, feedforward)
-        gripper = plan.gripper_at(now)
-        if stream.last_gripper != gripper:
-            stream.last_gripper = gripper
-            self._gripper_pub.publish(Float64MultiArray(data=[gripper]))
+        if self._gripper is not None:
+            self._gripper.command(plan.gripper_at(now))
         done = plan.rows_done(now)
         if done != stream.last_feedback:
             stream.last_feedback = done

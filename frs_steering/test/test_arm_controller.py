@@ -299,3 +299,23 @@ def test_moveit_output_fails_clearly_at_configure(node_processes) -> None:
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "moveit_py" in output and "not installed" in output
+
+
+def test_franka_gripper_output_fails_clearly_without_franka_msgs(node_processes) -> None:
+    """franka_gripper's actions need franka_msgs (a rig's franka_ros2): refuse to configure."""
+    process = node_processes.start(
+        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", "gripper_output:=franka"
+    )
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "franka_msgs" in output and "not installed" in output
+    assert "gripper_output:=topic" in output
+
+
+def test_unknown_gripper_output_fails_at_configure(node_processes) -> None:
+    process = node_processes.start(
+        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", "gripper_output:=vacuum"
+    )
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "gripper_output must be one of" in output
