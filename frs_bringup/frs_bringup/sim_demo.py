@@ -15,10 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
@@ -50,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--record", type=Path, default=None, help="also record the session to this bag (frs_record)"
     )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="compose every node in this process on one executor (no per-node processes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,6 +73,37 @@ def start_stack(params_file: Path, args: argparse.Namespace) -> list[subprocess.
         recorder = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
         processes.insert(0, subprocess.Popen(recorder))  # stopped first: the bag closes cleanly
     return processes
+
+
+def compose_stack(executor: Executor, args: argparse.Namespace) -> list[Callable[[], None]]:
+    """The same nodes in this process on ``executor``; returns how to stop each, in order."""
+    from frs_bringup.sim_robot_node import SimRobotNode
+    from frs_steering.arm_controller_node import ArmControllerNode
+    from frs_steering.steering_node import SteeringNode
+    from frs_vlm_bridge.proposer_node import ProposerNode
+
+    robot, controller, steering = SimRobotNode(), ArmControllerNode(), SteeringNode()
+    proposer_overrides = [] if args.method is None else [Parameter("method", value=args.method)]
+    proposer = ProposerNode(parameter_overrides=proposer_overrides)
+    for node in (robot, controller, steering, proposer):
+        executor.add_node(node)
+    for node in (controller, steering):
+        if node.get_parameter("autostart").value:
+            node.trigger_configure()
+            node.trigger_activate()
+    proposer.start()
+
+    def stop_controller() -> None:
+        controller.stop_for_exit()
+        controller.destroy_node()
+
+    return [
+        proposer.stop,
+        proposer.destroy_node,
+        stop_controller,
+        steering.destroy_node,
+        robot.destroy_node,
+    ]
 
 
 def stop_stack(processes: list[subprocess.Popen]) -> None:
@@ -90,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    processes = start_stack(params_file, args)
+    processes = [] if args.one_process else start_stack(params_file, args)
     rclpy.init(args=["--ros-args", "--params-file", str(params_file)])
     overrides = [
         Parameter(name, value=value)
@@ -100,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     runner = EpisodeRunner(parameter_overrides=overrides)
     executor = SingleThreadedExecutor()
     executor.add_node(runner)
+    composed = compose_stack(executor, args) if args.one_process else []
     try:
         outcomes = runner.run(executor)
     finally:
+        for stop in composed:
+            stop()
         runner.destroy_node()
         rclpy.try_shutdown()
         stop_stack(processes)
