@@ -1,4 +1,4 @@
-"""The Franka Hand takes discrete goals: the continuous gripper stream is latched with hysteresis."""
+"""The Franka Hand takes discrete goals: the gripper stream is latched with hysteresis."""
 
 from __future__ import annotations
 
