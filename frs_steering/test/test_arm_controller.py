@@ -292,30 +292,23 @@ def test_joint_trajectory_output_moves_the_arm(
     rig.destroy()
 
 
-def test_moveit_output_fails_clearly_at_configure(node_processes) -> None:
+@pytest.mark.parametrize(
+    ("param", "expected"),
+    [
+        # moveit_py is not installable here: say so, and what to use instead.
+        ("output:=moveit", ("moveit_py", "not installed")),
+        # franka_gripper's actions need franka_msgs (a rig's franka_ros2).
+        ("gripper_output:=franka", ("franka_msgs", "not installed", "gripper_output:=topic")),
+        ("gripper_output:=vacuum", ("gripper_output must be one of",)),
+    ],
+)
+def test_unavailable_outputs_fail_clearly_at_configure(
+    node_processes, param: str, expected: tuple[str, ...]
+) -> None:  # noqa: ANN001
     process = node_processes.start(
-        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", "output:=moveit"
+        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", param
     )
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert "moveit_py" in output and "not installed" in output
-
-
-def test_franka_gripper_output_fails_clearly_without_franka_msgs(node_processes) -> None:
-    """franka_gripper's actions need franka_msgs (a rig's franka_ros2): refuse to configure."""
-    process = node_processes.start(
-        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", "gripper_output:=franka"
-    )
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert "franka_msgs" in output and "not installed" in output
-    assert "gripper_output:=topic" in output
-
-
-def test_unknown_gripper_output_fails_at_configure(node_processes) -> None:
-    process = node_processes.start(
-        "-m", "frs_steering.arm_controller_node", "--ros-args", "-p", "gripper_output:=vacuum"
-    )
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert "gripper_output must be one of" in output
+    assert process.returncode == 1, output
+    for text in expected:
+        assert text in output, output
