@@ -551,23 +551,19 @@ class SteeringNode(LifecycleNode):
         the worker steers; the goal's state transition happens back here, on the executor.
         """
         done = waking_future(self)
-        served: list[_Served] = []
 
         def job() -> None:
             try:
-                served.append(self._serve(goal_handle))
-            except BaseException as error:  # noqa: BLE001 - surfaced on the executor thread
+                done.set_result(self._serve(goal_handle))
+            except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
                 done.set_exception(error)
-            else:
-                done.set_result(True)
 
         jobs = self._jobs
         if jobs is None:
             reason = "the steering node is not active"
             return self._finish(goal_handle, Result.OUTCOME_REJECTED, reason)
         jobs.submit(job)
-        await done
-        outcome = served[0]
+        outcome: _Served = await done
         if outcome.transition == "succeed":
             goal_handle.succeed()
             if outcome.publish is not None:
