@@ -13,7 +13,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -35,6 +35,10 @@ def generate_launch_description() -> LaunchDescription:
             ),
         ),
     ]
+    # The Franka Hand is driven through franka_gripper's actions only when it is loaded.
+    gripper_output = PythonExpression(
+        ["'franka' if '", LaunchConfiguration("load_gripper"), "' == 'true' else 'none'"]
+    )
     robot = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
             PathJoinSubstitution([FindPackageShare("franka_bringup"), "launch", "franka.launch.py"])
@@ -60,7 +64,7 @@ def generate_launch_description() -> LaunchDescription:
             executable="arm_controller",
             name="arm_controller",
             namespace=namespace,
-            parameters=[params],
+            parameters=[params, {"gripper_output": gripper_output}],
             output="screen",
         ),
         LifecycleNode(
