@@ -22,6 +22,7 @@ test: setup
 
 bench: setup
 	$(PY) frs_steering/bench/bench_steering.py
+	$(PY) frs_steering/bench/bench_ros_overhead.py --chunks 300
 
 clean:
 	rm -rf build $(VENV)
