@@ -21,6 +21,7 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import Executor, SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
@@ -90,7 +91,8 @@ def compose_stack(executor: Executor, args: argparse.Namespace) -> list[Callable
         executor.add_node(node)
     for node in (controller, steering):
         if node.get_parameter("autostart").value:
-            node.trigger_configure()
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError(f"{node.get_name()} failed to configure (see its log)")
             node.trigger_activate()
     proposer.start()
 

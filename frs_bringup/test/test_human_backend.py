@@ -65,10 +65,15 @@ def test_typed_directions_drive_the_arm(node_processes, rclpy_context) -> None: 
         assert abs(left[0]) < 0.5 * left[1] and abs(left[2]) < 0.5 * left[1], left
         up = drive("up", 2.0)
         assert up[2] > 0.03, f"'up' moved the EE by {up}"
-        # 'defer' hands control back to the policy; an expired command does the same.
-        moved_before = len(rig.velocity_commands.messages)
+        # 'defer' hands control back to the policy: once the last 'up' chunk (0.5 s) is done,
+        # the arm is still driven (a stopped loop would leave only zero hold commands).
         commands.publish(String(data="defer"))
+        rig.spin_for(0.7)
+        window_start = time.monotonic()
         rig.spin_for(1.0)
-        assert len(rig.velocity_commands.messages) > moved_before, "deferring stopped the loop"
+        speeds = [
+            np.abs(np.asarray(m.data)).max() for m in rig.velocity_commands.since(window_start)
+        ]
+        assert max(speeds, default=0.0) > 1e-3, "deferring stopped driving the arm"
     finally:
         rig.destroy()

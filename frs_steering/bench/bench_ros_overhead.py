@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
+from frs_bringup.sim_demo import stop_stack
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
 from frs_steering.checkpoint import load_policy, save_policy
@@ -173,10 +173,10 @@ class Client:
     def result(self, client: ActionClient, goal, timeout: float = 10.0):  # noqa: ANN001, ANN201
         sent = client.send_goal_async(goal)
         if not self.spin_until(sent.done, timeout) or not sent.result().accepted:
-            raise RuntimeError(f"{client._action_name} goal not accepted")
+            raise RuntimeError(f"{type(goal).__name__} not accepted")
         result = sent.result().get_result_async()
         if not self.spin_until(result.done, timeout):
-            raise RuntimeError(f"{client._action_name} result did not arrive")
+            raise RuntimeError(f"{type(goal).__name__}: no result")
         return result.result().result
 
 
@@ -319,15 +319,6 @@ def plot(rows: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=200)
@@ -376,8 +367,7 @@ def main() -> None:
         finally:
             client.node.destroy_node()
             rclpy.try_shutdown()
-            for process in processes:
-                _stop(process)
+            stop_stack(processes)
 
     summary = summarize(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)

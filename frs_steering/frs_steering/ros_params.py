@@ -22,9 +22,9 @@ def declare_described(node: Node, specs: Iterable[ParameterSpec]) -> None:
 
 
 #: The action servers' result lifetime. rclpy keeps a finished goal 900 s by default and lists
-#: every kept goal in each status message, which every client decodes in Python: after a few
-#: hundred goals that cost ~5 ms per goal. FRS clients fetch a result as soon as the goal is
-#: accepted, so a couple of seconds is plenty.
+#: every kept goal in each status message, which every client decodes in Python (py-spy: after a
+#: few hundred goals most of a client's time went there). FRS clients fetch a result as soon as
+#: the goal is accepted, so a couple of seconds is plenty.
 RESULT_TIMEOUT: ParameterSpec = (
     "result_timeout",
     2.0,

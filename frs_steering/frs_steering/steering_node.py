@@ -550,6 +550,10 @@ class SteeringNode(LifecycleNode):
         The executor thread stays free for joint states, cancel requests and newer goals while
         the worker steers; the goal's state transition happens back here, on the executor.
         """
+        jobs = self._jobs
+        if jobs is None:
+            reason = "the steering node is not active"
+            return self._finish(goal_handle, Result.OUTCOME_REJECTED, reason)
         done = waking_future(self)
 
         def job() -> None:
@@ -558,10 +562,6 @@ class SteeringNode(LifecycleNode):
             except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
                 done.set_exception(error)
 
-        jobs = self._jobs
-        if jobs is None:
-            reason = "the steering node is not active"
-            return self._finish(goal_handle, Result.OUTCOME_REJECTED, reason)
         jobs.submit(job)
         outcome: _Served = await done
         if outcome.transition == "succeed":

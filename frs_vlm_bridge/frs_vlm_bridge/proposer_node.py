@@ -78,21 +78,21 @@ def image_to_rgb(msg: Image) -> np.ndarray:
 
 
 class ChunkLatency:
-    """Running estimate of observation stamp -> chunk accepted by the controller (s)."""
+    """Running estimate of observation stamp -> chunk accepted by the controller (s).
+
+    Used by the proposing loop's thread only.
+    """
 
     def __init__(self, initial: float = 0.1, window: int = 20) -> None:
         self._samples: deque[float] = deque([initial], maxlen=window)
-        self._lock = threading.Lock()
 
     def add(self, seconds: float) -> None:
         if math.isfinite(seconds) and seconds >= 0.0:
-            with self._lock:
-                self._samples.append(seconds)
+            self._samples.append(seconds)
 
     def estimate(self) -> float:
         """A high quantile, so a chunk rarely arrives after its predecessor ended."""
-        with self._lock:
-            return float(np.quantile(list(self._samples), 0.9))
+        return float(np.quantile(self._samples, 0.9))
 
 
 @dataclass(frozen=True)
@@ -450,8 +450,7 @@ class ProposerNode(Node):
             status = self._status
         if joints is None:
             return None
-        now_ns = self.get_clock().now().nanoseconds
-        if (now_ns - stamp_to_ns(joints.header.stamp)) * 1e-9 > float(self._param("max_state_age")):
+        if self._age(joints.header.stamp) > float(self._param("max_state_age")):
             return None
         index = {name: i for i, name in enumerate(joints.name)}
         try:
@@ -470,8 +469,7 @@ class ProposerNode(Node):
             }
         rgb = None
         if image is not None:
-            age = (now_ns - stamp_to_ns(image.header.stamp)) * 1e-9
-            if age <= float(self._param("max_image_age")):
+            if self._age(image.header.stamp) <= float(self._param("max_image_age")):
                 try:
                     rgb = image_to_rgb(image)
                 except ValueError as error:
