@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
-PYTHON_PACKAGES = ("frs_steering", "frs_vlm_bridge", "frs_bringup")
+PYTHON_PACKAGES = ("frs_control", "frs_steering", "frs_vlm_bridge", "frs_sim", "frs_bringup")
 
 # Test the source tree, not the snapshot scripts/setup.sh installed into the venv (data files
 # under share/ still come from that install); node processes inherit the same path.

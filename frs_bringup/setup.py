@@ -22,13 +22,12 @@ setup(
     maintainer="FRS-ROS developers",
     maintainer_email="frs-ros@example.org",
     description=(
-        "Launch files, parameter YAML, rviz configuration, the simulated-robot node, and "
-        "rosbag record/replay evaluation for FRS-ROS."
+        "Launch files, the stack definition and parameter YAML, rviz configuration, the "
+        "simulated demo and episode runner, and rosbag record/replay evaluation for FRS-ROS."
     ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "sim_robot = frs_bringup.sim_robot_node:main",
             "episode_runner = frs_bringup.episode_runner:main",
             "sim_demo = frs_bringup.sim_demo:main",
             "frs_record = frs_bringup.recorder:main",

@@ -33,15 +33,13 @@ setup(
     maintainer="FRS-ROS developers",
     maintainer_email="frs-ros@example.org",
     description=(
-        "Flow Reversal Steering: flow-policy interface, reversible ODE integration, FRS "
-        "and baselines, built-in flow policy, simulation, and the steering and arm-"
-        "controller nodes."
+        "Flow Reversal Steering: flow-policy contract, reversible ODE integration, FRS and "
+        "baselines, built-in flow policy, noise-space learning, and the steering node."
     ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
             "steering = frs_steering.steering_node:main",
-            "arm_controller = frs_steering.arm_controller_node:main",
         ]
     },
 )

@@ -99,12 +99,13 @@ if [ ! -f "$MSGS_STAMP" ]; then
 fi
 
 # 5. The ament_python packages (a real install, so share/<pkg> data files land in the prefix).
-say "installing frs_steering, frs_vlm_bridge, frs_bringup"
+say "installing frs_control, frs_steering, frs_vlm_bridge, frs_sim, frs_bringup"
 pip_logged packages --no-deps --no-build-isolation \
-  "$ROOT/frs_steering" "$ROOT/frs_vlm_bridge" "$ROOT/frs_bringup" ||
+  "$ROOT/frs_control" "$ROOT/frs_steering" "$ROOT/frs_vlm_bridge" "$ROOT/frs_sim" \
+  "$ROOT/frs_bringup" ||
   die "installing the ament_python packages failed (see above)."
 # setuptools builds in-tree: drop its build/ and egg-info copies so nothing stale shadows sources.
-rm -rf "$ROOT"/frs_{steering,vlm_bridge,bringup}/{build,*.egg-info}
+rm -rf "$ROOT"/frs_{control,steering,vlm_bridge,sim,bringup}/{build,*.egg-info}
 
 # 6. Check the result imports before calling it ready.
 "$PY" - <<'EOF' || die "the venv does not import cleanly (see above)."
@@ -112,7 +113,7 @@ import rclpy  # noqa: F401
 import torch
 from frs_msgs.action import ExecuteChunk, SteerChunk  # noqa: F401
 from frs_msgs.msg import ActionChunk  # noqa: F401
-import frs_steering, frs_vlm_bridge, frs_bringup  # noqa: F401,E401
+import frs_control, frs_steering, frs_vlm_bridge, frs_sim, frs_bringup  # noqa: F401,E401
 import mujoco  # noqa: F401
 assert torch.__version__.startswith("2.13.0")
 EOF

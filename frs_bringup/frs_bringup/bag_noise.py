@@ -8,8 +8,9 @@ observation they were decided on) is put into the policy's normalized space and 
 through the flow ODE (FRS's reversal, same observation conditioning and steps) to the noise that
 regenerates it. Real dims are reversed (``steered`` = True); padding dims get fresh N(0, I)
 noise, as in FRS. Episodes and their outcome come from ``frs/episode_status`` when recorded
-(otherwise one episode, ``--success``). Written with :class:`frs_steering.noise_data.NoiseDataset`;
-``info`` holds the reconstruction error (executed chunk vs forward pass of its noise).
+(otherwise one episode, ``--success``). Written with
+:class:`frs_steering.learning.noise_data.NoiseDataset`; ``info`` holds the reconstruction
+error (executed chunk vs forward pass of its noise).
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def export(args: argparse.Namespace) -> dict:
         import torch
 
         from frs_bringup.bag_replay import InputBuilder
+        from frs_control.messages import chunk_from_msg
         from frs_steering.checkpoint import load_policy
-        from frs_steering.noise_data import NoiseDataset
+        from frs_steering.learning.noise_data import NoiseDataset
         from frs_steering.package_data import shipped_checkpoint
-        from frs_steering.ros_messages import chunk_from_msg
         from frs_steering.steer import steer
 
         torch.set_num_threads(1)

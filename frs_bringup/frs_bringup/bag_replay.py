@@ -141,8 +141,8 @@ class InputBuilder:
     """Observations and references of logged chunks, built as the steering node builds them."""
 
     def __init__(self, policy: Any, *, arm_joints=None, finger_joints=None) -> None:  # noqa: ANN001
-        from frs_steering.kinematics import ArmKinematics
-        from frs_steering.sim import scene
+        from frs_control.kinematics import ArmKinematics
+        from frs_sim import scene
 
         self.policy = policy
         self.kinematics = ArmKinematics()
@@ -152,7 +152,7 @@ class InputBuilder:
         self.target_names = [f"{n}_mat" for n in scene.TARGET_NAMES]
         self.embed = None
         if policy.config.instruction_dim:
-            from frs_steering.sim.instructions import embed_instruction
+            from frs_sim.instructions import embed_instruction
 
             self.embed = embed_instruction
         self._embeddings: dict[str, Any] = {}
@@ -328,8 +328,8 @@ def _first(value: Any) -> float:
 
 def collect(run: MethodRun, result: Any, chunk: Chunk, spec_real_dims: list[int]) -> None:
     """Add one chunk's metrics to ``run``."""
+    from frs_control.messages import chunk_from_msg
     from frs_steering.observation import reference_cosine
-    from frs_steering.ros_messages import chunk_from_msg
 
     logged = chunk_from_msg(chunk.record.refined, "record.refined")
     logged = logged[:, spec_real_dims] if logged.shape[1] > len(spec_real_dims) else logged
@@ -539,10 +539,11 @@ def replay(args: argparse.Namespace) -> dict:
 
         import torch
 
+        from frs_control.messages import chunk_to_msg, ns_to_stamp
         from frs_steering.checkpoint import load_policy
         from frs_steering.observation import ee_path
         from frs_steering.package_data import shipped_checkpoint
-        from frs_steering.ros_messages import chunk_to_msg, ns_to_stamp, path_markers
+        from frs_steering.ros_messages import path_markers
         from frs_steering.steer import available_methods
 
         for spec in specs:

@@ -31,8 +31,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 #: (node name in the YAML, module to run), in start order.
 STACK = (
-    ("sim_robot", "frs_bringup.sim_robot_node"),
-    ("arm_controller", "frs_steering.arm_controller_node"),
+    ("sim_robot", "frs_sim.sim_robot_node"),
+    ("arm_controller", "frs_control.arm_controller_node"),
     ("steering", "frs_steering.steering_node"),
     ("proposer", "frs_vlm_bridge.proposer_node"),
 )
@@ -79,8 +79,8 @@ def start_stack(params_file: Path, args: argparse.Namespace) -> list[subprocess.
 
 def compose_stack(executor: Executor, args: argparse.Namespace) -> list[Callable[[], None]]:
     """The same nodes in this process on ``executor``; returns how to stop each, in order."""
-    from frs_bringup.sim_robot_node import SimRobotNode
-    from frs_steering.arm_controller_node import ArmControllerNode
+    from frs_control.arm_controller_node import ArmControllerNode
+    from frs_sim.sim_robot_node import SimRobotNode
     from frs_steering.steering_node import SteeringNode
     from frs_vlm_bridge.proposer_node import ProposerNode
 

@@ -27,10 +27,10 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from frs_control.messages import chunk_to_msg, stamp_to_seconds
 from frs_msgs.action import ExecuteChunk
 from frs_msgs.msg import ActionChunk, EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
-from frs_steering.ros_messages import chunk_to_msg, stamp_to_seconds
 
 ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
 EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad0")
@@ -61,13 +61,13 @@ def ros_args(params: dict[str, object]) -> list[str]:
 
 
 def start_sim_robot(starter: ProcessStarter, **params: object) -> Any:
-    """Start ``frs_bringup.sim_robot_node`` with the given parameters in its own process."""
-    return starter.start("-m", "frs_bringup.sim_robot_node", *ros_args(params))
+    """Start ``frs_sim.sim_robot_node`` with the given parameters in its own process."""
+    return starter.start("-m", "frs_sim.sim_robot_node", *ros_args(params))
 
 
 def start_arm_controller(starter: ProcessStarter, **params: object) -> Any:
-    """Start ``frs_steering.arm_controller_node`` (autostarted) in its own process."""
-    return starter.start("-m", "frs_steering.arm_controller_node", *ros_args(params))
+    """Start ``frs_control.arm_controller_node`` (autostarted) in its own process."""
+    return starter.start("-m", "frs_control.arm_controller_node", *ros_args(params))
 
 
 def start_rig(

@@ -60,7 +60,7 @@ def generate_launch_description() -> LaunchDescription:
     )
     nodes = [
         LifecycleNode(
-            package="frs_steering",
+            package="frs_control",
             executable="arm_controller",
             name="arm_controller",
             namespace=namespace,

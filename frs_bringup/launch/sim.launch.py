@@ -65,7 +65,7 @@ def generate_launch_description() -> LaunchDescription:
         ),
     ]
     controller = LifecycleNode(
-        package="frs_steering",
+        package="frs_control",
         executable="arm_controller",
         name="arm_controller",
         namespace=namespace,
@@ -82,7 +82,7 @@ def generate_launch_description() -> LaunchDescription:
     )
     nodes = [
         Node(
-            package="frs_bringup",
+            package="frs_sim",
             executable="sim_robot",
             name="sim_robot",
             namespace=namespace,

@@ -158,7 +158,7 @@ def test_ros2_bag_record_style_db3_bag_replays(session: Path, tmp_path: Path) ->
 
 def test_noise_export_regenerates_executed_chunks(session: Path, tmp_path: Path) -> None:
     from frs_steering.checkpoint import load_policy
-    from frs_steering.noise_data import NoiseDataset
+    from frs_steering.learning.noise_data import NoiseDataset
     from frs_steering.package_data import shipped_checkpoint
     from frs_steering.steer import generate_from_noise
 

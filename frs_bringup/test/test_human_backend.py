@@ -15,8 +15,8 @@ from rclpy.action import ActionClient
 from std_msgs.msg import String
 
 from frs_bringup.testing import RigClient, ros_args, start_arm_controller, start_sim_robot
+from frs_control.kinematics import ArmKinematics
 from frs_msgs.action import SteerChunk
-from frs_steering.kinematics import ArmKinematics
 from frs_steering.package_data import shipped_checkpoint
 from frs_vlm_bridge.proposer_node import RELIABLE_QOS
 

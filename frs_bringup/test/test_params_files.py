@@ -18,8 +18,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 def _node_classes() -> dict[str, type]:
     from frs_bringup.episode_runner import EpisodeRunner
-    from frs_bringup.sim_robot_node import SimRobotNode
-    from frs_steering.arm_controller_node import ArmControllerNode
+    from frs_control.arm_controller_node import ArmControllerNode
+    from frs_sim.sim_robot_node import SimRobotNode
     from frs_steering.steering_node import SteeringNode
     from frs_vlm_bridge.proposer_node import ProposerNode
 

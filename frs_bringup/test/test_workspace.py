@@ -15,7 +15,7 @@ from ament_index_python.packages import get_package_share_directory
 from catkin_pkg.package import parse_package
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["frs_msgs", "frs_steering", "frs_vlm_bridge", "frs_bringup"]
+PACKAGES = ["frs_msgs", "frs_control", "frs_steering", "frs_vlm_bridge", "frs_sim", "frs_bringup"]
 PYTHON_PACKAGES = PACKAGES[1:]
 
 

@@ -47,10 +47,14 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_bringup.sim_demo import stop_stack
+from frs_control.kinematics import REST_QPOS, ArmKinematics
+from frs_control.messages import ns_to_stamp
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
+from frs_sim import scene
+from frs_sim.instructions import embed_instruction
+from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
 from frs_steering.checkpoint import load_policy, save_policy
-from frs_steering.kinematics import REST_QPOS, ArmKinematics
 from frs_steering.observation import (
     ReferenceSettings,
     build_observation,
@@ -59,10 +63,6 @@ from frs_steering.observation import (
     joint_sample,
     scene_sample,
 )
-from frs_steering.ros_messages import ns_to_stamp
-from frs_steering.sim import scene
-from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
-from frs_steering.sim.instructions import embed_instruction
 from frs_steering.steer import steer
 from frs_steering.steering_node import LATCHED_QOS, shipped_checkpoint
 
@@ -349,7 +349,7 @@ def main() -> None:
         ]
         nodes = [("frs_steering.steering_node", steering), (None, ["--serve-floor"])]
         if args.first_command:
-            nodes.append(("frs_steering.arm_controller_node", ["-p", "output:=joint_trajectory"]))
+            nodes.append(("frs_control.arm_controller_node", ["-p", "output:=joint_trajectory"]))
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", module, "--ros-args", *params]

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from frs_control.messages import MessageError, chunk_from_msg
+from frs_sim.env import tabletop_state, yaw_of_quaternion, yaw_of_rotation
 from frs_steering.policy import ActionSpec
 from frs_steering.reference import CartesianLayout, cartesian_reference
-from frs_steering.ros_messages import MessageError, chunk_from_msg, proposal_from_msg
-from frs_steering.sim.env import tabletop_state, yaw_of_quaternion, yaw_of_rotation
+from frs_steering.ros_messages import proposal_from_msg
 
 FINGER_OPEN_SUM = 0.08  # m; finger joint positions summed at a fully open gripper
 

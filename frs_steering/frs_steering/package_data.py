@@ -39,5 +39,5 @@ def shipped_checkpoint() -> Path:
     except FileNotFoundError as error:
         raise FileNotFoundError(
             f"{error}; build it with "
-            "`python -m frs_steering.sim.generalist --out frs_steering/checkpoints/generalist`"
+            "`python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist`"
         ) from None

@@ -8,7 +8,7 @@ configures and activates itself, since launch-free installs have no lifecycle ma
 Observations come from the robot's topics: ``joint_states`` (arm + finger joints) and
 ``frs/object_states`` (same stamp per tick on the simulated robot) go into short stamped buffers;
 a goal conditions on the buffered observation whose stamp matches ``observation_stamp`` (zero =
-latest). The policy state is :func:`frs_steering.sim.env.tabletop_state` of the EE pose (FK of
+latest). The policy state is :func:`frs_sim.env.tabletop_state` of the EE pose (FK of
 the joints with :class:`ArmKinematics`), gripper opening, joints, cubes and mats, plus the
 MiniLM embedding of the latest ``frs/instruction`` (embedded once per new text).
 
@@ -53,12 +53,17 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from frs_control.messages import MessageError, chunk_to_msg, ns_to_stamp, stamp_to_ns
+from frs_control.ros_executor import waking_future
+from frs_control.ros_params import RESULT_TIMEOUT, declare_described
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ObjectStates, PhaseTiming, SteeringDiagnostics, SteeringRecord
+from frs_sim import scene
+from frs_sim.env import STATE_DIM
 from frs_steering.checkpoint import CheckpointError, load_policy
 from frs_steering.integrate import as_solver
+from frs_steering.learning.noise_policy import NoisePolicy, load_noise_policy
 from frs_steering.model import FlowMatchingPolicy
-from frs_steering.noise_policy import NoisePolicy, load_noise_policy
 from frs_steering.observation import (
     BuiltReference,
     ObservationError,
@@ -76,17 +81,7 @@ from frs_steering.observation import (
 )
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import BASE_FRAME
-from frs_steering.ros_executor import waking_future
-from frs_steering.ros_messages import (
-    MessageError,
-    chunk_to_msg,
-    ns_to_stamp,
-    path_markers,
-    stamp_to_ns,
-)
-from frs_steering.ros_params import RESULT_TIMEOUT, declare_described
-from frs_steering.sim import scene
-from frs_steering.sim.env import STATE_DIM
+from frs_steering.ros_messages import path_markers
 from frs_steering.steer import SteerResult, available_methods, steer
 
 PACKAGE = "frs_steering"
@@ -324,13 +319,13 @@ class SteeringNode(LifecycleNode):
             )
         if len(self._param("arm_joints")) != 7 or len(self._param("finger_joints")) != 2:
             raise ValueError("arm_joints needs 7 names and finger_joints 2")
-        from frs_steering.kinematics import ArmKinematics  # compiles the MuJoCo Panda
+        from frs_control.kinematics import ArmKinematics  # compiles the MuJoCo Panda
 
         self._kinematics = ArmKinematics()
         self._kinematics_lock = threading.Lock()
         self._embed = None
         if config.instruction_dim:
-            from frs_steering.sim.instructions import EMBEDDING_DIM, embed_instruction
+            from frs_sim.instructions import EMBEDDING_DIM, embed_instruction
 
             if config.instruction_dim != EMBEDDING_DIM:
                 raise CheckpointError(
@@ -692,7 +687,7 @@ class SteeringNode(LifecycleNode):
             if self._noise_policy is None:
                 raise GoalRejected(
                     "method noise_policy needs a noise-policy checkpoint: set the noise_policy "
-                    "parameter (trained by frs_steering.sim.dsbc or frs_steering.sim.dsrl)"
+                    "parameter (trained by frs_sim.studies.dsbc or frs_sim.studies.dsrl)"
                 )
             params["noise_policy"] = self._noise_policy
         # A negative seed draws one here, so the call is still random but can be replayed.

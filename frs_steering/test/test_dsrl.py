@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from frs_steering.dsrl import DsrlAgent, ReplayBuffer, SacConfig, frs_transitions
-from frs_steering.noise_data import NoiseDataset
-from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig
+from frs_steering.learning.noise_sac import DsrlAgent, ReplayBuffer, SacConfig, frs_transitions
 
 FEATURES, HORIZON, DIM = 5, 4, 3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frs_steering.noise_data import NoiseDataset, NoiseDatasetError, concatenate
+from frs_steering.learning.noise_data import NoiseDataset, NoiseDatasetError, concatenate
 
 
 def _dataset(n: int = 6, seed: int = 0) -> NoiseDataset:

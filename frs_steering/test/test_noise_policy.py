@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from frs_steering.checkpoint import CheckpointError
-from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
-from frs_steering.noise_data import NoiseDataset
-from frs_steering.noise_policy import (
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.noise_policy import (
     DsbcConfig,
     NoisePolicy,
     NoisePolicyConfig,
@@ -16,6 +15,7 @@ from frs_steering.noise_policy import (
     save_noise_policy,
     train_dsbc,
 )
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.policy import ActionSpec
 from frs_steering.steer import available_methods, generate_from_noise, steer
 

@@ -28,13 +28,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from frs_control.kinematics import REST_QPOS, ArmKinematics
+from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ObjectStates, SteeringDiagnostics
+from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
 from frs_steering.checkpoint import save_policy
-from frs_steering.kinematics import REST_QPOS, ArmKinematics
-from frs_steering.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
-from frs_steering.ros_messages import ns_to_stamp, stamp_to_ns
-from frs_steering.sim.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
+from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
 from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
 from frs_steering.train import train_flow_policy
 

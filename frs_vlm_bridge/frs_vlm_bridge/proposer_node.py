@@ -42,6 +42,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
+from frs_control.messages import stamp_to_ns
+from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
 from frs_steering.reasoning import (
@@ -51,8 +53,7 @@ from frs_steering.reasoning import (
     Observation,
     Reasoner,
 )
-from frs_steering.ros_messages import proposal_to_msg, stamp_to_ns
-from frs_steering.ros_params import declare_described
+from frs_steering.ros_messages import proposal_to_msg
 from frs_vlm_bridge.images import ros_image_to_rgb
 from frs_vlm_bridge.transforms import StaticTransform
 
@@ -124,7 +125,7 @@ class ProposerNode(Node):
         self._stop = threading.Event()
         self._latency = ChunkLatency()
 
-        from frs_steering.kinematics import ArmKinematics  # compiles the MuJoCo Panda
+        from frs_control.kinematics import ArmKinematics  # compiles the MuJoCo Panda
 
         self._kinematics = ArmKinematics()
         self._reasoner: Reasoner = self._make_reasoner(backend)
@@ -313,7 +314,7 @@ class ProposerNode(Node):
         if backend == "none":  # e.g. method noise_policy: a trained noise policy drives
             return NoReasoner()
         if backend == "scripted":
-            from frs_steering.sim.reasoner import ReasonerConfig, ScriptedReasoner
+            from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 
             config = ReasonerConfig(
                 angular_noise_deg=float(self._param("scripted_angular_noise_deg")),

@@ -1,0 +1,310 @@
+"""DSBC on the simulated benchmark: clone FRS's noises into a noise policy, compare with BC.
+
+``python -m frs_sim.studies.dsbc --out build/dsbc`` runs the whole study on the novel split:
+
+1. **collect**: closed-loop FRS rollouts with the scripted reasoner on *training* seeds
+   (disjoint from the evaluation seeds); every chunk's observation, noise and generated chunk
+   go into a :class:`~frs_steering.learning.noise_data.NoiseDataset` (``rollouts.safetensors``).
+2. **train**: DSBC, a noise policy obs -> chunk-averaged noise (bounded ``5 tanh``), on the
+   chunks of successful rollouts, inside a CPU-time budget; and standard BC, a flow policy of
+   about the same size trained on the *actions* of the same chunks, with the same budget.
+3. **evaluate** on the evaluation seeds (the same as ``frs_sim.evaluate``): zero-shot
+   FRS, DSBC (noise policy -> generalist, no reasoner), standard BC and the base policy.
+
+Writes ``results.json``, ``results.md``, ``learning_curves.png``, ``success.png`` and the
+trained ``dsbc/`` noise policy (a checkpoint the steering node loads as ``noise_policy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frs_sim.env import EnvConfig
+from frs_sim.evaluate import (
+    EpisodeResult,
+    EvalConfig,
+    Setting,
+    _LookupEmbedding,
+    embed_texts_subprocess,
+    make_jobs,
+    markdown_table,
+    plot_success,
+    run_jobs,
+    split_instructions,
+    summarize,
+)
+from frs_steering.checkpoint import load_policy, save_policy
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.noise_policy import (
+    DsbcConfig,
+    default_config,
+    save_noise_policy,
+    train_dsbc,
+)
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
+from frs_steering.package_data import shipped_checkpoint
+from frs_steering.train import train_flow_policy
+
+COLLECT_SEED = 1  # evaluation uses seed 0: the episode seeds never overlap
+
+
+def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) -> NoiseDataset:
+    """Stack the per-chunk samples of collected episodes (episode id = position in results)."""
+    observations: dict[str, list[np.ndarray]] = {}
+    noise, steered, chunks, episode, success = [], [], [], [], []
+    for index, result in enumerate(results):
+        if result.samples is None:
+            raise ValueError("episodes were run without collect=True")
+        for sample in result.samples:
+            for key, value in sample.observation.items():
+                observations.setdefault(key, []).append(value)
+            noise.append(sample.noise)
+            steered.append(sample.steered)
+            chunks.append(sample.chunk)
+            episode.append(index)
+            success.append(result.success)
+    if not noise:
+        raise ValueError("the episodes produced no chunks with a noise")
+    return NoiseDataset(
+        observations={k: torch.from_numpy(np.stack(v)) for k, v in observations.items()},
+        noise=torch.from_numpy(np.stack(noise)).float(),
+        steered=torch.from_numpy(np.stack(steered)),
+        episode=torch.tensor(episode, dtype=torch.long),
+        success=torch.tensor(success, dtype=torch.bool),
+        info=info,
+        chunks=torch.from_numpy(np.stack(chunks)).float(),
+    )
+
+
+def bc_policy_like(generalist_config: FlowPolicyConfig, target_params: int) -> FlowMatchingPolicy:
+    """A flow policy on the generalist's action space with about ``target_params`` weights."""
+    best = None
+    for width in range(16, 257, 8):
+        config = replace(
+            generalist_config,
+            width=width,
+            depth=2,
+            encoder_depth=1,
+            encoder_width=width,
+            input_normalization=True,
+        )
+        count = sum(p.numel() for p in FlowMatchingPolicy(config, seed=None).parameters())
+        if best is None or abs(count - target_params) < abs(best[1] - target_params):
+            best = (config, count)
+    return FlowMatchingPolicy(best[0], seed=0)
+
+
+def train_standard_bc(
+    generalist_config: FlowPolicyConfig,
+    data: NoiseDataset,
+    target_params: int,
+    *,
+    steps: int,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[FlowMatchingPolicy, dict[str, Any]]:
+    """Flow-matching BC on the chunks of ``data`` (normalized space), same budget as DSBC."""
+    if data.chunks is None:
+        raise ValueError("the dataset has no chunks to clone")
+    policy = bc_policy_like(generalist_config, target_params)
+    observations = {k: v.float() for k, v in data.observations.items()}
+    policy.set_input_statistics(observations)
+    start = time.process_time()
+    losses = train_flow_policy(
+        policy,
+        observations,
+        data.chunks,
+        steps=steps,
+        batch_size=256,
+        learning_rate=2e-3,
+        seed=seed,
+        actions_normalized=True,
+        progress=progress,
+    )
+    return policy, {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": steps}
+
+
+def plot_learning_curves(histories: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Loss per step of each learner (log scale), with its CPU time in the legend."""
+    from frs_sim.evaluate import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.4), dpi=110)
+    for ax, (name, history) in zip(np.atleast_1d(axes), histories.items(), strict=True):
+        loss = np.asarray(history["loss"])
+        window = max(1, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(loss, color="0.8", lw=0.6)
+        ax.plot(np.arange(len(smooth)) + window - 1, smooth, color="C0")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{name}: {history['cpu_seconds']:.1f} s CPU, {len(loss)} steps")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
+    parser.add_argument("--split", default="novel")
+    parser.add_argument("--out", type=Path, default=Path("build/dsbc"))
+    parser.add_argument("--collect-episodes-per-task", type=int, default=100)
+    parser.add_argument("--eval-episodes-per-task", type=int, default=10)
+    parser.add_argument("--eval-seed", type=int, default=0)
+    parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
+    parser.add_argument("--dsbc-steps", type=int, default=3000)
+    parser.add_argument("--bc-steps", type=int, default=1100)
+    parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
+    parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
+    parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
+    parser.add_argument(
+        "--defer-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="learn when the reasoner deferred (fresh noise there, as FRS does)",
+    )
+    parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
+    parser.add_argument("--tasks", default="", help="comma-separated task names (all: empty)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--recollect", action="store_true", help="ignore cached rollouts")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tasks = tuple(t for t in args.tasks.split(",") if t) or None
+    config = EvalConfig(tasks=tasks, env=EnvConfig(max_episode_steps=args.max_steps))
+    embed_fn = _LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
+    generalist = load_policy(args.checkpoint)
+    frs = Setting("frs", num_steps=args.frs_steps, split=args.split)
+
+    rollouts_path = args.out / "rollouts.safetensors"
+    if rollouts_path.is_file() and not args.recollect:
+        rollouts = NoiseDataset.load(rollouts_path)
+        print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
+    else:
+        start = time.perf_counter()
+        jobs = make_jobs([frs], args.collect_episodes_per_task, [COLLECT_SEED], tasks)
+        results = run_jobs(
+            jobs,
+            checkpoint=args.checkpoint,
+            embed_fn=embed_fn,
+            config=config,
+            workers=args.workers,
+            collect=True,
+        )
+        info = {
+            "source": "frs_rollouts",
+            "checkpoint": str(args.checkpoint),
+            "split": args.split,
+            "method": frs.label,
+            "seed": COLLECT_SEED,
+            "episodes": len(results),
+            "successes": sum(r.success for r in results),
+            "seconds": time.perf_counter() - start,
+        }
+        rollouts = episodes_to_dataset(results, info)
+        rollouts.save(rollouts_path)
+        print(
+            f"collected {len(rollouts)} chunks from {len(results)} FRS episodes "
+            f"({info['successes']} successful) in {info['seconds']:.0f} s"
+        )
+    successful = rollouts.select(rollouts.success)
+    if len(successful) == 0:
+        raise SystemExit("no successful FRS rollout to learn from")
+
+    dsbc_config = DsbcConfig(
+        objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
+    )
+    net_config = default_config(successful, target=args.target, defer_head=args.defer_head)
+    dsbc, dsbc_history = train_dsbc(successful, net_config, dsbc_config)
+    save_noise_policy(dsbc, args.out / "dsbc")
+    dsbc_params = sum(p.numel() for p in dsbc.parameters())
+    bc, bc_history = train_standard_bc(
+        generalist.config, successful, dsbc_params, steps=args.bc_steps, seed=args.seed
+    )
+    save_policy(bc, args.out / "standard_bc")
+    bc_params = sum(p.numel() for p in bc.parameters())
+    print(
+        f"DSBC: {dsbc_params} params, {dsbc_history['cpu_seconds']:.1f} s CPU; "
+        f"standard BC: {bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU"
+    )
+    plot_learning_curves(
+        {"DSBC (noise policy)": dsbc_history, "standard BC (flow policy)": bc_history},
+        args.out / "learning_curves.png",
+    )
+
+    settings = [
+        Setting("base", split=args.split),
+        frs,
+        Setting("noise_policy", {"noise_policy": dsbc}, split=args.split, tag="DSBC"),
+    ]
+    bc_setting = Setting("base", split=args.split, tag="standard BC")
+    jobs = make_jobs(settings, args.eval_episodes_per_task, [args.eval_seed], tasks)
+    start = time.perf_counter()
+    results = run_jobs(
+        jobs, policy=generalist, embed_fn=embed_fn, config=config, workers=args.workers
+    )
+    results += run_jobs(
+        make_jobs([bc_setting], args.eval_episodes_per_task, [args.eval_seed], tasks),
+        policy=bc,
+        embed_fn=embed_fn,
+        config=config,
+        workers=args.workers,
+    )
+    rows = summarize([*settings, bc_setting], results)
+    by_label = {row["label"]: row["success_rate"] for row in rows}
+    document = {
+        "command": " ".join(["python -m frs_sim.studies.dsbc", *(argv or sys.argv[1:])]),
+        "rollouts": rollouts.info | {"chunks": len(rollouts), "successful_chunks": len(successful)},
+        "dsbc": {
+            "config": net_config.to_dict(),
+            "training": asdict(dsbc_config),
+            "params": dsbc_params,
+            "cpu_seconds": dsbc_history["cpu_seconds"],
+            "steps": dsbc_history["steps"],
+            "final_loss": float(np.mean(dsbc_history["loss"][-50:])),
+        },
+        "standard_bc": {
+            "params": bc_params,
+            "cpu_seconds": bc_history["cpu_seconds"],
+            "steps": bc_history["steps"],
+            "final_loss": float(np.mean(bc_history["loss"][-50:])),
+        },
+        "evaluation_seconds": time.perf_counter() - start,
+        "rows": rows,
+        "gaps": {
+            "dsbc_minus_frs": by_label[settings[2].label] - by_label[frs.label],
+            "dsbc_minus_standard_bc": by_label[settings[2].label] - by_label[bc_setting.label],
+        },
+    }
+    (args.out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    table = markdown_table(rows)
+    header = (
+        f"DSBC vs standard BC on the {args.split} split: {len(rollouts)} chunks from "
+        f"{rollouts.info.get('episodes')} FRS rollouts (seed {COLLECT_SEED}), "
+        f"{len(successful)} chunks of successful ones used for training; evaluation "
+        f"{args.eval_episodes_per_task} episodes per task, seed {args.eval_seed}.\n"
+        f"DSBC {dsbc_params} params, {dsbc_history['cpu_seconds']:.1f} s CPU; standard BC "
+        f"{bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU.\n\n"
+    )
+    (args.out / "results.md").write_text(header + table)
+    plot_success(rows, args.out / "success.png")
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

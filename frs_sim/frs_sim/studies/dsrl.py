@@ -1,0 +1,451 @@
+"""DSRL and DSRL + FRS on one simulated task: SAC in the shipped generalist's noise space.
+
+``python -m frs_sim.studies.dsrl --task <name> --env-steps 4000 --out build/dsrl`` trains,
+with the same environment-step budget and seed, plain DSRL (random-noise warm-up) and
+DSRL + FRS (replay buffer prefilled with FRS rollouts of that task, plus a BC term toward the
+noises of successful ones; rollouts come from ``--rollouts``, e.g. the DSBC study's
+``rollouts.safetensors``, or are collected here), evaluates the deterministic actor every
+``--eval-every`` steps on the benchmark's evaluation seeds, and writes ``results.json``,
+``results.md``, ``curves.png`` and each final actor as a noise-policy checkpoint.
+
+One environment step = one chunk: the actor's noise vector (repeated over the chunk's rows,
+fresh noise on padding dims) -> the generalist's forward pass -> ``execute_rows`` rows in
+MuJoCo. Reward 1 on success (episode ends), 0 otherwise; a timeout truncates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
+from frs_sim.evaluate import (
+    EvalConfig,
+    Setting,
+    _LookupEmbedding,
+    _policy_observation,
+    embed_texts_subprocess,
+    episode_seed,
+    make_jobs,
+    run_jobs,
+    split_instructions,
+)
+from frs_sim.tasks import TaskSpec, get_split
+from frs_steering.checkpoint import load_policy
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
+from frs_steering.learning.noise_sac import (
+    DsrlAgent,
+    ReplayBuffer,
+    SacConfig,
+    flat_features,
+    frs_transitions,
+    sample_mixed,
+)
+from frs_steering.package_data import shipped_checkpoint
+from frs_steering.reference import CartesianLayout
+from frs_steering.steer import generate_from_noise
+
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
+
+
+class NoiseActionEnv:
+    """A simulated task whose action is the flow policy's noise vector for the next chunk."""
+
+    def __init__(
+        self,
+        env: FrankaTabletopEnv,
+        policy,
+        task: TaskSpec,
+        layout: NoisePolicyConfig,
+        *,
+        execute_rows: int = 5,
+        num_steps: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.env, self.policy, self.task, self.layout = env, policy, task, layout
+        self.execute_rows = execute_rows
+        self.num_steps = num_steps or policy.spec.num_steps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.observation: dict[str, torch.Tensor] | None = None
+
+    def reset(self, seed: int) -> dict[str, np.ndarray]:
+        obs, _ = self.env.reset(seed=seed, options={"task": self.task})
+        self.generator.manual_seed(seed)
+        self.observation = _policy_observation(obs)
+        return {k: v[0].numpy() for k, v in self.observation.items()}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
+        """(next observation, reward, terminated by success, truncated by timeout)."""
+        spec = self.policy.spec
+        if self.observation is None:
+            raise RuntimeError("reset() first")
+        vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
+        fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
+        real = spec.steerable_mask("cpu").expand_as(fresh)
+        noise = torch.where(real, self.layout.compose(vector, fresh), fresh)
+        chunk = generate_from_noise(
+            self.policy, noise, observation=self.observation, num_steps=self.num_steps
+        )
+        chunk_real = spec.from_policy(chunk)[0].numpy()
+        rows = np.zeros((spec.horizon, ACTION_DIM))
+        rows[:, : spec.num_real] = chunk_real
+        rollout = self.env.execute_chunk(rows, n_rows=self.execute_rows)
+        self.observation = _policy_observation(rollout.last_observation)
+        success = bool(rollout.infos[-1]["success"])
+        truncated = rollout.done and not success
+        next_obs = {k: v[0].numpy() for k, v in self.observation.items()}
+        return next_obs, float(success), success, truncated
+
+
+def evaluate_actor(
+    agent: DsrlAgent, env: NoiseActionEnv, task_index: int, episodes: int, seed: int = 0
+) -> float:
+    """Success rate of the deterministic actor on the benchmark's evaluation seeds."""
+    wins = 0
+    for episode in range(episodes):
+        obs = env.reset(episode_seed(seed, task_index, episode))
+        while True:
+            action = agent.act(flat_features(obs, agent.keys), deterministic=True)
+            obs, _, success, truncated = env.step(action)
+            if success or truncated:
+                wins += success
+                break
+    return wins / episodes
+
+
+def train_dsrl(
+    env: NoiseActionEnv,
+    task_index: int,
+    *,
+    env_steps: int,
+    prefill: NoiseDataset | None,
+    bc_weight: float,
+    warmup_steps: int = 300,
+    pretrain_updates: int = 0,
+    updates_per_step: int = 1,
+    eval_every: int = 500,
+    eval_episodes: int = 10,
+    final_eval_episodes: int = 30,
+    seed: int = 0,
+    label: str = "DSRL",
+    progress: bool = True,
+    actor_lr: float = SacConfig.actor_lr,
+) -> tuple[DsrlAgent, dict[str, Any]]:
+    """SAC for ``env_steps`` chunks.
+
+    Plain DSRL starts with ``warmup_steps`` random N(0, I) noises (the base policy's own
+    behaviour). With ``prefill`` (FRS rollouts of the task), the FRS transitions fill a
+    second buffer that supplies part of every batch, successful FRS noises feed the BC term,
+    and ``pretrain_updates`` gradient steps on them run before the first environment step
+    (no warm-up: the actor already imitates FRS). The environment-step budget is the same.
+    """
+    torch.manual_seed(seed)
+    obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
+    actor = NoisePolicy(env.layout, seed=seed)
+    config = SacConfig(bc_weight=bc_weight, actor_lr=actor_lr)
+    agent = DsrlAgent(actor, config, seed=seed)
+    action_dim = env.layout.output_dim
+    feature_dim = sum(env.layout.observation_dims.values())
+    online = ReplayBuffer(feature_dim, action_dim, capacity=max(env_steps, 1))
+    offline: ReplayBuffer | None = None
+    seen = []
+    if prefill is not None:
+        transitions, bc_features, bc_actions = frs_transitions(prefill, actor)
+        offline = ReplayBuffer(feature_dim, action_dim, capacity=max(len(transitions), 1))
+        for transition in transitions:
+            offline.add(*transition)
+        agent.set_bc_data(bc_features, bc_actions)
+        seen.append(np.stack([t[0] for t in transitions]))
+        warmup_steps = 0
+
+    def set_input_statistics() -> None:
+        actor.set_flat_statistics(torch.from_numpy(np.concatenate(seen)))
+
+    def batch() -> dict[str, torch.Tensor]:
+        return sample_mixed(
+            online, offline, config.batch_size, config.prefill_fraction, agent.generator
+        )
+
+    start = time.process_time()
+    if offline is not None:
+        set_input_statistics()
+        for _ in tqdm(
+            range(pretrain_updates), desc=f"{label} pretrain", leave=False, disable=not progress
+        ):
+            agent.update(batch())
+    rng = np.random.default_rng(seed)
+    curve: list[dict[str, float]] = []
+    if offline is not None:  # where the FRS pretraining left the actor
+        rate = evaluate_actor(agent, env, task_index, eval_episodes)
+        curve.append(
+            {"env_steps": 0, "success_rate": rate, "train_episodes": 0, "train_success_rate": 0.0}
+        )
+        obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
+    episode, episode_return, returns = 0, 0.0, []
+    features = flat_features(obs, agent.keys)
+    bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
+    for step in bar:
+        if step < warmup_steps:
+            action = np.clip(rng.standard_normal(action_dim), -env.layout.bound, env.layout.bound)
+            seen.append(features[None])
+        else:
+            action = agent.act(features)
+        obs, reward, success, truncated = env.step(action)
+        next_features = flat_features(obs, agent.keys)
+        online.add(features, action, reward, next_features, success)
+        features = next_features
+        episode_return += reward
+        if success or truncated:
+            returns.append(episode_return)
+            episode += 1
+            episode_return = 0.0
+            obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)
+            features = flat_features(obs, agent.keys)
+        if offline is None and step + 1 == min(warmup_steps, env_steps):
+            set_input_statistics()
+        if step + 1 >= warmup_steps and len(online) + len(offline or ()) >= config.batch_size:
+            for _ in range(updates_per_step):
+                metrics = agent.update(batch())
+            if step % 50 == 0:
+                bar.set_postfix(q=f"{metrics['q']:.2f}", alpha=f"{metrics['alpha']:.3f}")
+        if (step + 1) % eval_every == 0 or step + 1 == env_steps:
+            rate = evaluate_actor(agent, env, task_index, eval_episodes)
+            curve.append(
+                {
+                    "env_steps": step + 1,
+                    "success_rate": rate,
+                    "train_episodes": episode,
+                    "train_success_rate": float(np.mean(returns[-20:])) if returns else 0.0,
+                }
+            )
+            if progress:
+                bar.write(f"{label}: {step + 1} steps, eval success {rate:.0%}")
+            obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)  # eval moved the env
+            features = flat_features(obs, agent.keys)
+    cpu_seconds = time.process_time() - start
+    final = evaluate_actor(agent, env, task_index, final_eval_episodes)
+    if progress:
+        bar.write(f"{label}: final actor {final:.0%} over {final_eval_episodes} episodes")
+    history = {
+        "curve": curve,
+        "final_success_rate": final,
+        "final_eval_episodes": final_eval_episodes,
+        "cpu_seconds": cpu_seconds,
+        "train_episodes": episode,
+        "prefilled_transitions": len(offline) if offline is not None else 0,
+        "pretrain_updates": pretrain_updates if offline is not None else 0,
+        "config": asdict(config),
+    }
+    return agent, history
+
+
+def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:
+    from frs_sim.evaluate import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for name, history in runs.items():
+        steps = [p["env_steps"] for p in history["curve"]]
+        rates = [100 * p["success_rate"] for p in history["curve"]]
+        ax.plot(steps, rates, marker="o", label=name)
+    ax.set_xlabel("environment steps (chunks)")
+    ax.set_ylabel("eval success (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
+    parser.add_argument("--split", default="novel")
+    parser.add_argument("--task", required=True, help="task name in the split")
+    parser.add_argument("--env-steps", type=int, default=15000)
+    parser.add_argument("--eval-every", type=int, default=1500)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--final-eval-episodes", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
+    parser.add_argument("--bc-weight", type=float, default=2.5)
+    parser.add_argument("--actor-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
+    )
+    parser.add_argument("--updates-per-step", type=int, default=2)
+    parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
+    parser.add_argument("--collect-episodes", type=int, default=30)
+    parser.add_argument("--methods", default="dsrl,dsrl_frs")
+    parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
+    parser.add_argument(
+        "--noise-dims", default="translation", help="action dims the actor sets (comma list)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="train the methods side by side")
+    parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    tasks = get_split(args.split)
+    names = [t.name for t in tasks]
+    if args.task not in names:
+        raise SystemExit(f"unknown task {args.task!r}; {args.split} has {names}")
+    task_index = names.index(args.task)
+    task = tasks[task_index]
+    out = args.out / args.task
+    out.mkdir(parents=True, exist_ok=True)
+    embed_fn = _LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
+    policy = load_policy(args.checkpoint)
+    methods = [m for m in args.methods.split(",") if m]
+
+    prefill = None
+    if "dsrl_frs" in methods:
+        if args.rollouts is not None:
+            prefill = NoiseDataset.load(args.rollouts)
+            keep = _task_mask(prefill, task, embed_fn)
+            prefill = prefill.select(keep)
+        else:
+            from frs_sim.studies.dsbc import COLLECT_SEED, episodes_to_dataset
+
+            jobs = make_jobs(
+                [Setting("frs", split=args.split)],
+                args.collect_episodes,
+                [COLLECT_SEED],
+                [args.task],
+            )
+            results = run_jobs(
+                jobs,
+                checkpoint=args.checkpoint,
+                embed_fn=embed_fn,
+                config=EvalConfig(),
+                collect=True,
+            )
+            prefill = episodes_to_dataset(results, {"source": "frs_rollouts", "task": args.task})
+        print(
+            f"FRS prefill: {len(prefill)} chunks, {prefill.episodes()} episodes, "
+            f"{float(prefill.success.float().mean()):.0%} of chunks from successful ones"
+        )
+
+    spec = policy.spec
+    noise_dims = (
+        CartesianLayout().translation
+        if args.noise_dims == "translation"
+        else tuple(int(d) for d in args.noise_dims.split(","))
+    )
+    layout = NoisePolicyConfig(
+        observation_dims={
+            "state": policy.config.state_dim,
+            "instruction": policy.config.instruction_dim,
+        },
+        horizon=spec.horizon,
+        dim=spec.dim,
+        target=args.target,
+        noise_dims=tuple(noise_dims),
+    )
+    jobs = [
+        (vars(args), method, layout, embed_fn, prefill if method == "dsrl_frs" else None)
+        for method in methods
+    ]
+    if args.workers > 1 and len(jobs) > 1:
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])
+        )
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(args.workers, len(jobs))) as pool:
+            outcomes = pool.map(_train_method, jobs, chunksize=1)
+    else:
+        outcomes = [_train_method(job) for job in jobs]
+    runs: dict[str, dict[str, Any]] = {}
+    for method, (label, history, actor) in zip(methods, outcomes, strict=True):
+        save_noise_policy(actor, out / method)
+        runs[label] = history
+    document = {
+        "command": " ".join(["python -m frs_sim.studies.dsrl", *(argv or sys.argv[1:])]),
+        "layout": layout.to_dict(),
+        "task": args.task,
+        "split": args.split,
+        "env_steps": args.env_steps,
+        "seed": args.seed,
+        "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot_curves(runs, out / "curves.png", f"{args.task}: SAC in noise space")
+    lines = [
+        "| method | final actor success | episodes | curve (eval every "
+        f"{args.eval_every} steps, {args.eval_episodes} episodes) | CPU s | train episodes |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for label, history in runs.items():
+        rates = " ".join(f"{100 * p['success_rate']:.0f}" for p in history["curve"])
+        lines.append(
+            f"| {label} | {100 * history['final_success_rate']:.0f}% | "
+            f"{history['final_eval_episodes']} | {rates} | {history['cpu_seconds']:.0f} | "
+            f"{history['train_episodes']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(
+        f"Task {args.task}, {args.env_steps} env steps, seed {args.seed}.\n\n" + table
+    )
+    print(table)
+    return 0
+
+
+def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
+    """Train one method (``dsrl`` or ``dsrl_frs``) as the CLI configured it (pool worker)."""
+    options, method, layout, embed_fn, prefill = job
+    torch.set_num_threads(1)
+    tasks = get_split(options["split"])
+    task_index = [t.name for t in tasks].index(options["task"])
+    policy = load_policy(options["checkpoint"])
+    env = NoiseActionEnv(
+        FrankaTabletopEnv(tasks=options["split"], config=EnvConfig(), embed_fn=embed_fn),
+        policy,
+        tasks[task_index],
+        layout,
+        seed=options["seed"],
+    )
+    label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
+    agent, history = train_dsrl(
+        env,
+        task_index,
+        env_steps=options["env_steps"],
+        prefill=prefill,
+        bc_weight=options["bc_weight"] if method == "dsrl_frs" else 0.0,
+        warmup_steps=options["warmup_steps"],
+        actor_lr=options["actor_lr"],
+        pretrain_updates=options["pretrain_updates"],
+        updates_per_step=options["updates_per_step"],
+        eval_every=options["eval_every"],
+        eval_episodes=options["eval_episodes"],
+        final_eval_episodes=options["final_eval_episodes"],
+        seed=options["seed"],
+        label=label,
+    )
+    return label, history, agent.actor
+
+
+def _task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:
+    """Samples of ``data`` whose instruction embedding is one of ``task``'s instructions."""
+    wanted = torch.from_numpy(np.stack([embed_fn(t) for t in task.instructions()]))
+    have = data.observations["instruction"].float()
+    distance = torch.cdist(have, torch.clamp(wanted, -1.0, 1.0))
+    return distance.min(1).values < 1e-4
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Task family, paraphrase templates and the pretraining / novel splits.
+
+A task is a verb applied to one cube (and, for ``place`` and ``push``, one target mat):
+
+* ``lift``  - grasp the cube and raise it at least 8 cm off the table, still held;
+* ``place`` - carry the cube onto the mat and let go (cube resting on the mat, not held);
+* ``push``  - slide the cube onto the mat without ever lifting it more than 2 cm.
+
+Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
+
+* ``pretrain``   - every lift task, and 6 of the 9 (cube, mat) pairs for both ``place`` and
+  ``push``, phrased with templates 0-5. Every cube and every mat occurs in pretraining, and every
+  skill (reach, align, grasp, carry, release, push) is demonstrated, just never for the held-out
+  colour pairs.
+* ``novel``      - the 3 held-out colour pairs (``NOVEL_PAIRS``: red+yellow, green+purple,
+  blue+white; never seen together under any verb) for ``place`` and ``push``, phrased only with
+  the held-out templates 6-7. A policy trained on ``pretrain`` knows how to grasp, carry, release
+  and push, but not which cube goes to which mat here: that global choice is what a coarse
+  reasoner direction supplies under steering.
+* ``paraphrase`` - diagnostic: the pretraining tasks phrased with the held-out templates only
+  (tests language robustness without the compositional gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
+
+VERBS: tuple[str, ...] = ("lift", "place", "push")
+
+#: Paraphrase templates per verb. ``{obj}``/``{target}`` are colour words. Ids 0-5 are used in
+#: pretraining, ids 6-7 are held out (``HELD_OUT_TEMPLATE_IDS``).
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "lift": (
+        "pick up the {obj} cube",
+        "lift the {obj} block",
+        "grasp the {obj} cube and raise it",
+        "pick the {obj} block up off the table",
+        "raise the {obj} cube into the air",
+        "grab the {obj} block and lift it up",
+        "take the {obj} cube and hold it up high",
+        "get the {obj} block off the table and keep it in the gripper",
+    ),
+    "place": (
+        "put the {obj} cube on the {target} mat",
+        "place the {obj} block onto the {target} mat",
+        "pick up the {obj} cube and set it down on the {target} pad",
+        "move the {obj} cube onto the {target} square",
+        "grab the {obj} block and drop it on the {target} target",
+        "lift the {obj} cube and put it on the {target} mat",
+        "transfer the {obj} cube to the {target} pad",
+        "carry the {obj} block over to the {target} square and release it there",
+    ),
+    "push": (
+        "push the {obj} cube onto the {target} mat",
+        "slide the {obj} block over to the {target} mat",
+        "nudge the {obj} cube into the {target} square",
+        "shove the {obj} block toward the {target} pad until it is on it",
+        "without lifting it, move the {obj} cube to the {target} mat",
+        "push the {obj} block along the table to the {target} target",
+        "slide the {obj} cube across the table onto the {target} pad",
+        "keep the {obj} block on the table and push it to the {target} square",
+    ),
+}
+PRETRAIN_TEMPLATE_IDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+HELD_OUT_TEMPLATE_IDS: tuple[int, ...] = (6, 7)
+
+#: (cube, mat) colour pairs never shown together in pretraining, under any verb.
+NOVEL_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("red", "yellow"), ("green", "purple"), ("blue", "white")}
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the family: verb, cube, optional mat and the templates it may be phrased with."""
+
+    verb: str
+    obj: str
+    target: str | None
+    template_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.verb not in VERBS:
+            raise ValueError(f"unknown verb {self.verb!r}; expected one of {VERBS}")
+        if self.obj not in OBJECT_NAMES:
+            raise ValueError(f"unknown object {self.obj!r}; expected one of {OBJECT_NAMES}")
+        needs_target = self.verb != "lift"
+        if needs_target and self.target not in TARGET_NAMES:
+            raise ValueError(f"{self.verb} needs a target in {TARGET_NAMES}, got {self.target!r}")
+        if not needs_target and self.target is not None:
+            raise ValueError("lift takes no target")
+        n_templates = len(TEMPLATES[self.verb])
+        if not self.template_ids or any(not 0 <= t < n_templates for t in self.template_ids):
+            raise ValueError(f"template ids {self.template_ids} out of range 0..{n_templates - 1}")
+
+    @property
+    def name(self) -> str:
+        """Stable identifier such as ``place_red_yellow`` or ``lift_blue``."""
+        return "_".join(p for p in (self.verb, self.obj, self.target) if p)
+
+    @property
+    def object_index(self) -> int:
+        """Index of the cube in ``OBJECT_NAMES`` (and in the state vector)."""
+        return OBJECT_NAMES.index(self.obj)
+
+    @property
+    def target_index(self) -> int | None:
+        """Index of the mat in ``TARGET_NAMES`` (``None`` for lift)."""
+        return None if self.target is None else TARGET_NAMES.index(self.target)
+
+    def instruction(self, template_id: int) -> str:
+        """The instruction text for one of this task's templates."""
+        if template_id not in self.template_ids:
+            raise ValueError(f"template {template_id} is not allowed for {self.name}")
+        return TEMPLATES[self.verb][template_id].format(obj=self.obj, target=self.target)
+
+    def instructions(self) -> tuple[str, ...]:
+        """Every instruction text this task may be phrased with."""
+        return tuple(self.instruction(t) for t in self.template_ids)
+
+
+def _tasks(novel_pairs: bool, template_ids: tuple[int, ...]) -> tuple[TaskSpec, ...]:
+    tasks: list[TaskSpec] = []
+    if not novel_pairs:
+        tasks += [TaskSpec("lift", obj, None, template_ids) for obj in OBJECT_NAMES]
+    for verb in ("place", "push"):
+        for obj in OBJECT_NAMES:
+            for target in TARGET_NAMES:
+                if ((obj, target) in NOVEL_PAIRS) == novel_pairs:
+                    tasks.append(TaskSpec(verb, obj, target, template_ids))
+    return tuple(tasks)
+
+
+SPLITS: dict[str, tuple[TaskSpec, ...]] = {
+    "pretrain": _tasks(novel_pairs=False, template_ids=PRETRAIN_TEMPLATE_IDS),
+    "novel": _tasks(novel_pairs=True, template_ids=HELD_OUT_TEMPLATE_IDS),
+    "paraphrase": _tasks(novel_pairs=False, template_ids=HELD_OUT_TEMPLATE_IDS),
+}
+
+
+def all_tasks() -> tuple[TaskSpec, ...]:
+    """Every (verb, cube, mat) task once, with all templates (for experts and tests)."""
+    every_template = {verb: tuple(range(len(t))) for verb, t in TEMPLATES.items()}
+    tasks = [TaskSpec("lift", obj, None, every_template["lift"]) for obj in OBJECT_NAMES]
+    tasks += [
+        TaskSpec(verb, obj, target, every_template[verb])
+        for verb in ("place", "push")
+        for obj in OBJECT_NAMES
+        for target in TARGET_NAMES
+    ]
+    return tuple(tasks)
+
+
+def get_split(name: str) -> tuple[TaskSpec, ...]:
+    """Tasks of a named split (``pretrain``, ``novel``, ``paraphrase``, or ``all``)."""
+    if name == "all":
+        return all_tasks()
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {(*SPLITS, 'all')}")
+    return SPLITS[name]
+
+
+def find_task(name: str, split: str = "all") -> TaskSpec:
+    """Look a task up by ``TaskSpec.name`` within a split."""
+    for task in get_split(split):
+        if task.name == name:
+            return task
+    raise ValueError(f"no task named {name!r} in split {split!r}")

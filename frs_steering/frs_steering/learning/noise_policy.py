@@ -1,0 +1,389 @@
+"""Noise policies: small networks obs -> noise that drive a frozen flow policy (DSBC, DSRL).
+
+A noise policy replaces the reasoner: it predicts the noise a flow policy should start from,
+and the flow policy's ordinary forward pass turns it into the action chunk. DSBC clones it from
+the noises FRS found (:func:`train_dsbc`); DSRL trains it with SAC as the actor over the flow
+policy's noise space (:mod:`frs_steering.learning.noise_sac`).
+
+The output is one bounded vector per chunk (``bound * tanh``), shared by every row of the
+chunk (``target = "chunk_mean"``: the training target is the noise averaged over the rows),
+or a full ``[horizon, dim]`` noise (``target = "full"``). Registered as the ``noise_policy``
+steering method: ``steer(policy, ..., method="noise_policy", params={"noise_policy": net},
+observation=obs)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from frs_steering.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    read_checkpoint,
+    write_checkpoint,
+)
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.steer import MethodOutput, SteeringContext, register_method
+
+FORMAT = "frs_steering.learning.noise_policy"
+TARGETS = ("chunk_mean", "full")
+OBJECTIVES = ("mse", "nll")
+LOG_STD_RANGE = (-5.0, 1.0)
+
+
+@dataclass(frozen=True)
+class NoisePolicyConfig:
+    """Architecture of a :class:`NoisePolicy` (saved with its checkpoint)."""
+
+    observation_dims: Mapping[str, int]  # observation key -> flattened width
+    horizon: int
+    dim: int
+    target: str = "chunk_mean"
+    hidden: int = 256
+    depth: int = 2
+    bound: float = 5.0
+    noise_dims: tuple[int, ...] | None = None  # action dims predicted (None: all); rest fresh
+    defer_head: bool = False  # also predict whether steering acted (else: fresh noise, as FRS)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not self.observation_dims:
+            raise ValueError("observation_dims is empty")
+        for name in ("horizon", "dim", "hidden", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NoisePolicyConfig.{name} must be a positive int, got {value!r}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"bound must be positive, got {self.bound}")
+        if self.noise_dims is not None:
+            dims = tuple(int(d) for d in self.noise_dims)
+            if not dims or len(set(dims)) != len(dims) or not all(0 <= d < self.dim for d in dims):
+                raise ValueError(f"noise_dims must be distinct dims in [0, {self.dim}), got {dims}")
+            object.__setattr__(self, "noise_dims", dims)
+
+    @property
+    def predicted_dims(self) -> list[int]:
+        return list(range(self.dim)) if self.noise_dims is None else list(self.noise_dims)
+
+    @property
+    def output_dim(self) -> int:
+        rows = 1 if self.target == "chunk_mean" else self.horizon
+        return rows * len(self.predicted_dims)
+
+    def compose(self, vector: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, output_dim]`` -> ``[B, horizon, dim]``: the predicted dims (one row repeated
+        for chunk_mean), ``fresh`` (default zeros) in the dims the policy does not predict."""
+        dims = self.predicted_dims
+        batch = vector.shape[0]
+        if self.target == "chunk_mean":
+            part = vector.unsqueeze(1).expand(batch, self.horizon, len(dims))
+        else:
+            part = vector.reshape(batch, self.horizon, len(dims))
+        if fresh is None:
+            fresh = vector.new_zeros(batch, self.horizon, self.dim)
+        noise = fresh.clone()
+        noise[..., dims] = part.to(noise.dtype)
+        return noise
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["observation_dims"] = dict(self.observation_dims)
+        data["noise_dims"] = None if self.noise_dims is None else list(self.noise_dims)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoisePolicyConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown NoisePolicyConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class NoisePolicy(nn.Module):
+    """Standardized observation -> MLP -> Gaussian over the pre-squash noise.
+
+    ``forward`` gives the deterministic noise ``bound * tanh(mean)`` as ``[B, horizon, dim]``;
+    :meth:`distribution` gives mean and log-std (used by the NLL objective and by SAC).
+    """
+
+    def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
+        super().__init__()
+        self.config = config
+        if seed is not None:
+            torch.manual_seed(seed)
+        width = sum(config.observation_dims.values())
+        layers: list[nn.Module] = []
+        for _ in range(config.depth):
+            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
+            width = config.hidden
+        self.trunk = nn.Sequential(*layers)
+        self.mean_head = nn.Linear(width, config.output_dim)
+        self.log_std_head = nn.Linear(width, config.output_dim)
+        self.defer_head = nn.Linear(width, 1) if config.defer_head else None
+        total = sum(config.observation_dims.values())
+        self.register_buffer("input_mean", torch.zeros(total))
+        self.register_buffer("input_std", torch.ones(total))
+
+    def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
+        """Standardize inputs with the data's mean and std (see :meth:`set_flat_statistics`)."""
+        self.set_flat_statistics(self.flatten(observations, standardize=False))
+
+    def set_flat_statistics(self, flat: torch.Tensor, min_std: float = 1e-2) -> None:
+        """Mean and std per feature of ``[N, features]``; features that hardly vary in the data
+        (std <= ``min_std``: metres, radians, embedding units) are only centred, so a later
+        small change (a cube nudged that never moved in the data) stays a small input."""
+        std = flat.std(0) if len(flat) > 1 else torch.zeros_like(flat[0])
+        self.input_mean.copy_(flat.mean(0))
+        self.input_std.copy_(torch.where(std > min_std, std, torch.ones_like(std)))
+
+    def flatten(
+        self, observations: Mapping[str, torch.Tensor], standardize: bool = True
+    ) -> torch.Tensor:
+        """``[B, sum(observation_dims)]`` in the config's key order."""
+        parts = []
+        for key, width in self.config.observation_dims.items():
+            if key not in observations:
+                raise ValueError(
+                    f"observation lacks {key!r}; needs {list(self.config.observation_dims)}"
+                )
+            value = observations[key].reshape(observations[key].shape[0], -1).float()
+            if value.shape[1] != width:
+                raise ValueError(
+                    f"observation {key!r} has width {value.shape[1]}, expected {width}"
+                )
+            parts.append(value)
+        flat = torch.cat(parts, dim=1)
+        return self.standardize(flat) if standardize else flat
+
+    def standardize(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat features -> the network's standardized input."""
+        return (flat - self.input_mean) / self.input_std
+
+    def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-squash mean and clamped log-std from standardized features."""
+        hidden = self.trunk(features)
+        return self.mean_head(hidden), self.log_std_head(hidden).clamp(*LOG_STD_RANGE)
+
+    def distribution(
+        self, observations: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-squash mean and clamped log-std, each ``[B, output_dim]``."""
+        return self.head(self.flatten(observations))
+
+    def squash(self, pre: torch.Tensor) -> torch.Tensor:
+        """Bounded output vector from a pre-squash vector."""
+        return self.config.bound * torch.tanh(pre)
+
+    def forward(
+        self, observations: Mapping[str, torch.Tensor], fresh: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mean, _ = self.distribution(observations)
+        return self.config.compose(self.squash(mean), fresh)
+
+    def defer_logit(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """``[B]`` logit that the reasoner would defer here (None without a defer head)."""
+        if self.defer_head is None:
+            return None
+        return self.defer_head(self.trunk(self.flatten(observations)))[:, 0]
+
+    def target_of(self, noise: torch.Tensor) -> torch.Tensor:
+        """The regression target for ``[N, horizon, dim]`` noises, clipped inside the bound."""
+        part = noise[..., self.config.predicted_dims]
+        vector = part.mean(1) if self.config.target == "chunk_mean" else part.flatten(1)
+        limit = self.config.bound * (1.0 - 1e-3)
+        return vector.clamp(-limit, limit)
+
+
+def noise_policy_method(
+    ctx: SteeringContext, *, noise_policy: NoisePolicy, noise_scale: float = 0.0
+) -> MethodOutput:
+    """Generate from the noise a noise policy predicts for the observation (no reference).
+
+    ``noise_scale`` adds that much fresh N(0, I) noise (exploration); dims the noise policy
+    does not predict, and padding, take fresh noise, as unsteered dims do in FRS; so does the
+    whole chunk where a defer head predicts the reasoner would have deferred.
+    """
+    if ctx.observation is None:
+        raise ValueError("the noise_policy method needs the observation, not only a cache")
+    if not isinstance(noise_policy, NoisePolicy):
+        raise ValueError(f"noise_policy must be a NoisePolicy, got {type(noise_policy).__name__}")
+    made = (noise_policy.config.horizon, noise_policy.config.dim)
+    if made != tuple(ctx.spec.chunk_shape):
+        raise ValueError(
+            f"noise policy makes {made[0]}x{made[1]} noise; the flow policy needs "
+            f"{tuple(ctx.spec.chunk_shape)}"
+        )
+    fresh = ctx.noise()
+    with ctx.timed("noise_policy"):
+        predicted = noise_policy(ctx.observation).to(fresh.dtype)
+    dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
+    dims[noise_policy.config.predicted_dims] = True
+    use = (ctx.spec.steerable_mask(fresh.device) & dims).expand_as(fresh)
+    logit = noise_policy.defer_logit(ctx.observation)
+    if logit is not None:  # a predicted deferral leaves the policy to act on its own
+        use = use & (logit <= 0).to(fresh.device).view(-1, 1, 1)
+    noise = torch.where(use, predicted + noise_scale * fresh, fresh)
+    chunk = ctx.generate(noise)
+    base = ctx.generate(fresh) if ctx.include_base_sample else None
+    return MethodOutput(chunk=chunk, noise=noise, base_chunk=base)
+
+
+register_method("noise_policy", noise_policy_method)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class DsbcConfig:
+    """Behaviour cloning of noises (DSBC): objective and optimizer settings."""
+
+    objective: str = "mse"
+    steps: int = 3000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
+    seed: int = 0
+    steered_only: bool = False  # fit only elements that came from steering (skip fresh draws)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("steps, batch_size and learning_rate must be positive")
+
+
+def dsbc_loss(
+    net: NoisePolicy,
+    observations: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    objective: str,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MSE of the bounded output, or Gaussian NLL with the predicted std around it, averaged
+    with ``weights`` (same shape as ``target``; None = uniform)."""
+    mean, log_std = net.distribution(observations)
+    output = net.squash(mean)
+    if objective == "mse":
+        per_element = (output - target).pow(2)
+    else:
+        per_element = 0.5 * ((target - output) / log_std.exp()).pow(2) + log_std
+    if weights is None:
+        return per_element.mean()
+    return (per_element * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def defer_loss(
+    net: NoisePolicy, observations: Mapping[str, torch.Tensor], steered: torch.Tensor
+) -> torch.Tensor:
+    """Binary cross-entropy of the defer head against 'no element was steered'."""
+    logit = net.defer_logit(observations)
+    deferred = (~steered.flatten(1).any(1)).float()
+    return nn.functional.binary_cross_entropy_with_logits(logit, deferred)
+
+
+def default_config(dataset: NoiseDataset, **overrides: Any) -> NoisePolicyConfig:
+    """A config for ``dataset``: its observation widths and chunk shape, predicting the action
+    dims that steering acted on in it (all dims if none did, e.g. reversed demonstrations)."""
+    horizon, dim = dataset.chunk_shape
+    steered_dims = torch.nonzero(dataset.steered.any(dim=(0, 1))).flatten().tolist()
+    fields: dict[str, Any] = {
+        "observation_dims": {k: int(v[0].numel()) for k, v in dataset.observations.items()},
+        "horizon": horizon,
+        "dim": dim,
+        "noise_dims": tuple(steered_dims) if steered_dims else None,
+    }
+    return NoisePolicyConfig(**(fields | overrides))
+
+
+def train_dsbc(
+    dataset: NoiseDataset,
+    noise_policy_config: NoisePolicyConfig | None = None,
+    config: DsbcConfig = DsbcConfig(),
+    *,
+    progress: bool = True,
+) -> tuple[NoisePolicy, dict[str, Any]]:
+    """Fit a noise policy to ``dataset`` (use only the samples you want cloned, e.g. successes).
+
+    Returns the policy (eval mode) and a history: per-step ``loss``, ``seconds`` (CPU wall),
+    ``steps`` run. Seeded: the same data and config give the same weights.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the noise dataset is empty")
+    if noise_policy_config is None:
+        noise_policy_config = default_config(dataset)
+    generator = torch.Generator().manual_seed(config.seed)
+    net = NoisePolicy(noise_policy_config, seed=config.seed)
+    observations = {k: v.float() for k, v in dataset.observations.items()}
+    net.set_input_statistics(observations)
+    target = net.target_of(dataset.noise.float())
+    steered_only = config.steered_only or net.config.defer_head  # deferrals: the head's job
+    weights = net.target_of(dataset.steered.float()) if steered_only else None
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
+    losses: list[float] = []
+    start = time.process_time()
+    net.train()
+    bar = tqdm(range(config.steps), desc="DSBC", disable=not progress, leave=False)
+    for _ in bar:
+        index = torch.randint(
+            len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
+        )
+        loss = dsbc_loss(
+            net,
+            {k: v[index] for k, v in observations.items()},
+            target[index],
+            config.objective,
+            None if weights is None else weights[index],
+        )
+        if net.defer_head is not None:
+            loss = loss + defer_loss(
+                net, {k: v[index] for k, v in observations.items()}, dataset.steered[index]
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if progress and len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+        if time.process_time() - start > config.max_seconds:
+            break
+    net.eval()
+    history = {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
+    return net, history
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_noise_policy(net: NoisePolicy, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (same layout as flow-policy checkpoints)."""
+    return write_checkpoint(directory, FORMAT, net.config.to_dict(), net.state_dict())
+
+
+def load_noise_policy(directory: str | Path, *, device: str = "cpu") -> NoisePolicy:
+    """Rebuild a noise policy saved by :func:`save_noise_policy`, in eval mode."""
+    directory = Path(directory)
+    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
+    try:
+        config = NoisePolicyConfig.from_dict(config_data)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"invalid noise-policy config in {directory}: {error}") from error
+    net = NoisePolicy(config, seed=None)
+    check_state_dict(net.state_dict(), tensors, directory)
+    net.load_state_dict(tensors)
+    return net.to(device).eval()
