@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frs_bringup.bag_replay import RECORD_TOPIC, Skipped, _weights_sha, iter_chunks
+from frs_bringup.bag_replay import JOINTS_TOPIC, RECORD_TOPIC, Skipped, iter_chunks
 from frs_bringup.bags import BagError, BagReader, parse_remaps
 
 STATUS_TOPIC = "frs/episode_status"
@@ -48,6 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help=".safetensors file to write")
     parser.add_argument("--chunk-topic", default=RECORD_TOPIC, help="SteeringRecord or ActionChunk")
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: shipped)")
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        default=None,
+        help="the steering node's parameter YAML (observation adapter; default: tabletop)",
+    )
     parser.add_argument("--num-steps", type=int, default=0, help="0 = the policy's default")
     parser.add_argument("--solver", default="euler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the padding dims' noise")
@@ -67,9 +73,6 @@ def export(args: argparse.Namespace) -> dict:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with BagReader(args.bag, remap=parse_remaps(args.remap)) as bag:
         topic = args.chunk_topic.strip("/")
-        bag.require(["joint_states", "frs/object_states", topic], why="executed chunks")
-        window = bag.time_window(args.start, args.end)
-        status_times, status_episodes, outcome = episode_outcomes(bag, window)
 
         import torch
 
@@ -79,13 +82,17 @@ def export(args: argparse.Namespace) -> dict:
         from frs_steering.learning.noise_data import NoiseDataset
         from frs_steering.package_data import shipped_checkpoint
         from frs_steering.steer import steer
+        from frs_steering.steering_goals import weights_sha256
 
         torch.set_num_threads(1)
         checkpoint = args.checkpoint or str(shipped_checkpoint())
         policy = load_policy(checkpoint)
         spec = policy.spec
         real_dims = list(spec.real_dims)
-        builder = InputBuilder(policy)
+        builder = InputBuilder(policy, args.params_file)
+        bag.require([JOINTS_TOPIC, *builder.topics(), topic], why="executed chunks")
+        window = bag.time_window(args.start, args.end)
+        status_times, status_episodes, outcome = episode_outcomes(bag, window)
         generator = torch.Generator().manual_seed(args.seed)
         states, instructions, noises, steered, episodes, errors = [], [], [], [], [], []
         skipped = Skipped()
@@ -147,7 +154,7 @@ def export(args: argparse.Namespace) -> dict:
             "source": "bag_noise",
             "bag": str(args.bag),
             "chunk_topic": topic,
-            "checkpoint_sha256": _weights_sha(checkpoint),
+            "checkpoint_sha256": weights_sha256(checkpoint),
             "method": "frs_reversal",
             "solver": args.solver,
             "num_steps": args.num_steps or spec.num_steps,

@@ -3,10 +3,11 @@
 ``python -m frs_bringup.bag_replay --bag runs/session1 --methods logged frs base --out report/``
 
 For every ``frs/steering/record`` in the bag (one per chunk the steering node served) it rebuilds
-the observation the chunk was computed from (the ``joint_states`` and ``frs/object_states``
-samples at the recorded stamps, the recorded instruction) and the reference (the recorded
-``CoarseReference`` with the node's recorded reference settings), with the same library code
-the node uses (:mod:`frs_steering.observation`), then runs each method spec on it:
+the observation the chunk was computed from (the ``joint_states`` sample at the recorded stamp
+and the observation adapter's inputs matched to it, the recorded instruction) and the reference
+(the recorded ``CoarseReference`` with the node's recorded reference settings), with the same
+adapter and matching code the node uses (``--params-file``: the node's parameter YAML), then
+runs each method spec on it:
 
 - ``logged``: the node's own method, parameters, steps, solver and seed -> reproduces the
   logged refined chunk (to float tolerance) when the checkpoint is the same;
@@ -30,7 +31,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +42,8 @@ from frs_bringup.bags import BagError, BagReader, BagWriter, parse_remaps
 
 RECORD_TOPIC = "frs/steering/record"
 JOINTS_TOPIC = "joint_states"
-SCENE_TOPIC = "frs/object_states"
 INSTRUCTION_TOPIC = "frs/instruction"
-REQUIRED_TOPICS = (JOINTS_TOPIC, SCENE_TOPIC, RECORD_TOPIC)
-BUFFER = 2000  # joint / scene samples kept for stamp lookup (40 s at 50 Hz)
+BUFFER = 2000  # samples kept per input topic for stamp lookup (40 s at 50 Hz)
 COLOURS = [(0.9, 0.1, 0.6, 1.0), (0.1, 0.6, 0.9, 1.0), (0.9, 0.5, 0.1, 1.0), (0.4, 0.2, 0.8, 1.0)]
 
 
@@ -115,68 +113,42 @@ class Skipped:
         return sum(self.reasons.values())
 
 
-class StampIndex:
-    """The last ``size`` samples keyed by exact stamp (bounded memory over long bags)."""
-
-    def __init__(self, size: int = BUFFER) -> None:
-        self._order: deque[int] = deque()
-        self._items: dict[int, Any] = {}
-        self._size = size
-
-    def add(self, stamp_ns: int, item: Any) -> None:
-        if stamp_ns not in self._items:
-            self._order.append(stamp_ns)
-        self._items[stamp_ns] = item
-        while len(self._order) > self._size:
-            self._items.pop(self._order.popleft(), None)
-
-    def get(self, stamp_ns: int) -> Any:
-        return self._items.get(stamp_ns)
-
-    def latest(self) -> Any:
-        return self._items[self._order[-1]] if self._order else None
-
-
 class InputBuilder:
-    """Observations and references of logged chunks, built as the steering node builds them."""
+    """Observations and references of logged chunks, built as the steering node builds them.
 
-    def __init__(self, policy: Any, *, arm_joints=None, finger_joints=None) -> None:  # noqa: ANN001
-        from frs_control.kinematics import ArmKinematics
-        from frs_sim import scene
+    The same observation adapter (``observation_adapter`` and ``adapter.*`` of the steering
+    node's parameters, from ``params_file`` when given) and the same stamp matching
+    (:class:`frs_steering.observation.InputBuffers`) as the node.
+    """
 
+    def __init__(self, policy: Any, params_file: Path | None = None) -> None:
+        from frs_steering.adapters import make_adapter
+        from frs_steering.observation import InputBuffers
+
+        params = steering_parameters(params_file)
         self.policy = policy
-        self.kinematics = ArmKinematics()
-        self.arm_joints = list(arm_joints or [f"fr3_joint{i}" for i in range(1, 8)])
-        self.finger_joints = list(finger_joints or ["fr3_finger_joint1", "fr3_finger_joint2"])
-        self.object_names = [f"{n}_cube" for n in scene.OBJECT_NAMES]
-        self.target_names = [f"{n}_mat" for n in scene.TARGET_NAMES]
-        self.embed = None
-        if policy.config.instruction_dim:
-            from frs_sim.instructions import embed_instruction
+        self.adapter = make_adapter(
+            str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
+        )
+        self.adapter.bind(policy)
+        self.tolerance_ns = int(float(params.get("stamp_tolerance", 0.005)) * 1e9)
+        self.inputs = InputBuffers(self.adapter, BUFFER)
+        self._instructions: dict[str, Any] = {}
 
-            self.embed = embed_instruction
-        self._embeddings: dict[str, Any] = {}
+    def topics(self) -> dict[str, str]:
+        """Bag topic -> stream key of the adapter's inputs."""
+        return {spec.topic: spec.key for spec in self.adapter.streams()}
 
-    def embedding(self, text: str) -> Any:
-        from frs_steering.observation import instruction_embedding
-
+    def instruction(self, text: str) -> Any:
         text = text.strip()
-        if text not in self._embeddings:
-            self._embeddings[text] = instruction_embedding(text, self.embed)
-        return self._embeddings[text]
-
-    def joint(self, msg: Any) -> Any:
-        from frs_steering.observation import joint_sample
-
-        return joint_sample(msg, self.arm_joints, self.finger_joints)
-
-    def scene(self, msg: Any) -> Any:
-        from frs_steering.observation import scene_sample
-
-        return scene_sample(msg, self.object_names, self.target_names)
+        if not self.adapter.needs_instruction:
+            return None
+        if text not in self._instructions:
+            self._instructions[text] = self.adapter.encode_instruction(text)
+        return self._instructions[text]
 
     def settings(self, record: Any) -> Any:
-        from frs_steering.observation import ReferenceSettings
+        from frs_steering.adapters import ReferenceSettings
 
         return ReferenceSettings(
             frame_id=record.header.frame_id,
@@ -185,6 +157,20 @@ class InputBuilder:
             commanded_rows=int(record.commanded_rows),
             command_rotation=bool(record.command_rotation),
         )
+
+
+def steering_parameters(params_file: Path | None) -> dict[str, Any]:
+    """The steering node's ``ros__parameters`` in a parameter YAML ({} without a file)."""
+    if params_file is None:
+        return {}
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(params_file).read_text()) or {}
+        params = document["steering"]["ros__parameters"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise ValueError(f"{params_file}: no steering ros__parameters ({error})") from None
+    return dict(params)
 
 
 def iter_chunks(
@@ -203,16 +189,12 @@ def iter_chunks(
     """
     from tqdm import tqdm
 
-    from frs_steering.observation import (
-        ObservationError,
-        build_observation,
-        build_reference,
-        stamp_ns,
-    )
+    from frs_control.messages import stamp_to_ns
+    from frs_steering.adapters import ObservationError
 
-    joints, scenes = StampIndex(), StampIndex()
+    streams = builder.topics()
     instruction = ""
-    topics = [JOINTS_TOPIC, SCENE_TOPIC, INSTRUCTION_TOPIC, chunk_topic]
+    topics = [JOINTS_TOPIC, *streams, INSTRUCTION_TOPIC, chunk_topic]
     total = sum(bag.count(t) for t in topics)
     bar = tqdm(total=total, unit="msg", desc="replay", disable=not progress, file=sys.stderr)
     lookback = start_ns - 60 * 1_000_000_000
@@ -220,43 +202,35 @@ def iter_chunks(
         bar.update(1)
         msg = item.msg
         if item.topic == JOINTS_TOPIC:
-            sample = builder.joint(msg)
-            if sample is not None:
-                joints.add(sample.stamp_ns, sample)
-        elif item.topic == SCENE_TOPIC:
+            builder.inputs.add_joints(msg)
+        elif item.topic in streams:
             try:
-                sample = builder.scene(msg)
+                builder.inputs.add(streams[item.topic], msg)
             except ObservationError:
                 continue
-            scenes.add(sample.stamp_ns, sample)
         elif item.topic == INSTRUCTION_TOPIC:
             instruction = msg.data
         elif item.log_ns >= start_ns:
             record = msg
             is_record = hasattr(record, "scene_stamp")  # else a plain ActionChunk
-            joint = joints.get(stamp_ns(record.header.stamp))
-            scene_stamp = record.scene_stamp if is_record else record.header.stamp
-            scene = scenes.get(stamp_ns(scene_stamp)) or (None if is_record else scenes.latest())
-            if joint is None or scene is None:
-                skipped.add("observation not in the bag (joint_states/object_states dropped)")
-                continue
             text = (record.instruction if is_record else "") or instruction
+            stamp = stamp_to_ns(record.header.stamp)
             try:
-                observation = build_observation(
-                    joint,
-                    scene,
-                    builder.embedding(text),
-                    builder.kinematics,
-                    needs_instruction=builder.embed is not None,
-                    instruction_text=text,
+                joints, samples = builder.inputs.match(stamp, builder.tolerance_ns)
+            except ObservationError:
+                skipped.add("observation not in the bag (joint_states or an input dropped)")
+                continue
+            if joints.stamp_ns != stamp:
+                skipped.add("observation not in the bag (joint_states or an input dropped)")
+                continue
+            try:
+                observation = builder.adapter.observation(
+                    joints, samples, builder.instruction(text), text
                 )
                 reference = None
                 if is_record:
-                    reference = build_reference(
-                        builder.policy.spec,
-                        builder.settings(record),
-                        record.reference,
-                        observation.gripper_opening,
+                    reference = builder.adapter.layout.reference(
+                        builder.policy.spec, builder.settings(record), record.reference, observation
                     )
             except ValueError as error:
                 skipped.add(f"cannot rebuild inputs: {error}")
@@ -282,12 +256,13 @@ class MethodRun:
     latency_ms: list[float] = field(default_factory=list)
 
 
-def run_spec(policy: Any, spec: MethodSpec, chunk: Chunk) -> Any:
-    """``steer`` one logged chunk with ``spec``; the SteerResult."""
+def run_spec(policy: Any, spec: MethodSpec, chunk: Chunk, gripper_index: int | None) -> Any:
+    """``steer`` one logged chunk with ``spec``; the SteerResult, bounded as the node bounds it."""
     import torch
 
     from frs_steering.observation import method_and_params
     from frs_steering.steer import steer
+    from frs_steering.steering_goals import bound_output
 
     record = chunk.record
     if spec.method is None:
@@ -306,7 +281,7 @@ def run_spec(policy: Any, spec: MethodSpec, chunk: Chunk) -> Any:
         steps = spec.num_steps if spec.num_steps is not None else (int(record.num_steps) or None)
         solver = spec.solver or record.solver or "euler"
     seed = int(record.seed) if spec.seed is None else spec.seed
-    return steer(
+    result = steer(
         policy,
         chunk.reference.chunk,
         observation=chunk.observation.policy_input,
@@ -320,6 +295,7 @@ def run_spec(policy: Any, spec: MethodSpec, chunk: Chunk) -> Any:
         include_base_sample=bool(record.include_unsteered),
         round_trip=True,
     )
+    return bound_output(result, gripper_index)
 
 
 def _first(value: Any) -> float:
@@ -512,6 +488,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--methods", nargs="+", default=["logged", "frs", "base"], help="method specs"
     )
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: shipped)")
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        default=None,
+        help="the steering node's parameter YAML (observation adapter; default: tabletop)",
+    )
     parser.add_argument("--start", type=float, default=None, help="s after the bag's start")
     parser.add_argument("--end", type=float, default=None, help="s after the bag's start")
     parser.add_argument(
@@ -534,17 +516,14 @@ def replay(args: argparse.Namespace) -> dict:
     remap = parse_remaps(args.remap)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with BagReader(args.bag, remap=remap) as bag:
-        bag.require(REQUIRED_TOPICS, why="the steering node's records and the robot observation")
-        window = bag.time_window(args.start, args.end)
-
         import torch
 
         from frs_control.messages import chunk_to_msg, ns_to_stamp
         from frs_steering.checkpoint import load_policy
-        from frs_steering.observation import ee_path
         from frs_steering.package_data import shipped_checkpoint
         from frs_steering.ros_messages import path_markers
         from frs_steering.steer import available_methods
+        from frs_steering.steering_goals import weights_sha256
 
         for spec in specs:
             if spec.method is not None and spec.method not in available_methods():
@@ -554,9 +533,12 @@ def replay(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.torch_threads)
         checkpoint = args.checkpoint or str(shipped_checkpoint())
         policy = load_policy(checkpoint)
-        sha = _weights_sha(checkpoint)
+        sha = weights_sha256(checkpoint)
         spec_real = list(policy.spec.real_dims)
-        builder = InputBuilder(policy)
+        builder = InputBuilder(policy, args.params_file)
+        required = (JOINTS_TOPIC, *builder.topics(), RECORD_TOPIC)
+        bag.require(required, why="the steering node's records and the robot observation")
+        window = bag.time_window(args.start, args.end)
         runs = [MethodRun(spec) for spec in specs]
         skipped = Skipped()
         extra: list[tuple[str, str, int, Any]] = []
@@ -574,9 +556,8 @@ def replay(args: argparse.Namespace) -> dict:
             names = list(record.refined.dim_names)
             dim_names = [names[i] for i in spec_real] if len(names) > len(spec_real) else names
             stamp = ns_to_stamp(chunk.observation.stamp_ns)
-            translation = builder.settings(record).layout().translation
             for index, run in enumerate(runs):
-                result = run_spec(policy, run.spec, chunk)
+                result = run_spec(policy, run.spec, chunk, builder.adapter.layout.gripper_index())
                 collect(run, result, chunk, spec_real)
                 if args.no_bag:
                     continue
@@ -593,7 +574,12 @@ def replay(args: argparse.Namespace) -> dict:
                     normalized=False,
                 )
                 extra.append((refined_topic, "frs_msgs/msg/ActionChunk", chunk.log_ns, msg))
-                path = ee_path(chunk.observation.ee_position, result.chunk_real[0], translation)
+                observation = chunk.observation
+                path = None
+                if observation.ee_position is not None:
+                    path = builder.adapter.layout.translation_path(
+                        observation.ee_position, result.chunk_real[0], observation.jacobian
+                    )
                 markers = path_markers(
                     {f"replay/{run.spec.label}": (path, COLOURS[index % len(COLOURS)])},
                     stamp=stamp,
@@ -639,13 +625,6 @@ def replay(args: argparse.Namespace) -> dict:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return summary
-
-
-def _weights_sha(checkpoint: str) -> str:
-    try:
-        return str(json.loads((Path(checkpoint) / "config.json").read_text())["weights_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
 
 
 def main(argv: list[str] | None = None) -> int:

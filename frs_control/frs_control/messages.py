@@ -1,13 +1,15 @@
-"""Wire format shared by every node: stamps as integer nanoseconds and ``ActionChunk`` <-> arrays.
+"""Wire format shared by every node: stamps, ``ActionChunk`` <-> arrays, joints, camera images.
 
-No rclpy node, no torch: the arm controller, the steering node, the proposer and the bag tools all
-read and write chunks and stamps through these functions. Every ``*_from_msg`` check raises
-:class:`MessageError` naming the first bad field, so a node can pass the text straight back to
-its client.
+No rclpy node, no torch, no cv_bridge: the arm controller, the steering node, the proposer and
+the bag tools all read and write chunks, stamps, joint states and images through these functions
+(messages are read by attribute, so rosbags' deserialized messages work too). Every
+``*_from_msg`` check raises :class:`MessageError` naming the first bad field, so a node can pass
+the text straight back to its client.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,3 +96,57 @@ def joint_positions(msg: Any, names: Sequence[str]) -> np.ndarray | None:
     except (KeyError, IndexError):
         return None
     return values if np.all(np.isfinite(values)) else None
+
+
+# encoding -> (channels, channel indices that give R, G, B)
+_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def ros_image_to_rgb(
+    encoding: str, height: int, width: int, step: int, data: bytes | bytearray | memoryview
+) -> np.ndarray:
+    """HxWx3 uint8 RGB copy of a sensor_msgs/Image given its fields.
+
+    ``step`` is the row length in bytes and may exceed ``width * channels`` (row padding);
+    the padding is dropped. Alpha is dropped; mono is replicated to three channels.
+    """
+    if encoding not in _ENCODINGS:
+        raise ValueError(
+            f"unsupported image encoding {encoding!r} (supported: {', '.join(_ENCODINGS)})"
+        )
+    channels, rgb_order = _ENCODINGS[encoding]
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image must not be empty, got {width}x{height}")
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ValueError(f"step {step} is shorter than one row ({width} px x {channels} B)")
+    needed = (height - 1) * step + row_bytes
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size < needed:
+        raise ValueError(f"image data has {buffer.size} bytes, {width}x{height} needs {needed}")
+    if buffer.size < height * step:  # last row without its padding
+        buffer = np.concatenate([buffer, np.zeros(height * step - buffer.size, np.uint8)])
+    rows = buffer[: height * step].reshape(height, step)[:, :row_bytes]
+    pixels = rows.reshape(height, width, channels)
+    return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """HxWx3 uint8 RGB of a ``sensor_msgs/Image``; ValueError naming an unusable one."""
+    return ros_image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
+
+
+def message_class(type_name: str) -> type:
+    """The rclpy message class of a ROS type name such as ``sensor_msgs/msg/Image``."""
+    package, _, name = type_name.replace("/msg/", "/").partition("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.msg"), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"unknown message type {type_name!r}") from None

@@ -1,4 +1,4 @@
-"""How FRS nodes wait without holding their executor.
+"""How FRS nodes run: one single-threaded executor, waits that do not hold it, clean exits.
 
 Every node spins a ``SingleThreadedExecutor``: rclpy's ``MultiThreadedExecutor`` re-polls its
 wait set while a long callback runs elsewhere (measured: 40-50 % of a core per idle node in the
@@ -8,7 +8,14 @@ awaiting a :func:`waking_future` that a worker thread or a timer completes.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 
 
@@ -21,3 +28,45 @@ def waking_future(node: Node) -> Future:
     future = Future(executor=node.executor)
     future.add_done_callback(lambda _future: None)
     return future
+
+
+def run_node(
+    make_node: Callable[[], Node],
+    args: Sequence[str] | None = None,
+    on_exit: Callable[[Node], None] | None = None,
+) -> None:
+    """Spin one node until Ctrl-C / SIGTERM, then ``on_exit(node)`` BEFORE the context goes down.
+
+    rclpy's own SIGINT handler would shut the context down first, so a last stop command could
+    not be sent and a goal still running would fail to publish; here Ctrl-C arrives as
+    KeyboardInterrupt instead. A lifecycle node with ``autostart`` is configured and activated
+    (installs without a lifecycle manager); exits with 1 if it cannot be configured.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # Also when started with SIGINT ignored (a background job of a script), and for SIGTERM.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    node = None
+    exit_code = 0
+    try:
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        if node.has_parameter("autostart") and node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().fatal("configure failed (see above); exiting")
+                exit_code = 1
+        if not exit_code:
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if on_exit is not None:
+                on_exit(node)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    if exit_code:
+        raise SystemExit(exit_code)

@@ -20,12 +20,6 @@ from frs_sim.env import (  # noqa: E402
     FrankaTabletopEnv,
 )
 from frs_sim.experts import ScriptedExpert, run_expert_episode  # noqa: E402
-from frs_sim.instructions import (  # noqa: E402
-    EMBEDDING_DIM,
-    InstructionEncoder,
-    InstructionModelMissing,
-    embed_instruction,
-)
 from frs_sim.tasks import (  # noqa: E402
     NOVEL_PAIRS,
     SPLITS,
@@ -34,6 +28,12 @@ from frs_sim.tasks import (  # noqa: E402
     all_tasks,
     find_task,
     get_split,
+)
+from frs_steering.instructions import (  # noqa: E402
+    EMBEDDING_DIM,
+    InstructionEncoder,
+    InstructionModelMissing,
+    embed_instruction,
 )
 
 ENV_ID = "FrsTabletop-v0"

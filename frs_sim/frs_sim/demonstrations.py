@@ -37,8 +37,8 @@ from frs_sim.env import (
     FrankaTabletopEnv,
 )
 from frs_sim.experts import ScriptedExpert
-from frs_sim.instructions import EMBEDDING_DIM
 from frs_sim.tasks import TaskSpec, get_split
+from frs_steering.instructions import EMBEDDING_DIM
 
 
 @dataclass

@@ -50,8 +50,8 @@ from frs_sim.ik import (  # noqa: E402
     axis_angle_to_matrix,
     rotation_error,
 )
-from frs_sim.instructions import EMBEDDING_DIM, embed_instruction  # noqa: E402
 from frs_sim.tasks import TaskSpec, get_split  # noqa: E402
+from frs_steering.instructions import EMBEDDING_DIM, embed_instruction  # noqa: E402
 
 ACTION_DIM = 8  # padded row width
 ACTION_REAL_DIM = 7  # dx dy dz droll dpitch dyaw gripper

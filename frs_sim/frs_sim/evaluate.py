@@ -146,7 +146,7 @@ def embed_texts_subprocess(texts: Sequence[str]) -> dict[str, np.ndarray]:
     texts = sorted(set(texts))
     code = (
         "import json, sys, numpy as np\n"
-        "from frs_sim.instructions import default_encoder\n"
+        "from frs_steering.instructions import default_encoder\n"
         "texts = json.loads(sys.stdin.read())\n"
         "np.save(sys.argv[1], default_encoder().encode(texts))\n"
     )

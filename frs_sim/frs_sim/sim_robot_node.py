@@ -37,8 +37,8 @@ from frs_msgs.msg import EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
 from frs_sim import scene as sc
 from frs_sim.env import EnvConfig, FrankaTabletopEnv
-from frs_sim.instructions import EMBEDDING_DIM
 from frs_sim.tasks import SPLITS, get_split
+from frs_steering.instructions import EMBEDDING_DIM
 
 COMMAND_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10

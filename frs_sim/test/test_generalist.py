@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from frs_sim.demonstrations import generate_demos
-from frs_sim.instructions import EMBEDDING_DIM
 from frs_sim.studies.generalist import (
     GeneralistRecipe,
     action_limit_bounds,
@@ -20,6 +19,7 @@ from frs_sim.studies.generalist import (
 )
 from frs_sim.tasks import find_task
 from frs_steering.checkpoint import load_policy
+from frs_steering.instructions import EMBEDDING_DIM
 
 
 def fake_embedding(text: str) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frs_sim.instructions import EMBEDDING_DIM, InstructionEncoder
 from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
 from frs_sim.tasks import (
     HELD_OUT_TEMPLATE_IDS,
@@ -16,6 +15,7 @@ from frs_sim.tasks import (
     all_tasks,
     get_split,
 )
+from frs_steering.instructions import EMBEDDING_DIM, InstructionEncoder
 
 
 def test_split_sizes() -> None:

@@ -4,9 +4,9 @@ Starts the steering node (and, with ``--first-command``, the arm controller) eac
 process over Fast DDS on localhost. Per chunk it publishes ``joint_states`` +
 ``frs/object_states`` with a fresh stamp, then runs, in alternating order:
 
-- in-process: the node's own work on the same messages without ROS (``joint_sample``,
-  ``scene_sample``, ``build_observation``, ``build_reference``, ``steer`` with the unsteered
-  sample, as the node's defaults do), timed from the stamp;
+- in-process: the node's own work on the same messages without ROS (the tabletop adapter's
+  parsing and observation, the layout's reference, ``steer`` with the unsteered sample, as the
+  node's defaults do), timed from the stamp;
 - over ROS: a ``SteerChunk`` goal for that stamp, timed from the stamp to the refined chunk;
 
 so both see the same machine load and the per-chunk difference is the ROS overhead (target:
@@ -47,22 +47,15 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_bringup.sim_demo import stop_stack
-from frs_control.kinematics import REST_QPOS, ArmKinematics
-from frs_control.messages import ns_to_stamp
+from frs_control.kinematics import REST_QPOS
+from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
 from frs_sim import scene
-from frs_sim.instructions import embed_instruction
 from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
+from frs_sim.tabletop_adapter import OBJECTS, TabletopAdapter
+from frs_steering.adapters.base import ReferenceSettings, Sample
 from frs_steering.checkpoint import load_policy, save_policy
-from frs_steering.observation import (
-    ReferenceSettings,
-    build_observation,
-    build_reference,
-    instruction_embedding,
-    joint_sample,
-    scene_sample,
-)
 from frs_steering.steer import steer
 from frs_steering.steering_node import LATCHED_QOS, shipped_checkpoint
 
@@ -115,21 +108,18 @@ class InProcess:
 
     def __init__(self, checkpoint: Path) -> None:
         self.policy = load_policy(checkpoint)
-        self.kinematics = ArmKinematics()
-        self.embedding = instruction_embedding(INSTRUCTION, embed_instruction)
+        self.adapter = TabletopAdapter()
+        self.adapter.bind(self.policy)
+        self.embedding = self.adapter.encode_instruction(INSTRUCTION)
         self.settings = ReferenceSettings()
 
     def __call__(self, joints: JointState, objects: ObjectStates, goal: SteerChunk.Goal) -> None:
-        observation = build_observation(
-            joint_sample(joints, ARM_JOINTS, FINGER_JOINTS),
-            scene_sample(objects, CUBES, MATS),
-            self.embedding,
-            self.kinematics,
-            needs_instruction=True,
-            instruction_text=INSTRUCTION,
+        scene = Sample(stamp_to_ns(objects.header.stamp), self.adapter.parse(OBJECTS, objects))
+        observation = self.adapter.observation(
+            self.adapter.joint_sample(joints), {OBJECTS: scene}, self.embedding, INSTRUCTION
         )
-        built = build_reference(
-            self.policy.spec, self.settings, goal.reference, observation.gripper_opening
+        built = self.adapter.layout.reference(
+            self.policy.spec, self.settings, goal.reference, observation
         )
         steer(
             self.policy,

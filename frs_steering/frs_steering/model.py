@@ -1,16 +1,18 @@
 """The built-in pi0-like flow-matching policy, sized to run on a CPU in milliseconds.
 
-Observation (``state`` [B, state_dim], optional ``instruction`` embedding [B, instruction_dim])
--> an encoder run once per observation that precomputes the observation's share of every FiLM
-modulation and a token bias. Two encoders: the default (``encoder_depth=0``) adds a state MLP
-and a linear instruction projection; ``encoder_depth=n`` runs an n-hidden-layer MLP over the
-concatenation [state, instruction], which lets the instruction *select* parts of the state
-(multiplicative interaction) instead of only shifting one hidden layer. With
-``input_normalization`` the inputs are standardized by per-feature statistics stored as weights
-(set once from the training data by :meth:`FlowMatchingPolicy.set_input_statistics`). The
-action expert is an MLP-mixer over the ``horizon`` action tokens, FiLM-conditioned per block on
-observation + sinusoidal time embedding, so a velocity call costs only the time embedding and
-the mixer blocks.
+Observation (``state`` [B, state_dim], optional ``instruction`` embedding [B, instruction_dim],
+optional camera images ``image.<name>`` [B, 3, image_size, image_size] in [0, 1], one small
+strided CNN per camera) -> an encoder run once per observation that precomputes the
+observation's share of every FiLM modulation and a token bias. Two encoders: the default
+(``encoder_depth=0``) adds a state MLP and a linear instruction projection; ``encoder_depth=n``
+runs an n-hidden-layer MLP over the concatenation [state, instruction], which lets the
+instruction *select* parts of the state (multiplicative interaction) instead of only shifting
+one hidden layer. Camera features are added to that embedding. With ``input_normalization``
+the inputs are standardized by per-feature statistics stored as weights (set once from the
+training data by :meth:`FlowMatchingPolicy.set_input_statistics`). The action expert is an
+MLP-mixer over the ``horizon`` action tokens, FiLM-conditioned per block on observation +
+sinusoidal time embedding, so a velocity call costs only the time embedding and the mixer
+blocks.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class FlowPolicyConfig:
     encoder_depth: int = 0  # 0: additive state MLP + linear instruction; n: MLP over the concat
     encoder_width: int = 0  # hidden width of the concat MLP (0: ``width``)
     input_normalization: bool = False  # standardize state / instruction with stored statistics
+    image_keys: tuple[str, ...] = ()  # cameras, observed as ``image.<key>``
+    image_size: int = 0  # square side (px) every camera image is resized to
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "width", "depth", "mlp_ratio", "token_mlp_ratio"):
@@ -60,6 +64,11 @@ class FlowPolicyConfig:
             raise ValueError("input_normalization must be a bool")
         if not isinstance(self.instruction_dim, int) or self.instruction_dim < 0:
             raise ValueError(f"instruction_dim must be an int >= 0, got {self.instruction_dim!r}")
+        object.__setattr__(self, "image_keys", tuple(str(k) for k in self.image_keys))
+        if len(set(self.image_keys)) != len(self.image_keys):
+            raise ValueError(f"image_keys must be distinct, got {self.image_keys}")
+        if self.image_keys and (not isinstance(self.image_size, int) or self.image_size < 8):
+            raise ValueError(f"image_size must be an int >= 8 with cameras, got {self.image_size}")
         if not isinstance(self.time_frequencies, int) or self.time_frequencies < 1:
             raise ValueError(f"time_frequencies must be positive, got {self.time_frequencies}")
         if not 0 < self.min_period < self.max_period:
@@ -88,6 +97,19 @@ class EncodedObservation(NamedTuple):
 
     film: torch.Tensor
     token_bias: torch.Tensor
+
+
+def _image_encoder(width: int) -> nn.Module:
+    """A camera image [B, 3, S, S] in [0, 1] -> a ``width`` feature (two strided convs, mean)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=2),
+        nn.SiLU(),
+        nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, width),
+    )
 
 
 def _uniform_fan_in(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
@@ -154,6 +176,9 @@ class FlowMatchingPolicy(nn.Module):
                     size = hidden
                 layers.append(nn.Linear(size, width))
                 self.observation_encoder = nn.Sequential(*layers)
+            self.image_encoders = nn.ModuleDict(
+                {key: _image_encoder(width) for key in config.image_keys}
+            )
             self.observation_film = nn.Linear(width, film_size)
             self.observation_token_bias = nn.Linear(width, width)
             self.time_encoder = nn.Sequential(
@@ -222,6 +247,11 @@ class FlowMatchingPolicy(nn.Module):
         if not isinstance(observation, Mapping):
             raise ValueError(f"observation must be a mapping, got {type(observation).__name__}")
         allowed = {"state", "instruction"} if self.config.instruction_dim else {"state"}
+        images = {f"image.{key}" for key in self.config.image_keys}
+        missing = images - set(observation)
+        if missing:
+            raise ValueError(f"observation lacks camera images {sorted(missing)}")
+        allowed |= images
         unknown = set(observation) - allowed
         if unknown:
             raise ValueError(f"unknown observation keys {sorted(unknown)}; expected {allowed}")
@@ -229,12 +259,18 @@ class FlowMatchingPolicy(nn.Module):
             raise ValueError("observation needs a 'state' tensor")
         expected = {"state": self.config.state_dim, "instruction": self.config.instruction_dim}
         batch = None
+        size = self.config.image_size
         for key, value in observation.items():
-            if not isinstance(value, torch.Tensor) or value.ndim != 2:
-                raise ValueError(f"observation[{key!r}] must be a [B, {expected[key]}] tensor")
-            if value.shape[1] != expected[key] or value.shape[0] == 0:
+            if key in images:
+                want: tuple[int, ...] = (3, size, size)
+                shape_text = f"[B, 3, {size}, {size}]"
+            else:
+                want, shape_text = (expected[key],), f"[B, {expected[key]}]"
+            if not isinstance(value, torch.Tensor) or value.ndim != len(want) + 1:
+                raise ValueError(f"observation[{key!r}] must be a {shape_text} tensor")
+            if tuple(value.shape[1:]) != want or value.shape[0] == 0:
                 raise ValueError(
-                    f"observation[{key!r}] must be [B, {expected[key]}], got {tuple(value.shape)}"
+                    f"observation[{key!r}] must be {shape_text}, got {tuple(value.shape)}"
                 )
             if batch is not None and value.shape[0] != batch:
                 raise ValueError("observation tensors disagree on the batch size")
@@ -257,6 +293,8 @@ class FlowMatchingPolicy(nn.Module):
             if self.instruction_encoder is not None and "instruction" in observation:
                 instruction = self._normalized(observation, "instruction", batch)
                 embedding = embedding + self.instruction_encoder(instruction)
+        for key, encoder in self.image_encoders.items():
+            embedding = embedding + encoder(observation[f"image.{key}"].to(state))
         embedding = F.silu(embedding)
         film = self.observation_film(embedding).view(
             batch, self.config.depth, FILM_TERMS_PER_BLOCK, 1, self.config.width

@@ -41,8 +41,8 @@ import torch
 
 from frs_sim.demonstrations import DemoSet
 from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
-from frs_sim.instructions import EMBEDDING_DIM
 from frs_steering.checkpoint import save_policy
+from frs_steering.instructions import EMBEDDING_DIM
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.normalization import QuantileNormalizer, fit_normalizer
 from frs_steering.policy import ActionSpec, TimeConvention

