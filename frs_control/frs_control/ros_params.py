@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.node import Node
+
+if TYPE_CHECKING:  # parameter helpers usable where no node is (tables, docs)
+    from rclpy.node import Node
 
 #: (name, default, description, descriptor extras such as ranges; "read_only" defaults to True)
 ParameterSpec = tuple[str, Any, str, Mapping[str, Any]]

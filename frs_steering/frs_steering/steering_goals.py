@@ -1,8 +1,9 @@
 """What the steering node does with a ``SteerChunk`` goal before and after steering (no rclpy).
 
-Checking a goal's method settings into a :class:`SteerRequest`, loading and checking a noise
-policy against the flow policy, bounding the refined output. Kept out of the node so it is unit
-tested without ROS and the node only wires parameters and interfaces.
+Its parameter table, checking a goal's method settings into a :class:`SteerRequest`, stopping a
+goal between integration steps (:class:`StepMonitor`), loading and checking a noise policy
+against the flow policy, bounding the refined output. Kept out of the node so it is unit tested
+without ROS and the node only wires parameters and interfaces.
 """
 
 from __future__ import annotations
@@ -19,12 +20,38 @@ from typing import Any
 
 import torch
 
+from frs_control.ros_params import float_range, int_range
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
 from frs_steering.observation import ObservationError, method_and_params
 from frs_steering.steer import SteerResult, available_methods
 
 METHOD_NOISE_POLICY = "noise_policy"
+
+#: The steering node's parameters: (name, default, description, read_only, descriptor extras).
+NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
+    ("checkpoint", "", "policy checkpoint dir; empty = shipped generalist", True, {}),
+    ("observation_adapter", "tabletop", "tabletop | droid | module:Class", True, {}),
+    ("noise_policy", "", "noise-policy checkpoint for method noise_policy", True, {}),
+    ("device", "cpu", "torch device of the policy", True, {}),
+    ("torch_threads", 1, "torch intra-op threads", True, int_range(1, 64)),
+    ("autostart", True, "configure and activate on start-up", True, {}),
+    ("max_translation", 0.05, "m of EE travel per row at magnitude 1", True, float_range(1e-4, 1)),
+    ("buffer_size", 200, "samples kept per input topic", True, int_range(1, 10000)),
+    ("stamp_tolerance", 0.005, "s; samples this close match a stamp", False, float_range(0, 1)),
+    ("max_observation_age", 0.5, "s; older observations are stale", False, float_range(0, 60)),
+    ("observation_wait", 0.05, "s to wait for samples in flight", False, float_range(0, 1)),
+    ("commanded_rows", 0, "rows the direction commands; 0 = all", False, int_range(0, 1000)),
+    ("command_rotation", False, "also command zero rotation (ee_delta)", False, {}),
+    ("max_num_steps", 1000, "largest num_steps of a goal", False, int_range(1, 100000)),
+    ("max_samples", 64, "largest num_samples (sample_rank)", False, int_range(1, 4096)),
+    ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
+    ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
+    ("publish_feedback", True, "action feedback during integration", False, {}),
+    ("feedback_period", 0.02, "s between feedback; 0 = every step", False, float_range(0, 10)),
+    ("publish_markers", True, "EE paths on frs/markers", False, {}),
+    ("publish_record", True, "SteeringRecord per goal on frs/steering/record", False, {}),
+]
 
 
 class GoalRejected(Exception):

@@ -110,7 +110,6 @@ def record_msg(
     observation: StampedObservation,
     result: Any,
     settings: ReferenceSettings,
-    *,
     include_unsteered: bool,
     checkpoint_sha256: str,
 ) -> SteeringRecord:

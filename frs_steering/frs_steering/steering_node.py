@@ -45,7 +45,7 @@ from visualization_msgs.msg import MarkerArray
 
 from frs_control.messages import MessageError, message_class, stamp_to_ns
 from frs_control.ros_executor import run_node, waking_future
-from frs_control.ros_params import RESULT_TIMEOUT, declare_described, float_range, int_range
+from frs_control.ros_params import RESULT_TIMEOUT, declare_described
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
 from frs_steering.adapters import ObservationAdapter, adapter_class
@@ -55,6 +55,7 @@ from frs_steering.observation import InputBuffers, ObservationError
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.steer import available_methods, steer
 from frs_steering.steering_goals import (
+    NODE_PARAMETERS,
     GoalCanceled,
     GoalPreempted,
     GoalRejected,
@@ -79,31 +80,6 @@ RELIABLE_QOS = QoSProfile(
 Result = SteerChunk.Result
 ADAPTER_PREFIX = "adapter."
 
-#: (name, default, description, read_only, descriptor extras)
-PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
-    ("checkpoint", "", "policy checkpoint dir; empty = shipped generalist", True, {}),
-    ("observation_adapter", "tabletop", "tabletop | droid | module:Class", True, {}),
-    ("noise_policy", "", "noise-policy checkpoint for method noise_policy", True, {}),
-    ("device", "cpu", "torch device of the policy", True, {}),
-    ("torch_threads", 1, "torch intra-op threads", True, int_range(1, 64)),
-    ("autostart", True, "configure and activate on start-up", True, {}),
-    ("max_translation", 0.05, "m of EE travel per row at magnitude 1", True, float_range(1e-4, 1)),
-    ("buffer_size", 200, "samples kept per input topic", True, int_range(1, 10000)),
-    ("stamp_tolerance", 0.005, "s; samples this close match a stamp", False, float_range(0, 1)),
-    ("max_observation_age", 0.5, "s; older observations are stale", False, float_range(0, 60)),
-    ("observation_wait", 0.05, "s to wait for samples in flight", False, float_range(0, 1)),
-    ("commanded_rows", 0, "rows the direction commands; 0 = all", False, int_range(0, 1000)),
-    ("command_rotation", False, "also command zero rotation (ee_delta)", False, {}),
-    ("max_num_steps", 1000, "largest num_steps of a goal", False, int_range(1, 100000)),
-    ("max_samples", 64, "largest num_samples (sample_rank)", False, int_range(1, 4096)),
-    ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
-    ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
-    ("publish_feedback", True, "action feedback during integration", False, {}),
-    ("feedback_period", 0.02, "s between feedback; 0 = every step", False, float_range(0, 10)),
-    ("publish_markers", True, "EE paths on frs/markers", False, {}),
-    ("publish_record", True, "SteeringRecord per goal on frs/steering/record", False, {}),
-]
-
 
 @dataclass(frozen=True)
 class _Served:
@@ -120,7 +96,8 @@ class SteeringNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:  # noqa: ANN003 - rclpy Node keyword arguments
         super().__init__("steering", **kwargs)
         declare_described(
-            self, ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in PARAMETERS)
+            self,
+            ((n, d, text, {**extra, "read_only": ro}) for n, d, text, ro, extra in NODE_PARAMETERS),
         )
         declare_described(self, [RESULT_TIMEOUT])
         try:  # the adapter's options are parameters too; an unknown adapter fails configure
@@ -433,24 +410,18 @@ class SteeringNode(LifecycleNode):
         settings: ReferenceSettings,
     ) -> None:
         """Diagnostics, rviz markers and the replay record: after the result, off its path."""
-        publishers = self._outputs
-        if not self._active or not publishers:
+        outputs = self._outputs
+        if not self._active or not outputs:
             return
-        publishers["diagnostics"].publish(msg.diagnostics)
+        outputs["diagnostics"].publish(msg.diagnostics)
         if self._param("publish_markers"):
             layout = self._adapter.layout
-            publishers["markers"].publish(markers_msg(result, layout, observation, reference_real))
+            outputs["markers"].publish(markers_msg(result, layout, observation, reference_real))
         if self._param("publish_record"):
-            record = record_msg(
-                goal,
-                request,
-                observation,
-                msg,
-                settings,
-                include_unsteered=bool(self._param("include_unsteered")),
-                checkpoint_sha256=self._checkpoint_sha256,
+            unsteered, sha = bool(self._param("include_unsteered")), self._checkpoint_sha256
+            outputs["record"].publish(
+                record_msg(goal, request, observation, msg, settings, unsteered, sha)
             )
-            publishers["record"].publish(record)
 
 
 def main(args: list[str] | None = None) -> None:
