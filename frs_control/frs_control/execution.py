@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from frs_sim.ik import IKResult, axis_angle_to_matrix
+from frs_control.kinematics import IKResult, axis_angle_to_matrix
 
 N_JOINTS = 7
 

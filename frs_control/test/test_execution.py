@@ -21,9 +21,11 @@ from frs_control.execution import (
     velocity_command,
 )
 from frs_control.kinematics import REST_QPOS, ArmKinematics
-from frs_sim.env import HOME_EE_POS, HOME_EE_ROT
 
 LIMITS = ExecutionLimits()
+# The simulation's home pose: 45 cm ahead, 25 cm up, gripper pointing down (base frame).
+HOME_EE_POS = np.array([0.45, 0.0, 0.25])
+HOME_EE_ROT = np.diag([1.0, -1.0, -1.0])
 NOW = 1000.0
 
 
