@@ -1,4 +1,4 @@
-"""Arm controller end to end: sim robot and controller in their own processes over Fast DDS.
+"""Arm controller end to end: simulated robot and controller in their own processes over Fast DDS.
 
 The test process is the client: it resets episodes, sends ExecuteChunk goals stamped with a
 recent joint_states stamp, and watches joint_states and the controller's command topics.
