@@ -19,7 +19,6 @@ according to the outcome (see ``control_loop``); read ``outcome`` for the detail
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -30,11 +29,9 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -46,7 +43,7 @@ from frs_control.execution import ChunkRejected, plan_chunk
 from frs_control.gripper import GripperOutput, GripperUnavailable, make_gripper_output
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import chunk_request, joint_positions, joint_trajectory_msg
-from frs_control.ros_executor import waking_future
+from frs_control.ros_executor import run_node, waking_future
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk
 
@@ -295,38 +292,9 @@ class ArmControllerNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the controller (configured and activated when ``autostart``) until Ctrl-C.
-
-    rclpy's own SIGINT handler would shut the context down before a last stop command could be
-    sent, so Ctrl-C arrives here as KeyboardInterrupt and the arm is stopped before exiting.
-    """
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # Also when started with SIGINT ignored (a background job of a script), and for SIGTERM.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    node = None
-    exit_code = 0
-    try:
-        node = ArmControllerNode()
-        executor = SingleThreadedExecutor()  # goals await their stream; see ros_executor
-        executor.add_node(node)
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                node.get_logger().fatal("configure failed (see above); exiting")
-                exit_code = 1
-        if not exit_code:
-            executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop_for_exit()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if exit_code:
-        raise SystemExit(exit_code)
+    """Run the controller (configured and activated when ``autostart``) until Ctrl-C / SIGTERM;
+    the arm gets a last stop command before the context goes down (see ``run_node``)."""
+    run_node(ArmControllerNode, args, on_exit=ArmControllerNode.stop_for_exit)
 
 
 if __name__ == "__main__":
