@@ -1,18 +1,30 @@
 """From an action chunk to a timed, limit-checked joint-space plan (no ROS; arm controller core).
 
-The arm controller node only translates ROS messages into these calls:
+The arm controller node only translates ROS messages into these calls (:func:`plan_chunk` runs
+steps 1-3):
 
-1. ``validate_chunk`` checks a chunk against hard limits and *rejects* it (``ChunkRejected`` with a
-   reason) instead of clamping: a malformed or absurd chunk moves nothing.
+1. ``validate_chunk`` checks a chunk's structure and the rows that will run against hard limits
+   and *rejects* it (``ChunkRejected`` with a reason) when it cannot be made safe: a malformed,
+   non-finite or absurd chunk moves nothing.
 2. ``schedule_rows`` timestamps rows from the chunk's OBSERVATION stamp (row i executes at
    ``stamp + (i + 1) * dt``), keeps the ``max_points`` prefix and drops rows already in the past
    (the diffusion_policy real-robot rule).
 3. ``plan_ee_delta`` / ``plan_joint_velocity`` turn the kept rows into joint-position knots, clamped
-   to workspace, joint-position and joint-velocity limits (counting altered rows).
+   to workspace, joint-position and joint-velocity limits, gripper commands clipped into [0, 1]
+   (counting altered rows in ``points_clamped``).
 4. ``JointPlan.sample`` / ``velocity_command`` give the interpolated target and the clamped
    velocity command at any control tick; ``Watchdog`` tracks the age of joint states.
 
-Times are seconds on one clock (the node uses ROS time = wall clock); units are REP-103.
+Row layouts (columns of one row; SI units, REP-103, base frame ``fr3_link0``):
+
+- ``ee_delta``, exactly 8 columns: ``dx, dy, dz`` (m per row), ``droll, dpitch, dyaw`` (rad per
+  row, axis-angle), ``gripper`` (0 = open .. 1 = closed), one ignored pad column.
+- ``joint_velocity`` (DROID / pi0.5 style, e.g. dt = 1/15 s), 8 or more columns: ``v1 .. v7``
+  (rad/s of joint1..7, held over the row's dt), ``gripper`` (position, 0 = open .. 1 = closed);
+  columns from 8 on (a policy's padding, e.g. pi0.5's 32-wide rows) are ignored.
+
+Only the rows that will run (the ``max_points`` prefix) and the columns read are value-checked.
+Times are seconds on one clock (the node uses ROS time = wall clock).
 """
 
 from __future__ import annotations
@@ -22,22 +34,31 @@ from typing import Protocol
 
 import numpy as np
 
-from frs_sim.ik import IKResult, axis_angle_to_matrix
+from frs_control.kinematics import IKResult, axis_angle_to_matrix
 
 N_JOINTS = 7
 
-#: Action spaces the controller executes, with their row width.
-#: ``ee_delta``: (dx, dy, dz, droll, dpitch, dyaw, gripper, pad): metres / radians per row in the
-#: base frame, gripper 0 = open .. 1 = closed, pad ignored.
-#: ``joint_velocity``: 7 joint velocities (rad/s) + gripper position (DROID / pi0.5 style).
-ACTION_SPACE_DIMS: dict[str, int] = {"ee_delta": 8, "joint_velocity": 8}
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """How the controller reads the rows of one action space."""
+
+    dim: int  # columns read
+    gripper_column: int
+    padded: bool  # wider rows are accepted; the extra columns are ignored
+
+
+#: Action spaces the controller executes (row layouts in the module docstring).
+ACTION_SPACES: dict[str, ActionSpace] = {
+    "ee_delta": ActionSpace(dim=8, gripper_column=6, padded=False),
+    "joint_velocity": ActionSpace(dim=8, gripper_column=7, padded=True),
+}
 
 #: FR3 joint limits (franka_description), radians and rad/s.
 FR3_JOINT_LOWER = (-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159)
 FR3_JOINT_UPPER = (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159)
 FR3_JOINT_VELOCITY = (2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26)
 
-_GRIPPER_SLACK = 0.1  # gripper values in [-0.1, 1.1] are clipped into [0, 1]; beyond is rejected
 _IK_POS_TOL = 0.005  # m; larger IK residuals mean a limit bound the row (counted as clamped)
 _IK_ROT_TOL = 0.05  # rad
 
@@ -78,20 +99,31 @@ class ChunkRequest:
     normalized: bool = False
     dim_names: tuple[str, ...] = ()
     max_points: int = 0  # 0 = all rows
+    frame_id: str = ""
+
+    @property
+    def executed_rows(self) -> int:
+        """How many leading rows can run (the ``max_points`` prefix)."""
+        return self.horizon if self.max_points <= 0 else min(self.horizon, self.max_points)
 
 
 def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -> np.ndarray:
-    """Return the ``(horizon, dim)`` rows, or raise ``ChunkRejected`` naming the first problem."""
-    space = request.action_space
-    if space not in ACTION_SPACE_DIMS:
+    """The ``(executed_rows, columns read)`` rows, or ``ChunkRejected`` naming the first problem.
+
+    Structure (sizes, dt, stamp) is checked on the whole chunk; values (finite, hard limits) only
+    on the rows that will run and the columns read. Gripper values are clipped later, not checked.
+    """
+    name = request.action_space
+    space = ACTION_SPACES.get(name)
+    if space is None:
         raise ChunkRejected(
-            f"unknown action_space {space!r}; expected one of {sorted(ACTION_SPACE_DIMS)}"
+            f"unknown action_space {name!r}; expected one of {sorted(ACTION_SPACES)}"
         )
     if request.normalized:
         raise ChunkRejected("chunk is in normalized policy space; the controller needs real units")
-    expected_dim = ACTION_SPACE_DIMS[space]
-    if request.dim != expected_dim:
-        raise ChunkRejected(f"{space} needs dim {expected_dim}, got {request.dim}")
+    if request.dim != space.dim and not (space.padded and request.dim > space.dim):
+        wanted = f"at least {space.dim}" if space.padded else str(space.dim)
+        raise ChunkRejected(f"{name} needs dim {wanted}, got {request.dim}")
     if not 0 < request.horizon <= limits.max_horizon:
         raise ChunkRejected(f"horizon must be in 1..{limits.max_horizon}, got {request.horizon}")
     data = np.asarray(request.data, dtype=np.float64).reshape(-1)
@@ -103,19 +135,15 @@ def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -
         raise ChunkRejected(f"{len(request.dim_names)} dim_names for dim {request.dim}")
     if not (np.isfinite(request.dt) and 0.0 < request.dt <= limits.max_dt):
         raise ChunkRejected(f"dt must be in (0, {limits.max_dt}] s, got {request.dt}")
-    if not np.all(np.isfinite(data)):
-        raise ChunkRejected("data contains NaN or inf")
     if request.stamp <= 0.0:
         raise ChunkRejected("header.stamp is unset; it must be the observation time")
     ahead = request.stamp - now
     if ahead > limits.future_tolerance:
         raise ChunkRejected(f"header.stamp is {ahead:.3f} s in the future")
-    rows = data.reshape(request.horizon, request.dim)
-    gripper = rows[:, 7] if space == "joint_velocity" else rows[:, 6]
-    bad = np.flatnonzero((gripper < -_GRIPPER_SLACK) | (gripper > 1.0 + _GRIPPER_SLACK))
-    if bad.size:
-        raise ChunkRejected(f"row {bad[0]}: gripper {gripper[bad[0]]:g} outside [0, 1]")
-    if space == "ee_delta":
+    rows = data.reshape(request.horizon, request.dim)[: request.executed_rows, : space.dim]
+    if not np.all(np.isfinite(rows)):
+        raise ChunkRejected("data contains NaN or inf")
+    if name == "ee_delta":
         _check_ee_rows(rows, request.dt, limits)
     else:
         _check_velocity_rows(rows, limits)
@@ -262,6 +290,13 @@ def clamp_joint_step(
     return q, bool(np.any(np.abs(q - q_next) > 1e-9))
 
 
+def clip_gripper(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gripper commands clipped into [0, 1] (the hardware range) and which rows were clipped."""
+    values = np.asarray(values, dtype=np.float64)
+    clipped = np.clip(values, 0.0, 1.0)
+    return clipped, clipped != values
+
+
 def _knot_times(schedule: RowSchedule, start_time: float, dt: float) -> np.ndarray:
     """Row times, pushed so every segment lasts at least a quarter row (tolerated-late rows)."""
     times = np.empty(len(schedule.times))
@@ -291,12 +326,14 @@ def plan_ee_delta(
     goal_pos, goal_rot = kinematics.forward(q_prev)
     ws_low, ws_high = np.asarray(limits.workspace_low), np.asarray(limits.workspace_high)
     times = _knot_times(schedule, start_time, dt)
+    gripper, gripper_clipped = clip_gripper(
+        rows[schedule.indices, ACTION_SPACES["ee_delta"].gripper_column]
+    )
     knots, goals, clamped, t_prev = [q_prev], [], 0, start_time
-    for row, t in zip(rows[schedule.indices], times, strict=True):
-        altered = False
+    for row, t, clipped in zip(rows[schedule.indices], times, gripper_clipped, strict=True):
         wanted = goal_pos + row[0:3]
         goal_pos = np.clip(wanted, ws_low, ws_high)
-        altered |= bool(np.any(np.abs(goal_pos - wanted) > 1e-9))
+        altered = bool(clipped) or bool(np.any(np.abs(goal_pos - wanted) > 1e-9))
         goal_rot = axis_angle_to_matrix(row[3:6]) @ goal_rot
         ik = kinematics.inverse(goal_pos, goal_rot, q_prev, max_iters=ik_iterations)
         altered |= ik.pos_error > _IK_POS_TOL or ik.rot_error > _IK_ROT_TOL
@@ -305,7 +342,6 @@ def plan_ee_delta(
         knots.append(q)
         goals.append(goal_pos)
         q_prev, t_prev = q, t
-    gripper = np.clip(rows[schedule.indices, 6], 0.0, 1.0)
     return JointPlan(
         path=JointPath(np.concatenate([[start_time], times]), np.array(knots)),
         row_times=times,
@@ -327,19 +363,52 @@ def plan_joint_velocity(
     """Integrate each kept row's joint velocities over ``dt`` from the measured start position."""
     q_prev = np.asarray(q_start, dtype=np.float64)
     times = _knot_times(schedule, start_time, dt)
+    gripper, gripper_clipped = clip_gripper(
+        rows[schedule.indices, ACTION_SPACES["joint_velocity"].gripper_column]
+    )
     knots, clamped, t_prev = [q_prev], 0, start_time
-    for row, t in zip(rows[schedule.indices], times, strict=True):
+    for row, t, clipped in zip(rows[schedule.indices], times, gripper_clipped, strict=True):
         q, limited = clamp_joint_step(q_prev, q_prev + row[:N_JOINTS] * dt, t - t_prev, limits)
-        clamped += limited
+        clamped += bool(clipped) or limited
         knots.append(q)
         q_prev, t_prev = q, t
     return JointPlan(
         path=JointPath(np.concatenate([[start_time], times]), np.array(knots)),
         row_times=times,
-        gripper=np.clip(rows[schedule.indices, 7], 0.0, 1.0),
+        gripper=gripper,
         points_clamped=int(clamped),
         points_dropped_late=schedule.dropped_late,
     )
+
+
+def plan_chunk(
+    request: ChunkRequest,
+    now: float,
+    q_start: np.ndarray,
+    kinematics: Kinematics,
+    limits: ExecutionLimits,
+    *,
+    base_frame: str = "fr3_link0",
+    ik_iterations: int = 20,
+) -> JointPlan:
+    """Validate, schedule and plan a chunk starting from ``q_start`` measured at ``now``.
+
+    Raises ``ChunkRejected`` (nothing may move) for a chunk that cannot be made safe; ee_delta
+    chunks must be in ``base_frame`` (or leave ``frame_id`` empty).
+    """
+    if request.action_space == "ee_delta" and request.frame_id not in ("", base_frame):
+        raise ChunkRejected(
+            f"ee_delta chunk in frame {request.frame_id!r}; expected {base_frame!r}"
+        )
+    rows = validate_chunk(request, now, limits)
+    schedule = schedule_rows(
+        request.stamp, request.dt, request.horizon, now, limits.late_tolerance, request.max_points
+    )
+    if request.action_space == "ee_delta":
+        return plan_ee_delta(
+            rows, schedule, request.dt, q_start, now, kinematics, limits, ik_iterations
+        )
+    return plan_joint_velocity(rows, schedule, request.dt, q_start, now, limits)
 
 
 def velocity_command(

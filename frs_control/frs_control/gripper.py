@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from std_msgs.msg import Float64MultiArray
+
 GRIPPER_OUTPUTS = ("topic", "franka", "none")
 
 Event = Literal["open", "close"]
@@ -57,18 +59,26 @@ class FrankaGripperSettings:
 class GripperOutput(Protocol):
     def command(self, value: float) -> None: ...
 
+    def destroy(self) -> None: ...
+
 
 class TopicGripper:
     """Publishes each new command value (``std_msgs/Float64MultiArray``, one element)."""
 
-    def __init__(self, publisher: Any, message_type: Any) -> None:
-        self._publisher, self._message_type = publisher, message_type
+    TOPIC = "gripper_controller/commands"
+
+    def __init__(self, node: Any, qos: Any) -> None:
+        self._node, self._message_type = node, Float64MultiArray
+        self._publisher = node.create_publisher(Float64MultiArray, self.TOPIC, qos)
         self._last: float | None = None
 
     def command(self, value: float) -> None:
         if value != self._last:
             self._last = value
             self._publisher.publish(self._message_type(data=[value]))
+
+    def destroy(self) -> None:
+        self._node.destroy_publisher(self._publisher)
 
 
 class FrankaGripper:
@@ -116,3 +126,23 @@ class FrankaGripper:
     def destroy(self) -> None:
         self._move.destroy()
         self._grasp.destroy()
+
+
+def make_gripper_output(
+    node: Any,
+    kind: str,
+    qos: Any,
+    franka: tuple[FrankaGripperSettings, GripperLatch] | None = None,
+) -> GripperOutput | None:
+    """The gripper output ``kind`` on ``node`` (None for "none").
+
+    Raises ValueError for an unknown kind, GripperUnavailable where its interfaces are missing.
+    """
+    if kind not in GRIPPER_OUTPUTS:
+        raise ValueError(f"gripper_output must be one of {GRIPPER_OUTPUTS}, got {kind!r}")
+    if kind == "none":
+        return None
+    if kind == "topic":
+        return TopicGripper(node, qos)
+    settings, latch = franka or (FrankaGripperSettings(), GripperLatch())
+    return FrankaGripper(node, settings, latch)

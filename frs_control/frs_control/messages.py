@@ -10,12 +10,15 @@ the text straight back to its client.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from frs_control.execution import ChunkRequest
 from frs_msgs.msg import ActionChunk
 
 
@@ -83,6 +86,40 @@ def chunk_from_msg(msg: ActionChunk, field: str = "chunk") -> np.ndarray:
     if not np.all(np.isfinite(data)):
         raise MessageError(f"{field}: data contains NaN or Inf")
     return data.reshape(msg.horizon, msg.dim)
+
+
+def chunk_request(msg: ActionChunk, max_points: int = 0) -> ChunkRequest:
+    """What the arm controller executes from an ``ActionChunk`` (checked by ``validate_chunk``)."""
+    return ChunkRequest(
+        action_space=msg.action_space,
+        stamp=stamp_to_seconds(msg.header.stamp),
+        dt=float(msg.dt),
+        horizon=int(msg.horizon),
+        dim=int(msg.dim),
+        data=np.asarray(msg.data, dtype=np.float64),
+        normalized=bool(msg.normalized),
+        dim_names=tuple(msg.dim_names),
+        max_points=int(max_points),
+        frame_id=msg.header.frame_id,
+    )
+
+
+def seconds_to_duration(seconds: float) -> Duration:
+    """Non-negative float seconds as a ``builtin_interfaces/Duration``."""
+    sec = math.floor(seconds)
+    return Duration(sec=int(sec), nanosec=min(int((seconds - sec) * 1e9), 999_999_999))
+
+
+def joint_trajectory_msg(
+    joint_names: Sequence[str], times_from_start: Sequence[float], positions: np.ndarray
+) -> JointTrajectory:
+    """A ``JointTrajectory`` with a zero stamp (start on receipt): one point per knot."""
+    msg = JointTrajectory(joint_names=list(joint_names))
+    for t, q in zip(times_from_start, positions, strict=True):
+        point = JointTrajectoryPoint(positions=[float(v) for v in q])
+        point.time_from_start = seconds_to_duration(t)
+        msg.points.append(point)
+    return msg
 
 
 def joint_positions(msg: Any, names: Sequence[str]) -> np.ndarray | None:

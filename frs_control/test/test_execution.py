@@ -14,6 +14,8 @@ from frs_control.execution import (
     JointPath,
     Watchdog,
     clamp_joint_step,
+    clip_gripper,
+    plan_chunk,
     plan_ee_delta,
     plan_joint_velocity,
     schedule_rows,
@@ -21,9 +23,11 @@ from frs_control.execution import (
     velocity_command,
 )
 from frs_control.kinematics import REST_QPOS, ArmKinematics
-from frs_sim.env import HOME_EE_POS, HOME_EE_ROT
 
 LIMITS = ExecutionLimits()
+# The simulation's home pose: 45 cm ahead, 25 cm up, gripper pointing down (base frame).
+HOME_EE_POS = np.array([0.45, 0.0, 0.25])
+HOME_EE_ROT = np.diag([1.0, -1.0, -1.0])
 NOW = 1000.0
 
 
@@ -69,7 +73,8 @@ def test_valid_chunk_passes_and_keeps_shape() -> None:
         ({}, _ee_rows(dx=0.2), "translation"),
         ({"dt": 0.02}, _ee_rows(dx=0.03), "1.0 m/s"),
         ({}, np.tile([0, 0, 0, 0.9, 0, 0, 0, 0], (10, 1)), "rotation"),
-        ({}, np.tile([0, 0, 0, 0, 0, 0, 3.0, 0], (10, 1)), "gripper"),
+        ({"frame_id": "world"}, None, "frame"),
+        ({"action_space": "joint_velocity", "dim": 7}, np.zeros((10, 7)), "at least 8"),
     ],
 )
 def test_bad_chunks_are_rejected_with_a_reason(
@@ -77,8 +82,72 @@ def test_bad_chunks_are_rejected_with_a_reason(
 ) -> None:
     base = _ee_rows() if rows is None else rows
     with pytest.raises(ChunkRejected) as err:
-        validate_chunk(_request(base, **overrides), NOW, LIMITS)
+        plan_chunk(_request(base, **overrides), NOW, np.zeros(7), ArmKinematics(), LIMITS)
     assert reason in str(err.value)
+
+
+@pytest.mark.parametrize("space", ["ee_delta", "joint_velocity"])
+def test_out_of_range_gripper_values_are_clipped_and_counted_not_rejected(space: str) -> None:
+    rows = np.zeros((6, 8))
+    column = 6 if space == "ee_delta" else 7
+    rows[:, column] = [0.0, 1.17, 1.0, -0.3, 0.5, 42.0]
+    kin = ArmKinematics()
+    q0 = _home_q(kin)  # inside the workspace: only the gripper is out of range
+    plan = plan_chunk(_request(rows, action_space=space, stamp=NOW), NOW, q0, kin, LIMITS)
+    np.testing.assert_array_equal(plan.gripper, [0.0, 1.0, 1.0, 0.0, 0.5, 1.0])
+    assert plan.points_clamped == 3
+    values, clipped = clip_gripper(np.array([-0.5, 0.2, 1.17]))
+    np.testing.assert_array_equal(values, [0.0, 0.2, 1.0])
+    np.testing.assert_array_equal(clipped, [True, False, True])
+
+
+def test_only_the_rows_that_will_run_are_checked() -> None:
+    rows = _ee_rows(15)
+    rows[12, 0] = np.nan  # beyond max_points: never executed, not checked
+    rows[13, 0] = 5.0
+    kept = validate_chunk(_request(rows, max_points=8), NOW, LIMITS)
+    assert kept.shape == (8, 8)
+    with pytest.raises(ChunkRejected, match="NaN"):
+        validate_chunk(_request(rows, max_points=13), NOW, LIMITS)
+    with pytest.raises(ChunkRejected, match="NaN"):
+        validate_chunk(_request(rows), NOW, LIMITS)
+
+
+def test_joint_velocity_rows_may_be_padded_and_the_padding_is_ignored() -> None:
+    rows = np.zeros((15, 32))
+    rows[:, 0] = 0.3
+    rows[:, 7] = 1.0
+    rows[:, 8:] = 1e6  # padding columns of a 32-wide policy row: ignored, whatever they hold
+    kept = validate_chunk(_request(rows, action_space="joint_velocity", dt=1 / 15), NOW, LIMITS)
+    assert kept.shape == (15, 8)
+    np.testing.assert_array_equal(kept, rows[:, :8])
+    with pytest.raises(ChunkRejected, match="ee_delta needs dim 8"):
+        validate_chunk(_request(np.zeros((5, 9))), NOW, LIMITS)
+
+
+def test_droid_style_joint_velocity_chunk_at_15_hz() -> None:
+    """dt = 1/15, 15 rows of (7 velocities, gripper, padding), 8 executed, late rows dropped."""
+    dt = 1.0 / 15.0
+    rows = np.zeros((15, 10))
+    rows[:, 0] = 0.6  # rad/s
+    rows[:, 4] = 2.0 * LIMITS.joint_velocity[4] * 0.9  # above the limit: clamped, not rejected
+    rows[:, 7] = np.linspace(0.0, 1.17, 15)  # gripper ramps closed, ends beyond 1
+    rows[:, 8:] = -7.0  # padding
+    q0 = np.array([0.0, -0.2, 0.0, -2.5, 0.0, 2.3, 0.8])
+    stamp = NOW - 2.5 * dt  # rows 0 and 1 are past due beyond late_tolerance
+    request = _request(rows, action_space="joint_velocity", stamp=stamp, dt=dt, max_points=8)
+    plan = plan_chunk(request, NOW, q0, ArmKinematics(), LIMITS)
+    assert plan.points_dropped_late == 2
+    assert len(plan.row_times) == 6
+    np.testing.assert_allclose(plan.row_times, stamp + dt * np.arange(3, 9))
+    steps = np.diff(plan.path.positions, axis=0)
+    spans = np.diff(plan.path.times)
+    velocity = steps / spans[:, None]
+    assert np.all(np.abs(velocity) <= np.asarray(LIMITS.joint_velocity) + 1e-9)
+    np.testing.assert_allclose(steps[1:, 0], 0.6 * dt)
+    assert plan.points_clamped == 6  # joint 5 over its limit in every executed row
+    np.testing.assert_allclose(plan.gripper, np.linspace(0.0, 1.17, 15)[2:8])
+    assert plan.gripper_at(plan.row_times[-1]) == pytest.approx(1.17 * 7 / 14)
 
 
 def test_joint_velocity_rows_beyond_the_hard_factor_are_rejected() -> None:

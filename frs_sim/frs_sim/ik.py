@@ -1,17 +1,23 @@
-"""Damped-least-squares inverse kinematics on the arm Jacobian (``mj_jacSite``).
+"""Damped-least-squares inverse kinematics on the simulated arm (MuJoCo FK and ``mj_jacSite``).
 
-The solver works on a private scratch ``MjData`` so solving never disturbs the simulation state.
-Each iteration runs forward kinematics, reads the 6 x 7 site Jacobian and takes a damped
-pseudo-inverse step toward the goal pose, plus a small null-space pull toward a rest posture that
-keeps the elbow from drifting over long episodes.
+The solver itself (DLS step, null-space pull toward a rest posture, tolerances) is
+``frs_control.kinematics.solve_dls``, shared with the controller's numpy arm model; this module
+feeds it MuJoCo's kinematics on a private scratch ``MjData`` so solving never disturbs the
+simulation state.
+
+``rotation_error`` and ``axis_angle_to_matrix`` stay on MuJoCo's ``mju_*`` functions here: the
+numpy twins in ``frs_control.kinematics`` agree to ~1e-16 but not bit for bit (MuJoCo's compiled
+code fuses multiply-adds), and the simulated benchmark is pinned to these exact numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mujoco
 import numpy as np
+
+from frs_control.kinematics import DLSSettings, IKResult, solve_dls
+
+__all__ = ["DampedLeastSquaresIK", "IKResult", "axis_angle_to_matrix", "rotation_error"]
 
 
 def rotation_error(goal: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -36,16 +42,6 @@ def axis_angle_to_matrix(rotvec: np.ndarray) -> np.ndarray:
     mat = np.empty(9)
     mujoco.mju_quat2Mat(mat, quat)
     return mat.reshape(3, 3)
-
-
-@dataclass(frozen=True)
-class IKResult:
-    """Solution joint vector and the residual pose error it leaves."""
-
-    qpos: np.ndarray  # (7,) radians
-    pos_error: float  # metres
-    rot_error: float  # radians
-    iterations: int
 
 
 class DampedLeastSquaresIK:
@@ -94,31 +90,28 @@ class DampedLeastSquaresIK:
         rot_tol: float = 1e-3,
     ) -> IKResult:
         """Iterate DLS steps from ``q_init`` until the pose error is below tolerance."""
-        q = np.clip(np.asarray(q_init, dtype=float).copy(), *self.joint_range.T)
-        lam2 = self.damping**2
-        pos_err_norm = rot_err_norm = np.inf
-        iterations = 0
-        for iterations in range(1, max_iters + 1):  # noqa: B007 (reported in the result)
-            self.data.qpos[self.qpos_adr] = q
-            mujoco.mj_kinematics(self.model, self.data)
-            mujoco.mj_comPos(self.model, self.data)
-            pos = self.data.site_xpos[self.site_id]
-            rot = self.data.site_xmat[self.site_id].reshape(3, 3)
-            err_p = goal_pos - pos
-            err_r = rotation_error(goal_rot, rot)
-            pos_err_norm, rot_err_norm = float(np.linalg.norm(err_p)), float(np.linalg.norm(err_r))
-            if pos_err_norm < pos_tol and rot_err_norm < rot_tol:
-                break
-            mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
-            jac = np.vstack(
-                [self._jacp[:, self.dof_adr], self.rot_weight * self._jacr[:, self.dof_adr]]
-            )
-            err = np.concatenate([err_p, self.rot_weight * err_r])
-            jjt = jac @ jac.T + lam2 * np.eye(6)
-            pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
-            dq = pinv @ err
-            if self.rest_qpos is not None:
-                null = np.eye(len(q)) - pinv @ jac
-                dq += null @ (self.nullspace_gain * (self.rest_qpos - q))
-            q = np.clip(q + dq, *self.joint_range.T)
-        return IKResult(q, pos_err_norm, rot_err_norm, iterations)
+        settings = DLSSettings(
+            self.damping, self.nullspace_gain, self.rot_weight, pos_tol=pos_tol, rot_tol=rot_tol
+        )
+        return solve_dls(
+            self._pose,
+            self._jacobian,
+            goal_pos,
+            goal_rot,
+            q_init,
+            self.joint_range,
+            self.rest_qpos,
+            settings,
+            max_iters=max_iters,
+            rotation_error=rotation_error,  # MuJoCo's arithmetic, which the benchmark is pinned to
+        )
+
+    def _pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.data.qpos[self.qpos_adr] = q
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        return self.data.site_xpos[self.site_id], self.data.site_xmat[self.site_id].reshape(3, 3)
+
+    def _jacobian(self) -> tuple[np.ndarray, np.ndarray]:
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
+        return self._jacp[:, self.dof_adr], self._jacr[:, self.dof_adr]

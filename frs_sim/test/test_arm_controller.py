@@ -1,4 +1,4 @@
-"""Arm controller end to end: sim robot and controller in their own processes over Fast DDS.
+"""Arm controller end to end: simulated robot and controller in their own processes over Fast DDS.
 
 The test process is the client: it resets episodes, sends ExecuteChunk goals stamped with a
 recent joint_states stamp, and watches joint_states and the controller's command topics.
@@ -16,6 +16,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 
 from frs_bringup.testing import RigClient, make_chunk, shifted_stamp, start_rig
+from frs_control.execution import FR3_JOINT_VELOCITY
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import stamp_to_seconds
 from frs_msgs.action import ExecuteChunk
@@ -65,12 +66,12 @@ def _settle(client: RigClient, seconds: float = 0.3) -> None:
     client.spin_for(seconds)
 
 
-def _execute_when_inputs_fresh(rig: RigClient, make, attempts: int = 3):  # noqa: ANN001, ANN202
+def _execute_when_inputs_fresh(rig: RigClient, make, attempts: int = 3, max_points: int = 0):  # noqa: ANN001, ANN202
     """Execute a freshly stamped chunk; retry while the controller refuses it for stale joint
     states (a stalled simulator process on a loaded machine; refusing is the correct response,
     but not what the calling test examines)."""
     for _ in range(attempts):
-        outcome = rig.execute(make())
+        outcome = rig.execute(make(), max_points=max_points)
         if "joint_states stale" not in outcome.result.reason:
             return outcome
         _settle(rig, 1.0)
@@ -129,6 +130,42 @@ def test_late_rows_are_dropped_max_points_honoured_and_joint_velocity_chunks_run
     assert dq[0] > 0.01
     assert dq[0] == pytest.approx(0.03 * outcome.result.points_executed, abs=0.03, rel=0.25)
     assert np.all(np.abs(dq[1:]) < 0.02)
+
+
+def test_droid_style_joint_velocity_chunk_streams_limited_velocities_and_drives_the_gripper(
+    rig: RigClient,
+) -> None:
+    """15 Hz, 15 rows of 32 columns (7 joint velocities, gripper, padding), 8 rows executed."""
+    _settle(rig)
+    q0 = rig.latest_joint_state()[1]
+    dt = 1.0 / 15.0
+    rows = np.zeros((15, 32))
+    rows[:, 0] = 0.3  # rad/s on joint 1
+    rows[7, 1] = 3.0  # above joint 2's 2.62 rad/s: clamped, not rejected
+    rows[:, 7] = 1.17  # beyond the gripper range: clipped to 1 (closed), counted
+    rows[:, 8:] = 1e3  # padding: ignored
+    limits = np.array(FR3_JOINT_VELOCITY)
+
+    def make():  # noqa: ANN202
+        stamp = shifted_stamp(_fresh_stamp(rig), -0.2)  # rows 0 and 1 are already past due
+        return make_chunk(rows, stamp, dt=dt, action_space="joint_velocity", frame_id="")
+
+    mark = time.monotonic()
+    outcome = _execute_when_inputs_fresh(rig, make, max_points=8)
+    result = outcome.result
+    assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+    assert result.points_dropped_late >= 2
+    assert result.points_executed + result.points_dropped_late == 8
+    assert result.points_clamped == result.points_executed  # every executed row's gripper
+    commands = np.array([m.data for m in rig.velocity_commands.since(mark)])
+    assert len(commands) and np.all(np.isfinite(commands))
+    assert np.all(np.abs(commands) <= limits + 1e-9)
+    assert commands[:, 0].max() > 0.2
+    grippers = [m.data[0] for m in rig.gripper_commands.since(mark)]
+    assert grippers and grippers[-1] == 1.0 and max(grippers) <= 1.0
+    _settle(rig)
+    dq = rig.latest_joint_state()[1] - q0
+    assert dq[0] > 0.3 * dt * result.points_executed * 0.5
 
 
 def test_malformed_chunks_are_rejected_with_a_reason_and_nothing_moves(rig: RigClient) -> None:

@@ -1,0 +1,195 @@
+"""The controller's state machine without ROS: streaming, preemption, stops, e-stop, watchdog.
+
+Outputs are recorded by a plain collector implementing the loop's ``Outputs`` seam; the plans
+are real ``execution`` plans.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from frs_control.control_loop import HOLD_TIME, STANDSTILL_PERIOD, ControlLoop, Outcome, Stream
+from frs_control.execution import ExecutionLimits, plan_joint_velocity, schedule_rows
+from frs_msgs.action import ExecuteChunk
+
+LIMITS = ExecutionLimits()
+T0 = 1000.0
+Q0 = np.array([0.0, -0.2, 0.0, -2.5, 0.0, 2.3, 0.8])
+
+
+class Collected:
+    """Everything the loop commanded, in order."""
+
+    def __init__(self) -> None:
+        self.velocities: list[np.ndarray] = []
+        self.trajectories: list[tuple[list[float], np.ndarray]] = []
+        self.grippers: list[float] = []
+
+    def velocity(self, command: np.ndarray) -> None:
+        self.velocities.append(np.array(command))
+
+    def trajectory(self, times_from_now, positions) -> None:  # noqa: ANN001
+        self.trajectories.append((list(times_from_now), np.array(positions)))
+
+    def gripper(self, value: float) -> None:
+        self.grippers.append(value)
+
+
+class Goal:
+    """What a goal handle contributes to a stream: cancel flag, feedback, finish."""
+
+    def __init__(self) -> None:
+        self.cancel = False
+        self.feedback: list[tuple[int, int]] = []
+        self.finished: list[Outcome] = []
+
+    def stream(self, plan) -> Stream:  # noqa: ANN001
+        return Stream(
+            plan,
+            cancel_requested=lambda: self.cancel,
+            publish_feedback=lambda done, total: self.feedback.append((done, total)),
+            on_finish=lambda s: self.finished.append(s.outcome),
+        )
+
+
+def _plan(n: int = 5, velocity: float = 0.5, gripper: float = 1.0, start: float = T0):  # noqa: ANN202
+    rows = np.zeros((n, 8))
+    rows[:, 0] = velocity
+    rows[:, 7] = gripper
+    schedule = schedule_rows(start, 0.1, n, start, 0.02)
+    return plan_joint_velocity(rows, schedule, 0.1, Q0, start, LIMITS)
+
+
+def _loop(velocity_output: bool = True) -> tuple[ControlLoop, Collected]:
+    out = Collected()
+    loop = ControlLoop(
+        out,
+        LIMITS,
+        logging.getLogger("control_loop_test"),
+        velocity_output=velocity_output,
+        watchdog_period=0.25,
+    )
+    loop.activate()
+    loop.feed_joints(Q0, T0)
+    return loop, out
+
+
+def test_outcome_values_are_the_message_constants() -> None:
+    result = ExecuteChunk.Result
+    for outcome in Outcome:
+        assert getattr(result, f"OUTCOME_{outcome.name}") == outcome.value
+
+
+def test_not_ready_reasons() -> None:
+    out = Collected()
+    loop = ControlLoop(
+        out, LIMITS, logging.getLogger("t"), velocity_output=True, watchdog_period=0.25
+    )
+    assert "not active" in loop.start_state(T0)[1]
+    loop.activate()
+    assert "no joint_states" in loop.start_state(T0)[1]
+    loop.feed_joints(Q0, T0)
+    q, problem = loop.start_state(T0 + 0.1)
+    assert problem == "" and np.array_equal(q, Q0)
+    assert "stale" in loop.start_state(T0 + 0.3)[1]
+    loop.feed_joints(Q0, T0 + 0.3)
+    loop.estop(T0 + 0.3)
+    assert "e-stop" in loop.start_state(T0 + 0.3)[1]
+    assert loop.reset_estop() and not loop.reset_estop()
+
+
+def test_stream_commands_limited_velocities_gripper_and_feedback_then_succeeds() -> None:
+    loop, out = _loop()
+    goal = Goal()
+    plan = _plan()
+    assert loop.start(goal.stream(plan), T0) == ""
+    t = T0
+    while not goal.finished:
+        t += 0.01
+        loop.feed_joints(plan.path.sample(t)[0], t)
+        loop.tick(t)
+    assert goal.finished == [Outcome.SUCCEEDED]
+    assert t == pytest.approx(plan.end_time, abs=0.011)
+    commands = np.array(out.velocities)
+    assert np.all(np.isfinite(commands))
+    assert np.all(np.abs(commands) <= np.asarray(LIMITS.joint_velocity))
+    assert commands[:, 0].max() == pytest.approx(0.5, abs=1e-6)
+    assert set(out.grippers) == {1.0}
+    assert [done for done, _ in goal.feedback] == [0, 1, 2, 3, 4, 5]
+    assert {total for _, total in goal.feedback} == {5}
+    # After the chunk: hold the last knot until chunk_timeout, then stop with zeros.
+    loop.tick(t + 0.1)
+    assert np.allclose(out.velocities[-1], 0.0, atol=1e-9)
+    loop.tick(t + loop.chunk_timeout + 0.1)
+    assert np.array_equal(out.velocities[-1], np.zeros(7))
+
+
+def test_a_newer_stream_preempts_and_cancel_stops() -> None:
+    loop, out = _loop()
+    first, second = Goal(), Goal()
+    loop.start(first.stream(_plan(30)), T0)
+    loop.tick(T0 + 0.05)
+    loop.start(second.stream(_plan(30)), T0 + 0.06)
+    assert first.finished == [Outcome.PREEMPTED]
+    second.cancel = True
+    loop.tick(T0 + 0.07)
+    assert second.finished == [Outcome.CANCELED]
+    assert np.array_equal(out.velocities[-1], np.zeros(7))
+
+
+def test_watchdog_estop_and_deactivation_stop_with_zeros() -> None:
+    for stop in ("watchdog", "estop", "deactivate"):
+        loop, out = _loop()
+        goal = Goal()
+        loop.start(goal.stream(_plan(30)), T0)
+        loop.tick(T0 + 0.05)
+        if stop == "watchdog":
+            loop.tick(T0 + 0.3)  # no joint state since T0
+        elif stop == "estop":
+            loop.estop(T0 + 0.06)
+        else:
+            loop.deactivate(T0 + 0.06)
+        assert goal.finished == [Outcome.STOPPED], stop
+        assert np.array_equal(out.velocities[-1], np.zeros(7)), stop
+        assert loop.stream is None
+
+
+def test_standstill_repeats_zeros_at_a_low_rate() -> None:
+    loop, out = _loop()
+    for i in range(50):
+        t = T0 + 0.01 * i
+        loop.feed_joints(Q0, t)
+        loop.tick(t)
+    assert all(np.array_equal(v, np.zeros(7)) for v in out.velocities)
+    assert len(out.velocities) == pytest.approx(0.5 / STANDSTILL_PERIOD, abs=1)
+
+
+def test_trajectory_output_sends_the_remaining_knots_then_a_hold() -> None:
+    loop, out = _loop(velocity_output=False)
+    goal = Goal()
+    plan = _plan(5)
+    loop.start(goal.stream(plan), T0 + 0.15)  # the first row is already due
+    times, positions = out.trajectories[0]
+    np.testing.assert_allclose(times, plan.path.times[2:] - (T0 + 0.15))
+    np.testing.assert_array_equal(positions, plan.path.positions[2:])
+    loop.estop(T0 + 0.2)
+    times, positions = out.trajectories[-1]
+    assert times == [HOLD_TIME] and np.array_equal(positions, Q0[None, :])
+    assert not out.velocities
+
+
+def test_result_fields_carry_the_plan_counts() -> None:
+    loop, _ = _loop()
+    goal = Goal()
+    stream = goal.stream(_plan(5, velocity=4.0, gripper=1.2))
+    loop.start(stream, T0)
+    loop.tick(T0 + 0.25)
+    loop.estop(T0 + 0.25)
+    fields = stream.result_fields()
+    assert fields["outcome"] == Outcome.STOPPED and fields["reason"] == "e-stop"
+    assert fields["points_executed"] == 2
+    assert fields["points_clamped"] == 5 and fields["points_dropped_late"] == 0
+    ExecuteChunk.Result(**fields)  # the message accepts every field
