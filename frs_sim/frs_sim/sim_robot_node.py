@@ -17,6 +17,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -100,7 +101,7 @@ class SimRobotNode(Node):
         self._instruction_pub = self.create_publisher(String, "frs/instruction", LATCHED_QOS)
         self._status_pub = self.create_publisher(EpisodeStatus, "frs/episode_status", 10)
         # (stream, image publisher, camera_info publisher) per published camera
-        self._cameras: list[tuple[CameraStream, object, object]] = []
+        self._cameras: list[tuple[CameraStream, Publisher, Publisher]] = []
         if float(p("camera_rate")) > 0.0:
             self._cameras = [
                 (
