@@ -20,7 +20,7 @@ from frs_steering.package_data import shipped_checkpoint
 pytestmark = pytest.mark.flaky(reruns=2)
 
 # Novel-split pushes, cycled over EPISODES seeds. The base policy alone solves ~10% of novel
-# tasks (frs_steering/results/sim_benchmark); FRS with the scripted reasoner ~83% of novel pushes
+# tasks (frs_sim/results/sim_benchmark); FRS with the scripted reasoner ~83% of novel pushes
 # in the pure simulation. Through the four processes (plan-ahead proposer, single-threaded
 # executors) FRS solved 5/6 and 3/6 here and 8/9 pushes in an 18-episode `sim_demo` run, so the
 # test asserts at least 4/9: a 67% rate fails that 4% of the time (before reruns), a 50% rate

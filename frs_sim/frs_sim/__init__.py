@@ -1,66 +1,51 @@
 """Simulated Franka tabletop benchmark (pure Python, no ROS): scene, env, tasks, experts, demos.
 
-``FrankaTabletopEnv`` is also registered with gymnasium as ``FrsTabletop-v0``.
+Importing the package is cheap: submodules such as ``frs_sim.scene`` or ``frs_sim.tasks`` load
+without gymnasium or torch. The names below
+resolve on first use; ``FrankaTabletopEnv`` registers with gymnasium as ``FrsTabletop-v0`` when
+``frs_sim.env`` is imported.
 """
 
+import importlib
 import os
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported anywhere below
+# Offscreen rendering without a display; must be set before mujoco is first imported, which any
+# submodule import does after this package's __init__ has run.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-import gymnasium as _gym  # noqa: E402
+#: public name -> the submodule that defines it (imported on first attribute access)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "ACTION_DIM",
+            "ACTION_REAL_DIM",
+            "CHUNK_HORIZON",
+            "ENV_ID",
+            "STATE_DIM",
+            "STATE_LAYOUT",
+            "ChunkRollout",
+            "EnvConfig",
+            "FrankaTabletopEnv",
+        ),
+        "env",
+    ),
+    **dict.fromkeys(("ScriptedExpert", "run_expert_episode"), "experts"),
+    **dict.fromkeys(
+        ("NOVEL_PAIRS", "SPLITS", "TEMPLATES", "TaskSpec", "all_tasks", "find_task", "get_split"),
+        "tasks",
+    ),
+}
 
-from frs_sim.env import (  # noqa: E402
-    ACTION_DIM,
-    ACTION_REAL_DIM,
-    CHUNK_HORIZON,
-    STATE_DIM,
-    STATE_LAYOUT,
-    ChunkRollout,
-    EnvConfig,
-    FrankaTabletopEnv,
-)
-from frs_sim.experts import ScriptedExpert, run_expert_episode  # noqa: E402
-from frs_sim.tasks import (  # noqa: E402
-    NOVEL_PAIRS,
-    SPLITS,
-    TEMPLATES,
-    TaskSpec,
-    all_tasks,
-    find_task,
-    get_split,
-)
-from frs_steering.instructions import (  # noqa: E402
-    EMBEDDING_DIM,
-    InstructionEncoder,
-    InstructionModelMissing,
-    embed_instruction,
-)
+__all__ = sorted(_EXPORTS)
 
-ENV_ID = "FrsTabletop-v0"
-if ENV_ID not in _gym.registry:
-    _gym.register(id=ENV_ID, entry_point="frs_sim.env:FrankaTabletopEnv")
 
-__all__ = [
-    "ACTION_DIM",
-    "ACTION_REAL_DIM",
-    "CHUNK_HORIZON",
-    "EMBEDDING_DIM",
-    "ENV_ID",
-    "NOVEL_PAIRS",
-    "SPLITS",
-    "STATE_DIM",
-    "STATE_LAYOUT",
-    "TEMPLATES",
-    "ChunkRollout",
-    "EnvConfig",
-    "FrankaTabletopEnv",
-    "InstructionEncoder",
-    "InstructionModelMissing",
-    "ScriptedExpert",
-    "TaskSpec",
-    "all_tasks",
-    "embed_instruction",
-    "find_task",
-    "get_split",
-    "run_expert_episode",
-]
+def __getattr__(name: str) -> object:
+    """Resolve a public name from its submodule on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'frs_sim' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"frs_sim.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -31,27 +31,24 @@ every public pose goes through the base body's pose (``ee_pose_in_base``, ``obje
 
 from __future__ import annotations
 
-import os
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
 
-import gymnasium as gym  # noqa: E402
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-from gymnasium import spaces  # noqa: E402
-
-from frs_sim import scene as sc  # noqa: E402
-from frs_sim.ik import (  # noqa: E402
+from frs_sim import scene as sc
+from frs_sim.ik import (
     DampedLeastSquaresIK,
     axis_angle_to_matrix,
     rotation_error,
 )
-from frs_sim.tasks import TaskSpec, get_split  # noqa: E402
-from frs_steering.instructions import EMBEDDING_DIM, embed_instruction  # noqa: E402
+from frs_sim.tasks import TaskSpec, get_split
+from frs_steering.instructions import EMBEDDING_DIM, embed_instruction
 
 ACTION_DIM = 8  # padded row width
 ACTION_REAL_DIM = 7  # dx dy dz droll dpitch dyaw gripper
@@ -643,3 +640,9 @@ def tabletop_state(
 def _norm_clip(vec: np.ndarray, limit: float) -> np.ndarray:
     norm = float(np.linalg.norm(vec))
     return vec * (limit / norm) if norm > limit else vec.copy()
+
+
+#: gymnasium id of ``FrankaTabletopEnv``, registered when this module is first imported.
+ENV_ID = "FrsTabletop-v0"
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="frs_sim.env:FrankaTabletopEnv")

@@ -3,9 +3,10 @@
 The Panda meshes and kinematic chain are read at run time from the installed
 ``gymnasium_robotics`` package (``envs/assets/kitchen_franka/franka_assets``); nothing of it is
 copied into this repository. The scene XML below only *includes* those files by absolute path and
-adds the table, objects, targets and camera. A few model parameters are then adjusted through
-``MjSpec`` (gravity compensation on the arm, lighter joint damping) so the position servos track
-IK targets within one 0.1 s control period.
+adds the table, objects, targets and the exterior cameras. Through ``MjSpec`` the wrist camera
+is then attached to the hand and a few model parameters are adjusted (gravity compensation on
+the arm, lighter joint damping) so the position servos track IK targets within one 0.1 s control
+period.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ FINGER_JOINTS: tuple[str, str] = ("robot:panda0_finger_joint1", "robot:panda0_fi
 BASE_BODY = "panda0_link0"  # the robot base; the ROS side names this frame ``fr3_link0``
 EE_SITE = "end_effector"  # between the finger pads; the ROS side names this ``fr3_hand_tcp``
 FINGER_BODIES: tuple[str, str] = ("panda0_leftfinger", "panda0_rightfinger")
-CAMERA_NAMES: tuple[str, ...] = ("front", "top")
+#: Rendered cameras: two exterior ones in the world (a DROID rig's two side cameras) and ``wrist``
+#: on the Panda hand. Cameras carry no mass and take part in no contact: physics is unchanged.
+CAMERA_NAMES: tuple[str, ...] = ("front", "top", "wrist")
+HAND_BODY = "panda0_link7"  # carries the hand meshes; its z axis points along the fingers
+#: Wrist camera in the hand frame: on the robot side of the hand, looking down the fingers and
+#: tilted toward them; the fingers show at the bottom of the image, as on a DROID wrist camera.
+_WRIST_OFFSET = (-0.09, 0.0, 0.07)  # metres, in the EE-aligned hand frame (x, y, along fingers)
+_WRIST_TILT = np.radians(20.0)  # toward the fingertips
+_WRIST_FOVY = 75.0  # degrees
 
 # Servo retuning (the shipped gains lag ~0.12 s behind a 10 Hz command): stiffer position gains,
 # light joint damping, and a lighter finger armature so the gripper closes in ~0.15 s.
@@ -177,7 +186,28 @@ def build_model(render_width: int = 128, render_height: int = 128) -> mujoco.MjM
             actuator.gainprm[0] = _ARM_KP[i]
             actuator.biasprm[1] = -_ARM_KP[i]
             actuator.forcerange = [-_ARM_FORCE_LIMIT[i], _ARM_FORCE_LIMIT[i]]
+    _add_wrist_camera(spec)
     return spec.compile()
+
+
+def _add_wrist_camera(spec: mujoco.MjSpec) -> None:
+    """Attach the ``wrist`` camera to the hand (rendering only: no mass, no geometry)."""
+    # The EE site is the hand frame turned -45 deg about its z axis (see chain.xml).
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    ex, ey, ez = np.array([c, -s, 0.0]), np.array([c, s, 0.0]), np.array([0.0, 0.0, 1.0])
+    cos_t, sin_t = np.cos(_WRIST_TILT), np.sin(_WRIST_TILT)
+    x_cam = -ey
+    y_cam = sin_t * ez - cos_t * ex  # image up: toward the robot, fingers at the bottom
+    z_cam = -sin_t * ex - cos_t * ez  # MuJoCo cameras look along -z
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.column_stack([x_cam, y_cam, z_cam]).reshape(-1))
+    offset = np.asarray(_WRIST_OFFSET)
+    spec.body(HAND_BODY).add_camera(
+        name="wrist",
+        pos=offset[0] * ex + offset[1] * ey + offset[2] * ez,
+        quat=quat,
+        fovy=_WRIST_FOVY,
+    )
 
 
 def index_scene(model: mujoco.MjModel) -> SceneIndex:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from frs_sim import evaluate as ev
+from frs_sim.evaluate import cli, rollout, statistics
 from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
 from frs_steering.checkpoint import save_policy
 from frs_steering.normalization import QuantileNormalizer
@@ -24,21 +24,21 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_wilson_interval():
-    low, high = ev.wilson_interval(0, 10)
+    low, high = statistics.wilson_interval(0, 10)
     assert low == 0.0 and 0.25 < high < 0.35
-    low, high = ev.wilson_interval(5, 10)
+    low, high = statistics.wilson_interval(5, 10)
     assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
-    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    assert statistics.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_default_grid_covers_every_method_and_sweep():
-    labels = [s.label for s in ev.default_settings()]
+    labels = [s.label for s in rollout.default_settings()]
     assert labels[:2] == ["base", "direct"]
     assert sum(label.startswith("partial_noising") for label in labels) == 3
     assert sum(label.startswith("sample_rank") for label in labels) == 2
     assert sum(label.startswith("frs") for label in labels) == 4
     with pytest.raises(ValueError, match="unknown methods"):
-        ev.default_settings(["magic"])
+        rollout.default_settings(["magic"])
 
 
 @pytest.mark.skipif(
@@ -46,7 +46,7 @@ def test_default_grid_covers_every_method_and_sweep():
 )
 def test_cli_runs_end_to_end(tiny_checkpoint, tmp_path):
     out = tmp_path / "eval"
-    code = ev.main(
+    code = cli.main(
         [
             *("--checkpoint", str(tiny_checkpoint), "--split", "novel"),
             *("--episodes-per-task", "1", "--seeds", "0", "--out", str(out)),

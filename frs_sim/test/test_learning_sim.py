@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from frs_sim.env import EnvConfig, FrankaTabletopEnv
-from frs_sim.evaluate import _LookupEmbedding, embed_texts_subprocess
+from frs_sim.evaluate.workers import LookupEmbedding, embed_texts_subprocess
 from frs_sim.studies import dsbc, dsrl
 from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
@@ -69,7 +69,7 @@ def test_collected_noises_regenerate_the_executed_chunks(dsbc_run):
 @pytest.fixture(scope="module")
 def embed():
     task = next(t for t in get_split("novel") if t.name == TASK)
-    return _LookupEmbedding(embed_texts_subprocess(task.instructions()))
+    return LookupEmbedding(embed_texts_subprocess(task.instructions()))
 
 
 def _noise_env(embed, seed: int) -> dsrl.NoiseActionEnv:

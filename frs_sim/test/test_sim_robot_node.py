@@ -83,6 +83,38 @@ def test_publishes_states_objects_instruction_status_and_camera(node_processes, 
     assert infos[-1].k[0] > 0 and infos[-1].k[2] == 64.0
 
 
+def test_publishes_each_listed_camera_on_its_own_topic(node_processes, client) -> None:
+    names = ("front", "top", "wrist")
+    start_sim_robot(
+        node_processes, camera_rate=4.0, cameras=list(names), image_width=64, image_height=48
+    )
+    client.wait_for_robot()
+    images: dict[str, list[Image]] = {name: [] for name in (*names, "camera")}
+    infos: dict[str, list[CameraInfo]] = {name: [] for name in names}
+    for name in images:
+        client.node.create_subscription(
+            Image, f"{name}/image_raw", images[name].append, qos_profile_sensor_data
+        )
+    for name in infos:
+        client.node.create_subscription(
+            CameraInfo, f"{name}/camera_info", infos[name].append, qos_profile_sensor_data
+        )
+    assert client.spin_until(lambda: all(images[n] and infos[n] for n in names), 10.0)
+    client.spin_for(0.3)
+
+    assert not images["camera"]  # not listed: the generic topic stays silent
+    frames = {}
+    for name in names:
+        image, info = images[name][-1], infos[name][-1]
+        assert (image.height, image.width, image.encoding) == (48, 64, "rgb8"), name
+        assert image.header.frame_id == info.header.frame_id == f"{name}_camera_optical_frame"
+        assert (info.width, info.height, info.k[2], info.k[5]) == (64, 48, 32.0, 24.0)
+        frames[name] = np.frombuffer(bytes(image.data), np.uint8).reshape(48, 64, 3).astype(int)
+        assert frames[name].std() > 5, name  # not blank
+    for a, b in (("front", "top"), ("front", "wrist"), ("top", "wrist")):
+        assert np.abs(frames[a] - frames[b]).mean() > 5, (a, b)  # three different views
+
+
 def test_reset_service_sets_task_seed_template_and_episodes_time_out(
     node_processes, client
 ) -> None:

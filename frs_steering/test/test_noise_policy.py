@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -200,3 +202,16 @@ def test_features_that_hardly_vary_are_only_centred():
     assert net.input_std[0] == pytest.approx(float(flat[:, 0].std()))
     assert net.input_std[1] == 1.0 and net.input_std[2] == 1.0  # a 5 cm nudge stays 0.05
     assert net.input_mean[1] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    "directory",
+    [
+        "frs_steering/checkpoints/dsbc_novel",  # the shipped DSBC noise policy
+        "frs_sim/results/dsrl/push_green_purple/dsrl_frs",  # the DSRL + FRS study's actor
+    ],
+)
+def test_committed_noise_policies_still_load(directory):
+    path = Path(__file__).resolve().parents[2] / directory
+    net = load_noise_policy(path)
+    assert isinstance(net, NoisePolicy)

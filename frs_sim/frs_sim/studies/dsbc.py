@@ -30,18 +30,14 @@ import numpy as np
 import torch
 
 from frs_sim.env import EnvConfig
-from frs_sim.evaluate import (
-    EpisodeResult,
-    EvalConfig,
-    Setting,
-    _LookupEmbedding,
+from frs_sim.evaluate.plots import plot_success, pyplot
+from frs_sim.evaluate.rollout import EpisodeResult, EvalConfig, Setting, make_jobs
+from frs_sim.evaluate.statistics import markdown_table, summarize
+from frs_sim.evaluate.workers import (
+    LookupEmbedding,
     embed_texts_subprocess,
-    make_jobs,
-    markdown_table,
-    plot_success,
     run_jobs,
     split_instructions,
-    summarize,
 )
 from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.learning.noise_data import NoiseDataset
@@ -136,9 +132,7 @@ def train_standard_bc(
 
 def plot_learning_curves(histories: dict[str, dict[str, Any]], path: Path) -> Path:
     """Loss per step of each learner (log scale), with its CPU time in the legend."""
-    from frs_sim.evaluate import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.4), dpi=110)
     for ax, (name, history) in zip(np.atleast_1d(axes), histories.items(), strict=True):
         loss = np.asarray(history["loss"])
@@ -186,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t) or None
     config = EvalConfig(tasks=tasks, env=EnvConfig(max_episode_steps=args.max_steps))
-    embed_fn = _LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
+    embed_fn = LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
     generalist = load_policy(args.checkpoint)
     frs = Setting("frs", num_steps=args.frs_steps, split=args.split)
 

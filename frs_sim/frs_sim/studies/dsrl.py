@@ -31,16 +31,20 @@ import torch
 from tqdm.auto import tqdm
 
 from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
-from frs_sim.evaluate import (
+from frs_sim.evaluate.plots import pyplot
+from frs_sim.evaluate.rollout import (
     EvalConfig,
     Setting,
-    _LookupEmbedding,
-    _policy_observation,
-    embed_texts_subprocess,
     episode_seed,
     make_jobs,
+    policy_observation,
+)
+from frs_sim.evaluate.workers import (
+    LookupEmbedding,
+    embed_texts_subprocess,
     run_jobs,
     split_instructions,
+    with_source_path,
 )
 from frs_sim.tasks import TaskSpec, get_split
 from frs_steering.checkpoint import load_policy
@@ -58,7 +62,6 @@ from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reference import CartesianLayout
 from frs_steering.steer import generate_from_noise
 
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
 
 
@@ -85,7 +88,7 @@ class NoiseActionEnv:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         obs, _ = self.env.reset(seed=seed, options={"task": self.task})
         self.generator.manual_seed(seed)
-        self.observation = _policy_observation(obs)
+        self.observation = policy_observation(obs)
         return {k: v[0].numpy() for k, v in self.observation.items()}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
@@ -104,7 +107,7 @@ class NoiseActionEnv:
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
         rollout = self.env.execute_chunk(rows, n_rows=self.execute_rows)
-        self.observation = _policy_observation(rollout.last_observation)
+        self.observation = policy_observation(rollout.last_observation)
         success = bool(rollout.infos[-1]["success"])
         truncated = rollout.done and not success
         next_obs = {k: v[0].numpy() for k, v in self.observation.items()}
@@ -254,9 +257,7 @@ def train_dsrl(
 
 
 def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:
-    from frs_sim.evaluate import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for name, history in runs.items():
         steps = [p["env_steps"] for p in history["curve"]]
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = tasks[task_index]
     out = args.out / args.task
     out.mkdir(parents=True, exist_ok=True)
-    embed_fn = _LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
+    embed_fn = LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
     policy = load_policy(args.checkpoint)
     methods = [m for m in args.methods.split(",") if m]
 
@@ -362,9 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in methods
     ]
     if args.workers > 1 and len(jobs) > 1:
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])
-        )
+        os.environ["PYTHONPATH"] = with_source_path(os.environ)["PYTHONPATH"]
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(args.workers, len(jobs))) as pool:
             outcomes = pool.map(_train_method, jobs, chunksize=1)

@@ -41,6 +41,7 @@ import torch
 
 from frs_sim.demonstrations import DemoSet
 from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
+from frs_sim.evaluate.workers import SOURCE_ROOT, with_source_path
 from frs_steering.checkpoint import save_policy
 from frs_steering.instructions import EMBEDDING_DIM
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
@@ -48,8 +49,7 @@ from frs_steering.normalization import QuantileNormalizer, fit_normalizer
 from frs_steering.policy import ActionSpec, TimeConvention
 from frs_steering.train import train_flow_policy
 
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the frs_steering package
-REPO_ROOT = _SOURCE_ROOT.parent
+REPO_ROOT = SOURCE_ROOT.parent  # SOURCE_ROOT: the folder holding the frs_sim package
 DEFAULT_CACHE = REPO_ROOT / "build" / "generalist_cache"
 DEFAULT_OUT = REPO_ROOT / "frs_steering" / "checkpoints" / "generalist"
 
@@ -139,10 +139,7 @@ def load_or_generate_demos(
             *("--out", str(path)),
             *(() if progress else ("--quiet",)),
         ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")])
-        )
+        env = with_source_path({**os.environ, "HF_HUB_OFFLINE": "1"})
         subprocess.run(command, check=True, env=env)
     return DemoSet.load(path)
 

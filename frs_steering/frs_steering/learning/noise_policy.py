@@ -34,7 +34,9 @@ from frs_steering.checkpoint import (
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
 
-FORMAT = "frs_steering.learning.noise_policy"
+#: On-disk format id of noise-policy checkpoints: a stable name, not the module path (the module
+#: moved under ``learning``; checkpoints written before the move must still load).
+FORMAT = "frs_steering.noise_policy"
 TARGETS = ("chunk_mean", "full")
 OBJECTIVES = ("mse", "nll")
 LOG_STD_RANGE = (-5.0, 1.0)

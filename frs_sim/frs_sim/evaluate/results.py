@@ -1,0 +1,151 @@
+"""Run a comparison and write its results folder.
+
+``results.json`` (config, one row per setting, every episode), ``results.md`` (success with
+Wilson 95% intervals), ``success.png`` and ``episode.png`` (end-effector paths of one episode:
+executed FRS path with the reference direction and an unsteered sample per chunk, and the
+unsteered base policy's own rollout).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from frs_sim.env import FrankaTabletopEnv
+from frs_sim.evaluate.plots import plot_episode, plot_success
+from frs_sim.evaluate.rollout import EvalConfig, Setting, make_jobs, run_episode
+from frs_sim.evaluate.statistics import markdown_table, summarize
+from frs_sim.evaluate.workers import (
+    LookupEmbedding,
+    embed_texts_subprocess,
+    run_jobs,
+    split_instructions,
+)
+from frs_sim.reasoner import ScriptedReasoner
+from frs_sim.tasks import get_split
+from frs_steering.checkpoint import load_policy
+
+
+def evaluate(
+    out: Path,
+    *,
+    checkpoint: str | Path | None = None,
+    policy=None,
+    settings: Sequence[Setting],
+    episodes_per_task: int = 5,
+    seeds: Sequence[int] = (0,),
+    config: EvalConfig | None = None,
+    sanity_episodes_per_task: int = 2,
+    embeddings: Mapping[str, np.ndarray] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict:
+    """Run the comparison and write results.json / results.md / success.png / episode.png."""
+    start = time.perf_counter()
+    config = EvalConfig() if config is None else config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (checkpoint is None) == (policy is None):
+        raise ValueError("give exactly one of checkpoint or policy")
+    if checkpoint is not None and workers <= 1:
+        policy, checkpoint = load_policy(checkpoint), None
+    all_settings = list(settings)
+    if sanity_episodes_per_task > 0:
+        all_settings.append(Setting("base", split="pretrain"))
+    splits = sorted({s.split for s in all_settings})
+    if embeddings is None:
+        embeddings = embed_texts_subprocess([t for s in splits for t in split_instructions(s)])
+    embed_fn = LookupEmbedding(embeddings)
+    jobs = make_jobs(settings, episodes_per_task, seeds, config.tasks)
+    if sanity_episodes_per_task > 0:
+        jobs += make_jobs(all_settings[-1:], sanity_episodes_per_task, seeds[:1])
+    if not jobs:
+        raise ValueError("no episodes to run (check --tasks against the split)")
+    results = run_jobs(
+        jobs,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        policy=policy,
+        embed_fn=embed_fn,
+        config=config,
+        workers=workers,
+        progress=progress,
+    )
+    rows = summarize(all_settings, results)
+    document = {
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "config": {
+            "execute_rows": config.execute_rows,
+            "max_translation": config.max_translation,
+            "reasoner": asdict(config.reasoner),
+            "episodes_per_task": episodes_per_task,
+            "seeds": list(seeds),
+            "sanity_episodes_per_task": sanity_episodes_per_task,
+            "max_episode_steps": config.env.max_episode_steps,
+            "tasks": None if config.tasks is None else list(config.tasks),
+        },
+        "rows": rows,
+        "episodes": [
+            {k: v for k, v in asdict(r).items() if k not in ("record", "objects")} for r in results
+        ],
+        "seconds": None,
+    }
+    table = markdown_table(rows)
+    if plots:
+        plot_success(rows, out / "success.png")
+        _episode_picture(
+            out / "episode.png", settings, results, policy, checkpoint, embed_fn, config
+        )
+    document["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    header = (
+        f"Closed-loop success, {episodes_per_task} episodes per task x seeds {list(seeds)}; "
+        f"execute_rows={config.execute_rows}, defer_radius={config.reasoner.defer_radius} m, "
+        f"slow_radius={config.reasoner.slow_radius} m, quantize={config.reasoner.quantize}, "
+        f"angular_noise={config.reasoner.angular_noise_deg} deg, "
+        f"wrong_rate={config.reasoner.wrong_direction_rate}; {document['seconds']} s.\n\n"
+    )
+    (out / "results.md").write_text(header + table)
+    return document
+
+
+def _episode_picture(path, settings, results, policy, checkpoint, embed_fn, config) -> None:
+    """Re-run (deterministically) one episode with recording: FRS vs the base policy."""
+    frs = [s for s in settings if s.method == "frs"]
+    if not frs:
+        return
+    steered_setting = frs[0]
+    base_setting = Setting("base", split=steered_setting.split)
+    wins = {(r.task, r.seed) for r in results if r.setting == steered_setting.label and r.success}
+    base_wins = {(r.task, r.seed) for r in results if r.setting == "base" and r.success}
+    candidates = [
+        (r.task, r.seed) for r in results if r.setting == steered_setting.label
+    ]  # in job order
+    preferred = [c for c in candidates if c in wins and c not in base_wins] or candidates
+    task_name, seed = preferred[0]
+    task = next(t for t in get_split(steered_setting.split) if t.name == task_name)
+    if policy is None:
+        policy = load_policy(checkpoint)
+    env = FrankaTabletopEnv(tasks=steered_setting.split, config=config.env, embed_fn=embed_fn)
+    try:
+        runs = [
+            run_episode(
+                env,
+                policy,
+                ScriptedReasoner(config.reasoner, seed=seed),
+                task,
+                s,
+                seed,
+                config,
+                record=True,
+            )
+            for s in (steered_setting, base_setting)
+        ]
+    finally:
+        env.close()
+    plot_episode(runs[0], runs[1], path)

@@ -1,0 +1,303 @@
+"""One closed-loop episode of the simulated benchmark under one steering setting.
+
+Every chunk: observation -> policy encode (once) -> scripted reasoner proposal -> on a deferral
+the base policy samples the chunk; otherwise the proposal becomes a reference chunk in the
+policy's normalized action space (:func:`frs_steering.reference.cartesian_reference`) and the
+method under test (:func:`frs_steering.steer.steer`) turns it into the chunk -> the first
+``execute_rows`` rows run in the environment -> repeat until success or timeout.
+
+Episodes use environment seeds ``10000 * (seed + 1) + 100 * task_index + episode`` (disjoint
+from the demonstration seeds), the same for every method, so comparisons are paired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
+from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
+from frs_sim.tasks import TaskSpec, get_split
+from frs_steering.reference import CartesianLayout, cartesian_reference
+from frs_steering.steer import steer
+
+METHODS = ("base", "direct", "partial_noising", "sample_rank", "frs")
+REASONER_FREE_METHODS = ("base", "noise_policy")  # act from the observation alone
+EmbedFn = Callable[[str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the comparison: a steering method with its parameters and integrator."""
+
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    num_steps: int | None = None  # None: the policy's own K
+    solver: str = "euler"
+    split: str = "novel"
+    tag: str = ""  # names a learned component, e.g. "DSBC" or "standard BC"
+
+    @property
+    def label(self) -> str:
+        if self.tag:
+            return f"{self.method} ({self.tag})"
+        if self.method == "partial_noising":
+            return f"partial_noising (noise {self.params['noise_level']:g})"
+        if self.method == "sample_rank":
+            return f"sample_rank (N={self.params['num_samples']})"
+        if self.method == "frs":
+            k = "K" if self.num_steps is None else f"K={self.num_steps}"
+            return f"frs ({self.solver}, {k})"
+        return self.method
+
+    @property
+    def uses_reasoner(self) -> bool:
+        return self.method not in REASONER_FREE_METHODS
+
+    def to_dict(self) -> dict[str, Any]:
+        params = {
+            k: v if isinstance(v, (int, float, str, bool)) else type(v).__name__
+            for k, v in self.params.items()
+        }
+        fields = {k: v for k, v in asdict(self).items() if k != "params"}
+        return {**fields, "params": params, "label": self.label}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every episode shares (written to results.json)."""
+
+    execute_rows: int = 5
+    reasoner: ReasonerConfig = ReasonerConfig()
+    max_translation: float = 0.05  # metres per row for magnitude 1.0 ("more")
+    env: EnvConfig = EnvConfig()
+    tasks: tuple[str, ...] | None = None  # restrict to these task names (None: whole split)
+
+
+def default_settings(
+    methods: Sequence[str] = METHODS,
+    noise_levels: Sequence[float] = (0.3, 0.5, 0.7),
+    num_samples: Sequence[int] = (4, 16),
+    frs_steps: Sequence[int] = (10, 5),
+    frs_solvers: Sequence[str] = ("euler", "midpoint"),
+    split: str = "novel",
+) -> list[Setting]:
+    """The comparison grid of the issue (sweeps per baseline, FRS per K x solver)."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    out: list[Setting] = []
+    for method in METHODS:
+        if method not in methods:
+            continue
+        if method == "partial_noising":
+            out += [Setting(method, {"noise_level": float(n)}, split=split) for n in noise_levels]
+        elif method == "sample_rank":
+            out += [Setting(method, {"num_samples": int(n)}, split=split) for n in num_samples]
+        elif method == "frs":
+            out += [
+                Setting(method, {}, num_steps=int(k), solver=s, split=split)
+                for s in frs_solvers
+                for k in frs_steps
+            ]
+        else:
+            out.append(Setting(method, split=split))
+    return out
+
+
+def episode_seed(seed: int, task_index: int, episode: int) -> int:
+    return 10000 * (seed + 1) + 100 * task_index + episode
+
+
+def make_jobs(
+    settings: Sequence[Setting],
+    episodes_per_task: int,
+    seeds: Sequence[int],
+    tasks: Sequence[str] | None = None,
+) -> list[tuple[Setting, TaskSpec, int]]:
+    """(setting, task, env seed) for every episode; ``tasks`` filters by task name."""
+    jobs = []
+    for setting in settings:
+        for task_index, task in enumerate(get_split(setting.split)):
+            if tasks is not None and task.name not in tasks:
+                continue
+            for seed in seeds:
+                for episode in range(episodes_per_task):
+                    jobs.append((setting, task, episode_seed(seed, task_index, episode)))
+    return jobs
+
+
+# ------------------------------------------------------------------------------ episodes
+
+
+@dataclass
+class ChunkRecord:
+    """One chunk of a recorded episode (positions in the base frame, metres)."""
+
+    ee_start: list[float]
+    executed: list[list[float]]  # EE positions after each executed row
+    deferred: bool
+    reference: list[list[float]] | None = None  # per-row translation of the reference
+    refined: list[list[float]] | None = None  # per-row translation of the chunk sent
+    unsteered: list[list[float]] | None = None  # per-row translation of an unsteered sample
+
+
+@dataclass
+class EpisodeResult:
+    setting: str
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    chunks: int
+    deferred_chunks: int
+    seconds: float
+    record: list[ChunkRecord] | None = None
+    objects: dict[str, list[float]] | None = None
+    samples: list[ChunkSample] | None = None
+
+
+@dataclass
+class ChunkSample:
+    """What one chunk was computed from and with: the training data of noise policies."""
+
+    observation: dict[str, np.ndarray]  # the policy observation (unbatched)
+    noise: np.ndarray  # [horizon, dim] noise the chunk was generated from (policy space)
+    steered: np.ndarray  # [horizon, dim] bool: from steering rather than a fresh draw
+    chunk: np.ndarray  # [horizon, dim] the generated chunk (normalized, padded)
+
+
+def policy_observation(obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return {
+        "state": torch.as_tensor(np.asarray(obs["state"], dtype=np.float32)).unsqueeze(0),
+        "instruction": torch.as_tensor(
+            np.asarray(obs["instruction_embedding"], dtype=np.float32)
+        ).unsqueeze(0),
+    }
+
+
+def run_episode(
+    env: FrankaTabletopEnv,
+    policy,
+    reasoner: ScriptedReasoner,
+    task: TaskSpec,
+    setting: Setting,
+    seed: int,
+    config: EvalConfig = EvalConfig(),
+    record: bool = False,
+    collect: bool = False,
+) -> EpisodeResult:
+    """One closed-loop episode of ``task`` under ``setting`` (deterministic given ``seed``).
+
+    ``record`` keeps end-effector paths for plots; ``collect`` keeps a :class:`ChunkSample`
+    per chunk (observation, noise, generated chunk) for training noise policies.
+    """
+    start = time.perf_counter()
+    spec = policy.spec
+    layout = CartesianLayout(max_translation=config.max_translation)
+    obs, _ = env.reset(seed=seed, options={"task": task})
+    reasoner.reset(seed)
+    generator = torch.Generator().manual_seed(seed)
+    idle = torch.zeros(spec.chunk_shape)
+    gripper_cmd = 0.0
+    steps = chunks = deferred = 0
+    records: list[ChunkRecord] = []
+    samples: list[ChunkSample] = []
+    objects = None
+    if record:
+        objects = {"cube": obs["object_pos"][task.object_index].tolist()}
+        if task.target_index is not None:
+            objects["mat"] = obs["target_pos"][task.target_index].tolist()
+        objects["other_cubes"] = [
+            p.tolist() for i, p in enumerate(obs["object_pos"]) if i != task.object_index
+        ]
+        objects["other_mats"] = [
+            p.tolist() for i, p in enumerate(obs["target_pos"]) if i != task.target_index
+        ]
+    success = False
+    while True:
+        policy_obs = policy_observation(obs)
+        with torch.inference_mode():
+            cache = policy.encode(policy_obs)
+        proposal = reasoner.propose_for(obs, task) if setting.uses_reasoner else None
+        ref = None
+        if proposal is None or proposal.defer:
+            deferred += proposal is not None
+            reasoner_free = not setting.uses_reasoner
+            result = steer(
+                policy,
+                idle,
+                observation=policy_obs,
+                cache=cache,
+                method=setting.method if reasoner_free else "base",
+                params=setting.params if reasoner_free else None,
+                reference_normalized=True,
+                generator=generator,
+                include_base_sample=False,
+            )
+        else:
+            ref = cartesian_reference(spec, layout, proposal, current_gripper=gripper_cmd)
+            result = steer(
+                policy,
+                ref.chunk,
+                cache=cache,
+                method=setting.method,
+                params=setting.params,
+                mask=ref.mask,
+                reference_normalized=True,
+                generator=generator,
+                num_steps=setting.num_steps,
+                solver=setting.solver,
+                include_base_sample=record,
+            )
+        if collect and result.noise is not None:
+            samples.append(
+                ChunkSample(
+                    observation={k: v[0].numpy() for k, v in policy_obs.items()},
+                    noise=result.noise[0].numpy(),
+                    steered=(result.steered[0] & (ref is not None)).numpy(),
+                    chunk=result.chunk[0].numpy(),
+                )
+            )
+        rows = np.zeros((spec.horizon, ACTION_DIM))
+        rows[:, : spec.num_real] = result.chunk_real[0].numpy()
+        ee_start = np.asarray(obs["ee_pos"], dtype=float)
+        rollout = env.execute_chunk(rows, n_rows=config.execute_rows)
+        executed = len(rollout.rewards)
+        gripper_cmd = float(np.clip(rows[executed - 1, 6], 0.0, 1.0))
+        steps += executed
+        chunks += 1
+        obs = rollout.last_observation
+        if record:
+            entry = ChunkRecord(
+                ee_start=ee_start.tolist(),
+                executed=[np.asarray(o["ee_pos"], float).tolist() for o in rollout.observations],
+                deferred=ref is None,
+            )
+            if ref is not None:
+                entry.reference = ref.real[:, :3].tolist()
+                entry.refined = result.chunk_real[0, :, :3].tolist()
+                if result.base_chunk_real is not None:
+                    entry.unsteered = result.base_chunk_real[0, :, :3].tolist()
+            records.append(entry)
+        if rollout.done:
+            success = bool(rollout.infos[-1]["success"])
+            break
+    return EpisodeResult(
+        setting=setting.label,
+        task=task.name,
+        seed=seed,
+        success=success,
+        steps=steps,
+        chunks=chunks,
+        deferred_chunks=deferred,
+        seconds=time.perf_counter() - start,
+        record=records if record else None,
+        objects=objects,
+        samples=samples if collect else None,
+    )
