@@ -81,7 +81,8 @@ def test_view_has_fk_position_objects_instruction_and_image(kinematics: ArmKinem
 
 
 def test_stale_or_missing_joint_states_wait_quietly(kinematics: ArmKinematics) -> None:
-    for latest in (LatestInputs(instruction="x"), LatestInputs(joints=joints(0.6), instruction="x")):
+    stale = LatestInputs(joints=joints(age_s=0.6), instruction="x")
+    for latest in (LatestInputs(instruction="x"), stale):
         view = build_view(latest, NOW, SETTINGS, kinematics.forward)
         assert view.observation is None and "joint_states" in view.waiting and not view.bad_input
 
