@@ -17,6 +17,7 @@ execution result. It repeats while enabled (``frs/proposer/enable``) and while t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import threading
 import time
@@ -270,8 +271,12 @@ class ProposerNode(Node):
             report = self._vlm_warnings.update(
                 self._vlm.failures_in_a_row > 0, proposal.reason, time.monotonic()
             )
-            if report is not None:
-                self.get_logger().log(report[1], report[0])
+            if report is not None:  # rclpy wants one severity per call site
+                level, text = report
+                if level >= logging.WARNING:
+                    self.get_logger().warning(text)
+                else:
+                    self.get_logger().info(text)
         stamp = observation.stamp
         if proposal.defer:  # the policy acts alone: on the newest observation
             fresh = self._observation()
