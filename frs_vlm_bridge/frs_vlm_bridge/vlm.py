@@ -353,6 +353,43 @@ def parse_answer(
     )
 
 
+class FailureWarnings:
+    """Rate-limited operator messages about a failing VLM (times are explicit, in seconds).
+
+    Fed once per proposal: the first failure is reported at once, then at most one report per
+    ``period_s`` counting the failures in between, so a dead server neither floods the log nor
+    hides; the first success after failures is reported once.
+    """
+
+    def __init__(self, period_s: float = 5.0) -> None:
+        if not (math.isfinite(period_s) and period_s >= 0.0):
+            raise ValueError(f"period_s must be finite and >= 0, got {period_s}")
+        self.period_s = period_s
+        self._failing = 0  # failed proposals since the VLM last answered
+        self._unreported = 0
+        self._last_report_s = -math.inf
+
+    def update(self, failed: bool, reason: str, now_s: float) -> tuple[int, str] | None:
+        """A ``(logging level, text)`` to log now, or None to stay quiet."""
+        if not failed:
+            recovered, self._failing, self._unreported = self._failing, 0, 0
+            self._last_report_s = -math.inf
+            if recovered:
+                return logging.INFO, f"VLM answering again after {recovered} failed proposals"
+            return None
+        self._failing += 1
+        self._unreported += 1
+        if now_s - self._last_report_s < self.period_s:
+            return None
+        text = (
+            f"VLM failing ({self._unreported} failed proposal"
+            f"{'s' if self._unreported > 1 else ''} since the last report, {self._failing} in a"
+            f" row); deferring to the policy: {reason}"
+        )
+        self._unreported, self._last_report_s = 0, now_s
+        return logging.WARNING, text
+
+
 class _RequestFailed(Exception):
     """One HTTP exchange failed; ``transient`` says whether trying again may help."""
 
@@ -362,14 +399,12 @@ class _RequestFailed(Exception):
         self.transient = transient
 
 
-def _completion_text(body: bytes) -> str:
-    """The assistant text in a chat-completions response body."""
+def _completion_text(body: str) -> str:
+    """The assistant text in a chat-completions response body (already redacted)."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AnswerError(
-            f"server response is not JSON: {_snippet(body.decode('utf-8', 'replace'))!r}"
-        ) from None
+    except json.JSONDecodeError:
+        raise AnswerError(f"server response is not JSON: {_snippet(body)!r}") from None
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise AnswerError("server response has no choices")
@@ -410,6 +445,8 @@ class VlmReasoner:
         self._port = parts.port or (443 if self._https else 80)
         self._path = parts.path.rstrip("/") + "/chat/completions"
         self.system_prompt = build_system_prompt(config.direction_axes, config.scene_note)
+        #: Proposals in a row that deferred because the VLM failed (0 after a valid answer).
+        self.failures_in_a_row = 0
 
     def __repr__(self) -> str:
         key_state = "set" if self._api_key else "none"
@@ -419,7 +456,13 @@ class VlmReasoner:
         )
 
     def _redact(self, text: str) -> str:
+        """``text`` without the API key. Applied to every outside text before it is cut to a
+        snippet: cutting first could leave a partial key that no longer matches."""
         return text.replace(self._api_key, "<redacted>") if self._api_key else text
+
+    def _decode(self, payload: bytes) -> str:
+        """A server's response body as redacted text (undecodable bytes replaced)."""
+        return self._redact(payload.decode("utf-8", "replace"))
 
     def build_request(self, observation: Observation) -> tuple[dict[str, Any], int]:
         """Chat-completions payload for an observation, and the image downscale factor."""
@@ -509,7 +552,7 @@ class VlmReasoner:
             )
         if 200 <= status < 300:
             return payload
-        detail = _snippet(payload.decode("utf-8", "replace"))
+        detail = _snippet(self._decode(payload))
         message = f"HTTP {status} {status_text}" + (f": {detail}" if detail else "")
         if status == 400 and self.config.json_mode != "off":
             message += " (if the server rejects response_format, set json_mode to 'off')"
@@ -562,15 +605,21 @@ class VlmReasoner:
                 height, width = observation.image.shape[:2]
                 image_size = (width // factor, height // factor)
             body = self._post_with_retries(json.dumps(payload).encode("utf-8"), started)
-            answer = parse_answer(_completion_text(body), self.config.direction_axes, image_size)
+            # Redacted twice: in the raw body, and in the content once JSON escapes are undone.
+            text = self._redact(_completion_text(self._decode(body)))
+            answer = parse_answer(text, self.config.direction_axes, image_size)
         except _RequestFailed as failure:
+            self.failures_in_a_row += 1
             return deferral(failure.message)
         except AnswerError as err:
+            self.failures_in_a_row += 1
             return deferral(f"answer rejected: {err}")
         except Exception as err:  # a deferral is always safe; never crash the node
+            self.failures_in_a_row += 1
             _LOG.exception("unexpected VLM reasoner error")
             return deferral(f"unexpected error: {type(err).__name__}: {err}")
 
+        self.failures_in_a_row = 0
         latency = self._clock() - started
         if answer.defer:
             return defer(self._redact(f"VLM deferred: {answer.reason}"), Source.VLM, latency)

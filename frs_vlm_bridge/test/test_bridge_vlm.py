@@ -3,6 +3,7 @@
 import base64
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ from test_bridge_images import decode_png
 
 from frs_steering.reasoning import MAGNITUDE_LESS, Gripper, Observation, Source
 from frs_vlm_bridge.vlm import (
+    FailureWarnings,
     VlmConfig,
     VlmReasoner,
     answer_json_schema,
@@ -363,3 +365,58 @@ def test_prompt_describes_the_configured_mapping():
         {"tilted": (0.6, 0.8, 0.0)},
     )
     assert answer.direction_words == ("tilted",)
+
+
+@pytest.mark.parametrize("where", ["http_error", "answer", "not_json"])
+def test_key_is_redacted_before_the_text_is_cut(server, where):
+    # The key straddles the 200-character snippet limit: cutting first would leave its first
+    # half in the reason, which no longer matches the key and would escape redaction.
+    prefix = {"http_error": "upstream said: ", "not_json": "<html>"}.get(
+        where, '{"defer": false, "direction": "'
+    )
+    text = prefix + "x" * (190 - len(prefix)) + SECRET + " and more"  # key at 190..210
+    if where == "answer":
+        server.answer(text)
+    else:
+        server.fail(500 if where == "http_error" else 200, text.encode())
+    proposal = make_reasoner(server.url, max_retries=0).propose(OBS)
+    assert proposal.defer and "<redacted>" in proposal.reason
+    assert SECRET[:6] not in proposal.reason, proposal.reason
+
+
+def test_failures_are_counted_until_the_vlm_answers_again(server):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    reasoner = make_reasoner(server.url, max_retries=0)
+    server.fail(500)
+    server.fail(429, b'{"error": "rate limited"}')
+    server.answer("sure! {left, down")
+    server.answer(json.dumps(VALID), delay=1.0)  # times out (0.3 s)
+    server.answer('{"defer": true, "reason": "unsure"}')  # the model's own deferral: no failure
+    reasons = []
+    for expected in (1, 2, 3, 4, 0):
+        reasons.append(reasoner.propose(OBS).reason)
+        assert reasoner.failures_in_a_row == expected, reasons[-1]
+    assert "HTTP 500" in reasons[0] and "HTTP 429" in reasons[1]
+    assert "not valid JSON" in reasons[2] and "timed out" in reasons[3]
+    dead = make_reasoner(unreachable, max_retries=0)
+    assert "connection refused" in dead.propose(OBS).reason and dead.failures_in_a_row == 1
+
+
+def test_failure_warnings_are_rate_limited_and_count_what_they_skipped():
+    warnings = FailureWarnings(period_s=5.0)
+    level, text = warnings.update(True, "VLM request failed: HTTP 500", now_s=100.0)
+    assert level == logging.WARNING and "HTTP 500" in text and "1 in a row" in text
+    for t in (100.5, 101.0, 104.9):  # inside the period: quiet
+        assert warnings.update(True, "VLM request failed: timed out", now_s=t) is None
+    level, text = warnings.update(True, "VLM request failed: timed out", now_s=105.0)
+    assert level == logging.WARNING and "timed out" in text
+    assert "4 failed proposals since the last report, 5 in a row" in text
+    level, text = warnings.update(False, "", now_s=105.1)
+    assert level == logging.INFO and "after 5 failed proposals" in text
+    assert warnings.update(False, "", now_s=105.2) is None  # recovered once, then quiet
+    # A new outage is reported at once, not a period after the last report.
+    assert warnings.update(True, "VLM answer rejected", now_s=105.3)[0] == logging.WARNING
+    with pytest.raises(ValueError):
+        FailureWarnings(period_s=math.nan)

@@ -47,7 +47,7 @@ VALID_ANSWER = {
 
 class FakeVlm:
     """A chat-completions endpoint whose behaviour the test switches: valid, malformed JSON,
-    too slow (timeout) or HTTP 500."""
+    too slow (timeout), HTTP 500 or HTTP 429 (rate limited)."""
 
     def __init__(self) -> None:
         self.mode = "valid"
@@ -61,9 +61,10 @@ class FakeVlm:
                 mode = fake.mode
                 fake.served.append((mode, self.headers.get("Authorization", "")))
                 if mode == "timeout":
-                    time.sleep(1.0)
-                if mode == "http_error":
-                    self._reply(500, b'{"error": "overloaded"}')
+                    time.sleep(2.0)
+                if mode in ("http_error", "rate_limited"):
+                    status = 500 if mode == "http_error" else 429
+                    self._reply(status, b'{"error": "overloaded"}')
                     return
                 content = json.dumps(VALID_ANSWER) if mode == "valid" else "sure! {left, down"
                 body = {"choices": [{"message": {"role": "assistant", "content": content}}]}
@@ -99,6 +100,7 @@ class Rig(Node):
     def __init__(self, context: object) -> None:
         super().__init__("proposer_test_rig", context=context)
         self.steer_goals: list[SteerChunk.Goal] = []
+        self.steer_arrivals: list[int] = []  # wall-clock ns each steer goal arrived
         self.execute_goals: list[ExecuteChunk.Goal] = []
         self.references: list[CoarseReference] = []
         self.joint_stamps: set[int] = set()
@@ -127,6 +129,7 @@ class Rig(Node):
 
     def _steer(self, goal_handle) -> SteerChunk.Result:  # noqa: ANN001
         goal = goal_handle.request
+        self.steer_arrivals.append(time.time_ns())
         self.steer_goals.append(goal)
         rows = np.full((10, 8), 0.01 * len(self.steer_goals), dtype=np.float32)
         result = SteerChunk.Result(outcome=SteerChunk.Result.OUTCOME_SUCCEEDED)
@@ -155,11 +158,14 @@ class Rig(Node):
 
     def next_goal(self, timeout_s: float = 10.0) -> SteerChunk.Goal:
         """The second steer goal from now (the first may have been proposed before a switch)."""
+        return self.steer_goals[self.next_goal_index(timeout_s)]
+
+    def next_goal_index(self, timeout_s: float = 10.0) -> int:
         start = len(self.steer_goals)
         assert self.spin_until(lambda: len(self.steer_goals) >= start + 2, timeout_s), (
             f"no new steer goals (had {start})"
         )
-        return self.steer_goals[start + 1]
+        return start + 1
 
 
 @pytest.fixture
@@ -182,7 +188,7 @@ def _start_proposer(node_processes, vlm: FakeVlm, log: Path) -> subprocess.Popen
         "vlm_base_url": f"http://127.0.0.1:{vlm.port}/v1",
         "vlm_model": "test-vlm",
         "vlm_api_key_env": "FRS_TEST_VLM_KEY",
-        "vlm_timeout_s": "0.4",
+        "vlm_timeout_s": "1.0",
         "vlm_max_retries": "0",
     }
     args = ["-m", "frs_vlm_bridge.proposer_node", "--ros-args"]
@@ -230,12 +236,20 @@ def test_vlm_proposals_steer_and_execute(node_processes, vlm, rig, tmp_path) -> 
     assert rig.spin_until(lambda: bool(rig.references), 2.0)
     assert rig.references[0].source == CoarseReference.SOURCE_VLM
 
-    for mode in ("malformed", "timeout", "http_error"):
+    failing_since = time.monotonic()
+    for mode in ("malformed", "timeout", "http_error", "rate_limited"):
         vlm.mode = mode
-        goal = rig.next_goal()
+        index = rig.next_goal_index()
+        goal = rig.steer_goals[index]
         assert goal.reference.defer, f"{mode}: the proposer must defer"
         assert goal.reference.direction.x == goal.reference.direction.y == 0.0
         assert any(m == mode for m, _ in vlm.served), mode
+        # The deferral carries the newest observation, not the one from before the failed call
+        # (after a 1 s timeout that one would be 1 s old and its chunk already in the past).
+        age_s = (rig.steer_arrivals[index] - stamp_to_ns(goal.observation_stamp)) * 1e-9
+        assert age_s < 0.5, f"{mode}: deferral stamped {age_s:.2f} s before it arrived"
+        assert stamp_to_ns(goal.reference.header.stamp) == stamp_to_ns(goal.observation_stamp)
+    failing_s = time.monotonic() - failing_since
 
     vlm.mode = "valid"
     assert not rig.next_goal().reference.defer
@@ -254,7 +268,16 @@ def test_vlm_proposals_steer_and_execute(node_processes, vlm, rig, tmp_path) -> 
 
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=10)
-    assert API_KEY not in log.read_text(), "the API key leaked into the log"
+    text = log.read_text()
+    assert API_KEY not in text, "the API key leaked into the log"
+    # Failures are operator-visible (WARN), rate limited (one per 5 s, counting the rest), and
+    # the recovery is said once.
+    warnings = [line for line in text.splitlines() if "[WARN]" in line and "VLM failing" in line]
+    failed = sum(mode != "valid" for mode, _ in vlm.served)
+    assert warnings and failed > len(warnings), text
+    assert len(warnings) <= 2 + failing_s / 5.0, "\n".join(warnings)
+    assert any(word in text for word in ("HTTP 500", "HTTP 429", "timed out", "valid JSON"))
+    assert "VLM answering again" in text
 
 
 @pytest.mark.parametrize("backend", ["scripted", "human", "none"])
