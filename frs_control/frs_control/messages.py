@@ -176,8 +176,16 @@ def ros_image_to_rgb(
 
 
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """HxWx3 uint8 RGB of a ``sensor_msgs/Image``; ValueError naming an unusable one."""
-    return ros_image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
+    """HxWx3 uint8 RGB of a ``sensor_msgs/Image``: cv_bridge where installed (every encoding it
+    knows), else numpy (:data:`SUPPORTED_ENCODINGS`); ValueError naming an unusable image."""
+    try:
+        from cv_bridge import CvBridge, CvBridgeError
+    except ImportError:
+        return ros_image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
+    try:
+        return np.ascontiguousarray(CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+    except CvBridgeError as error:
+        raise ValueError(f"image: {error}") from None
 
 
 def message_class(type_name: str) -> type:

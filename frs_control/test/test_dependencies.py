@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 PACKAGE = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "gymnasium", "gymnasium_robotics", "mujoco", "frs_sim", "frs_steering")
 #: Imported only when a parameter asks for them, failing clearly where absent (not declared).
-OPTIONAL = {"franka_msgs", "moveit"}
+OPTIONAL = {"cv_bridge", "franka_msgs", "moveit"}
 #: Python module -> the rosdep key a package.xml names.
 ROSDEP_KEYS = {"numpy": "python3-numpy"}
 

@@ -1,8 +1,6 @@
-"""Camera images without cv_bridge or PIL: ROS image bytes to RGB arrays, RGB arrays to PNG.
+"""Camera images for a VLM request without PIL: downscaling and PNG encoding (zlib only).
 
-The proposer node uses cv_bridge where it is installed; these numpy fallbacks keep the
-package working where it is not (e.g. PyPI-wheel ROS installs), and PNG encoding uses only
-zlib so a VLM request needs no imaging library.
+ROS image messages become RGB arrays through :func:`frs_control.messages.image_msg_to_rgb`.
 """
 
 from __future__ import annotations
@@ -14,47 +12,8 @@ import zlib
 
 import numpy as np
 
-# encoding -> (channels, channel indices that give R, G, B)
-_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPE_RGB = 2
-
-
-def ros_image_to_rgb(
-    encoding: str, height: int, width: int, step: int, data: bytes | bytearray | memoryview
-) -> np.ndarray:
-    """HxWx3 uint8 RGB copy of a sensor_msgs/Image given its fields.
-
-    ``step`` is the row length in bytes and may exceed ``width * channels`` (row padding);
-    the padding is dropped. Alpha is dropped; mono is replicated to three channels.
-    """
-    if encoding not in _ENCODINGS:
-        raise ValueError(
-            f"unsupported image encoding {encoding!r} (supported: {', '.join(_ENCODINGS)})"
-        )
-    channels, rgb_order = _ENCODINGS[encoding]
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image must not be empty, got {width}x{height}")
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ValueError(f"step {step} is shorter than one row ({width} px x {channels} B)")
-    needed = (height - 1) * step + row_bytes
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size < needed:
-        raise ValueError(f"image data has {buffer.size} bytes, {width}x{height} needs {needed}")
-    if buffer.size < height * step:  # last row without its padding
-        buffer = np.concatenate([buffer, np.zeros(height * step - buffer.size, np.uint8)])
-    rows = buffer[: height * step].reshape(height, step)[:, :row_bytes]
-    pixels = rows.reshape(height, width, channels)
-    return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
 
 
 def downscale_to_max_side(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int]:

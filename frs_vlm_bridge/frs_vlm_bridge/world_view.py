@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from builtin_interfaces.msg import Time
 
-from frs_control.messages import joint_positions, stamp_to_ns
+from frs_control.messages import image_msg_to_rgb, joint_positions, stamp_to_ns
 from frs_steering.reasoning import Observation
-from frs_vlm_bridge.images import ros_image_to_rgb
 
 #: Forward kinematics: joint positions -> (EE position, EE rotation); ``ArmKinematics.forward``.
 ForwardKinematics = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -62,15 +61,6 @@ class WorldView:
     bad_input: bool = False
     #: Why a present image was left out ("" when it was used or there was none).
     image_problem: str = ""
-
-
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """HxWx3 uint8 RGB of a sensor_msgs/Image: cv_bridge where installed, else numpy."""
-    try:
-        from cv_bridge import CvBridge
-    except ImportError:
-        return ros_image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
-    return np.ascontiguousarray(CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8"))
 
 
 def object_positions(msg: Any) -> dict[str, tuple[float, float, float]]:

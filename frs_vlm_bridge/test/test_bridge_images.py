@@ -7,12 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from frs_vlm_bridge.images import (
-    downscale_to_max_side,
-    encode_png,
-    png_data_url,
-    ros_image_to_rgb,
-)
+from frs_control.messages import ros_image_to_rgb
+from frs_vlm_bridge.images import downscale_to_max_side, encode_png, png_data_url
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)

@@ -66,11 +66,6 @@ def test_other_backends_load_neither_torch_nor_the_scripted_reasoner(params: dic
     assert "torch" not in modules and "frs_sim.reasoner" not in modules
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="frs_control.kinematics.ArmKinematics still compiles the simulation's MuJoCo Panda "
-    "(frs_sim.scene); remove this mark when its pure-numpy version lands",
-)
 @pytest.mark.parametrize("params", BACKENDS, ids=lambda p: p["reasoner"])
 def test_other_backends_load_no_simulator(params: dict) -> None:
     assert not _heavy(_loaded_after(_CONSTRUCT.format(params=params)))
