@@ -15,12 +15,12 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.client import Client
 from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import SetBool
 
+from frs_bringup.stack_manager import call_service
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import EpisodeStatus
 from frs_msgs.srv import ResetEpisode
@@ -101,18 +101,6 @@ class EpisodeRunner(Node):
     def _on_status(self, msg: EpisodeStatus) -> None:
         self._status = msg
 
-    def _call(self, executor: Executor, client: Client, request, timeout_s: float):  # noqa: ANN001
-        """Call a service, spinning the executor until the answer or the timeout."""
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"service {client.srv_name} not available after {timeout_s} s")
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout_s
-        while not future.done() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        if not future.done():
-            raise RuntimeError(f"service {client.srv_name} did not answer in {timeout_s} s")
-        return future.result()
-
     def wait_for_stack(self, executor: Executor, timeout_s: float = 120.0) -> None:
         """Block until steering and the arm controller serve their actions."""
         deadline = time.monotonic() + timeout_s
@@ -127,7 +115,7 @@ class EpisodeRunner(Node):
     ) -> ResetEpisode.Response:
         """Reset the simulated robot to ``task`` (empty = next of its split) and ``seed``."""
         request = ResetEpisode.Request(task=task, seed=seed, template_id=-1)
-        reply = self._call(executor, self._reset, request, timeout_s=30.0)
+        reply = call_service(executor, self._reset, request, timeout_s=30.0)
         if not reply.success:
             raise RuntimeError(f"reset refused: {reply.message}")
         self._status = None
@@ -135,7 +123,7 @@ class EpisodeRunner(Node):
 
     def set_proposer(self, executor: Executor, enabled: bool) -> None:
         """Switch the proposer's loop on or off."""
-        self._call(executor, self._enable, SetBool.Request(data=enabled), timeout_s=10.0)
+        call_service(executor, self._enable, SetBool.Request(data=enabled), timeout_s=10.0)
 
     def run(self, executor: Executor) -> list[EpisodeOutcome]:
         """Run the configured episodes; the executor must hold every node of the stack."""

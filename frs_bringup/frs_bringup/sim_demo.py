@@ -1,50 +1,52 @@
-"""The simulated demo without ros2 launch: the nodes of sim.launch.py, then episodes.
+"""A simulated stack without ros2 launch: its nodes, then episodes.
 
 ``ros2 launch`` is not installable from PyPI wheels, so this entry point does its job for the
-simulated stack: it starts the same nodes (simulated robot, arm controller, steering, proposer)
-from the same parameter YAML, each in its own process as launch would, waits until they serve,
-runs episodes through the episode runner and prints the result of each. ``--one-process``
-composes the same nodes in this process on one executor instead; on 2 cores that shares one GIL
-between physics, control, steering and proposing and measured 5/18 vs 12/18 novel successes, so
-one process per node stays the default. On a rig with ROS 2 installed use the launch files.
+simulated stacks: it starts the nodes of a stack (:mod:`frs_bringup.stacks`, ``--stack``,
+default ``sim``) from the stack's parameter YAML, each in its own process as launch would, and
+is their lifecycle manager (:mod:`frs_bringup.stack_manager`): lifecycle nodes start with
+``autostart:=false`` and it configures and activates them. It waits until they serve, runs
+episodes through the episode runner and prints the result of each, then stops the stack in
+reverse order, deactivating each lifecycle node and letting its goals end before the node
+goes. ``--one-process`` composes the same nodes in this process on one executor instead; on 2
+cores that shares one GIL between physics, control, steering and proposing and measured 5/18
+vs 12/18 novel successes, so one process per node stays the default. On a rig with ROS 2
+installed use the launch files.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import rclpy
 from rclpy.executors import Executor, SingleThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
-from frs_steering.package_data import find_package_file
+from frs_bringup.stack_manager import StackManager
+from frs_bringup.stacks import PROPOSER, STACKS, NodeSpec, Stack, get_stack, params_path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-#: (node name in the YAML, module to run), in start order.
-STACK = (
-    ("sim_robot", "frs_sim.sim_robot_node"),
-    ("arm_controller", "frs_control.arm_controller_node"),
-    ("steering", "frs_steering.steering_node"),
-    ("proposer", "frs_vlm_bridge.proposer_node"),
-)
+#: Seconds a node process gets to exit after SIGINT before it is killed.
+EXIT_TIMEOUT = 10.0
 
 
-def default_params_file() -> Path:
-    """config/sim.yaml of frs_bringup (source tree or installed share directory)."""
-    return find_package_file("frs_bringup", PACKAGE_ROOT, "config", "sim.yaml")
+def default_params_file(stack: str = "sim") -> Path:
+    """The parameter YAML of ``stack`` (source tree or installed share directory)."""
+    return params_path(get_stack(stack))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    simulated = sorted(name for name, stack in STACKS.items() if stack.episodes)
+    parser.add_argument("--stack", default="sim", choices=simulated, help="stack to run")
     parser.add_argument("--params-file", type=Path, default=None, help="node parameter YAML")
     parser.add_argument("--episodes", type=int, default=None, help="override episode count")
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
@@ -61,94 +63,164 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_stack(params_file: Path, args: argparse.Namespace) -> list[subprocess.Popen]:
-    """Start each node of the stack in its own process, as sim.launch.py does."""
-    processes = []
-    for name, module in STACK:
+def node_overrides(spec: NodeSpec, args: argparse.Namespace) -> dict[str, object]:
+    """Parameters set on top of the YAML: the manager's ``autostart`` and the CLI options."""
+    overrides: dict[str, object] = {}
+    if spec.lifecycle:
+        overrides["autostart"] = False  # this process is the lifecycle manager
+    if spec.name == PROPOSER.name and args.method is not None:
+        overrides["method"] = args.method
+    return overrides
+
+
+def _ros_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass
+class RunningNode:
+    """A started node of the stack: how to start its loop, whether it runs, how to stop it."""
+
+    spec: NodeSpec
+    stop: Callable[[], None]
+    alive: Callable[[], bool]
+    start: Callable[[], None] = _nothing  # after the lifecycle bring-up
+
+
+def start_stack(
+    stack: Stack, params_file: Path, args: argparse.Namespace
+) -> tuple[list[subprocess.Popen], list[RunningNode]]:
+    """Start each node of ``stack`` in its own process, as the launch files do.
+
+    Returns the recorder's process (``--record``; empty otherwise) and the nodes, in start order.
+    """
+    recorder = []
+    if args.record is not None:
+        command = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
+        recorder.append(subprocess.Popen(command))
+    nodes = []
+    for spec in stack.nodes:
         ros_args = ["--ros-args", "--params-file", str(params_file)]
-        if name == "proposer" and args.method is not None:
-            ros_args += ["-p", f"method:={args.method}"]
+        for name, value in node_overrides(spec, args).items():
+            ros_args += ["-p", f"{name}:={_ros_value(value)}"]
         if args.log_level:
             ros_args += ["--log-level", args.log_level]
-        processes.append(subprocess.Popen([sys.executable, "-m", module, *ros_args]))
-    if args.record is not None:
-        recorder = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
-        processes.insert(0, subprocess.Popen(recorder))  # stopped first: the bag closes cleanly
-    return processes
+        process = subprocess.Popen([sys.executable, "-m", spec.module, *ros_args])
+        nodes.append(
+            RunningNode(spec, lambda p=process: stop_stack([p]), lambda p=process: p.poll() is None)
+        )
+    return recorder, nodes
 
 
-def compose_stack(executor: Executor, args: argparse.Namespace) -> list[Callable[[], None]]:
-    """The same nodes in this process on ``executor``; returns how to stop each, in order."""
-    from frs_control.arm_controller_node import ArmControllerNode
-    from frs_sim.sim_robot_node import SimRobotNode
-    from frs_steering.steering_node import SteeringNode
-    from frs_vlm_bridge.proposer_node import ProposerNode
+def compose_stack(stack: Stack, executor: Executor, args: argparse.Namespace) -> list[RunningNode]:
+    """The same nodes in this process on ``executor``, in start order.
 
-    robot, controller, steering = SimRobotNode(), ArmControllerNode(), SteeringNode()
-    proposer_overrides = [] if args.method is None else [Parameter("method", value=args.method)]
-    proposer = ProposerNode(parameter_overrides=proposer_overrides)
-    for node in (robot, controller, steering, proposer):
+    A node class with ``start()`` / ``stop()`` (the proposer's loop thread) is started after
+    the lifecycle bring-up and stopped before it is destroyed.
+    """
+    nodes = []
+    for spec in stack.nodes:
+        node_class = getattr(importlib.import_module(spec.module), spec.cls)
+        overrides = [Parameter(n, value=v) for n, v in node_overrides(spec, args).items()]
+        node: Node = node_class(parameter_overrides=overrides)
         executor.add_node(node)
-    for node in (controller, steering):
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise RuntimeError(f"{node.get_name()} failed to configure (see its log)")
-            node.trigger_activate()
-    proposer.start()
 
-    def stop_controller() -> None:
-        controller.stop_for_exit()
-        controller.destroy_node()
+        def stop(node: Node = node) -> None:
+            if callable(getattr(node, "stop", None)):
+                node.stop()
+            executor.remove_node(node)
+            node.destroy_node()
 
-    return [
-        proposer.stop,
-        proposer.destroy_node,
-        stop_controller,
-        steering.destroy_node,
-        robot.destroy_node,
-    ]
+        start = node.start if callable(getattr(node, "start", None)) else _nothing
+        nodes.append(RunningNode(spec, stop, lambda: True, start))
+    return nodes
+
+
+def stop_nodes(
+    nodes: list[RunningNode], manager: StackManager | None, executor: Executor | None
+) -> None:
+    """Stop ``nodes`` in reverse start order, each once it is quiet.
+
+    With a ``manager``, the goals in flight finish first (nothing sends new ones once the
+    episode runner has switched the proposer off), then each lifecycle node is deactivated and
+    its goals left to end before it goes, so no node is torn down under a running goal: the
+    proposer goes first, then steering, then the arm controller (the arm stops), then the robot.
+    """
+    managed = manager is not None and executor is not None and rclpy.ok(context=manager.context)
+    if managed:
+        managed = _try(lambda: manager.wait_idle(executor), "waiting for goals")
+    for running in reversed(nodes):
+        if managed and running.spec.lifecycle and running.alive():
+            _try(lambda spec=running.spec: manager.quiesce(executor, spec), running.spec.name)
+        running.stop()
+
+
+def _try(step: Callable[[], object], what: str) -> bool:
+    """Run a step of stopping; stopping goes on whatever happens (False, said on stderr)."""
+    try:
+        step()
+    except Exception as error:  # noqa: BLE001 - e.g. the context went with a second Ctrl-C
+        print(f"[sim_demo] {what}: {type(error).__name__}: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def stop_stack(processes: list[subprocess.Popen]) -> None:
-    """SIGINT every node (they stop the arm on the way out), then kill stragglers."""
+    """SIGINT every process (nodes stop the arm on the way out), then kill stragglers."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    params_file = args.params_file or default_params_file()
+    stack = get_stack(args.stack)
+    params_file = args.params_file or default_params_file(stack.name)
     if not params_file.is_file():
         print(f"parameter file not found: {params_file}", file=sys.stderr)
         return 2
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    processes = [] if args.one_process else start_stack(params_file, args)
+    recorder, nodes = ([], []) if args.one_process else start_stack(stack, params_file, args)
     rclpy.init(args=["--ros-args", "--params-file", str(params_file)])
     overrides = [
         Parameter(name, value=value)
         for name, value in (("episodes", args.episodes), ("seed", args.seed))
         if value is not None
     ]
-    runner = EpisodeRunner(parameter_overrides=overrides)
     executor = SingleThreadedExecutor()
-    executor.add_node(runner)
-    composed = compose_stack(executor, args) if args.one_process else []
+    runner = manager = None
+    outcomes = []
     try:
+        runner = EpisodeRunner(parameter_overrides=overrides)
+        manager = StackManager(stack)
+        executor.add_node(runner)
+        executor.add_node(manager)
+        if args.one_process:
+            nodes = compose_stack(stack, executor, args)
+        manager.bring_up(executor)
+        for running in nodes:
+            running.start()
         outcomes = runner.run(executor)
+    except RuntimeError as error:
+        print(f"[sim_demo] {error}", file=sys.stderr)
     finally:
-        for stop in composed:
-            stop()
-        runner.destroy_node()
+        stop_stack(recorder)  # first: the bag closes cleanly
+        stop_nodes(nodes, manager, executor)
+        for node in (manager, runner):
+            if node is not None:
+                node.destroy_node()
         rclpy.try_shutdown()
-        stop_stack(processes)
     print(f"simulated demo: {summarize(outcomes)}", flush=True)
     return 0 if outcomes else 1
 
