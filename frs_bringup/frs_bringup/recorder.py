@@ -43,8 +43,9 @@ def message_class(msgtype: str):  # noqa: ANN201
 
 
 def topic_qos(topic: str) -> QoSProfile:
-    """Best effort for sensor topics (matches any publisher), latched for the instruction."""
-    if topic in SENSOR_TOPICS:
+    """Best effort for sensor topics and cameras (matches any publisher), latched for the
+    instruction."""
+    if topic in SENSOR_TOPICS or topic.endswith("image_raw"):
         return qos_profile_sensor_data
     durability = (
         DurabilityPolicy.TRANSIENT_LOCAL if topic in LATCHED_TOPICS else DurabilityPolicy.VOLATILE

@@ -139,6 +139,17 @@ STACKS: dict[str, Stack] = {
             arguments=(LaunchArgument("reasoner", "scripted", "scripted|human|vlm"),),
         ),
         Stack(
+            name="droid",
+            description=(
+                "DROID-style rig in simulation: MuJoCo Panda with two exterior and a wrist "
+                "camera, joint-velocity policy at 15 Hz (droid adapter), no reasoner"
+            ),
+            nodes=(SIM_ROBOT, ARM_CONTROLLER, STEERING, PROPOSER),
+            params_file="droid.yaml",
+            episodes=True,
+            arguments=(LaunchArgument("reasoner", "none", "none|human|vlm"),),
+        ),
+        Stack(
             name="franka",
             description="real Franka (FR3, franka_ros2): arm controller, steering, proposer",
             nodes=(ARM_CONTROLLER, STEERING, PROPOSER),

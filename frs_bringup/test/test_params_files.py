@@ -18,6 +18,17 @@ from rclpy.lifecycle import LifecycleNode
 from frs_bringup.stacks import EPISODE_RUNNER, STACKS, NodeSpec, get_stack, params_path
 
 
+def _flat(params: dict, prefix: str = "") -> dict:
+    """Nested YAML maps as ROS parameter names (``adapter: {cameras: ..}``: ``adapter.cameras``)."""
+    flat = {}
+    for name, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
 def _node_class(spec: NodeSpec) -> type:
     return getattr(importlib.import_module(spec.module), spec.cls)
 
@@ -43,7 +54,7 @@ def test_yaml_parameters_are_declared_and_applied(stack_name: str) -> None:
                 if spec.lifecycle:  # launch and sim_demo set it false: they are the manager
                     assert node.has_parameter("autostart"), f"{node_name} has no autostart"
                 section = sections.get(node_name, {"ros__parameters": {}})
-                for name, value in section["ros__parameters"].items():
+                for name, value in _flat(section["ros__parameters"]).items():
                     assert node.has_parameter(name), f"{path.name}: {node_name} has no '{name}'"
                     actual = node.get_parameter(name).value
                     expected = list(value) if isinstance(value, list) else value

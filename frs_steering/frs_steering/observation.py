@@ -98,10 +98,11 @@ class InputBuffers:
             )
         samples: dict[str, Sample] = {}
         for spec in self.adapter.streams():
-            sample = self._wait_for(self.streams[spec.key], joints.stamp_ns, tolerance_ns, deadline)
+            within = max(tolerance_ns, int(spec.tolerance_s * 1e9))
+            sample = self._wait_for(self.streams[spec.key], joints.stamp_ns, within, deadline)
             if sample is None:
                 raise ObservationError(
-                    f"no observation: no {spec.topic} within {tolerance_ns * 1e-9:g} s of the "
+                    f"no observation: no {spec.topic} within {within * 1e-9:g} s of the "
                     f"joint_states stamp {joints.stamp_ns * 1e-9:.6f} s"
                 )
             samples[spec.key] = sample

@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SHIPPED_GENERALIST = ("checkpoints", "generalist")
-
 
 def find_package_file(package: str, source_root: Path, *parts: str) -> Path:
     """First existing ``parts`` under the source tree, the ament share dir or sys.prefix/share."""
@@ -30,14 +28,34 @@ def find_package_file(package: str, source_root: Path, *parts: str) -> Path:
     raise FileNotFoundError(f"{'/'.join(parts)} of {package} not found (searched {searched})")
 
 
-def shipped_checkpoint() -> Path:
-    """The generalist checkpoint shipped with frs_steering."""
+#: Checkpoints shipped with frs_steering and the command that rebuilds each.
+SHIPPED_CHECKPOINTS = {
+    "generalist": "python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist",
+    "dsbc_novel": "python -m frs_sim.studies.dsbc (see docs/learning.md)",
+    "droid_demo": (
+        "python -m frs_steering.adapters.droid_demo --out frs_steering/checkpoints/droid_demo"
+    ),
+}
+
+
+def shipped_checkpoint(name: str = "generalist") -> Path:
+    """A checkpoint shipped with frs_steering (default: the tabletop generalist)."""
+    if name not in SHIPPED_CHECKPOINTS:
+        raise FileNotFoundError(
+            f"no shipped checkpoint {name!r}; shipped: {sorted(SHIPPED_CHECKPOINTS)}"
+        )
     try:
         return find_package_file(
-            "frs_steering", Path(__file__).resolve().parents[1], *SHIPPED_GENERALIST
+            "frs_steering", Path(__file__).resolve().parents[1], "checkpoints", name
         )
     except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{error}; build it with "
-            "`python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist`"
-        ) from None
+        raise FileNotFoundError(f"{error}; build it with `{SHIPPED_CHECKPOINTS[name]}`") from None
+
+
+def resolve_checkpoint(value: str) -> Path:
+    """A checkpoint parameter's directory: "" = the generalist, a shipped name, or a path."""
+    if not value:
+        return shipped_checkpoint()
+    if value in SHIPPED_CHECKPOINTS:
+        return shipped_checkpoint(value)
+    return Path(value)

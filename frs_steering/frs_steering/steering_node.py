@@ -52,7 +52,7 @@ from frs_steering.adapters import ObservationAdapter, adapter_class
 from frs_steering.adapters.base import ReferenceSettings, StampedObservation
 from frs_steering.checkpoint import CheckpointError, load_policy
 from frs_steering.observation import InputBuffers, ObservationError
-from frs_steering.package_data import shipped_checkpoint
+from frs_steering.package_data import resolve_checkpoint
 from frs_steering.steer import available_methods, steer
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
@@ -142,7 +142,7 @@ class SteeringNode(LifecycleNode):
         if self._adapter_class is None:
             raise ValueError(self._adapter_error)
         torch.set_num_threads(int(self._param("torch_threads")))
-        checkpoint = str(self._param("checkpoint")) or str(shipped_checkpoint())
+        checkpoint = str(resolve_checkpoint(str(self._param("checkpoint"))))
         if not Path(checkpoint).is_dir():
             raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
         device = str(self._param("device"))

@@ -17,7 +17,8 @@ from frs_control.kinematics import REST_QPOS, ArmKinematics
 from frs_control.messages import ns_to_stamp
 from frs_steering.adapters import ADAPTERS, ObservationAdapter, adapter_class, make_adapter
 from frs_steering.adapters.base import ReferenceSettings, Sample
-from frs_steering.adapters.droid import DroidAdapter, demo_policy, resize_nearest
+from frs_steering.adapters.droid import DroidAdapter, resize_nearest
+from frs_steering.adapters.droid_demo import demo_policy
 from frs_steering.observation import InputBuffers, ObservationError
 from frs_steering.policy import ActionSpec
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -174,6 +175,22 @@ def test_match_waits_for_a_sample_in_flight() -> None:
     with pytest.raises(ObservationError, match="no wrist/image_raw"):
         inputs.match(9_000_000_000, 1_000_000, wait_s=2.0)
     assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize(("image_tolerance", "matches"), [(0.1, True), (0.01, False)])
+def test_cameras_match_within_their_own_tolerance(image_tolerance: float, matches: bool) -> None:
+    """A 15 Hz camera next to 50 Hz joint states: the image 50 ms before the joints is used."""
+    options = {"cameras": ["wrist"], "image_topics": ["wrist/image_raw"]}
+    adapter = make_adapter("droid", {**options, "image_tolerance": image_tolerance})
+    inputs = InputBuffers(adapter, 10)
+    inputs.add("wrist", image_msg(1_000_000_000, (9, 9, 9)))
+    inputs.add_joints(joint_msg(1_050_000_000))
+    if matches:
+        _, samples = inputs.match(0, 5_000_000)
+        assert samples["wrist"].stamp_ns == 1_000_000_000
+    else:
+        with pytest.raises(ObservationError, match="no wrist/image_raw within 0.01 s"):
+            inputs.match(0, 5_000_000)
 
 
 def test_joint_velocity_reference_moves_the_ee_along_the_direction() -> None:

@@ -53,6 +53,9 @@ class StreamSpec:
     key: str  # the adapter's name for it, e.g. "objects" or "exterior_1"
     msg_type: str  # ROS type name, e.g. "sensor_msgs/msg/Image"
     topic: str
+    #: s a sample may be away from the joint stamp (at least the node's stamp_tolerance):
+    #: unsynchronized sensors, e.g. cameras at 15 Hz next to joint states at 1 kHz.
+    tolerance_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class DroidAdapter(ObservationAdapter):
             [f"{name}/image_raw" for name in DROID_CAMERAS],
             "sensor_msgs/Image topic of each camera",
         ),
+        ("image_tolerance", 0.1, "s an image may be away from the joint stamp (unsynchronized)"),
     )
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
@@ -68,13 +69,16 @@ class DroidAdapter(ObservationAdapter):
                 f"need one image topic per distinct camera, got cameras {list(self.cameras)} "
                 f"and image_topics {list(self.image_topics)}"
             )
+        self.image_tolerance = float(self.options["image_tolerance"])
+        if not 0.0 <= self.image_tolerance <= 10.0:
+            raise ValueError(f"image_tolerance must be in [0, 10] s, got {self.image_tolerance}")
         self.image_size = 0
         self.state_dim = len(self.arm_joints) + 1
         self._instruction_dim = 0
 
     def streams(self) -> tuple[StreamSpec, ...]:
         return tuple(
-            StreamSpec(camera, "sensor_msgs/msg/Image", topic)
+            StreamSpec(camera, "sensor_msgs/msg/Image", topic, self.image_tolerance)
             for camera, topic in zip(self.cameras, self.image_topics, strict=True)
         )
 
@@ -140,59 +144,3 @@ class DroidAdapter(ObservationAdapter):
             input_stamps={camera: samples[camera].stamp_ns for camera in self.cameras},
             instruction=instruction_text,
         )
-
-
-def demo_policy(
-    cameras: tuple[str, ...] = DROID_CAMERAS,
-    *,
-    image_size: int = 32,
-    horizon: int = 15,
-    train_steps: int = 150,
-    seed: int = 0,
-) -> Any:
-    """A small built-in flow policy in the droid layout, trained for seconds on synthetic data.
-
-    For trying the droid configuration without a real checkpoint (and for tests): the 7 joint
-    velocities follow the colour of the first camera's image (``0.4 * (mean red - mean blue)``
-    for every joint, so a red scene moves the joints positively, a blue one negatively) and the
-    gripper follows the state's gripper opening. Images really condition it.
-    """
-    from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
-    from frs_steering.normalization import fit_normalizer
-    from frs_steering.policy import ActionSpec, TimeConvention
-    from frs_steering.train import train_flow_policy
-
-    generator = torch.Generator().manual_seed(seed)
-    count = 512
-    colours = torch.rand(count, len(cameras), 3, 1, 1, generator=generator)
-    texture = 0.1 * torch.rand(count, len(cameras), 3, image_size, image_size, generator=generator)
-    images = (colours + texture).clamp(0.0, 1.0)
-    state = torch.rand(count, 8, generator=generator) * 2.0 - 1.0
-    state[:, 7] = state[:, 7].abs()
-    speed = 0.4 * (colours[:, 0, 0, 0, 0] - colours[:, 0, 2, 0, 0])
-    actions = torch.zeros(count, horizon, 8)
-    actions[:, :, :7] = speed[:, None, None]
-    actions[:, :, 7] = 1.0 - state[:, 7:8]
-    actions += 0.01 * torch.randn(actions.shape, generator=generator)
-    spec = ActionSpec(
-        horizon=horizon,
-        dim=8,
-        convention=TimeConvention.NOISE_AT_ONE,
-        num_steps=10,
-        normalizer=fit_normalizer(actions.reshape(-1, 8), kind="quantile"),
-    )
-    config = FlowPolicyConfig(
-        action_spec=spec,
-        state_dim=8,
-        width=64,
-        depth=2,
-        image_keys=tuple(cameras),
-        image_size=image_size,
-    )
-    policy = FlowMatchingPolicy(config, seed=seed)
-    observations = {"state": state}
-    observations.update({f"image.{c}": images[:, i] for i, c in enumerate(cameras)})
-    train_flow_policy(
-        policy, observations, actions, steps=train_steps, batch_size=64, seed=seed, progress=False
-    )
-    return policy.eval()
