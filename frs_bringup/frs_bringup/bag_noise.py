@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from frs_bringup.bag_replay import JOINTS_TOPIC, RECORD_TOPIC, Skipped, iter_chunks
+from frs_bringup.bag_replay import (
+    JOINTS_TOPIC,
+    RECORD_TOPIC,
+    Skipped,
+    iter_chunks,
+    steering_parameters,
+)
 from frs_bringup.bags import BagError, BagReader, parse_remaps
 
 STATUS_TOPIC = "frs/episode_status"
@@ -52,7 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--params-file",
         type=Path,
         default=None,
-        help="the steering node's parameter YAML (observation adapter; default: tabletop)",
+        help="the stack's parameter YAML: the steering node's adapter and checkpoint "
+        "(default: tabletop, shipped generalist)",
     )
     parser.add_argument("--num-steps", type=int, default=0, help="0 = the policy's default")
     parser.add_argument("--solver", default="euler")
@@ -80,16 +87,17 @@ def export(args: argparse.Namespace) -> dict:
         from frs_control.messages import chunk_from_msg
         from frs_steering.checkpoint import load_policy
         from frs_steering.learning.noise_data import NoiseDataset
-        from frs_steering.package_data import shipped_checkpoint
+        from frs_steering.package_data import resolve_checkpoint
         from frs_steering.steer import steer
         from frs_steering.steering_goals import weights_sha256
 
         torch.set_num_threads(1)
-        checkpoint = args.checkpoint or str(shipped_checkpoint())
+        params = steering_parameters(args.params_file)
+        checkpoint = str(resolve_checkpoint(args.checkpoint or str(params.get("checkpoint", ""))))
         policy = load_policy(checkpoint)
         spec = policy.spec
         real_dims = list(spec.real_dims)
-        builder = InputBuilder(policy, args.params_file)
+        builder = InputBuilder(policy, params)
         bag.require([JOINTS_TOPIC, *builder.topics(), topic], why="executed chunks")
         window = bag.time_window(args.start, args.end)
         status_times, status_episodes, outcome = episode_outcomes(bag, window)

@@ -117,15 +117,15 @@ class InputBuilder:
     """Observations and references of logged chunks, built as the steering node builds them.
 
     The same observation adapter (``observation_adapter`` and ``adapter.*`` of the steering
-    node's parameters, from ``params_file`` when given) and the same stamp matching
+    node's parameters ``params``; default: tabletop) and the same stamp matching
     (:class:`frs_steering.observation.InputBuffers`) as the node.
     """
 
-    def __init__(self, policy: Any, params_file: Path | None = None) -> None:
+    def __init__(self, policy: Any, params: dict[str, Any] | None = None) -> None:
         from frs_steering.adapters import make_adapter
         from frs_steering.observation import InputBuffers
 
-        params = steering_parameters(params_file)
+        params = params or {}
         self.policy = policy
         self.adapter = make_adapter(
             str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
@@ -137,7 +137,7 @@ class InputBuilder:
 
     def topics(self) -> dict[str, str]:
         """Bag topic -> stream key of the adapter's inputs."""
-        return {spec.topic: spec.key for spec in self.adapter.streams()}
+        return {spec.topic.strip("/"): spec.key for spec in self.adapter.streams()}
 
     def instruction(self, text: str) -> Any:
         text = text.strip()
@@ -215,8 +215,17 @@ def iter_chunks(
             is_record = hasattr(record, "scene_stamp")  # else a plain ActionChunk
             text = (record.instruction if is_record else "") or instruction
             stamp = stamp_to_ns(record.header.stamp)
+            used = None
+            if is_record and len(record.input_topics) == len(record.input_stamps):
+                used = {
+                    streams[topic.strip("/")]: stamp_to_ns(used_stamp)
+                    for topic, used_stamp in zip(
+                        record.input_topics, record.input_stamps, strict=True
+                    )
+                    if topic.strip("/") in streams
+                }
             try:
-                joints, samples = builder.inputs.match(stamp, builder.tolerance_ns)
+                joints, samples = builder.inputs.match(stamp, builder.tolerance_ns, used=used)
             except ObservationError:
                 skipped.add("observation not in the bag (joint_states or an input dropped)")
                 continue
@@ -492,7 +501,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--params-file",
         type=Path,
         default=None,
-        help="the steering node's parameter YAML (observation adapter; default: tabletop)",
+        help="the stack's parameter YAML: the steering node's adapter and checkpoint "
+        "(default: tabletop, shipped generalist)",
     )
     parser.add_argument("--start", type=float, default=None, help="s after the bag's start")
     parser.add_argument("--end", type=float, default=None, help="s after the bag's start")
@@ -520,7 +530,7 @@ def replay(args: argparse.Namespace) -> dict:
 
         from frs_control.messages import chunk_to_msg, ns_to_stamp
         from frs_steering.checkpoint import load_policy
-        from frs_steering.package_data import shipped_checkpoint
+        from frs_steering.package_data import resolve_checkpoint
         from frs_steering.ros_messages import path_markers
         from frs_steering.steer import available_methods
         from frs_steering.steering_goals import weights_sha256
@@ -531,11 +541,12 @@ def replay(args: argparse.Namespace) -> dict:
                     f"unknown method {spec.method!r}; available: {list(available_methods())}"
                 )
         torch.set_num_threads(args.torch_threads)
-        checkpoint = args.checkpoint or str(shipped_checkpoint())
+        params = steering_parameters(args.params_file)
+        checkpoint = str(resolve_checkpoint(args.checkpoint or str(params.get("checkpoint", ""))))
         policy = load_policy(checkpoint)
         sha = weights_sha256(checkpoint)
         spec_real = list(policy.spec.real_dims)
-        builder = InputBuilder(policy, args.params_file)
+        builder = InputBuilder(policy, params)
         required = (JOINTS_TOPIC, *builder.topics(), RECORD_TOPIC)
         bag.require(required, why="the steering node's records and the robot observation")
         window = bag.time_window(args.start, args.end)

@@ -94,6 +94,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="topics as name or name:=pkg/msg/Type (default: the FRS session topics)",
     )
     parser.add_argument("--camera", action="store_true", help="also record camera/image_raw")
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        default=None,
+        help="the stack's parameter YAML: also record the topics its steering node observes "
+        "(the observation adapter's, e.g. camera images)",
+    )
     parser.add_argument("--duration", type=float, default=0.0, help="stop after s (0 = SIGINT)")
     return parser.parse_args(argv)
 
@@ -111,7 +118,21 @@ def select_topics(args: argparse.Namespace) -> dict[str, str]:
             topics[name] = msgtype
     if args.camera:
         topics["camera/image_raw"] = "sensor_msgs/msg/Image"
+    if args.params_file is not None:
+        topics.update(observed_topics(args.params_file))
     return topics
+
+
+def observed_topics(params_file: Path) -> dict[str, str]:
+    """Topic -> type of what the steering node configured by ``params_file`` observes."""
+    from frs_bringup.bag_replay import steering_parameters
+    from frs_steering.adapters import make_adapter
+
+    params = steering_parameters(params_file)
+    adapter = make_adapter(
+        str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
+    )
+    return {spec.topic.strip("/"): spec.msg_type for spec in adapter.streams()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,7 @@ def start_stack(
     recorder = []
     if args.record is not None:
         command = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
+        command += ["--params-file", str(params_file)]
         recorder.append(subprocess.Popen(command))
     nodes = []
     for spec in stack.nodes:

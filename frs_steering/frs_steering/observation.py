@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -79,12 +80,17 @@ class InputBuffers:
         self.streams[key].add(Sample(stamp_of(msg), self.adapter.parse(key, msg)))
 
     def match(
-        self, stamp_ns: int, tolerance_ns: int, wait_s: float = 0.0
+        self,
+        stamp_ns: int,
+        tolerance_ns: int,
+        wait_s: float = 0.0,
+        used: Mapping[str, int] | None = None,
     ) -> tuple[JointSample, dict[str, Sample]]:
         """The joint sample at ``stamp_ns`` (0 = the newest) and each stream's nearest sample.
 
         Samples still in flight (a goal can overtake its own observation) are waited for up
-        to ``wait_s``; ObservationError names what is missing after that.
+        to ``wait_s``; ObservationError names what is missing after that. ``used`` (stream key
+        -> stamp, as a steering record lists them) asks for exactly those samples instead.
         """
         deadline = time.monotonic() + wait_s
         joints = self._wait_for(self.joints, stamp_ns or None, tolerance_ns, deadline)
@@ -99,7 +105,10 @@ class InputBuffers:
         samples: dict[str, Sample] = {}
         for spec in self.adapter.streams():
             within = max(tolerance_ns, int(spec.tolerance_s * 1e9))
-            sample = self._wait_for(self.streams[spec.key], joints.stamp_ns, within, deadline)
+            target = joints.stamp_ns
+            if used is not None and spec.key in used:
+                target, within = used[spec.key], 0
+            sample = self._wait_for(self.streams[spec.key], target, within, deadline)
             if sample is None:
                 raise ObservationError(
                     f"no observation: no {spec.topic} within {within * 1e-9:g} s of the "

@@ -7,6 +7,7 @@ the rviz EE paths (reference vs refined vs unsteered). Stamps are the observatio
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -112,13 +113,17 @@ def record_msg(
     settings: ReferenceSettings,
     include_unsteered: bool,
     checkpoint_sha256: str,
+    input_topics: Sequence[str] = (),
 ) -> SteeringRecord:
     """Everything needed to replay this call offline (see frs_msgs/SteeringRecord).
 
-    ``scene_stamp`` is the stamp of the adapter's first stream (0 when it has none).
+    ``input_topics`` name the adapter's streams in ``observation.input_stamps`` order;
+    ``scene_stamp`` is the stamp of the first (0 when there is none).
     """
     stream_stamps = list(observation.input_stamps.values())
     msg = SteeringRecord(
+        input_topics=list(input_topics),
+        input_stamps=[ns_to_stamp(stamp) for stamp in stream_stamps],
         requested_method=goal.method,
         num_steps=goal.num_steps,
         solver=goal.solver,

@@ -419,8 +419,9 @@ class SteeringNode(LifecycleNode):
             outputs["markers"].publish(markers_msg(result, layout, observation, reference_real))
         if self._param("publish_record"):
             unsteered, sha = bool(self._param("include_unsteered")), self._checkpoint_sha256
+            topics = [stream.topic for stream in self._adapter.streams()]
             outputs["record"].publish(
-                record_msg(goal, request, observation, msg, settings, unsteered, sha)
+                record_msg(goal, request, observation, msg, settings, unsteered, sha, topics)
             )
 
 
