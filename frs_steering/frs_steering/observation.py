@@ -85,12 +85,16 @@ class InputBuffers:
         tolerance_ns: int,
         wait_s: float = 0.0,
         used: Mapping[str, int] | None = None,
+        *,
+        now_ns: int | None = None,
+        max_age_s: float = math.inf,
     ) -> tuple[JointSample, dict[str, Sample]]:
         """The joint sample at ``stamp_ns`` (0 = the newest) and each stream's nearest sample.
 
         Samples still in flight (a goal can overtake its own observation) are waited for up
         to ``wait_s``; ObservationError names what is missing after that. ``used`` (stream key
         -> stamp, as a steering record lists them) asks for exactly those samples instead.
+        With ``now_ns``, a joint sample older than ``max_age_s`` is refused as stale.
         """
         deadline = time.monotonic() + wait_s
         joints = self._wait_for(self.joints, stamp_ns or None, tolerance_ns, deadline)
@@ -101,6 +105,12 @@ class InputBuffers:
             raise ObservationError(
                 f"no observation at stamp {stamp_ns * 1e-9:.6f} s (+/- {tolerance_ns * 1e-9:g} s);"
                 f" joint_states buffer spans {span[0] * 1e-9:.6f}..{span[1] * 1e-9:.6f} s"
+            )
+        age_s = math.inf if now_ns is None else (now_ns - joints.stamp_ns) * 1e-9
+        if now_ns is not None and age_s > max_age_s:
+            raise ObservationError(
+                f"stale observation: stamp {joints.stamp_ns * 1e-9:.6f} s is {age_s:.3f} s old "
+                f"(max_observation_age {max_age_s:g} s)"
             )
         samples: dict[str, Sample] = {}
         for spec in self.adapter.streams():

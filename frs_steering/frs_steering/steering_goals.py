@@ -45,6 +45,13 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
     ("command_rotation", False, "also command zero rotation (ee_delta)", False, {}),
     ("max_num_steps", 1000, "largest num_steps of a goal", False, int_range(1, 100000)),
     ("max_samples", 64, "largest num_samples (sample_rank)", False, int_range(1, 4096)),
+    (
+        "max_normalized",
+        5.0,
+        "largest |reference| / |refined| in policy units",
+        False,
+        float_range(0.5, 1e3),
+    ),
     ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
     ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
     ("publish_feedback", True, "action feedback during integration", False, {}),
@@ -178,12 +185,43 @@ def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> An
     return net
 
 
-def bound_output(result: SteerResult, gripper_index: int | None) -> SteerResult:
-    """The result with its gripper columns clipped into [0, 1]; ObservationError if non-finite.
+def check_reference(spec: Any, built: Any, limit: float) -> None:
+    """GoalRejected unless the reference is finite and within ``limit`` in policy units.
+
+    Training data lies within about [-1, 1] after normalization and noise within a few units:
+    a reference far outside (e.g. 1e4 m) has no in-distribution answer and would come back as
+    itself (or NaN), so it is refused here with its size.
+    """
+    chunk = built.chunk if built.normalized else spec.to_policy(built.chunk)
+    if not torch.isfinite(chunk).all():
+        raise GoalRejected("reference contains NaN or Inf")
+    largest = float(chunk.abs().max())
+    if largest > limit:
+        raise GoalRejected(
+            f"reference out of the policy's range: |value| {largest:.3g} in normalized units "
+            f"exceeds max_normalized {limit:g}"
+        )
+
+
+def bound_output(
+    result: SteerResult, gripper_index: int | None, limit: float = math.inf
+) -> SteerResult:
+    """The result with its gripper columns clipped into [0, 1]; ObservationError if a refined
+    or unsteered chunk is non-finite or beyond ``limit`` in the policy's normalized units.
 
     A policy may overshoot its gripper range (e.g. 1.17); the arm controller would have to
     reject or clip it, so it is bounded where it is produced.
     """
+    for normalized in (result.chunk, result.base_chunk):
+        if normalized is None:
+            continue
+        if not torch.isfinite(normalized).all():
+            raise ObservationError("the policy produced a non-finite chunk")
+        if float(normalized.abs().max()) > limit:
+            raise ObservationError(
+                f"the policy's chunk is out of range (|value| {float(normalized.abs().max()):.3g}"
+                f" > max_normalized {limit:g} in normalized units)"
+            )
 
     def bounded(chunk: torch.Tensor | None) -> torch.Tensor | None:
         if chunk is None:

@@ -1,20 +1,15 @@
 """Steering node: the ``frs/steer_chunk`` action server in front of ``steer.steer``.
 
-A lifecycle node (ros2/demos ``lifecycle_py``): ``configure`` loads "a flow policy + an
-observation adapter" (parameters ``checkpoint`` and ``observation_adapter``, the adapter's own
-options as ``adapter.<name>`` parameters) and opens the topics and the action server;
-``activate`` starts serving goals and publishing; ``deactivate`` stops any running goal. With
-``autostart`` it configures and activates itself, for installs without a lifecycle manager.
+A lifecycle node: ``configure`` loads a flow policy + an observation adapter (``checkpoint``,
+``observation_adapter``, the adapter's options as ``adapter.<name>``) and opens the topics and
+the action server; ``activate`` serves goals; ``deactivate`` stops a running goal. The node
+knows no robot: it buffers ``joint_states`` and the adapter's topics
+(:class:`frs_steering.observation.InputBuffers`) and the adapter turns the samples matched to a
+goal's ``observation_stamp`` (zero = latest) into the policy's observation.
 
-The node knows no robot: it buffers ``joint_states`` and the stamped topics the adapter names
-(:class:`frs_steering.observation.InputBuffers`), and a goal conditions on the samples matched
-to its ``observation_stamp`` (zero = latest), turned into the policy's observation by the adapter.
-The latest ``frs/instruction`` is encoded once per new text.
-
-Goal checks: rclpy's ``goal_callback`` can only say accept/reject, with no reason, so every
-goal is accepted and a bad one is then *aborted* with ``OUTCOME_REJECTED`` and a ``reason``
-naming the problem. A newer goal preempts an older one (``OUTCOME_PREEMPTED``); cancel and
-preemption take effect between integration steps.
+rclpy's ``goal_callback`` can only accept or reject without a reason, so every goal is accepted
+and a bad one is *aborted* with ``OUTCOME_REJECTED`` and a ``reason``. A newer goal preempts an
+older one; cancel and preemption take effect between integration steps.
 """
 
 from __future__ import annotations
@@ -63,6 +58,7 @@ from frs_steering.steering_goals import (
     StepMonitor,
     bound_output,
     check_goal,
+    check_reference,
     load_checked_noise_policy,
     weights_sha256,
 )
@@ -251,35 +247,22 @@ class SteeringNode(LifecycleNode):
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
-        current = self._instruction
-        if current is not None and current[0] == text:
-            return
-        encoded = (
-            self._adapter.encode_instruction(text) if self._adapter.needs_instruction else None
-        )
-        self._instruction = (text, encoded)
-        self.get_logger().info(f"instruction: {text!r}")
+        if self._instruction is None or self._instruction[0] != text:
+            needs = self._adapter.needs_instruction
+            self._instruction = (text, self._adapter.encode_instruction(text) if needs else None)
+            self.get_logger().info(f"instruction: {text!r}")
 
     def _observation(self, stamp_ns: int) -> StampedObservation:
-        """The matched observation for ``stamp_ns`` (0 = latest); GoalRejected if none fits."""
-        tolerance = int(float(self._param("stamp_tolerance")) * 1e9)
-        wait = float(self._param("observation_wait"))
-        try:
-            joints, samples = self._inputs.match(stamp_ns, tolerance, wait)
-        except ObservationError as error:
-            raise GoalRejected(str(error)) from None
-        age = (self.get_clock().now().nanoseconds - joints.stamp_ns) * 1e-9
-        max_age = float(self._param("max_observation_age"))
-        if age > max_age:
-            raise GoalRejected(
-                f"stale observation: stamp {joints.stamp_ns * 1e-9:.6f} s is {age:.3f} s old "
-                f"(max_observation_age {max_age:g} s)"
-            )
+        """The matched observation for ``stamp_ns`` (0 = latest); ObservationError if none fits."""
+        joints, samples = self._inputs.match(
+            stamp_ns,
+            int(float(self._param("stamp_tolerance")) * 1e9),
+            float(self._param("observation_wait")),
+            now_ns=self.get_clock().now().nanoseconds,
+            max_age_s=float(self._param("max_observation_age")),
+        )
         text, encoded = self._instruction or ("", None)
-        try:
-            return self._adapter.observation(joints, samples, encoded, text)
-        except ObservationError as error:
-            raise GoalRejected(str(error)) from None
+        return self._adapter.observation(joints, samples, encoded, text)
 
     # ------------------------------------------------------------------ goals
     def _on_accepted(self, goal_handle: ServerGoalHandle) -> None:
@@ -344,6 +327,8 @@ class SteeringNode(LifecycleNode):
             settings = self._settings()
             layout, spec = self._adapter.layout, self._policy.spec
             built = layout.reference(spec, settings, goal.reference, observation)
+            limit = float(self._param("max_normalized"))
+            check_reference(spec, built, limit)
             prepare_s = time.perf_counter() - started
         except (GoalRejected, ObservationError, MessageError) as error:
             return _Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=str(error)))
@@ -378,7 +363,7 @@ class SteeringNode(LifecycleNode):
                 round_trip=bool(self._param("round_trip")),
                 step_callback=on_step,
             )
-            result = bound_output(result, layout.gripper_index())
+            result = bound_output(result, layout.gripper_index(), limit)
         except GoalCanceled:
             reason = "canceled by the client" if self._active else "node deactivated"
             transition = "canceled" if goal_handle.is_cancel_requested else "abort"

@@ -281,3 +281,33 @@ def test_bound_output_clips_the_gripper_and_refuses_non_finite(droid_policy) -> 
 def test_samples_keep_their_stamp() -> None:
     sample = Sample(7, "value")
     assert sample.stamp_ns == 7 and sample.value == "value"
+
+
+def test_references_beyond_the_policy_range_are_refused(droid_policy) -> None:  # noqa: ANN001
+    from frs_steering.adapters.base import BuiltReference
+    from frs_steering.steering_goals import GoalRejected, check_reference
+
+    spec = droid_policy.spec
+    inside = torch.zeros(15, 8)
+    inside[:, :7] = 0.2  # rad/s, within the training range
+    check_reference(spec, BuiltReference(inside, None, False, inside), 5.0)
+    for value in (1e4, float("nan"), float("inf")):
+        wild = inside.clone()
+        wild[3, 2] = value
+        with pytest.raises(GoalRejected, match="out of the policy's range|NaN or Inf"):
+            check_reference(spec, BuiltReference(wild, None, False, wild), 5.0)
+    normalized = torch.full((15, 8), 6.0)
+    with pytest.raises(GoalRejected, match="exceeds max_normalized 5"):
+        check_reference(spec, BuiltReference(normalized, None, True, None), 5.0)
+
+
+def test_outputs_beyond_the_limit_fail(droid_policy) -> None:  # noqa: ANN001
+    observation = {"state": torch.zeros(1, 8)}
+    observation.update(
+        {f"image.{c}": torch.zeros(1, 3, 32, 32) for c in droid_policy.config.image_keys}
+    )
+    result = steer(droid_policy, torch.zeros(15, 8), observation=observation, method="base")
+    bound_output(result, 7, 5.0)  # a plain sample is in range
+    wild = type(result)(**{**result.__dict__, "chunk": result.chunk * 1e3})
+    with pytest.raises(ObservationError, match="out of range"):
+        bound_output(wild, 7, 5.0)

@@ -305,6 +305,8 @@ def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
         ("wrong horizon", chunk(3, DIM, 3 * DIM), "reference.chunk is 3x8"),
         ("wrong length", chunk(HORIZON, REAL, 5), "len(data) = 5"),
         ("NaN chunk", chunk(HORIZON, REAL, HORIZON * REAL, math.nan), "NaN"),
+        ("1e4 m chunk", chunk(HORIZON, REAL, HORIZON * REAL, 1e4), "out of the policy's range"),
+        ("1e30 m chunk", chunk(HORIZON, REAL, HORIZON * REAL, 1e30), "out of the policy's range"),
         ("wrong mask", with_mask, "reference.mask has 5 entries"),
         ("NaN direction", set_attr("reference.direction.x", math.nan), "direction must be finite"),
         ("not unit", set_attr("reference.direction.x", 1.0), "unit vector or zero"),
