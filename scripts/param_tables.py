@@ -25,13 +25,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_PACKAGES = ("frs_control", "frs_steering", "frs_vlm_bridge", "frs_sim", "frs_bringup")
 
-#: node name -> "module:Class" of the node that declares its parameters.
+# Document the source tree (as the tests do), not the snapshot installed into the venv.
+sys.path[:0] = [str(REPO_ROOT / name) for name in PYTHON_PACKAGES]
+from frs_bringup.stacks import EPISODE_RUNNER, STACKS  # noqa: E402 (source tree first)
+
+#: node name -> "module:Class" of the node that declares its parameters (every stack's nodes).
 NODES: dict[str, str] = {
-    "steering": "frs_steering.steering_node:SteeringNode",
-    "arm_controller": "frs_control.arm_controller_node:ArmControllerNode",
-    "proposer": "frs_vlm_bridge.proposer_node:ProposerNode",
-    "sim_robot": "frs_sim.sim_robot_node:SimRobotNode",
-    "episode_runner": "frs_bringup.episode_runner:EpisodeRunner",
+    spec.name: f"{spec.module}:{spec.cls}"
+    for spec in (*(node for stack in STACKS.values() for node in stack.nodes), EPISODE_RUNNER)
 }
 
 #: Parameters rclpy declares on every node; not ours to document.
@@ -137,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", nargs="+", choices=sorted(NODES), default=list(NODES))
     args = parser.parse_args(argv)
 
-    # Document the source tree (as the tests do), not the snapshot installed into the venv.
-    sys.path[:0] = [str(REPO_ROOT / name) for name in PYTHON_PACKAGES]
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -26,6 +26,7 @@ from frs_bringup.bag_replay import (
     JOINTS_TOPIC,
     RECORD_TOPIC,
     Skipped,
+    add_params_file_argument,
     iter_chunks,
     steering_parameters,
 )
@@ -54,13 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help=".safetensors file to write")
     parser.add_argument("--chunk-topic", default=RECORD_TOPIC, help="SteeringRecord or ActionChunk")
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: shipped)")
-    parser.add_argument(
-        "--params-file",
-        type=Path,
-        default=None,
-        help="the stack's parameter YAML: the steering node's adapter and checkpoint "
-        "(default: tabletop, shipped generalist)",
-    )
+    add_params_file_argument(parser)
     parser.add_argument("--num-steps", type=int, default=0, help="0 = the policy's default")
     parser.add_argument("--solver", default="euler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the padding dims' noise")

@@ -159,6 +159,17 @@ class InputBuilder:
         )
 
 
+def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
+    """``--params-file``: where the bag tools read the steering node's adapter and checkpoint."""
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        default=None,
+        help="the stack's parameter YAML: the steering node's adapter and checkpoint "
+        "(default: tabletop, shipped generalist)",
+    )
+
+
 def steering_parameters(params_file: Path | None) -> dict[str, Any]:
     """The steering node's ``ros__parameters`` in a parameter YAML ({} without a file)."""
     if params_file is None:
@@ -497,13 +508,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--methods", nargs="+", default=["logged", "frs", "base"], help="method specs"
     )
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: shipped)")
-    parser.add_argument(
-        "--params-file",
-        type=Path,
-        default=None,
-        help="the stack's parameter YAML: the steering node's adapter and checkpoint "
-        "(default: tabletop, shipped generalist)",
-    )
+    add_params_file_argument(parser)
     parser.add_argument("--start", type=float, default=None, help="s after the bag's start")
     parser.add_argument("--end", type=float, default=None, help="s after the bag's start")
     parser.add_argument(

@@ -73,7 +73,6 @@ class TabletopAdapter(ObservationAdapter):
             )
         if len(self.arm_joints) != 7 or len(self.finger_joints) != 2:
             raise ValueError("the tabletop needs 7 arm_joints and 2 finger_joints")
-        self._instruction_dim = 0
 
     def streams(self) -> tuple[StreamSpec, ...]:
         return (
@@ -89,16 +88,6 @@ class TabletopAdapter(ObservationAdapter):
             )
         if getattr(config, "image_keys", ()):
             raise ValueError("the tabletop adapter provides no camera images")
-        self._instruction_dim = int(getattr(config, "instruction_dim", 0))
-
-    @property
-    def needs_instruction(self) -> bool:
-        return self._instruction_dim > 0
-
-    def encode_instruction(self, text: str) -> torch.Tensor:
-        from frs_steering.instructions import instruction_tensor
-
-        return instruction_tensor(text, self._instruction_dim)
 
     def parse(self, key: str, msg: Any) -> SceneSample:
         """Cube and mat poses of an ObjectStates message, in the adapter's frame."""
@@ -149,10 +138,7 @@ class TabletopAdapter(ObservationAdapter):
             scene_sample.targets,
         )
         policy_input = {"state": torch.from_numpy(state).reshape(1, -1)}
-        if self.needs_instruction:
-            if instruction is None:
-                raise ObservationError("no observation: no instruction received on frs/instruction")
-            policy_input["instruction"] = instruction
+        self.add_instruction(policy_input, instruction)
         return StampedObservation(
             stamp_ns=joints.stamp_ns,
             policy_input=policy_input,

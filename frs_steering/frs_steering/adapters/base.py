@@ -288,6 +288,7 @@ class ObservationAdapter(ABC):
             num_joints=len(self.arm_joints),
         )
         self._kinematics: Any = None
+        self._instruction_dim = 0
 
     @classmethod
     def all_options(cls) -> tuple[AdapterOption, ...]:
@@ -319,6 +320,7 @@ class ObservationAdapter(ABC):
                 f"a {self.ACTION_SPACE} layout with {len(self.arm_joints)} arm joints needs "
                 f">= {needed} real action dims, the policy has {spec.num_real}"
             )
+        self._instruction_dim = int(getattr(getattr(policy, "config", None), "instruction_dim", 0))
         self.check_policy(policy)
 
     # ------------------------------------------------------------------ what subclasses define
@@ -347,12 +349,23 @@ class ObservationAdapter(ABC):
     # ------------------------------------------------------------------ shared behaviour
     @property
     def needs_instruction(self) -> bool:
-        """Whether :meth:`observation` needs an instruction (False: it is ignored)."""
-        return False
+        """Whether the bound policy reads an instruction (False: it is ignored)."""
+        return self._instruction_dim > 0
 
     def encode_instruction(self, text: str) -> Any:
-        """The instruction in the policy's input form; called once per new text."""
-        return text
+        """The instruction in the policy's input form (the built-in policies' MiniLM embedding);
+        called once per new text. Adapters of policies that tokenize override it."""
+        from frs_steering.instructions import instruction_tensor
+
+        return instruction_tensor(text, self._instruction_dim)
+
+    def add_instruction(self, policy_input: dict[str, Any], instruction: Any | None) -> None:
+        """Put the encoded instruction into ``policy_input`` when the policy reads one."""
+        if not self.needs_instruction:
+            return
+        if instruction is None:
+            raise ObservationError("no observation: no instruction received on frs/instruction")
+        policy_input["instruction"] = instruction
 
     def joint_sample(self, msg: Any) -> JointSample | None:
         """Arm joints and gripper opening of a JointState; None if names are missing/not finite."""

@@ -74,7 +74,6 @@ class DroidAdapter(ObservationAdapter):
             raise ValueError(f"image_tolerance must be in [0, 10] s, got {self.image_tolerance}")
         self.image_size = 0
         self.state_dim = len(self.arm_joints) + 1
-        self._instruction_dim = 0
 
     def streams(self) -> tuple[StreamSpec, ...]:
         return tuple(
@@ -95,16 +94,6 @@ class DroidAdapter(ObservationAdapter):
                 f"is {self.state_dim}-d ({len(self.arm_joints)} joints + gripper)"
             )
         self.image_size = int(config.image_size)
-        self._instruction_dim = int(getattr(config, "instruction_dim", 0))
-
-    @property
-    def needs_instruction(self) -> bool:
-        return self._instruction_dim > 0
-
-    def encode_instruction(self, text: str) -> torch.Tensor:
-        from frs_steering.instructions import instruction_tensor
-
-        return instruction_tensor(text, self._instruction_dim)
 
     def parse(self, key: str, msg: Any) -> np.ndarray:
         """The RGB image of one camera message, resized to the policy's input."""
@@ -130,10 +119,7 @@ class DroidAdapter(ObservationAdapter):
             image = samples[camera].value
             tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
             policy_input[f"image.{camera}"] = (tensor.float() / 255.0).unsqueeze(0)
-        if self.needs_instruction:
-            if instruction is None:
-                raise ObservationError("no observation: no instruction received on frs/instruction")
-            policy_input["instruction"] = instruction
+        self.add_instruction(policy_input, instruction)
         position, _, jacobian = self.arm_pose(joints)
         return StampedObservation(
             stamp_ns=joints.stamp_ns,
