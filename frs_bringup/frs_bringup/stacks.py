@@ -159,6 +159,17 @@ STACKS: dict[str, Stack] = {
             bring_up="unconfigured",
             arguments=(LaunchArgument("reasoner", "human", "human|vlm"),),
         ),
+        Stack(
+            name="franka_droid",
+            description=(
+                "real Franka as a DROID rig: two exterior + a wrist camera, a DROID-style "
+                "joint-velocity policy at 15 Hz (droid adapter), 8 rows per chunk"
+            ),
+            nodes=(ARM_CONTROLLER, STEERING, PROPOSER),
+            params_file="franka_droid.yaml",
+            bring_up="unconfigured",
+            arguments=(LaunchArgument("reasoner", "human", "human|vlm|none"),),
+        ),
     )
 }
 
