@@ -27,7 +27,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from frs_control.messages import chunk_to_msg, stamp_to_seconds
+from frs_control.messages import chunk_to_msg, joint_positions, stamp_to_seconds
 from frs_msgs.action import ExecuteChunk
 from frs_msgs.msg import ActionChunk, EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
@@ -255,15 +255,11 @@ class RigClient:
     def latest_joint_state(self) -> tuple[Any, np.ndarray]:
         """(header stamp, 7 arm joint positions) of the newest joint_states message."""
         msg = self.joint_states.messages[-1]
-        q = np.array([msg.position[list(msg.name).index(n)] for n in ARM_JOINTS])
-        return msg.header.stamp, q
+        return msg.header.stamp, joint_positions(msg, ARM_JOINTS)
 
     def arm_positions_since(self, t: float) -> np.ndarray:
         """(n, 7) arm joint positions of joint_states received since monotonic time ``t``."""
-        rows = []
-        for msg in self.joint_states.since(t):
-            names = list(msg.name)
-            rows.append([msg.position[names.index(n)] for n in ARM_JOINTS])
+        rows = [joint_positions(msg, ARM_JOINTS) for msg in self.joint_states.since(t)]
         return np.array(rows).reshape(-1, 7)
 
     # ------------------------------------------------------------------ calls

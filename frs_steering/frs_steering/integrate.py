@@ -33,10 +33,6 @@ class Solver(enum.Enum):
     def stages(self) -> int:
         return {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[self.value]
 
-    @property
-    def order(self) -> int:
-        return {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[self.value]
-
 
 def as_solver(solver: Solver | str) -> Solver:
     """Parse a solver name, raising ValueError naming the options."""
