@@ -197,7 +197,7 @@ def verify_mcap(path: str | Path) -> None:
     path = Path(path)
     size = _regular_file(path)
     chunks_without_crc = loose_messages = 0
-    data_crc, footer = 0, None
+    data_crc, footer = None, None
     try:
         with path.open("rb") as stream:
             reader = StreamReader(
@@ -222,10 +222,9 @@ def verify_mcap(path: str | Path) -> None:
                 raise BagError(f"{path} has {size - stream.tell()} bytes after its footer")
             footer_start = size - len(MCAP_MAGIC) - _FOOTER_SIZE
             summary_start = footer.summary_start if footer else 0
-            if not footer or not 0 <= summary_start <= footer_start:
-                raise BagError(f"MCAP file {path} is corrupt: bad footer")
-            if footer.summary_crc == 0 and summary_start:
-                raise BagError(f"MCAP file {path} carries no summary CRC")
+            if data_crc is None or not footer or not 0 <= summary_start <= footer_start:
+                raise BagError(f"MCAP file {path} is corrupt: no DataEnd record or bad footer")
+            summary_without_crc = footer.summary_crc == 0 and summary_start != 0
             stream.seek(summary_start or footer_start)
             summary = stream.read(size - len(MCAP_MAGIC) - 4 - (summary_start or footer_start))
             if footer.summary_crc and zlib.crc32(summary) != footer.summary_crc:
@@ -234,11 +233,16 @@ def verify_mcap(path: str | Path) -> None:
         raise
     except Exception as error:  # noqa: BLE001 - the mcap parser raises many types on bad bytes
         raise BagError(f"MCAP file {path} is corrupt: {type(error).__name__}: {error}") from None
+    uncovered = []
     if data_crc == 0 and (chunks_without_crc or loose_messages):
+        uncovered.append(f"{chunks_without_crc} chunks and {loose_messages} unchunked messages")
+    if summary_without_crc:
+        uncovered.append("the summary (schemas, channels, chunk index, statistics)")
+    if uncovered:
         raise BagError(
-            f"MCAP file {path} carries no CRC for {chunks_without_crc} chunks and "
-            f"{loose_messages} unchunked messages, so corruption could go unnoticed; if you "
-            f"trust it, add them with `python -m frs_bringup.bags add-crcs {path}`"
+            f"MCAP file {path} carries no CRC for {' or '.join(uncovered)}, so corruption "
+            "could go unnoticed; if you trust it, add CRCs with "
+            f"`python -m frs_bringup.bags add-crcs {path}`"
         )
 
 
@@ -365,10 +369,13 @@ class BagReader:
                     "run `ros2 bag reindex` on it)"
                 )
             self.path = files[0]
-        if not self.path.is_dir():
-            _regular_file(self.path)  # a FIFO or device would block or never end
+        if self.path.is_dir():
+            _regular_file(self.path / "metadata.yaml")  # a FIFO or device would block
+        else:
+            _regular_file(self.path)
         files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
         for file in files:
+            _regular_file(file)
             if file.suffix == ".mcap" and not _has_mcap_footer(file):
                 raise BagError(
                     f"bag {path} is truncated: {file.name} does not end with the MCAP footer "
