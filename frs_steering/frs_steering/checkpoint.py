@@ -25,13 +25,15 @@ before manifests existed (only after its ``weights_sha256`` matches its weights)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import stat
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -286,6 +288,34 @@ def check_state_dict(
 _CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
 
 
+@contextlib.contextmanager
+def _registration_limit(limit: int, where: Path) -> Iterator[None]:
+    """CheckpointError once this thread has registered more than ``limit`` modules,
+    parameters and buffers: a config declaring a million layers cannot match a file holding a
+    few dozen tensors, and building its skeleton alone would take minutes."""
+    thread, count = threading.get_ident(), [0]
+
+    def counted(*_args: object) -> None:
+        if threading.get_ident() == thread:
+            count[0] += 1
+            if count[0] > limit:
+                raise CheckpointError(
+                    f"model config in {where} declares far more layers than the weights hold"
+                )
+
+    module = torch.nn.modules.module
+    handles = [
+        module.register_module_parameter_registration_hook(counted),
+        module.register_module_buffer_registration_hook(counted),
+        module.register_module_module_registration_hook(counted),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def build_model(
     directory: Path,
     config_data: dict,
@@ -302,7 +332,7 @@ def build_model(
     where = directory / CONFIG_FILE
     try:
         config = parse(config_data)
-        with torch.device("meta"):
+        with torch.device("meta"), _registration_limit(4 * len(tensors) + 64, where):
             skeleton = build(config)
     except _CONFIG_ERRORS as error:
         raise CheckpointError(f"invalid model config in {where}: {error}") from None
