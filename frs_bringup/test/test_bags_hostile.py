@@ -297,3 +297,25 @@ def test_crc_of_the_data_section_covers_the_whole_data_section(pristine) -> None
     offsets = _record_offsets(data)
     data_end = next(o for o in offsets if data[o] == 0x0F)
     assert struct.unpack_from("<I", data, data_end + 9)[0] == zlib.crc32(data[:data_end])
+
+
+def test_cli_verifies_and_adds_crcs(pristine, tmp_path) -> None:  # noqa: ANN001
+    """``python -m frs_bringup.bags verify|add-crcs`` (exit 2 on an unusable bag)."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "frs_bringup.bags", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    legacy = tmp_path / "legacy"
+    _legacy_bag(legacy, pristine[0])
+    done = cli("verify", str(legacy), str(pristine[0]))
+    assert done.returncode == 2 and "add-crcs" in done.stderr and "ok " in done.stdout
+    done = cli("add-crcs", str(legacy))
+    assert done.returncode == 0, done.stderr
+    assert _contents(legacy) == pristine[1]

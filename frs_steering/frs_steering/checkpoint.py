@@ -173,7 +173,11 @@ def _read_manifest(directory: Path) -> dict[str, dict]:
 def read_verified_files(directory: str | Path) -> dict[str, bytes]:
     """The bytes of every file ``manifest.json`` lists, each checked against its size and
     SHA-256 (CheckpointError naming the first file that differs)."""
-    directory = Path(directory)
+    return _read_verified(Path(directory))[0]
+
+
+def _read_verified(directory: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
+    """(bytes of each listed file, the manifest's table) after checking every file."""
     files = _read_manifest(directory)
     blobs = {}
     for name in MANIFEST_FILES:
@@ -187,7 +191,7 @@ def read_verified_files(directory: str | Path) -> dict[str, bytes]:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"{path} is corrupt: SHA-256 differs from {MANIFEST_FILE}")
         blobs[name] = data
-    return blobs
+    return blobs, files
 
 
 # ---------------------------------------------------------------------------- writing
@@ -242,10 +246,10 @@ def read_checkpoint(
     """The config object and tensors of a checkpoint written by :func:`write_checkpoint`,
     parsed from the bytes the manifest vouches for."""
     directory = Path(directory)
-    blobs = read_verified_files(directory)
+    blobs, files = _read_verified(directory)
     document = _parse_document(blobs[CONFIG_FILE], directory / CONFIG_FILE, format_name)
     weights_path = directory / WEIGHTS_FILE
-    if document.get("weights_sha256") != hashlib.sha256(blobs[WEIGHTS_FILE]).hexdigest():
+    if document.get("weights_sha256") != files[WEIGHTS_FILE]["sha256"]:  # verified digest
         raise CheckpointError(
             f"{directory / CONFIG_FILE}: weights_sha256 is missing or differs from {WEIGHTS_FILE}"
         )

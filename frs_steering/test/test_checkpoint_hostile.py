@@ -395,3 +395,32 @@ def test_noise_policy_checkpoints_share_the_checks(tmp_path) -> None:  # noqa: A
     _resign(path, config=document["config"])
     with time_bound(), pytest.raises(CheckpointError, match="do not match"):
         load_noise_policy(path)
+
+
+def test_sign_writes_manifests_only_for_weights_the_config_vouches_for(pristine, tmp_path) -> None:  # noqa: ANN001
+    """``python -m frs_steering.checkpoint sign`` for checkpoints written before manifests."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "frs_steering.checkpoint", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    legacy = _fresh(pristine, tmp_path / "legacy")
+    (legacy / "manifest.json").unlink()
+    assert cli("verify", str(legacy)).returncode == 2
+    done = cli("sign", str(legacy))
+    assert done.returncode == 0, done.stderr
+    assert _outcome(legacy, pristine) == "same"
+    assert cli("verify", str(legacy)).returncode == 0
+    (legacy / "manifest.json").unlink()
+    data = bytearray((legacy / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (legacy / "model.safetensors").write_bytes(bytes(data))
+    done = cli("sign", str(legacy))
+    assert done.returncode == 2 and "not signing" in done.stderr
+    assert not (legacy / "manifest.json").exists()
