@@ -119,7 +119,7 @@ def _regular_file(path: Path) -> int:
 
 
 def add_crcs(path: str | Path) -> Path:
-    """Fill in the chunk, data-section and summary CRCs of an uncompressed MCAP file in place.
+    """Fill in the chunk, data-section and summary CRCs of an MCAP file in place.
 
     rosbags writes them as 0 ("not computed"), so flipped bytes would go unnoticed. A CRC that
     is already set must match (BagError otherwise: the file changed since it was written)."""
@@ -141,13 +141,7 @@ def add_crcs(path: str | Path) -> Path:
                 _set_crc(stream, path, position + 9, running, "data section")
                 break
             if opcode == _OP_CHUNK:
-                name_length = struct.unpack_from("<I", body, 28)[0]
-                compression = bytes(body[32 : 32 + name_length])
-                if compression:
-                    raise BagError(f"{path}: cannot add CRCs to {compression!r} chunks")
-                (records_length,) = struct.unpack_from("<Q", body, 32 + name_length)
-                records = body[40 + name_length : 40 + name_length + records_length]
-                crc = zlib.crc32(records)
+                crc = zlib.crc32(_chunk_records(body, path, position))
                 _set_crc(stream, path, position + 9 + 24, crc, f"chunk at {position}")
                 struct.pack_into("<I", body, 24, crc)
                 stream.seek(position + 9 + length)
@@ -163,6 +157,31 @@ def add_crcs(path: str | Path) -> Path:
         summary = stream.read(size - len(MCAP_MAGIC) - 4 - summary_start)
         _set_crc(stream, path, size - len(MCAP_MAGIC) - 4, zlib.crc32(summary), "summary")
     return path
+
+
+def _chunk_records(body: bytearray, path: Path, position: int) -> bytes:
+    """The uncompressed records of the MCAP Chunk record whose body is ``body``."""
+    from mcap.records import Chunk
+    from mcap.stream_reader import get_chunk_data_stream
+
+    start, end, uncompressed_size, _crc, name_length = struct.unpack_from("<QQQII", body)
+    (records_length,) = struct.unpack_from("<Q", body, 32 + name_length)
+    chunk = Chunk(
+        compression=body[32 : 32 + name_length].decode("utf-8", "replace"),
+        data=bytes(body[40 + name_length : 40 + name_length + records_length]),
+        message_start_time=start,
+        message_end_time=end,
+        uncompressed_crc=0,
+        uncompressed_size=uncompressed_size,
+    )
+    try:
+        stream, length = get_chunk_data_stream(chunk)
+        records = stream.read(length)
+    except Exception as error:  # noqa: BLE001 - decompressors raise their own types
+        raise BagError(f"{path}: chunk at {position} does not decompress: {error}") from None
+    if len(records) != uncompressed_size:
+        raise BagError(f"{path}: chunk at {position} is not the size it declares")
+    return records
 
 
 def _set_crc(stream: Any, path: Path, offset: int, crc: int, what: str) -> None:

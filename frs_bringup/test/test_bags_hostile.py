@@ -319,3 +319,51 @@ def test_cli_verifies_and_adds_crcs(pristine, tmp_path) -> None:  # noqa: ANN001
     done = cli("add-crcs", str(legacy))
     assert done.returncode == 0, done.stderr
     assert _contents(legacy) == pristine[1]
+
+
+def _foreign_mcap(path: Path, *, crcs: bool) -> None:
+    """A zstd-chunked bare MCAP from the ``mcap`` package's writer: with ``crcs`` it carries
+    chunk and summary CRCs but no data-section CRC (as ``ros2 bag record`` writes by default)."""
+    from mcap.writer import CompressionType
+    from mcap.writer import Writer as McapWriter
+
+    string = msg_class("std_msgs/msg/String")
+    with path.open("wb") as stream:
+        writer = McapWriter(stream, compression=CompressionType.ZSTD, enable_crcs=crcs)
+        writer.start(profile="ros2", library="test")
+        schema = writer.register_schema("std_msgs/msg/String", "ros2msg", b"string data")
+        channel = writer.register_channel("/frs/instruction", "cdr", schema, {})
+        for i in range(300):
+            data = typestore().serialize_cdr(string(f"say {i} " * 40), "std_msgs/msg/String")
+            writer.add_message(channel, 10**9 + i, data, 10**9 + i)
+        writer.finish()
+
+
+@pytest.fixture(scope="module")
+def rig_style(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    path = tmp_path_factory.mktemp("rig") / "rig.mcap"
+    _foreign_mcap(path, crcs=True)
+    return path, _Messages(_contents(path))
+
+
+def test_mcap_without_crcs_from_another_writer_is_refused_until_added(tmp_path, rig_style) -> None:  # noqa: ANN001
+    path = tmp_path / "nocrc.mcap"
+    _foreign_mcap(path, crcs=False)
+    with pytest.raises(BagError, match="no CRC for 1 chunks"):
+        BagReader(path)
+    add_crcs(path)  # zstd chunks decompressed for their CRC
+    assert _contents(path) == rig_style[1] and len(rig_style[1]) == 302
+
+
+@SETTINGS
+@given(position=st.floats(0.0, 1.0, exclude_max=True), byte=st.integers(1, 255))
+def test_flips_in_a_bag_with_chunk_and_summary_crcs_only(
+    rig_style, tmp_path, position, byte
+) -> None:  # noqa: ANN001
+    """Without a data-section CRC some bytes (message indexes) are covered by none; a flip
+    there must leave the data read unchanged."""
+    path = tmp_path / "rig.mcap"
+    data = bytearray(rig_style[0].read_bytes())
+    data[int(position * len(data))] ^= byte
+    path.write_bytes(bytes(data))
+    _outcome(path, rig_style[1])
