@@ -244,6 +244,8 @@ def verify_mcap(path: str | Path) -> None:
             if data_crc is None or not footer or not 0 <= summary_start <= footer_start:
                 raise BagError(f"MCAP file {path} is corrupt: no DataEnd record or bad footer")
             summary_without_crc = footer.summary_crc == 0 and summary_start != 0
+            # Without a summary, readers take schemas and channels from the data section.
+            unindexed = summary_start == 0
             stream.seek(summary_start or footer_start)
             summary = stream.read(size - len(MCAP_MAGIC) - 4 - (summary_start or footer_start))
             if footer.summary_crc and zlib.crc32(summary) != footer.summary_crc:
@@ -257,6 +259,8 @@ def verify_mcap(path: str | Path) -> None:
         uncovered.append(f"{chunks_without_crc} chunks and {loose_messages} unchunked messages")
     if summary_without_crc:
         uncovered.append("the summary (schemas, channels, chunk index, statistics)")
+    if unindexed and data_crc == 0:
+        uncovered.append("the data section (no summary: schemas and channels are read there)")
     if uncovered:
         raise BagError(
             f"MCAP file {path} carries no CRC for {' or '.join(uncovered)}, so corruption "
