@@ -9,7 +9,9 @@ version 9) that embeds every message definition, ``frs_msgs`` included, so ``ros
 
 Memory stays bounded (each 1 MiB chunk goes to disk). SIGINT/SIGTERM (or ``--duration``) close
 the bag cleanly; until then it lives in ``.<name>.partial`` next to the target, so a killed
-recorder never leaves an unreadable bag under the requested name.
+recorder never leaves an unreadable bag under the requested name. Closing fills in the MCAP
+CRCs (chunks, data section, summary) that readers verify, so a corrupted byte is an error on
+replay rather than different data.
 """
 
 from __future__ import annotations

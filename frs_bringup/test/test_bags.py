@@ -253,6 +253,59 @@ def test_broken_bags_fail_clearly_and_write_nothing(session, tmp_path, make, mes
         assert not list(tmp_path.glob(".report*")) and not list(tmp_path.glob("*.partial"))
 
 
+def test_recorded_bag_detects_every_flipped_byte(session: Path, tmp_path: Path) -> None:
+    """frs_record writes MCAP CRCs (chunks, data section, summary); a single flipped byte
+    anywhere in the recorded file, steering-record payloads included, is a BagError on
+    reading and makes the replay tool fail, never replay different numbers."""
+    from mcap.reader import make_reader
+    from mcap.records import Chunk, DataEnd
+    from mcap.stream_reader import StreamReader
+
+    from frs_bringup.bags import BagError
+
+    mcap = next(session.glob("*.mcap"))
+    records = list(StreamReader(str(mcap), emit_chunks=True, validate_crcs=True).records)
+    assert all(r.uncompressed_crc for r in records if isinstance(r, Chunk))
+    assert next(r for r in records if isinstance(r, DataEnd)).data_section_crc
+    original = mcap.read_bytes()
+    with mcap.open("rb") as stream:
+        payloads = [
+            m.data
+            for _s, channel, m in make_reader(stream).iter_messages()
+            if channel.topic == "/frs/steering/record"
+        ]
+    record_at = [original.find(p) for p in payloads[:3]]
+    assert min(record_at) > 0
+    positions = sorted(
+        {*range(0, len(original), max(1, len(original) // 300)), len(original) - 1}
+        | {at + k for at, p in zip(record_at, payloads, strict=False) for k in (0, len(p) // 2)}
+    )
+    bag = tmp_path / "flipped"
+    shutil.copytree(session, bag)
+    target = next(bag.glob("*.mcap"))
+    undetected = []
+    for position in positions:
+        data = bytearray(original)
+        data[position] ^= 0x01
+        target.write_bytes(bytes(data))
+        try:
+            with BagReader(bag) as reader:
+                for _ in reader.messages(sorted(reader.connections)):
+                    pass
+            undetected.append(position)
+        except BagError:
+            pass
+    assert not undetected, f"flips at {undetected} of {len(original)} bytes went unnoticed"
+    # The replay tool on a flipped steering-record payload byte: a clear error, no output.
+    data = bytearray(original)
+    data[record_at[0] + len(payloads[0]) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    out = tmp_path / "report"
+    done = _replay(bag, out, "--methods", "logged", "--no-progress")
+    assert done.returncode == 2 and "CRC" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 def test_killed_recorder_leaves_no_bag_under_the_name(tmp_path: Path) -> None:
     bag = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -5,7 +5,13 @@ import json
 import pytest
 import torch
 
-from frs_steering.checkpoint import CheckpointError, load_policy, read_config, save_policy
+from frs_steering.checkpoint import (
+    CheckpointError,
+    load_policy,
+    read_config,
+    save_policy,
+    write_manifest,
+)
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.normalization import fit_normalizer
 from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
@@ -168,52 +174,61 @@ def test_corrupt_weights_are_detected(tmp_path):
         load_policy(directory)
 
 
-def test_truncated_weights_without_hash_give_clear_error(tmp_path):
+def test_removing_the_weights_hash_does_not_bypass_the_check(tmp_path):
+    """Deleting ``weights_sha256`` from config.json used to make corrupt weights load; now
+    config.json itself is covered by the manifest."""
     directory = _saved(tmp_path)
     weights = directory / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
     document = json.loads((directory / "config.json").read_text())
     del document["weights_sha256"]
     (directory / "config.json").write_text(json.dumps(document))
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="config.json is corrupt"):
         load_policy(directory)
 
 
-def _edit_config(directory, edit) -> None:
+def _edit_config(directory, edit, *, resign: bool = True) -> None:
     path = directory / "config.json"
     document = json.loads(path.read_text())
     edit(document)
     path.write_text(json.dumps(document))
+    if resign:  # a consistent checkpoint with a bad config, not a corrupt one
+        write_manifest(directory)
 
 
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda d: d["config"].update(width=48), "do not match its config"),
-        (lambda d: d["config"].update(depth=3), "do not match its config"),
-        (lambda d: d["config"].update(colour="red"), "unknown FlowPolicyConfig fields"),
-        (lambda d: d["config"]["action_spec"].update(convention="sideways"), "invalid model"),
-        (lambda d: d.update(format="something_else"), "is not a"),
-        (lambda d: d.update(format_version=99), "format_version"),
-    ],
-)
-def test_mismatched_config_gives_clear_error(tmp_path, edit, message):
+def test_edited_config_is_refused_unless_resigned(tmp_path):
+    """A normalizer statistic edited in config.json (x100) is corruption: refused, naming
+    the file."""
     directory = _saved(tmp_path)
-    _edit_config(directory, edit)
-    with pytest.raises(CheckpointError, match=message):
+
+    def scale_q99(document):
+        normalizer = document["config"]["action_spec"]["normalizer"]
+        normalizer["q99"] = [100 * v for v in normalizer["q99"]]
+
+    _edit_config(directory, scale_q99, resign=False)
+    with pytest.raises(CheckpointError, match=r"config.json is corrupt"):
         load_policy(directory)
+    with pytest.raises(CheckpointError, match=r"config.json is corrupt"):
+        read_config(directory)
 
 
 def test_missing_or_unparsable_files(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(tmp_path / "nowhere")
     directory = _saved(tmp_path)
     (directory / "config.json").write_text("{not json")
+    write_manifest(directory)
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_policy(directory)
     directory = _saved(tmp_path)
     (directory / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_policy(directory)
+    directory = _saved(tmp_path)
+    (directory / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="no manifest.json.*checkpoint sign"):
         load_policy(directory)
 
 

@@ -89,7 +89,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-16])
     with pytest.raises(CheckpointError, match="corrupt"):
         load_noise_policy(path)
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_noise_policy(tmp_path / "missing")
 
 

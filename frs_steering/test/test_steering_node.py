@@ -372,7 +372,7 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text("{not json")
-    cases = {tmp_path / "absent": "does not exist", corrupt: "is not valid JSON"}
+    cases = {tmp_path / "absent": "does not exist", corrupt: "no manifest.json"}
     procs = {
         path: _start_node(tmp_path / f"{path.name}.log", f"checkpoint:={path}") for path in cases
     }

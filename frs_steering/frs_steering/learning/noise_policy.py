@@ -25,12 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from frs_steering.checkpoint import (
-    CheckpointError,
-    check_state_dict,
-    read_checkpoint,
-    write_checkpoint,
-)
+from frs_steering.checkpoint import build_model, read_checkpoint, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
 
@@ -381,11 +376,11 @@ def load_noise_policy(directory: str | Path, *, device: str = "cpu") -> NoisePol
     """Rebuild a noise policy saved by :func:`save_noise_policy`, in eval mode."""
     directory = Path(directory)
     config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
-    try:
-        config = NoisePolicyConfig.from_dict(config_data)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"invalid noise-policy config in {directory}: {error}") from error
-    net = NoisePolicy(config, seed=None)
-    check_state_dict(net.state_dict(), tensors, directory)
-    net.load_state_dict(tensors)
-    return net.to(device).eval()
+    return build_model(
+        directory,
+        config_data,
+        tensors,
+        NoisePolicyConfig.from_dict,
+        lambda config: NoisePolicy(config, seed=None),
+        device=device,
+    )
