@@ -80,6 +80,7 @@ class ExecutionLimits:
     max_row_rotation: float = 0.5  # rad per row; larger rows are rejected
     max_ee_speed: float = 1.0  # m/s (row translation / dt); faster rows are rejected
     reject_velocity_factor: float = 2.0  # joint_velocity rows above factor * limit are rejected
+    min_dt: float = 1e-3  # s; shorter rows cannot be timed (knots closer than clock resolution)
     max_dt: float = 1.0  # s
     max_horizon: int = 1000
     future_tolerance: float = 0.1  # s an observation stamp may lie ahead of our clock
@@ -133,8 +134,8 @@ def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -
         )
     if request.dim_names and len(request.dim_names) != request.dim:
         raise ChunkRejected(f"{len(request.dim_names)} dim_names for dim {request.dim}")
-    if not (np.isfinite(request.dt) and 0.0 < request.dt <= limits.max_dt):
-        raise ChunkRejected(f"dt must be in (0, {limits.max_dt}] s, got {request.dt}")
+    if not (np.isfinite(request.dt) and limits.min_dt <= request.dt <= limits.max_dt):
+        raise ChunkRejected(f"dt must be in [{limits.min_dt}, {limits.max_dt}] s, got {request.dt}")
     if request.stamp <= 0.0:
         raise ChunkRejected("header.stamp is unset; it must be the observation time")
     ahead = request.stamp - now
