@@ -152,8 +152,9 @@ def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -
 
 
 def _check_ee_rows(rows: np.ndarray, dt: float, limits: ExecutionLimits) -> None:
-    trans = np.linalg.norm(rows[:, 0:3], axis=1)
-    rot = np.linalg.norm(rows[:, 3:6], axis=1)
+    with np.errstate(over="ignore"):  # a norm of huge values overflows to inf: rejected below
+        trans = np.linalg.norm(rows[:, 0:3], axis=1)
+        rot = np.linalg.norm(rows[:, 3:6], axis=1)
     max_trans = min(limits.max_row_translation, limits.max_ee_speed * dt)
     if np.any(trans > max_trans):
         i = int(np.argmax(trans))
