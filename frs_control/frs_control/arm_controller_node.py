@@ -15,13 +15,20 @@ accepted and a bad one is immediately *aborted* with ``outcome = OUTCOME_REJECTE
 in the result (also logged). A rejected chunk never touches the running one: validation and
 planning happen before the new chunk preempts anything. Status is SUCCEEDED / CANCELED / ABORTED
 according to the outcome (see ``control_loop``); read ``outcome`` for the detail.
+
+Planning (validation + IK, up to ~0.5 s for a 1000-row ee_delta chunk) runs on one planning
+worker thread, in arrival order, while the executor keeps running the control tick, the
+watchdog and the running chunk's stream (issue 14: planning on the executor stopped commands for
+0.34-0.70 s). Goals beyond ``max_pending_goals`` waiting for planning are refused in the goal
+callback (the client sees ``accepted == False``); the action's services use
+``ros_executor.ACTION_BURST_QOS`` so that every goal of a burst gets an answer.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
@@ -39,11 +46,11 @@ from trajectory_msgs.msg import JointTrajectory
 
 from frs_control import arm_controller_params as params
 from frs_control.control_loop import ControlLoop, Outcome, Stream
-from frs_control.execution import ChunkRejected, plan_chunk
+from frs_control.execution import ChunkRejected, JointPlan, plan_chunk
 from frs_control.gripper import GripperOutput, GripperUnavailable, make_gripper_output
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import chunk_request, joint_positions, joint_trajectory_msg
-from frs_control.ros_executor import run_node, waking_future
+from frs_control.ros_executor import ACTION_BURST_QOS, run_node, waking_future
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk
 
@@ -59,7 +66,10 @@ class ArmControllerNode(LifecycleNode):
         super().__init__("arm_controller", **kwargs)
         declare_described(self, params.PARAMETERS)
         self._group = ReentrantCallbackGroup()
-        self._plan_lock = threading.Lock()  # the kinematics' scratch state is single-threaded
+        # One planning worker: planning stays off the executor, and the kinematics' scratch
+        # state is used by one thread only.
+        self._planner: ThreadPoolExecutor | None = None
+        self._pending_goals = 0  # accepted goals not yet planned (executor thread only)
         self._loop: ControlLoop | None = None
         self._kinematics = ArmKinematics()
         self._timer = None
@@ -130,15 +140,20 @@ class ArmControllerNode(LifecycleNode):
             Trigger, "frs/reset_estop", self._on_reset_estop, callback_group=group
         )
         self._owned = [("subscription", joints), ("service", estop), ("service", reset)]
+        self._base_frame = str(self._param("base_frame_id"))
+        self._ik_iterations = int(self._param("ik_iterations"))
+        self._max_pending_goals = int(self._param("max_pending_goals"))
+        self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk_planner")
         self._action_server = ActionServer(
             self,
             ExecuteChunk,
             "frs/execute_chunk",
             execute_callback=self._execute,
-            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            goal_callback=self._on_goal,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=group,
             result_timeout=float(self._param("result_timeout")),
+            **ACTION_BURST_QOS,
         )
         self.get_logger().info(f"configured: output {output}, limits {limits}")
         return TransitionCallbackReturn.SUCCESS
@@ -172,6 +187,9 @@ class ArmControllerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _destroy_entities(self) -> None:
+        if self._planner is not None:
+            self._planner.shutdown(wait=False, cancel_futures=True)
+            self._planner = None
         if self._action_server is not None:
             self._action_server.destroy()
             self._action_server = None
@@ -248,27 +266,59 @@ class ArmControllerNode(LifecycleNode):
         goal.abort()
         return ExecuteChunk.Result(outcome=Outcome.REJECTED, reason=reason)
 
-    async def _execute(self, goal: ServerGoalHandle) -> ExecuteChunk.Result:
-        """Validate and plan (outside the loop's lock), start streaming, wait for the end."""
+    def _on_goal(self, _request: ExecuteChunk.Goal) -> GoalResponse:
+        """Accept unless ``max_pending_goals`` accepted goals still wait for planning."""
+        if self._pending_goals >= self._max_pending_goals:
+            self.get_logger().warning(
+                f"goal refused: {self._pending_goals} goals already wait for planning "
+                "(max_pending_goals)",
+                throttle_duration_sec=1.0,
+            )
+            return GoalResponse.REJECT
+        self._pending_goals += 1
+        return GoalResponse.ACCEPT
+
+    def _plan(self, goal_request: ExecuteChunk.Goal) -> tuple[JointPlan | None, str]:
+        """(plan, '') or (None, why not); runs on the planning worker, from the state measured
+        when planning starts (a goal may have waited behind others)."""
         loop = self._loop
+        if loop is None:
+            return None, "controller is not configured"
         now = self._now()
         q_start, problem = loop.start_state(now)
         if problem:
-            return self._reject(goal, problem)
+            return None, problem
         try:
-            request = chunk_request(goal.request.chunk, goal.request.max_points)
-            with self._plan_lock:
-                plan = plan_chunk(
-                    request,
-                    now,
-                    q_start,
-                    self._kinematics,
-                    loop.limits,
-                    base_frame=str(self._param("base_frame_id")),
-                    ik_iterations=int(self._param("ik_iterations")),
-                )
+            request = chunk_request(goal_request.chunk, goal_request.max_points)
+            plan = plan_chunk(
+                request,
+                now,
+                q_start,
+                self._kinematics,
+                loop.limits,
+                base_frame=self._base_frame,
+                ik_iterations=self._ik_iterations,
+            )
         except ChunkRejected as err:
-            return self._reject(goal, str(err))
+            return None, str(err)
+        except Exception as err:  # noqa: BLE001  a planning bug rejects the goal: nothing moves
+            self.get_logger().error(f"planning failed: {err!r}")
+            return None, f"planning failed: {err!r}"
+        return plan, ""
+
+    async def _execute(self, goal: ServerGoalHandle) -> ExecuteChunk.Result:
+        """Plan on the worker (the executor keeps ticking), start streaming, wait for the end."""
+        loop = self._loop
+        try:
+            planned = waking_future(self)
+            self._planner.submit(self._plan, goal.request).add_done_callback(
+                lambda job: planned.set_result(job.result())
+            )
+            plan, problem = await planned
+        finally:
+            self._pending_goals -= 1
+        if problem:
+            return self._reject(goal, problem)
         done = waking_future(self)
         stream = Stream(
             plan,

@@ -111,6 +111,12 @@ PARAMETERS: list[ParameterSpec] = [
     ("gripper_close_above", 0.6, "franka: close at gripper >= this", float_range(0.0, 1.0)),
     ("gripper_open_below", 0.4, "franka: open at gripper <= this", float_range(0.0, 1.0)),
     ("base_frame_id", "fr3_link0", "frame ee_delta chunks must be in (empty = this)", {}),
+    (
+        "max_pending_goals",
+        32,
+        "accepted goals that may wait for planning; more are refused in the goal callback",
+        int_range(1, 10000),
+    ),
     RESULT_TIMEOUT,
 ]
 

@@ -80,6 +80,7 @@ class ExecutionLimits:
     max_row_rotation: float = 0.5  # rad per row; larger rows are rejected
     max_ee_speed: float = 1.0  # m/s (row translation / dt); faster rows are rejected
     reject_velocity_factor: float = 2.0  # joint_velocity rows above factor * limit are rejected
+    min_dt: float = 1e-3  # s; shorter rows cannot be timed (knots closer than clock resolution)
     max_dt: float = 1.0  # s
     max_horizon: int = 1000
     future_tolerance: float = 0.1  # s an observation stamp may lie ahead of our clock
@@ -133,8 +134,8 @@ def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -
         )
     if request.dim_names and len(request.dim_names) != request.dim:
         raise ChunkRejected(f"{len(request.dim_names)} dim_names for dim {request.dim}")
-    if not (np.isfinite(request.dt) and 0.0 < request.dt <= limits.max_dt):
-        raise ChunkRejected(f"dt must be in (0, {limits.max_dt}] s, got {request.dt}")
+    if not (np.isfinite(request.dt) and limits.min_dt <= request.dt <= limits.max_dt):
+        raise ChunkRejected(f"dt must be in [{limits.min_dt}, {limits.max_dt}] s, got {request.dt}")
     if request.stamp <= 0.0:
         raise ChunkRejected("header.stamp is unset; it must be the observation time")
     ahead = request.stamp - now
@@ -151,8 +152,9 @@ def validate_chunk(request: ChunkRequest, now: float, limits: ExecutionLimits) -
 
 
 def _check_ee_rows(rows: np.ndarray, dt: float, limits: ExecutionLimits) -> None:
-    trans = np.linalg.norm(rows[:, 0:3], axis=1)
-    rot = np.linalg.norm(rows[:, 3:6], axis=1)
+    with np.errstate(over="ignore"):  # a norm of huge values overflows to inf: rejected below
+        trans = np.linalg.norm(rows[:, 0:3], axis=1)
+        rot = np.linalg.norm(rows[:, 3:6], axis=1)
     max_trans = min(limits.max_row_translation, limits.max_ee_speed * dt)
     if np.any(trans > max_trans):
         i = int(np.argmax(trans))
@@ -297,6 +299,22 @@ def clip_gripper(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return clipped, clipped != values
 
 
+def workspace_step(
+    position: np.ndarray, delta: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> np.ndarray:
+    """The part of the translation ``delta`` from ``position`` that the workspace box allows.
+
+    Per axis, the step keeps the sign of the commanded one and is never longer: inside the box
+    it is the usual clip at the walls; outside it, a move back toward the box runs as commanded
+    (stopping at the far wall), while "stay" stays and a move further out is stopped where it
+    is. Clipping the goal itself instead would turn "stay" outside the box into a jump to the
+    wall (issue 14: a zero chunk moved a joint at its 5.26 rad/s limit).
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    step = np.clip(position + delta, low, high) - position
+    return np.clip(step, np.minimum(delta, 0.0), np.maximum(delta, 0.0))
+
+
 def _knot_times(schedule: RowSchedule, start_time: float, dt: float) -> np.ndarray:
     """Row times, pushed so every segment lasts at least a quarter row (tolerated-late rows)."""
     times = np.empty(len(schedule.times))
@@ -319,8 +337,9 @@ def plan_ee_delta(
     """Goal pose = measured EE pose at ``start_time`` + accumulated deltas of the kept rows.
 
     Dropped (late) rows are not accumulated: their time is gone and the measured start pose
-    already shows what happened meanwhile. Each goal is clipped to the workspace box, solved
-    with DLS IK seeded by the previous row, then clamped to joint position / velocity limits.
+    already shows what happened meanwhile. Each row's translation is limited by the workspace
+    box (:func:`workspace_step`: never more motion than the row asks), the goal solved with DLS
+    IK seeded by the previous row, then clamped to joint position / velocity limits.
     """
     q_prev = np.asarray(q_start, dtype=np.float64)
     goal_pos, goal_rot = kinematics.forward(q_prev)
@@ -331,9 +350,9 @@ def plan_ee_delta(
     )
     knots, goals, clamped, t_prev = [q_prev], [], 0, start_time
     for row, t, clipped in zip(rows[schedule.indices], times, gripper_clipped, strict=True):
-        wanted = goal_pos + row[0:3]
-        goal_pos = np.clip(wanted, ws_low, ws_high)
-        altered = bool(clipped) or bool(np.any(np.abs(goal_pos - wanted) > 1e-9))
+        step = workspace_step(goal_pos, row[0:3], ws_low, ws_high)
+        goal_pos = goal_pos + step
+        altered = bool(clipped) or bool(np.any(np.abs(step - row[0:3]) > 1e-9))
         goal_rot = axis_angle_to_matrix(row[3:6]) @ goal_rot
         ik = kinematics.inverse(goal_pos, goal_rot, q_prev, max_iters=ik_iterations)
         altered |= ik.pos_error > _IK_POS_TOL or ik.rot_error > _IK_ROT_TOL

@@ -21,6 +21,7 @@ from frs_control.execution import (
     schedule_rows,
     validate_chunk,
     velocity_command,
+    workspace_step,
 )
 from frs_control.kinematics import REST_QPOS, ArmKinematics
 
@@ -242,6 +243,57 @@ def test_ee_delta_plan_clips_goals_to_the_workspace(kin: ArmKinematics) -> None:
     assert plan.points_clamped > 0
     final, _ = kin.forward(plan.path.positions[-1])
     assert final[2] >= LIMITS.workspace_low[2] - 2e-3
+
+
+# The home pose (z = 0.25 m) lies above this box: how a plan treats an EE outside its box.
+LOW_BOX = dataclasses.replace(LIMITS, workspace_high=(0.8, 0.45, 0.15))
+
+
+def _plan_outside(kin: ArmKinematics, step: tuple[float, float, float], n: int = 5):  # noqa: ANN202
+    rows = np.zeros((n, 8))
+    rows[:, 0:3] = step
+    schedule = schedule_rows(NOW, 0.1, n, NOW, 0.02)
+    return plan_ee_delta(rows, schedule, 0.1, _home_q(kin), NOW, kin, LOW_BOX)
+
+
+def test_workspace_step_never_asks_more_than_the_row() -> None:
+    low, high = np.zeros(3), np.ones(3)
+    inside, outside = np.full(3, 0.5), np.array([1.5, -0.5, 0.5])
+    step = workspace_step(inside, np.array([0.7, -0.2, 0.0]), low, high)
+    np.testing.assert_allclose(step, [0.5, -0.2, 0.0])  # the usual clip at the wall
+    np.testing.assert_allclose(workspace_step(outside, np.zeros(3), low, high), np.zeros(3))
+    back = workspace_step(outside, np.array([-0.2, 0.3, 0.1]), low, high)
+    np.testing.assert_allclose(back, [-0.2, 0.3, 0.1])  # toward the box: as commanded
+    further = workspace_step(outside, np.array([0.2, -0.3, 0.1]), low, high)
+    np.testing.assert_allclose(further, [0.0, 0.0, 0.1])  # further out: stopped on that axis
+    across = workspace_step(outside, np.array([-3.0, 0.0, 0.0]), low, high)
+    np.testing.assert_allclose(across, [-1.5, 0.0, 0.0])  # never past the far wall
+
+
+def test_a_zero_chunk_outside_the_workspace_does_not_move_the_arm(kin: ArmKinematics) -> None:
+    """Issue 14 item 2: clipping the goal made "stay" a 1.41 rad jump at 5.26 rad/s."""
+    plan = _plan_outside(kin, (0.0, 0.0, 0.0))
+    assert kin.forward(plan.path.positions[0])[0][2] > LOW_BOX.workspace_high[2] + 0.05
+    assert np.max(np.abs(plan.path.positions - plan.path.positions[0])) < 1e-6
+    assert plan.points_clamped == 0
+
+
+def test_outside_the_workspace_a_move_back_runs_and_a_move_out_is_stopped(
+    kin: ArmKinematics,
+) -> None:
+    start = kin.forward(_home_q(kin))[0]
+    back = _plan_outside(kin, (0.0, 0.0, -0.01))
+    assert back.points_clamped == 0
+    np.testing.assert_allclose(
+        kin.forward(back.path.positions[-1])[0], start - [0, 0, 0.05], atol=1e-3
+    )
+    out = _plan_outside(kin, (0.0, 0.01, 0.01))  # sideways and further up
+    assert out.points_clamped == 5
+    np.testing.assert_allclose(
+        kin.forward(out.path.positions[-1])[0], start + [0, 0.05, 0], atol=1e-3
+    )
+    steps = np.abs(np.diff(out.path.positions, axis=0)).max()
+    assert steps < 0.1  # small joint steps (5 cm over 0.5 s), no jump toward the wall
 
 
 def test_joint_velocity_plan_integrates_and_clamps() -> None:

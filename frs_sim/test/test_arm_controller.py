@@ -12,13 +12,17 @@ import time
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
+from rclpy.action import ActionClient
 
 from frs_bringup.testing import RigClient, make_chunk, shifted_stamp, start_rig
 from frs_control.execution import FR3_JOINT_VELOCITY
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import stamp_to_seconds
+from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import ExecuteChunk
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
@@ -349,3 +353,101 @@ def test_unavailable_outputs_fail_clearly_at_configure(
     assert process.returncode == 1, output
     for text in expected:
         assert text in output, output
+
+
+def _burst_goal(i: int, stamp) -> ExecuteChunk.Goal:  # noqa: ANN001
+    """Goal i of a burst: every 4th a motionless chunk (200 rows: planning takes a while), the
+    others large moves made invalid."""
+    if i % 4 == 0:
+        return ExecuteChunk.Goal(chunk=make_chunk(_rows(200, (0.0, 0.0, 0.0)), stamp, dt=0.01))
+    move = make_chunk(_rows(10, (0.02, 0.0, -0.02)), stamp)  # 20 cm if it ever ran
+    kind = i % 4
+    if kind == 1:
+        move.data[-5] = float("nan")
+    elif kind == 2:
+        move.header.frame_id = "world"
+    else:
+        move.header.stamp = shifted_stamp(stamp, 5.0)  # from the future
+    return ExecuteChunk.Goal(chunk=move)
+
+
+def test_a_burst_of_200_goals_gets_an_answer_each_and_rejected_ones_never_move(
+    node_processes, rclpy_context
+) -> None:
+    """Issue 14 item 4: with default service QoS only 17-26 of 200 goals got an answer. Goals
+    beyond max_pending_goals waiting for planning are refused (accepted == False)."""
+    rig = start_rig(node_processes, rclpy_context, controller={**RELAXED, "max_pending_goals": 8})
+    client = ActionClient(rig.node, ExecuteChunk, "frs/execute_chunk", **ACTION_BURST_QOS)
+    assert client.wait_for_server(timeout_sec=10.0)
+    _settle(rig, 0.7)
+    q_before = rig.latest_joint_state()[1]
+    mark = time.monotonic()
+    stamp = _fresh_stamp(rig)
+    goals = [client.send_goal_async(_burst_goal(i, stamp)) for i in range(200)]
+    assert rig.spin_until(lambda: all(g.done() for g in goals), 60.0), (
+        f"{sum(g.done() for g in goals)} of 200 goals answered"
+    )
+    handles = [g.result() for g in goals]
+    results = {i: h.get_result_async() for i, h in enumerate(handles) if h.accepted}
+    assert rig.spin_until(lambda: all(r.done() for r in results.values()), 60.0)
+    refused = 200 - len(results)
+    outcomes = {i: r.result().result for i, r in results.items()}
+    ran = [i for i, result in outcomes.items() if result.outcome != Result.OUTCOME_REJECTED]
+    assert all(i % 4 == 0 for i in ran), "an invalid chunk was executed"
+    assert all(outcomes[i].points_executed == 0 for i in outcomes if i not in ran)
+    rejected = len(outcomes) - len(ran)
+    print(f"burst: {refused} refused (queue bound), {rejected} rejected, {len(ran)} ran")
+    _settle(rig, 0.7)
+    positions = rig.arm_positions_since(mark)
+    assert np.max(np.abs(positions - q_before)) < 3e-3  # only motionless chunks ran
+    assert refused > 0 and ran  # both the queue bound and planning were exercised
+    client.destroy()
+    rig.destroy()
+
+
+def test_hostile_goals_against_the_running_controller(rig: RigClient) -> None:
+    """A process-level sample of test_hostile_chunks: message fields broken on the wire."""
+    limits = np.array(FR3_JOINT_VELOCITY)
+    mutations = {
+        "nan": lambda c, v: c.data.__setitem__(v % len(c.data), float("nan")),
+        "inf": lambda c, v: c.data.__setitem__(v % len(c.data), float("inf")),
+        "huge": lambda c, v: c.data.__setitem__(v % len(c.data), 3e38),
+        "horizon": lambda c, v: setattr(c, "horizon", [0, 2**32 - 1, 11, 1001][v % 4]),
+        "dim": lambda c, v: setattr(c, "dim", [0, 7, 9, 2**32 - 1][v % 4]),
+        "dt": lambda c, v: setattr(c, "dt", [0.0, -0.1, float("nan"), 1e-30, 1e30][v % 5]),
+        "space": lambda c, v: setattr(c, "action_space", ["", "joint_position", "EE"][v % 3]),
+        "frame": lambda c, v: setattr(c.header, "frame_id", ["world", "fr3_link0 "][v % 2]),
+        "past": lambda c, v: setattr(c.header, "stamp", shifted_stamp(c.header.stamp, -(10**v))),
+        "future": lambda c, v: setattr(c.header, "stamp", shifted_stamp(c.header.stamp, 10**v)),
+        "normalized": lambda c, v: setattr(c, "normalized", True),
+        "names": lambda c, v: setattr(c, "dim_names", ["dx"] * (v % 7)),
+    }
+
+    @settings(max_examples=25, deadline=None, derandomize=True)
+    @given(
+        broken=st.sets(st.sampled_from(sorted(mutations)), max_size=2),
+        value=st.integers(0, 9),
+        step=st.tuples(*[st.floats(-0.004, 0.004)] * 3),
+        max_points=st.sampled_from([0, 0, 3, 2**32 - 1]),
+    )
+    def check(broken: set[str], value: int, step: tuple[float, ...], max_points: int) -> None:
+        _settle(rig, 0.7)  # any earlier chunk has ended and its hold timed out
+        q_before = rig.latest_joint_state()[1]
+        chunk = make_chunk(_rows(5, step), _fresh_stamp(rig))
+        for name in broken:
+            mutations[name](chunk, value)
+        mark = time.monotonic()
+        outcome = rig.execute(chunk, max_points=max_points)
+        assert outcome.accepted and outcome.result is not None
+        rig.spin_for(0.1)
+        commands = np.array([m.data for m in rig.velocity_commands.since(mark)]).reshape(-1, 7)
+        assert np.all(np.isfinite(commands)) and np.all(np.abs(commands) <= limits + 1e-9)
+        if outcome.result.outcome == Result.OUTCOME_REJECTED:
+            assert outcome.result.reason and outcome.result.points_executed == 0
+            positions = rig.arm_positions_since(mark)
+            assert np.max(np.abs(positions - q_before)) < 2e-3, (broken, outcome.result.reason)
+            assert np.all(commands == 0.0)
+        elif "joint_states stale" not in outcome.result.reason:
+            assert outcome.result.outcome == Result.OUTCOME_SUCCEEDED, outcome.result.reason
+
+    check()
