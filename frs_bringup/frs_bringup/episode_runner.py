@@ -21,6 +21,7 @@ from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import SetBool
 
 from frs_bringup.stack_manager import call_service
+from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import EpisodeStatus
 from frs_msgs.srv import ResetEpisode
@@ -94,8 +95,16 @@ class EpisodeRunner(Node):
         )
         # Only to know when the stack is up: steering loads its model in on_configure.
         self._servers = [
-            ActionClient(self, SteerChunk, "frs/steer_chunk", callback_group=self._group),
-            ActionClient(self, ExecuteChunk, "frs/execute_chunk", callback_group=self._group),
+            ActionClient(
+                self, SteerChunk, "frs/steer_chunk", callback_group=self._group, **ACTION_BURST_QOS
+            ),
+            ActionClient(
+                self,
+                ExecuteChunk,
+                "frs/execute_chunk",
+                callback_group=self._group,
+                **ACTION_BURST_QOS,
+            ),
         ]
 
     def _on_status(self, msg: EpisodeStatus) -> None:

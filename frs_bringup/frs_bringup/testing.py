@@ -28,6 +28,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_control.messages import chunk_to_msg, joint_positions, stamp_to_seconds
+from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import ExecuteChunk
 from frs_msgs.msg import ActionChunk, EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
@@ -188,7 +189,9 @@ class RigClient:
         ]
         for msg_type, topic, store, qos in subscriptions:
             node.create_subscription(msg_type, topic, self._recorder(store), qos)
-        self.execute_client = ActionClient(node, ExecuteChunk, "frs/execute_chunk")
+        self.execute_client = ActionClient(
+            node, ExecuteChunk, "frs/execute_chunk", **ACTION_BURST_QOS
+        )
         self.reset_client = node.create_client(ResetEpisode, "frs/reset_episode")
         self.estop_client = node.create_client(Trigger, "frs/estop")
         self.reset_estop_client = node.create_client(Trigger, "frs/reset_estop")

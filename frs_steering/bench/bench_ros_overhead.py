@@ -49,6 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 from frs_bringup.sim_demo import stop_stack
 from frs_control.kinematics import REST_QPOS
 from frs_control.messages import ns_to_stamp, stamp_to_ns
+from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
 from frs_sim import scene
@@ -146,8 +147,10 @@ class Client:
             ObjectStates, "frs/object_states", qos_profile_sensor_data
         )
         self.instruction = self.node.create_publisher(String, "frs/instruction", LATCHED_QOS)
-        self.steering = ActionClient(self.node, SteerChunk, "frs/steer_chunk")
-        self.controller = ActionClient(self.node, ExecuteChunk, "frs/execute_chunk")
+        self.steering = ActionClient(self.node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
+        self.controller = ActionClient(
+            self.node, ExecuteChunk, "frs/execute_chunk", **ACTION_BURST_QOS
+        )
         self.floor = ActionClient(self.node, SteerChunk, FLOOR_ACTION)
         self.commands: list[int] = []  # arrival times (ns) of trajectory commands
         self.node.create_subscription(

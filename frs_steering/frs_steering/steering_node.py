@@ -39,7 +39,7 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from frs_control.messages import MessageError, message_class, stamp_to_ns
-from frs_control.ros_executor import run_node, waking_future
+from frs_control.ros_executor import ACTION_BURST_QOS, run_node, waking_future
 from frs_control.ros_params import RESULT_TIMEOUT, declare_described
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
@@ -189,6 +189,7 @@ class SteeringNode(LifecycleNode):
             handle_accepted_callback=self._on_accepted,
             cancel_callback=lambda _handle: CancelResponse.ACCEPT,
             result_timeout=float(self._param("result_timeout")),
+            **ACTION_BURST_QOS,
         )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

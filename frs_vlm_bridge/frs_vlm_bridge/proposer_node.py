@@ -42,6 +42,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from frs_control.messages import stamp_to_ns
+from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
@@ -108,8 +109,12 @@ class ProposerNode(Node):
             self.create_subscription(msg_type, topic, self._keep(field), qos, callback_group=group)
         self._reference_pub = self.create_publisher(CoarseReference, "frs/reference", RELIABLE_QOS)
         self.create_service(SetBool, "frs/proposer/enable", self._on_enable, callback_group=group)
-        self._steer = ActionClient(self, SteerChunk, "frs/steer_chunk", callback_group=group)
-        self._execute = ActionClient(self, ExecuteChunk, "frs/execute_chunk", callback_group=group)
+        self._steer = ActionClient(
+            self, SteerChunk, "frs/steer_chunk", callback_group=group, **ACTION_BURST_QOS
+        )
+        self._execute = ActionClient(
+            self, ExecuteChunk, "frs/execute_chunk", callback_group=group, **ACTION_BURST_QOS
+        )
         self._thread = threading.Thread(target=self._loop, name="proposer_loop", daemon=True)
         self.get_logger().info(f"proposer up: reasoner {backend} ({self._reasoner!r})")
 
