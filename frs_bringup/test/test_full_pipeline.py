@@ -83,7 +83,10 @@ def test_frs_episodes_succeed_on_novel_tasks(rig, rclpy_context) -> None:  # noq
         executor.remove_node(runner)
         runner.destroy_node()
     assert [o.task for o in outcomes] == [NOVEL_TASKS[i % 3] for i in range(EPISODES)]
-    assert all(o.reason in ("success", "timeout") for o in outcomes), [o.line() for o in outcomes]
+    # Each episode ended on a verdict of the simulation (a pushed cube may leave the table), not
+    # on the runner's own timeout or a missing status: the stack ran every episode through.
+    verdicts = ("success", "timeout", "object dropped off the table")
+    assert all(o.reason in verdicts for o in outcomes), [o.line() for o in outcomes]
     # Every episode got refined chunks executed: the controller drove the arm each time.
     bounds = [*episode_starts, time.monotonic()]
     recorded = rig.velocity_commands
