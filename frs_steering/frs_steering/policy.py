@@ -202,10 +202,17 @@ class FlowPolicy(Protocol[CacheT]):
     def repeat_cache(self, cache: CacheT, repeats: int) -> CacheT: ...
 
 
+#: Leaves :func:`repeat_batch` passes through unchanged: they carry no batch axis.
+_UNBATCHED_LEAVES = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
+
+
 def repeat_batch(tree: Any, repeats: int) -> Any:
     """``repeat_interleave`` every tensor in a nested tuple/list/dict along dim 0.
 
     A ready-made ``repeat_cache`` for caches made of batch-first tensors (adapters can reuse it).
+    Plain scalars, strings and None pass through; any other object (e.g. a transformers
+    ``DynamicCache``, which is not a sequence) raises TypeError rather than being returned
+    unrepeated, since a cache whose batch does not match ``x`` is a silent wrong result.
     """
     if repeats == 1:
         return tree
@@ -217,4 +224,9 @@ def repeat_batch(tree: Any, repeats: int) -> Any:
         return type(tree)(*(repeat_batch(v, repeats) for v in tree))
     if isinstance(tree, Sequence) and not isinstance(tree, str):
         return type(tree)(repeat_batch(v, repeats) for v in tree)  # type: ignore[call-arg]
-    return tree
+    if isinstance(tree, _UNBATCHED_LEAVES):
+        return tree
+    raise TypeError(
+        f"repeat_batch cannot repeat a {type(tree).__module__}.{type(tree).__qualname__}; "
+        "give the policy a repeat_cache that repeats it along its batch axis"
+    )

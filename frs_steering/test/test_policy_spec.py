@@ -132,3 +132,15 @@ def test_repeat_batch_handles_nested_caches():
     assert out["a"].tolist() == [0, 0, 0, 1, 1, 1]
     assert out["b"][0].shape == (6, 3) and out["b"][1][0].shape == (6,)
     assert out["n"] == 5
+
+
+def test_repeat_batch_refuses_objects_it_cannot_repeat():
+    class KeyValueCache:  # like a transformers DynamicCache: holds tensors, is not a sequence
+        def __init__(self) -> None:
+            self.keys = [torch.ones(2, 4)]
+
+    with pytest.raises(TypeError, match="KeyValueCache"):
+        repeat_batch({"kv": KeyValueCache(), "mask": torch.ones(2)}, 2)
+    assert repeat_batch({"n": None, "s": "x", "f": 1.5}, 2) == {"n": None, "s": "x", "f": 1.5}
+    cache = KeyValueCache()
+    assert repeat_batch(cache, 1) is cache  # one repeat is the identity, whatever the cache
