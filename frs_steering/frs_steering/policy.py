@@ -67,7 +67,9 @@ class ActionSpec:
 
     ``dim`` is the padded width the network sees (pi0.5 pads to 32); ``real_dims`` lists the
     positions of the robot's actual action dims inside it (default: all). Padding dims are held
-    at their normalized zero.
+    at their normalized zero. ``time_grid`` says how the sampler computes its step times
+    (``accumulated``: ``t += dt`` as openpi's JAX code; ``indexed``: ``t = t0 + k*dt`` as
+    LeRobot's), so forward passes reproduce the policy's own sampler bit for bit.
     """
 
     horizon: int
@@ -76,8 +78,12 @@ class ActionSpec:
     num_steps: int = 10
     real_dims: tuple[int, ...] | None = None
     normalizer: Normalizer = field(default_factory=IdentityNormalizer)
+    time_grid: str = "accumulated"
 
     def __post_init__(self) -> None:
+        from frs_steering.integrate import check_time_grid  # integrate imports this module
+
+        check_time_grid(self.time_grid)
         for name in ("horizon", "dim", "num_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -157,7 +163,7 @@ class ActionSpec:
         return self.normalizer.unnormalize(chunk)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "horizon": self.horizon,
             "dim": self.dim,
             "convention": self.convention.value,
@@ -165,10 +171,14 @@ class ActionSpec:
             "real_dims": list(self.real_dims),  # type: ignore[arg-type]
             "normalizer": self.normalizer.to_dict(),
         }
+        if self.time_grid != "accumulated":  # files written before the field stay identical
+            data["time_grid"] = self.time_grid
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActionSpec:
         known = {"horizon", "dim", "convention", "num_steps", "real_dims", "normalizer"}
+        known.add("time_grid")
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ActionSpec fields {sorted(unknown)}")
