@@ -50,10 +50,24 @@ fi
 PY="$SIDE/bin/python"
 
 # 2. The main venv's packages (torch, numpy, rclpy, frs_msgs, ...) visible *after* the side
-#    env's own: a .pth file appends its site-packages to sys.path.
+#    env's own: a .pth file appends its site-packages to sys.path. The ROS wheels find their
+#    shared libraries through LD_LIBRARY_PATH, which their bootstrapper derives from sys.prefix
+#    (the side env's here), so bin/frs-python sets it for the main venv and runs python.
 MAIN_SITE="$("$MAIN_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 SIDE_SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$MAIN_SITE" >"$SIDE_SITE/frs_main_venv.pth"
+MAIN_PREFIX="$(cd "$MAIN_VENV" && pwd)"
+cat >"$SIDE/bin/frs-python" <<WRAP
+#!/usr/bin/env bash
+# Python of the LeRobot side env with the main venv's ROS 2 libraries (written by setup_lerobot.sh).
+libs="$MAIN_PREFIX/lib"
+for dir in "$MAIN_SITE"/ros_*.libs; do libs="\$libs:\$dir"; done
+export LD_LIBRARY_PATH="\$libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export AMENT_PREFIX_PATH="$MAIN_PREFIX\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
+export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec "$SIDE/bin/python" "\$@"
+WRAP
+chmod +x "$SIDE/bin/frs-python"
 
 # 3. LeRobot's pure-Python deps and LeRobot itself, no dependency resolution.
 mkdir -p "$BUILD"
@@ -69,10 +83,12 @@ say "installing scripts/requirements-lerobot.txt and lerobot==$LEROBOT_VERSION (
 }
 
 # 4. Import check through the project's compat shim.
-PYTHONPATH="$ROOT/frs_steering:$ROOT/frs_control${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PYEOF' ||
+PYTHONPATH="$ROOT/frs_steering:$ROOT/frs_control${PYTHONPATH:+:$PYTHONPATH}" \
+  "$SIDE/bin/frs-python" - <<'PYEOF' ||
 from frs_steering.policies.lerobot_compat import import_lerobot
 
 modules = import_lerobot()
+import rclpy  # noqa: F401  (the main venv's ROS wheels load here too)
 import torch
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 print("lerobot", modules.version, "torch", torch.__version__)

@@ -202,6 +202,20 @@ class LeRobotPiPolicy:
         out = self.preprocessor(dict(frame))
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
+    def camera_image(self, rgb: Any) -> torch.Tensor:
+        """HxWx3 uint8 RGB -> ``[3, h, w]`` float in [0, 1] at the model's resolution, resized
+        with padding by LeRobot's own ``resize_with_pad_torch`` exactly as ``_preprocess_images``
+        would (which then leaves it as is)."""
+        image = torch.as_tensor(rgb)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
+            raise ValueError(
+                f"expected an HxWx3 uint8 image, got {tuple(image.shape)} {image.dtype}"
+            )
+        image = image.to(torch.float32).div(255.0).unsqueeze(0)  # [1, H, W, 3] as LeRobot holds it
+        if tuple(image.shape[1:3]) != self.image_resolution:
+            image = self.modules.vla_utils.resize_with_pad_torch(image, *self.image_resolution)
+        return image[0].permute(2, 0, 1).contiguous()
+
     def sample_actions(self, observation: Observation, noise: torch.Tensor) -> torch.Tensor:
         """LeRobot's own ``sample_actions`` on a preprocessed batch (reference for tests)."""
         batch = dict(observation)
