@@ -230,3 +230,59 @@ else:
         (tmp_path / "config.json").write_text((checkpoints["pi05"] / "config.json").read_text())
         with pytest.raises(LeRobotCheckpointError, match="model.safetensors"):
             load_lerobot_pi(tmp_path)
+
+    def image_msg(stamp_ns: int, seed: int, height: int = 48, width: int = 80):
+        """A random bgr8 camera image (not square: exercises LeRobot's resize with padding)."""
+        import numpy as np
+        from sensor_msgs.msg import Image
+
+        from frs_control.messages import ns_to_stamp
+
+        pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        msg = Image(height=height, width=width, encoding="bgr8", step=width * 3)
+        msg.data = pixels.tobytes()
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        return msg, pixels[..., ::-1].copy()  # the message and its RGB pixels
+
+    def test_lerobot_droid_adapter_builds_the_batch_lerobot_builds(policies) -> None:
+        import numpy as np
+
+        from frs_control.kinematics import REST_QPOS
+        from frs_steering.adapters import make_adapter
+        from frs_steering.adapters.base import JointSample, Sample
+
+        policy = policies["pi05"]
+        options = {"cameras": list(TINY_CAMERAS), "image_topics": ["a/image_raw", "b/image_raw"]}
+        adapter = make_adapter("lerobot_droid", options)
+        adapter.bind(policy)
+        assert adapter.needs_instruction and adapter.layout.action_space == "joint_velocity"
+        with pytest.raises(ValueError, match="no cameras"):
+            make_adapter("lerobot_droid", {"cameras": ["top"], "image_topics": ["t"]}).bind(policy)
+
+        samples, raw = {}, {}
+        for i, camera in enumerate(TINY_CAMERAS):
+            msg, rgb = image_msg(100 + i, seed=i)
+            samples[camera] = Sample(100 + i, adapter.parse(camera, msg))
+            raw[f"observation.images.{camera}"] = torch.from_numpy(rgb).permute(2, 0, 1) / 255.0
+        assert samples["wrist"].value.shape == (3, 64, 64)
+        instruction = adapter.encode_instruction("pick up the red cube")
+
+        def observe(q: np.ndarray):
+            joints = JointSample(100, q, 0.5)
+            return adapter.observation(joints, samples, instruction, "pick up the red cube")
+
+        obs = observe(REST_QPOS)
+        # LeRobot's own path: full-size images in [0, 1], real-unit state, the task text.
+        state = torch.tensor([*REST_QPOS, 0.5], dtype=torch.float32)
+        expected = policy.preprocess({**raw, "observation.state": state, "task": instruction})
+        for key in ("observation.state", "observation.language.tokens"):
+            assert torch.equal(obs.policy_input[key], expected[key]), key
+        ours, _ = policy.lerobot_policy._preprocess_images(obs.policy_input)
+        theirs, _ = policy.lerobot_policy._preprocess_images(expected)
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a - b).abs().max().item() <= 1e-6  # resized exactly as LeRobot resizes
+        # pi0.5 writes the discretized state into the prompt: another pose, other tokens
+        moved = observe(REST_QPOS + 0.3).policy_input["observation.language.tokens"]
+        assert not torch.equal(moved, obs.policy_input["observation.language.tokens"])
+        result = steer(policy, torch.zeros(50, 8), observation=obs.policy_input)
+        assert torch.isfinite(result.chunk_real).all()

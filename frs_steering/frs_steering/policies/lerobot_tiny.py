@@ -159,3 +159,25 @@ def write_tiny_checkpoint(
     pre.save_pretrained(str(directory))
     post.save_pretrained(str(directory))
     return directory
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m frs_steering.policies.lerobot_tiny steering_node [--ros-args ...]``: the
+    steering node, with tiny LeRobot checkpoints loadable (``checkpoint:=lerobot:<dir>``);
+    ``... write <dir> [pi0|pi05]`` writes one. For tests and demos without real weights."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["write"] and len(args) in (2, 3):
+        print(write_tiny_checkpoint(args[1], args[2] if len(args) == 3 else "pi05"))
+        return
+    if args[:1] != ["steering_node"]:
+        raise SystemExit(main.__doc__)
+    from frs_steering.steering_node import main as steering_main
+
+    with tiny_architecture():
+        steering_main(args[1:])
+
+
+if __name__ == "__main__":
+    main()
