@@ -24,7 +24,7 @@ SIDE_PYTHON = Path(
 )
 INSIDE = importlib.util.find_spec("lerobot") is not None
 #: Tests the side env must run (the runner fails if fewer pass, e.g. if some were skipped).
-EXPECTED_SIDE_TESTS = 11
+EXPECTED_SIDE_TESTS = 12
 
 
 if not INSIDE:
@@ -286,3 +286,119 @@ else:
         assert not torch.equal(moved, obs.policy_input["observation.language.tokens"])
         result = steer(policy, torch.zeros(50, 8), observation=obs.policy_input)
         assert torch.isfinite(result.chunk_real).all()
+
+    def test_steering_node_serves_steer_chunk_with_tiny_pi05_from_image_topics(
+        checkpoints, tmp_path
+    ) -> None:
+        """The node in its own process (``checkpoint:=lerobot:<dir>``, ``lerobot_droid``):
+        camera images, joint states and the instruction arrive on topics; a goal with a
+        Cartesian direction comes back as a 50 x 8 joint-velocity chunk of the tiny pi0.5."""
+        import signal
+        import sys
+        import time
+
+        import numpy as np
+        import rclpy
+        from rclpy.action import ActionClient
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
+
+        from frs_control.kinematics import REST_QPOS
+        from frs_control.messages import ns_to_stamp
+        from frs_msgs.action import SteerChunk
+        from frs_steering.steering_node import LATCHED_QOS
+
+        topics = [f"{camera}/image_raw" for camera in TINY_CAMERAS]
+        params = {
+            "checkpoint": f"lerobot:{checkpoints['pi05']}",
+            "observation_adapter": "lerobot_droid",
+            "adapter.cameras": "[" + ",".join(TINY_CAMERAS) + "]",
+            "adapter.image_topics": "[" + ",".join(topics) + "]",
+            "max_observation_age": "5.0",
+        }
+        args = [sys.executable, "-m", "frs_steering.policies.lerobot_tiny", "steering_node"]
+        args.append("--ros-args")
+        for name, value in params.items():
+            args += ["-p", f"{name}:={value}"]
+        log_path = tmp_path / "node.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        context = Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("lerobot_rig", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+
+        def spin_until(done, timeout_s: float) -> bool:  # noqa: ANN001
+            deadline = time.monotonic() + timeout_s
+            while not done() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.02)
+            return bool(done())
+
+        try:
+            joints_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+            images = [node.create_publisher(Image, t, qos_profile_sensor_data) for t in topics]
+            node.create_publisher(String, "frs/instruction", LATCHED_QOS).publish(
+                String(data="pick up the red cube")
+            )
+            client = ActionClient(node, SteerChunk, "frs/steer_chunk")
+            up = spin_until(lambda: client.server_is_ready() or proc.poll() is not None, 120.0)
+            assert up and proc.poll() is None, log_path.read_text()[-4000:]
+
+            def publish_observation():  # noqa: ANN202
+                stamp = ns_to_stamp(time.time_ns())
+                joints = JointState(
+                    name=[f"fr3_joint{i}" for i in range(1, 8)]
+                    + ["fr3_finger_joint1", "fr3_finger_joint2"],
+                    position=[*REST_QPOS.tolist(), 0.02, 0.02],
+                )
+                joints.header.stamp = stamp
+                for i, publisher in enumerate(images):
+                    msg, _ = image_msg(0, seed=i)
+                    msg.header.stamp = stamp
+                    publisher.publish(msg)
+                joints_pub.publish(joints)
+                spin_until(lambda: False, 0.2)
+                return stamp
+
+            def steer_goal(stamp):  # noqa: ANN001, ANN202
+                goal = SteerChunk.Goal(method="frs", observation_stamp=stamp, seed=3)
+                goal.reference.header.frame_id = "fr3_link0"
+                goal.reference.direction.y = 1.0
+                goal.reference.magnitude = 0.5
+                handle_future = client.send_goal_async(goal)
+                assert spin_until(handle_future.done, 30.0)
+                result_future = handle_future.result().get_result_async()
+                assert spin_until(result_future.done, 120.0), log_path.read_text()[-4000:]
+                return result_future.result().result
+
+            result = None
+            for _ in range(5):  # the first images may not be matched yet
+                result = steer_goal(publish_observation())
+                if result.outcome == SteerChunk.Result.OUTCOME_SUCCEEDED:
+                    break
+            assert result.outcome == SteerChunk.Result.OUTCOME_SUCCEEDED, result.reason
+            refined = result.refined
+            # real units, padded to the policy's 32 dims (the node's contract): 7 joint
+            # velocities + gripper, then zeros
+            assert (refined.horizon, refined.dim, refined.normalized) == (50, 32, False)
+            assert refined.action_space == "joint_velocity" and len(refined.dim_names) == 32
+            rows = np.asarray(refined.data).reshape(50, 32)
+            assert np.isfinite(rows).all() and not rows[:, 8:].any() and rows[:, :7].any()
+            assert result.diagnostics.nfe == 20 and result.diagnostics.method == "frs"
+            assert (result.noise.horizon, result.noise.dim) == (50, 32)
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+            context.try_shutdown()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
