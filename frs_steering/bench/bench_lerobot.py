@@ -7,7 +7,8 @@ call: the floor is one prefix + 2K expert steps against one prefix + K. Calls ar
 so drift hits both alike; prefix forwards and expert steps are counted per FRS call. Runs in
 the LeRobot side env (scripts/setup_lerobot.sh):
 
-    .venv-lerobot/bin/frs-python frs_steering/bench/bench_lerobot.py [--threads 1] [--json f]
+    PYTHONPATH=frs_steering:frs_control .venv-lerobot/bin/frs-python \
+        frs_steering/bench/bench_lerobot.py [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
