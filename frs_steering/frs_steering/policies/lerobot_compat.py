@@ -169,18 +169,18 @@ _MODULES: LeRobotModules | None = None
 
 
 def _install_hooks() -> tuple[bool, bool]:
+    spec = importlib.util.find_spec("lerobot")  # first: no hooks where there is no LeRobot
+    if spec is None or not spec.submodule_search_locations:
+        raise LeRobotUnavailable(
+            "lerobot is not installed in this environment (scripts/setup_lerobot.sh builds "
+            ".venv-lerobot with it)"
+        )
     stub = not _torchvision_importable()
     if stub and not any(isinstance(f, _TorchvisionStub) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchvisionStub())
     rewrite = sys.version_info < (3, 12)
     if rewrite and not any(isinstance(f, _RewritingFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _RewritingFinder())
-    spec = importlib.util.find_spec("lerobot")
-    if spec is None or not spec.submodule_search_locations:
-        raise LeRobotUnavailable(
-            "lerobot is not installed in this environment (scripts/setup_lerobot.sh builds "
-            ".venv-lerobot with it)"
-        )
     root = list(spec.submodule_search_locations)[0]
     for package in _BYPASSED_PACKAGES:
         if package not in sys.modules:
