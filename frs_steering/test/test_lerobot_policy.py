@@ -24,7 +24,7 @@ SIDE_PYTHON = Path(
 )
 INSIDE = importlib.util.find_spec("lerobot") is not None
 #: Tests the side env must run (the runner fails if fewer pass, e.g. if some were skipped).
-EXPECTED_SIDE_TESTS = 12
+EXPECTED_SIDE_TESTS = 13
 
 
 if not INSIDE:
@@ -415,3 +415,24 @@ else:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
+
+    def test_bfloat16_checkpoint_as_real_ports_are_saved(checkpoints, tmp_path) -> None:
+        """Real pi0.5 ports say ``dtype: bfloat16``: LeRobot casts part of the model; steering
+        still reproduces its sampler exactly and returns float32 chunks."""
+        import json
+        import shutil
+
+        directory = tmp_path / "bf16"
+        shutil.copytree(checkpoints["pi05"], directory)
+        config = json.loads((directory / "config.json").read_text())
+        config["dtype"] = "bfloat16"
+        (directory / "config.json").write_text(json.dumps(config))
+        with tiny_architecture():
+            policy = load_lerobot_pi(directory)
+        assert any(p.dtype == torch.bfloat16 for p in policy.model.parameters())
+        obs = batch_of(policy, (11,))
+        noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(4))
+        expected = policy.sample_actions(obs, noise.clone())
+        ours = generate_from_noise(policy, noise, observation=obs)
+        assert ours.dtype == torch.float32
+        assert (ours - expected).abs().max().item() <= 1e-5
