@@ -5,10 +5,14 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-lerobot demo test lint bench bench-lerobot clean
 
 setup:
 	@bash scripts/setup.sh
+
+# The LeRobot side env (.venv-lerobot) the pi0/pi05 adapter tests run in (idempotent; docs/lerobot.md).
+setup-lerobot: setup
+	@FRS_VENV=$(VENV) bash scripts/setup_lerobot.sh
 
 demo: setup
 	$(PY) -m frs_bringup.sim_demo
@@ -17,12 +21,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup
+test: setup setup-lerobot
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) frs_steering/bench/bench_steering.py
 	$(PY) frs_steering/bench/bench_ros_overhead.py --chunks 300
 
+bench-lerobot: setup-lerobot
+	PYTHONPATH=frs_steering:frs_control .venv-lerobot/bin/frs-python frs_steering/bench/bench_lerobot.py
+
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) .venv-lerobot

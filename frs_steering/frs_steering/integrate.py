@@ -2,9 +2,11 @@
 
 The velocity is any callable ``velocity(x, t)`` with ``x`` of shape ``[B, ...]`` and ``t`` of
 shape ``[B]``; conditioning lives in the closure. The time grid is built by repeated addition of
-one step in ``x``'s dtype, exactly like pi0's sampler (``x += dt * v; t += dt``), so Euler
-reproduces that sampler bit for bit. A reverse pass walks the *same* grid backwards with the
-same step size, which is what Flow Reversal Steering needs.
+one step in ``x``'s dtype, exactly like openpi's JAX sampler (``x += dt * v; t += dt``), so
+Euler reproduces that sampler bit for bit; ``time_grid="indexed"`` instead computes
+``t_k = t_start + k * dt`` in double and rounds once, as LeRobot's and openpi's PyTorch samplers
+do. A reverse pass walks the *same* grid backwards with the same step size, which is what Flow
+Reversal Steering needs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ import torch
 from frs_steering.policy import TimeConvention
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: How grid times are computed: repeated addition in the working dtype, or ``t0 + k*dt``.
+TIME_GRIDS = ("accumulated", "indexed")
+
+
+def check_time_grid(time_grid: str) -> str:
+    """``time_grid`` if it names a grid style, else ValueError naming the options."""
+    if time_grid not in TIME_GRIDS:
+        raise ValueError(f"unknown time_grid {time_grid!r}; choose one of {list(TIME_GRIDS)}")
+    return time_grid
 
 
 class Solver(enum.Enum):
@@ -64,8 +76,10 @@ def make_time_grid(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    time_grid: str = "accumulated",
 ) -> TimeGrid:
-    """Grid from ``t_start`` towards ``t_stop`` accumulated in ``dtype`` (pi0's time grid).
+    """Grid from ``t_start`` towards ``t_stop`` accumulated in ``dtype`` (openpi's JAX time
+    grid) or, with ``time_grid="indexed"``, ``t_start + k * step`` rounded once (LeRobot's).
 
     Grids are cached; treat the returned tensors as read-only.
     """
@@ -74,16 +88,30 @@ def make_time_grid(
     if t_start == t_stop:
         raise ValueError(f"t_start and t_stop must differ, both are {t_start}")
     return _cached_grid(
-        float(t_start), float(t_stop), num_steps, dtype, torch.device(device or "cpu")
+        float(t_start),
+        float(t_stop),
+        num_steps,
+        dtype,
+        torch.device(device or "cpu"),
+        check_time_grid(time_grid),
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_grid(
-    t_start: float, t_stop: float, num_steps: int, dtype: torch.dtype, device: torch.device
+    t_start: float,
+    t_stop: float,
+    num_steps: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    time_grid: str,
 ) -> TimeGrid:
     with torch.inference_mode(False):  # usable inside and outside inference mode
-        step = torch.tensor((t_stop - t_start) / num_steps, dtype=dtype, device=device)
+        delta = (t_stop - t_start) / num_steps
+        step = torch.tensor(delta, dtype=dtype, device=device)
+        if time_grid == "indexed":
+            values = [t_start + k * delta for k in range(num_steps + 1)]
+            return TimeGrid(times=torch.tensor(values, dtype=dtype, device=device), step=step)
         time = torch.tensor(t_start, dtype=dtype, device=device)
         times = [time]
         for _ in range(num_steps):
@@ -101,14 +129,17 @@ def integrate(
     num_steps: int,
     solver: Solver | str = Solver.EULER,
     reverse: bool = False,
+    time_grid: str = "accumulated",
 ) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over a fixed-step grid from t_start to t_stop.
 
     With ``reverse=True`` the grid from t_start to t_stop is built exactly as for the forward
     pass and then walked from its last point back to t_start, each step the exact negative of
-    the forward one. ``x`` is not modified.
+    the forward one. ``x`` is not modified. ``time_grid``: see :func:`make_time_grid`.
     """
-    grid = make_time_grid(t_start, t_stop, num_steps, dtype=x.dtype, device=x.device)
+    grid = make_time_grid(
+        t_start, t_stop, num_steps, dtype=x.dtype, device=x.device, time_grid=time_grid
+    )
     return integrate_on_grid(velocity, x, grid, solver=solver, reverse=reverse)
 
 
@@ -162,6 +193,7 @@ def noise_to_action(
     *,
     solver: Solver | str = Solver.EULER,
     noise_level: float = 1.0,
+    time_grid: str = "accumulated",
 ) -> torch.Tensor:
     """Generate: integrate from the time holding ``noise_level`` noise to the data end.
 
@@ -176,6 +208,7 @@ def noise_to_action(
         t_stop=convention.data_time,
         num_steps=num_steps,
         solver=solver,
+        time_grid=time_grid,
     )
 
 
@@ -186,6 +219,7 @@ def action_to_noise(
     num_steps: int,
     *,
     solver: Solver | str = Solver.EULER,
+    time_grid: str = "accumulated",
 ) -> torch.Tensor:
     """Reverse: walk the sampling grid of :func:`noise_to_action` backwards to pure noise."""
     return integrate(
@@ -196,4 +230,5 @@ def action_to_noise(
         num_steps=num_steps,
         solver=solver,
         reverse=True,
+        time_grid=time_grid,
     )

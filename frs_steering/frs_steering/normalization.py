@@ -18,6 +18,16 @@ import torch
 # Guards a zero spread (a constant action dim) against division by zero. Same role as the
 # epsilon in pi0/pi0.5's normalization.
 SPREAD_EPSILON = 1e-6
+# Stands in for a spread that is exactly zero even after its epsilon (LeRobot's processor does
+# the same with its own epsilon, 1e-8); only reachable with ``epsilon=0``.
+ZERO_SPREAD = 1e-8
+
+
+def _check_epsilon(epsilon: float) -> float:
+    value = float(epsilon)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+    return value
 
 
 @runtime_checkable
@@ -116,13 +126,19 @@ class IdentityNormalizer:
 
 @dataclass(frozen=True)
 class MeanStdNormalizer(_AffineNormalizer):
-    """z-scoring: ``(x - mean) / (std + eps)`` (pi0 style)."""
+    """z-scoring: ``(x - mean) / (std + epsilon)`` (pi0 style).
+
+    ``epsilon`` defaults to :data:`SPREAD_EPSILON`; LeRobot's processor uses 1e-8, which its
+    adapter sets so a real-unit reference is normalized as LeRobot normalizes actions.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    epsilon: float = SPREAD_EPSILON
     kind: ClassVar[str] = "mean_std"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _check_epsilon(self.epsilon))
         object.__setattr__(self, "mean", _as_float_tuple("mean", self.mean))
         object.__setattr__(self, "std", _as_float_tuple("std", self.std))
         if len(self.mean) != len(self.std):
@@ -135,10 +151,11 @@ class MeanStdNormalizer(_AffineNormalizer):
         return len(self.mean)
 
     def _center_scale(self) -> tuple[list[float], list[float]]:
-        return list(self.mean), [s + SPREAD_EPSILON for s in self.std]
+        return list(self.mean), [(s + self.epsilon) or ZERO_SPREAD for s in self.std]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+        data = {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+        return _with_epsilon(data, self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -146,14 +163,17 @@ class QuantileNormalizer(_AffineNormalizer):
     """pi0.5-style quantile map: q01 goes to -1 and q99 to +1 (no clipping).
 
     Computed as ``(x - midpoint) / half_spread``, the same map as pi0.5's
-    ``(x - q01) / (q99 - q01 + eps) * 2 - 1`` up to float rounding.
+    ``(x - q01) / (q99 - q01 + epsilon) * 2 - 1`` up to float rounding. LeRobot's processor
+    adds no epsilon (``epsilon=0``; a zero spread becomes :data:`ZERO_SPREAD`).
     """
 
     q01: tuple[float, ...]
     q99: tuple[float, ...]
+    epsilon: float = SPREAD_EPSILON
     kind: ClassVar[str] = "quantile"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _check_epsilon(self.epsilon))
         object.__setattr__(self, "q01", _as_float_tuple("q01", self.q01))
         object.__setattr__(self, "q99", _as_float_tuple("q99", self.q99))
         if len(self.q01) != len(self.q99):
@@ -167,12 +187,21 @@ class QuantileNormalizer(_AffineNormalizer):
 
     def _center_scale(self) -> tuple[list[float], list[float]]:
         half_spread = [
-            (hi - lo + SPREAD_EPSILON) / 2 for lo, hi in zip(self.q01, self.q99, strict=True)
+            ((hi - lo + self.epsilon) or ZERO_SPREAD) / 2
+            for lo, hi in zip(self.q01, self.q99, strict=True)
         ]
         return [lo + h for lo, h in zip(self.q01, half_spread, strict=True)], half_spread
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "q01": list(self.q01), "q99": list(self.q99)}
+        data = {"kind": self.kind, "q01": list(self.q01), "q99": list(self.q99)}
+        return _with_epsilon(data, self.epsilon)
+
+
+def _with_epsilon(data: dict[str, Any], epsilon: float) -> dict[str, Any]:
+    """``data`` plus a non-default epsilon (files written before the field stay identical)."""
+    if epsilon != SPREAD_EPSILON:
+        data["epsilon"] = epsilon
+    return data
 
 
 _NORMALIZER_KINDS: dict[str, type] = {

@@ -67,7 +67,9 @@ class ActionSpec:
 
     ``dim`` is the padded width the network sees (pi0.5 pads to 32); ``real_dims`` lists the
     positions of the robot's actual action dims inside it (default: all). Padding dims are held
-    at their normalized zero.
+    at their normalized zero. ``time_grid`` says how the sampler computes its step times
+    (``accumulated``: ``t += dt`` as openpi's JAX code; ``indexed``: ``t = t0 + k*dt`` as
+    LeRobot's), so forward passes reproduce the policy's own sampler bit for bit.
     """
 
     horizon: int
@@ -76,8 +78,12 @@ class ActionSpec:
     num_steps: int = 10
     real_dims: tuple[int, ...] | None = None
     normalizer: Normalizer = field(default_factory=IdentityNormalizer)
+    time_grid: str = "accumulated"
 
     def __post_init__(self) -> None:
+        from frs_steering.integrate import check_time_grid  # integrate imports this module
+
+        check_time_grid(self.time_grid)
         for name in ("horizon", "dim", "num_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -157,7 +163,7 @@ class ActionSpec:
         return self.normalizer.unnormalize(chunk)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "horizon": self.horizon,
             "dim": self.dim,
             "convention": self.convention.value,
@@ -165,10 +171,14 @@ class ActionSpec:
             "real_dims": list(self.real_dims),  # type: ignore[arg-type]
             "normalizer": self.normalizer.to_dict(),
         }
+        if self.time_grid != "accumulated":  # files written before the field stay identical
+            data["time_grid"] = self.time_grid
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActionSpec:
         known = {"horizon", "dim", "convention", "num_steps", "real_dims", "normalizer"}
+        known.add("time_grid")
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ActionSpec fields {sorted(unknown)}")
@@ -202,10 +212,17 @@ class FlowPolicy(Protocol[CacheT]):
     def repeat_cache(self, cache: CacheT, repeats: int) -> CacheT: ...
 
 
+#: Leaves :func:`repeat_batch` passes through unchanged: they carry no batch axis.
+_UNBATCHED_LEAVES = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
+
+
 def repeat_batch(tree: Any, repeats: int) -> Any:
     """``repeat_interleave`` every tensor in a nested tuple/list/dict along dim 0.
 
     A ready-made ``repeat_cache`` for caches made of batch-first tensors (adapters can reuse it).
+    Plain scalars, strings and None pass through; any other object (e.g. a transformers
+    ``DynamicCache``, which is not a sequence) raises TypeError rather than being returned
+    unrepeated, since a cache whose batch does not match ``x`` is a silent wrong result.
     """
     if repeats == 1:
         return tree
@@ -217,4 +234,9 @@ def repeat_batch(tree: Any, repeats: int) -> Any:
         return type(tree)(*(repeat_batch(v, repeats) for v in tree))
     if isinstance(tree, Sequence) and not isinstance(tree, str):
         return type(tree)(repeat_batch(v, repeats) for v in tree)  # type: ignore[call-arg]
-    return tree
+    if isinstance(tree, _UNBATCHED_LEAVES):
+        return tree
+    raise TypeError(
+        f"repeat_batch cannot repeat a {type(tree).__module__}.{type(tree).__qualname__}; "
+        "give the policy a repeat_cache that repeats it along its batch axis"
+    )

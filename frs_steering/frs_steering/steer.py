@@ -144,6 +144,7 @@ class SteeringContext:
                 num_steps=num_steps,
                 solver=self.solver,
                 reverse=reverse,
+                time_grid=self.spec.time_grid,
             )
         self.nfe += num_steps * self.solver.stages
         return out.reshape(x.shape)

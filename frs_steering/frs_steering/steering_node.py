@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,9 +44,9 @@ from frs_msgs.action import SteerChunk
 from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
 from frs_steering.adapters import ObservationAdapter, adapter_class
 from frs_steering.adapters.base import ReferenceSettings, StampedObservation
-from frs_steering.checkpoint import CheckpointError, load_policy
+from frs_steering.checkpoint import CheckpointError
 from frs_steering.observation import InputBuffers, ObservationError
-from frs_steering.package_data import resolve_checkpoint
+from frs_steering.policies import load_checkpoint_parameter
 from frs_steering.steer import available_methods, steer
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
@@ -138,11 +137,8 @@ class SteeringNode(LifecycleNode):
         if self._adapter_class is None:
             raise ValueError(self._adapter_error)
         torch.set_num_threads(int(self._param("torch_threads")))
-        checkpoint = str(resolve_checkpoint(str(self._param("checkpoint"))))
-        if not Path(checkpoint).is_dir():
-            raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
         device = str(self._param("device"))
-        policy = load_policy(checkpoint, device=device)
+        checkpoint, policy = load_checkpoint_parameter(str(self._param("checkpoint")), device)
         options = {
             name: self._param(ADAPTER_PREFIX + name)
             for name, _, _ in self._adapter_class.all_options()

@@ -233,3 +233,32 @@ def test_bad_arguments_raise_value_error():
         integrate(lambda x, t: x, x, t_start=0.5, t_stop=0.5, num_steps=2)
     with pytest.raises(ValueError, match="noise_level"):
         noise_to_action(lambda x, t: x, x, TimeConvention.NOISE_AT_ONE, 4, noise_level=0.0)
+
+
+def test_indexed_time_grid_is_t0_plus_k_dt_rounded_once_and_reverses_exactly():
+    from frs_steering.integrate import make_time_grid
+
+    grid = make_time_grid(1.0, 0.0, 10, time_grid="indexed")
+    expected = torch.tensor([1.0 + k * -0.1 for k in range(11)], dtype=torch.float32)
+    assert torch.equal(grid.times, expected)  # LeRobot's euler_integrate times
+    accumulated = make_time_grid(1.0, 0.0, 10)
+    assert not torch.equal(accumulated.times, expected)  # the two styles really differ
+    seen = []
+
+    def field(x, t):
+        seen.append(t[0].item())
+        return torch.ones_like(x)
+
+    integrate(field, torch.zeros(1, 2), t_start=1.0, t_stop=0.0, num_steps=10, time_grid="indexed")
+    integrate(
+        field,
+        torch.zeros(1, 2),
+        t_start=1.0,
+        t_stop=0.0,
+        num_steps=10,
+        time_grid="indexed",
+        reverse=True,
+    )
+    assert seen[:10] == expected[:10].tolist() and seen[10:] == expected.flip(0)[:10].tolist()
+    with pytest.raises(ValueError, match="time_grid"):
+        make_time_grid(1.0, 0.0, 10, time_grid="linear")

@@ -38,10 +38,23 @@ def test_mean_std_round_trip_and_fit():
         IdentityNormalizer(),
         MeanStdNormalizer(mean=(1.0, 2.0), std=(0.5, 3.0)),
         QuantileNormalizer(q01=(0.0,), q99=(1.0,)),
+        MeanStdNormalizer(mean=(1.0,), std=(0.5,), epsilon=1e-8),
+        QuantileNormalizer(q01=(0.0,), q99=(1.0,), epsilon=0.0),
     ],
 )
 def test_normalizer_dict_round_trip(normalizer):
     assert normalizer_from_dict(normalizer.to_dict()) == normalizer
+
+
+def test_normalizer_epsilon_default_keeps_files_and_zero_spread_is_guarded():
+    assert "epsilon" not in MeanStdNormalizer(mean=(0.0,), std=(1.0,)).to_dict()
+    x = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    lerobot_like = QuantileNormalizer(q01=(0.0, 2.0), q99=(2.0, 2.0), epsilon=0.0)
+    # LeRobot: 2 * (x - q01) / (q99 - q01) - 1, a zero spread replaced by 1e-8
+    expected = torch.tensor([[2 * 0.5 / 2.0 - 1, 2 * 0.0 / 1e-8 - 1]], dtype=torch.float64)
+    torch.testing.assert_close(lerobot_like.normalize(x), expected, atol=1e-7, rtol=0)
+    z = MeanStdNormalizer(mean=(1.0,), std=(0.001,), epsilon=1e-8).normalize(x[:, :1])
+    torch.testing.assert_close(z, (x[:, :1] - 1.0) / (0.001 + 1e-8), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,7 @@ def test_normalizer_dict_round_trip(normalizer):
         (lambda: MeanStdNormalizer(mean=(1.0,), std=(-1.0,)), "non-negative"),
         (lambda: QuantileNormalizer(q01=(1.0,), q99=(0.0,)), "q99 must be >= q01"),
         (lambda: QuantileNormalizer(q01=(float("nan"),), q99=(0.0,)), "finite"),
+        (lambda: QuantileNormalizer(q01=(0.0,), q99=(1.0,), epsilon=-1.0), "epsilon"),
         (lambda: normalizer_from_dict({"kind": "log"}), "unknown normalizer kind"),
         (lambda: normalizer_from_dict({"kind": "quantile", "q01": [0]}), "bad fields"),
         (lambda: fit_normalizer(torch.zeros(3, 2), "zscore"), "unknown normalizer kind"),
@@ -132,3 +146,15 @@ def test_repeat_batch_handles_nested_caches():
     assert out["a"].tolist() == [0, 0, 0, 1, 1, 1]
     assert out["b"][0].shape == (6, 3) and out["b"][1][0].shape == (6,)
     assert out["n"] == 5
+
+
+def test_repeat_batch_refuses_objects_it_cannot_repeat():
+    class KeyValueCache:  # like a transformers DynamicCache: holds tensors, is not a sequence
+        def __init__(self) -> None:
+            self.keys = [torch.ones(2, 4)]
+
+    with pytest.raises(TypeError, match="KeyValueCache"):
+        repeat_batch({"kv": KeyValueCache(), "mask": torch.ones(2)}, 2)
+    assert repeat_batch({"n": None, "s": "x", "f": 1.5}, 2) == {"n": None, "s": "x", "f": 1.5}
+    cache = KeyValueCache()
+    assert repeat_batch(cache, 1) is cache  # one repeat is the identity, whatever the cache

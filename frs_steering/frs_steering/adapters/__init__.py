@@ -2,8 +2,10 @@
 
 ``tabletop`` is the simulated tabletop's (46-d state from FK + cubes and mats, MiniLM instruction;
 in ``frs_sim``), ``droid`` a DROID-style rig's (two exterior cameras and a wrist camera, 7 joint
-positions + gripper, joint-velocity actions at 15 Hz). Any other ``module:Class`` path names an
-adapter class of the user's; nothing is imported until it is asked for.
+positions + gripper, joint-velocity actions at 15 Hz), ``lerobot_droid`` the same rig for a
+LeRobot pi0 / pi0.5 checkpoint (the checkpoint's preprocessor and tokenizer). Any other
+``module:Class`` path names an adapter class of the user's; nothing is imported until it is
+asked for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from frs_steering.adapters.base import (
 ADAPTERS: dict[str, str] = {
     "tabletop": "frs_sim.tabletop_adapter:TabletopAdapter",
     "droid": "frs_steering.adapters.droid:DroidAdapter",
+    "lerobot_droid": "frs_steering.adapters.lerobot_droid:LeRobotDroidAdapter",
 }
 
 
