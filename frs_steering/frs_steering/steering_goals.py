@@ -30,7 +30,7 @@ METHOD_NOISE_POLICY = "noise_policy"
 
 #: The steering node's parameters: (name, default, description, read_only, descriptor extras).
 NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
-    ("checkpoint", "", "checkpoint dir or shipped name; empty = generalist", True, {}),
+    ("checkpoint", "", "dir, shipped name or lerobot:<dir>; empty = generalist", True, {}),
     ("observation_adapter", "tabletop", "tabletop | droid | module:Class", True, {}),
     ("noise_policy", "", "noise-policy checkpoint for method noise_policy", True, {}),
     ("device", "cpu", "torch device of the policy", True, {}),
