@@ -16,6 +16,7 @@ installed use the launch files.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import os
 import signal
@@ -36,6 +37,8 @@ from frs_bringup.stacks import PROPOSER, STACKS, NodeSpec, Stack, get_stack, par
 
 #: Seconds a node process gets to exit after SIGINT before it is killed.
 EXIT_TIMEOUT = 10.0
+
+PR_SET_PDEATHSIG = 1  # prctl option: signal this process when its parent dies
 
 
 def default_params_file(stack: str = "sim") -> Path:
@@ -102,7 +105,7 @@ def start_stack(
     if args.record is not None:
         command = [sys.executable, "-m", "frs_bringup.recorder", "--out", str(args.record)]
         command += ["--params-file", str(params_file)]
-        recorder.append(subprocess.Popen(command))
+        recorder.append(subprocess.Popen(command, preexec_fn=_stop_with_parent))
     nodes = []
     for spec in stack.nodes:
         ros_args = ["--ros-args", "--params-file", str(params_file)]
@@ -110,7 +113,8 @@ def start_stack(
             ros_args += ["-p", f"{name}:={_ros_value(value)}"]
         if args.log_level:
             ros_args += ["--log-level", args.log_level]
-        process = subprocess.Popen([sys.executable, "-m", spec.module, *ros_args])
+        command = [sys.executable, "-m", spec.module, *ros_args]
+        process = subprocess.Popen(command, preexec_fn=_stop_with_parent)
         nodes.append(
             RunningNode(spec, lambda p=process: stop_stack([p]), lambda p=process: p.poll() is None)
         )
@@ -168,6 +172,14 @@ def _try(step: Callable[[], object], what: str) -> bool:
         print(f"[sim_demo] {what}: {type(error).__name__}: {error}", file=sys.stderr)
         return False
     return True
+
+
+def _stop_with_parent() -> None:
+    """In a started node: get SIGINT when sim_demo dies, even by SIGKILL (Linux), so no node of
+    the stack outlives the process that manages it (a stray node would answer the next stack's
+    lifecycle calls and keep publishing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def stop_stack(processes: list[subprocess.Popen]) -> None:

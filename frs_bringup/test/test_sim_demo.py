@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,45 @@ def test_demo_names_a_node_that_fails_to_come_up(tmp_path: Path) -> None:
     assert "[sim_demo] steering did not become inactive" in done.stdout, done.stdout[-3000:]
     assert "simulated demo: no episodes ran" in done.stdout
     assert "episode   1" not in done.stdout
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_nodes_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
+    """sim_demo SIGKILLed (e.g. by a timeout) takes its node processes with it."""
+    params = tmp_path / "params.yaml"
+    params.write_text(default_params_file().read_text())
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "frs_bringup.sim_demo", "--params-file", str(params)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60.0
+        while len(_processes_mentioning(str(params))) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)  # sim_demo and its four nodes
+        assert len(_processes_mentioning(str(params))) >= 5, "the stack did not start"
+    finally:
+        demo.kill()
+        demo.wait(timeout=10)
+    deadline = time.monotonic() + 20.0
+    while _processes_mentioning(str(params)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_mentioning(str(params))
+    for pid in left:  # do not leave them to the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"node processes outlived sim_demo: {left}"
