@@ -175,11 +175,12 @@ def _try(step: Callable[[], object], what: str) -> bool:
 
 
 def _stop_with_parent() -> None:
-    """In a started node: get SIGINT when sim_demo dies, even by SIGKILL (Linux), so no node of
+    """In a started node: get SIGTERM when sim_demo dies, even by SIGKILL (Linux), so no node of
     the stack outlives the process that manages it (a stray node would answer the next stack's
-    lifecycle calls and keep publishing)."""
+    lifecycle calls and keep publishing). SIGTERM, not SIGINT: a background job inherits SIGINT
+    ignored, and a node still importing would never see it; FRS nodes stop cleanly on both."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_stack(processes: list[subprocess.Popen]) -> None:

@@ -127,7 +127,8 @@ class TabletopAdapter(ObservationAdapter):
     ) -> StampedObservation:
         require_streams(samples, (OBJECTS,))
         scene_sample: SceneSample = samples[OBJECTS].value
-        position, rotation, jacobian = self.arm_pose(joints)
+        pose = self.arm_pose(joints)
+        position, rotation, _ = pose
         state = tabletop_state(
             position,
             yaw_of_rotation(rotation),
@@ -139,12 +140,4 @@ class TabletopAdapter(ObservationAdapter):
         )
         policy_input = {"state": torch.from_numpy(state).reshape(1, -1)}
         self.add_instruction(policy_input, instruction)
-        return StampedObservation(
-            stamp_ns=joints.stamp_ns,
-            policy_input=policy_input,
-            joints=joints,
-            ee_position=position,
-            jacobian=jacobian,
-            input_stamps={OBJECTS: samples[OBJECTS].stamp_ns},
-            instruction=instruction_text,
-        )
+        return self.stamped(joints, policy_input, samples, instruction_text, pose)

@@ -376,6 +376,28 @@ class ObservationAdapter(ABC):
         opening = float(np.clip(fingers.sum() / self.finger_open_sum, 0.0, 1.0))
         return JointSample(stamp_to_ns(msg.header.stamp), arm, opening)
 
+    def stamped(
+        self,
+        joints: JointSample,
+        policy_input: dict[str, Any],
+        samples: Mapping[str, Sample],
+        instruction_text: str = "",
+        pose: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> StampedObservation:
+        """The observation of ``policy_input`` at the joint stamp, with the arm's pose and
+        Jacobian (``pose``: :meth:`arm_pose` already computed) and the stamps of the stream
+        samples used (in :meth:`streams` order)."""
+        position, _, jacobian = pose or self.arm_pose(joints)
+        return StampedObservation(
+            stamp_ns=joints.stamp_ns,
+            policy_input=policy_input,
+            joints=joints,
+            ee_position=position,
+            jacobian=jacobian,
+            input_stamps={spec.key: samples[spec.key].stamp_ns for spec in self.streams()},
+            instruction=instruction_text,
+        )
+
     def arm_pose(self, joints: JointSample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """EE position, rotation and (6, n) Jacobian in the base frame at ``joints.arm``."""
         if self._kinematics is None:

@@ -120,13 +120,4 @@ class DroidAdapter(ObservationAdapter):
             tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
             policy_input[f"image.{camera}"] = (tensor.float() / 255.0).unsqueeze(0)
         self.add_instruction(policy_input, instruction)
-        position, _, jacobian = self.arm_pose(joints)
-        return StampedObservation(
-            stamp_ns=joints.stamp_ns,
-            policy_input=policy_input,
-            joints=joints,
-            ee_position=position,
-            jacobian=jacobian,
-            input_stamps={camera: samples[camera].stamp_ns for camera in self.cameras},
-            instruction=instruction_text,
-        )
+        return self.stamped(joints, policy_input, samples, instruction_text)

@@ -99,13 +99,4 @@ class LeRobotDroidAdapter(DroidAdapter):
             raise ObservationError(
                 f"the policy's preprocessor refused the frame: {error}"
             ) from None
-        position, _, jacobian = self.arm_pose(joints)
-        return StampedObservation(
-            stamp_ns=joints.stamp_ns,
-            policy_input=policy_input,
-            joints=joints,
-            ee_position=position,
-            jacobian=jacobian,
-            input_stamps={camera: samples[camera].stamp_ns for camera in self.cameras},
-            instruction=instruction_text,
-        )
+        return self.stamped(joints, policy_input, samples, instruction_text)
