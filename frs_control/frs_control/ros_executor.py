@@ -45,6 +45,10 @@ def waking_future(node: Node) -> Future:
     return future
 
 
+#: s between checks for SIGINT / SIGTERM while a node waits for work.
+SIGNAL_POLL_S = 0.2
+
+
 def run_node(
     make_node: Callable[[], Node],
     args: Sequence[str] | None = None,
@@ -73,8 +77,10 @@ def run_node(
             else:
                 node.get_logger().fatal("configure failed (see above); exiting")
                 exit_code = 1
-        if not exit_code:
-            executor.spin()
+        while not exit_code and node.context.ok():
+            # A bounded wait, not spin(): with rclpy's signal handling off, a node with no timer
+            # would sit in rcl_wait forever and never run the Python SIGINT/SIGTERM handler.
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -390,3 +390,36 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     finally:
         for proc in procs.values():
             _stop(proc)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_idle_unconfigured_node_stops_on_a_signal(sig: int) -> None:
+    """No timer, nothing to do (autostart off): SIGINT / SIGTERM still end the process, promptly.
+
+    With rclpy's own signal handling off (so the arm controller can send a last stop), a plain
+    ``executor.spin()`` waited in rcl_wait forever and never ran the Python handler: a stopped
+    stack left such nodes behind."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "frs_steering.steering_node",
+            "--ros-args",
+            "-p",
+            "autostart:=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(8.0)  # imports done, spinning
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        proc.send_signal(sig)
+        proc.wait(timeout=5.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the node ignored signal {sig}")
+    assert proc.returncode == 0, proc.communicate()[0][-2000:]
