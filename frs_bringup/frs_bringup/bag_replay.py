@@ -122,14 +122,11 @@ class InputBuilder:
     """
 
     def __init__(self, policy: Any, params: dict[str, Any] | None = None) -> None:
-        from frs_steering.adapters import make_adapter
         from frs_steering.observation import InputBuffers
 
         params = params or {}
         self.policy = policy
-        self.adapter = make_adapter(
-            str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
-        )
+        self.adapter = steering_adapter(params)
         self.adapter.bind(policy)
         self.tolerance_ns = int(float(params.get("stamp_tolerance", 0.005)) * 1e9)
         self.inputs = InputBuffers(self.adapter, BUFFER)
@@ -167,6 +164,15 @@ def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the stack's parameter YAML: the steering node's adapter and checkpoint "
         "(default: tabletop, shipped generalist)",
+    )
+
+
+def steering_adapter(params: dict[str, Any]) -> Any:
+    """The observation adapter the steering node's ``params`` configure (default: tabletop)."""
+    from frs_steering.adapters import make_adapter
+
+    return make_adapter(
+        str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
     )
 
 

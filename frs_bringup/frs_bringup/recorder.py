@@ -127,13 +127,9 @@ def select_topics(args: argparse.Namespace) -> dict[str, str]:
 
 def observed_topics(params_file: Path) -> dict[str, str]:
     """Topic -> type of what the steering node configured by ``params_file`` observes."""
-    from frs_bringup.bag_replay import steering_parameters
-    from frs_steering.adapters import make_adapter
+    from frs_bringup.bag_replay import steering_adapter, steering_parameters
 
-    params = steering_parameters(params_file)
-    adapter = make_adapter(
-        str(params.get("observation_adapter", "tabletop")), params.get("adapter", {})
-    )
+    adapter = steering_adapter(steering_parameters(params_file))
     return {spec.topic.strip("/"): spec.msg_type for spec in adapter.streams()}
 
 

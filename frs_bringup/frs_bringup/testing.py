@@ -9,9 +9,11 @@ Used by the sim-robot and arm-controller tests and meant for later full-pipeline
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -306,3 +308,23 @@ class RigClient:
         self.execute_client.destroy()
         self.executor.remove_node(self.node)
         self.node.destroy_node()
+
+
+#: Seconds one hostile-input case may take to be read or refused (a hang is a bug).
+CASE_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float = CASE_SECONDS) -> Iterator[None]:
+    """Fail (TimeoutError) if the block runs longer than ``seconds`` (main thread, SIGALRM)."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"case ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -6,10 +6,8 @@ silently different data. No ROS processes: the bag is written here."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,9 +20,8 @@ from hypothesis import strategies as st
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from frs_bringup.bags import BagError, BagReader, BagWriter, add_crcs, msg_class, typestore
+from frs_bringup.testing import time_bound
 
-#: Seconds one corrupted bag may take to be read or refused (a clean read takes ~10 ms).
-CASE_SECONDS = 10.0
 TOPICS = {
     "/joint_states": "sensor_msgs/msg/JointState",
     "/frs/instruction": "std_msgs/msg/String",
@@ -35,22 +32,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
-
-
-@contextlib.contextmanager
-def time_bound(seconds: float = CASE_SECONDS) -> Iterator[None]:
-    """Fail (TimeoutError) if the block runs longer than ``seconds`` (a hang is a bug)."""
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"case ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _write_bag(path: Path, messages: int = 600) -> None:

@@ -185,6 +185,11 @@ def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> An
     return net
 
 
+def _largest(chunk: torch.Tensor) -> float:
+    """Largest |value| of a chunk; inf when any value is NaN or Inf."""
+    return float(chunk.abs().nan_to_num(nan=math.inf).max())
+
+
 def check_reference(spec: Any, built: Any, limit: float) -> None:
     """GoalRejected unless the reference is finite and within ``limit`` in policy units.
 
@@ -192,10 +197,9 @@ def check_reference(spec: Any, built: Any, limit: float) -> None:
     a reference far outside (e.g. 1e4 m) has no in-distribution answer and would come back as
     itself (or NaN), so it is refused here with its size.
     """
-    chunk = built.chunk if built.normalized else spec.to_policy(built.chunk)
-    if not torch.isfinite(chunk).all():
+    largest = _largest(built.chunk if built.normalized else spec.to_policy(built.chunk))
+    if not math.isfinite(largest):
         raise GoalRejected("reference contains NaN or Inf")
-    largest = float(chunk.abs().max())
     if largest > limit:
         raise GoalRejected(
             f"reference out of the policy's range: |value| {largest:.3g} in normalized units "
@@ -207,28 +211,27 @@ def bound_output(
     result: SteerResult, gripper_index: int | None, limit: float = math.inf
 ) -> SteerResult:
     """The result with its gripper columns clipped into [0, 1]; ObservationError if a refined
-    or unsteered chunk is non-finite or beyond ``limit`` in the policy's normalized units.
+    or unsteered chunk is non-finite (in either space) or beyond ``limit`` in the policy's
+    normalized units.
 
     A policy may overshoot its gripper range (e.g. 1.17); the arm controller would have to
     reject or clip it, so it is bounded where it is produced.
     """
-    for normalized in (result.chunk, result.base_chunk):
+    pairs = [(result.chunk, result.chunk_real), (result.base_chunk, result.base_chunk_real)]
+    for normalized, real in pairs:
         if normalized is None:
             continue
-        if not torch.isfinite(normalized).all():
+        largest = _largest(normalized)
+        if not (math.isfinite(largest) and math.isfinite(_largest(real))):
             raise ObservationError("the policy produced a non-finite chunk")
-        if float(normalized.abs().max()) > limit:
+        if largest > limit:
             raise ObservationError(
-                f"the policy's chunk is out of range (|value| {float(normalized.abs().max()):.3g}"
-                f" > max_normalized {limit:g} in normalized units)"
+                f"the policy's chunk is out of range (|value| {largest:.3g} > max_normalized "
+                f"{limit:g} in normalized units)"
             )
 
-    def bounded(chunk: torch.Tensor | None) -> torch.Tensor | None:
-        if chunk is None:
-            return None
-        if not torch.isfinite(chunk).all():
-            raise ObservationError("the policy produced a non-finite chunk")
-        if gripper_index is None or gripper_index >= chunk.shape[-1]:
+    def clipped(chunk: torch.Tensor | None) -> torch.Tensor | None:
+        if chunk is None or gripper_index is None or gripper_index >= chunk.shape[-1]:
             return chunk
         chunk = chunk.clone()
         chunk[..., gripper_index] = chunk[..., gripper_index].clamp(0.0, 1.0)
@@ -236,8 +239,8 @@ def bound_output(
 
     return dataclasses.replace(
         result,
-        chunk_real=bounded(result.chunk_real),
-        base_chunk_real=bounded(result.base_chunk_real),
+        chunk_real=clipped(result.chunk_real),
+        base_chunk_real=clipped(result.base_chunk_real),
     )
 
 

@@ -7,14 +7,11 @@ either raises CheckpointError or loads exactly what its files say. Never another
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save
 
+from frs_bringup.testing import time_bound
 from frs_steering.checkpoint import (
     CheckpointError,
     load_policy,
@@ -41,8 +39,6 @@ from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.normalization import fit_normalizer
 from frs_steering.policy import ActionSpec
 
-#: Seconds one corrupted checkpoint may take to load or be refused (a clean load: ~20 ms).
-CASE_SECONDS = 10.0
 FILES = ("config.json", "model.safetensors", "manifest.json")
 SETTINGS = settings(
     max_examples=120,
@@ -50,22 +46,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
-
-
-@contextlib.contextmanager
-def time_bound(seconds: float = CASE_SECONDS) -> Iterator[None]:
-    """Fail (TimeoutError) if the block runs longer than ``seconds`` (a hang is a bug)."""
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"case ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _policy() -> FlowMatchingPolicy:
