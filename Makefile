@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup setup-lerobot demo test lint bench bench-lerobot clean
+.PHONY: setup setup-lerobot demo test test-long lint bench bench-lerobot clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,10 @@ lint: setup
 
 test: setup setup-lerobot
 	$(PY) -m pytest -q
+
+# The stress runs marked `long` (docs/stress.md); not part of `make test`.
+test-long: setup
+	$(PY) -m pytest -q -m long
 
 bench: setup
 	$(PY) frs_steering/bench/bench_steering.py
