@@ -107,6 +107,23 @@ pip_logged packages --no-deps --no-build-isolation \
 # setuptools builds in-tree: drop its build/ and egg-info copies so nothing stale shadows sources.
 rm -rf "$ROOT"/frs_{control,steering,vlm_bridge,sim,bringup}/{build,*.egg-info}
 
+# 5b. System tools of the split-rig network tests (frs_bringup/test/test_network.py): iproute2
+#     (ip, tc) and nftables (nft drops a share of packets). Installed as root with apt-get; a
+#     machine without them gets a warning here and a clear failure from that test.
+if ! command -v nft >/dev/null || ! command -v tc >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing iproute2 and nftables (network tests)"
+    mkdir -p "$BUILD"
+    {
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 nftables ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 nftables; }
+    } >"$BUILD/apt-network.log" 2>&1 ||
+      say "WARNING: apt-get install iproute2 nftables failed (see $BUILD/apt-network.log)"
+  else
+    say "WARNING: nft / tc missing and not root: install iproute2 and nftables for test_network.py"
+  fi
+fi
+
 # 6. Check the result imports before calling it ready.
 "$PY" - <<'EOF' || die "the venv does not import cleanly (see above)."
 import rclpy  # noqa: F401
