@@ -13,19 +13,21 @@ link conditions:
 - ``cap(rate)``: an ``htb`` qdisc with one class of ``rate`` on each end (``tc``);
 - ``clear()``: no rule, no qdisc, link up.
 
-DDS crosses the link as on a rig: :func:`dds_env` forces Fast DDS onto UDPv4 (the builtin
-shared-memory transport would otherwise find the peer's segments) and discovery onto the
-subnet (multicast on the veth). Both namespaces use one clock, so stamps compare directly.
+DDS crosses the link as on a rig: :func:`dds_env` puts discovery on the subnet (multicast on the
+veth) and loads ``config/fastdds_rig.xml`` (UDPv4 only, non-blocking sends, 0.1 s
+heartbeats). Both namespaces use one clock, so stamps compare directly.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 #: Set in the environment of the process re-executed inside the namespaces.
 INSIDE_ENV = "FRS_NETNS_INSIDE"
@@ -85,14 +87,24 @@ def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[
     return done
 
 
+def rig_profile() -> Path:
+    """The Fast DDS profile for a policy host and a robot PC on a network link
+    (``config/fastdds_rig.xml``: UDPv4 only, non-blocking sends, 0.1 s heartbeats)."""
+    from frs_steering.package_data import find_package_file
+
+    return find_package_file(
+        "frs_bringup", Path(__file__).resolve().parents[1], "config", "fastdds_rig.xml"
+    )
+
+
 def dds_env(domain_id: int) -> dict[str, str]:
-    """Environment for ROS processes on either side: DDS over UDP on the link, not localhost."""
+    """Environment for ROS processes on either side: DDS over UDP on the link (subnet discovery,
+    multicast on the veth), with the rig's Fast DDS profile."""
     return {
         "ROS_DOMAIN_ID": str(domain_id),
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-        # Fast DDS >= 2.13: no shared-memory transport (both hosts see one /dev/shm otherwise).
-        "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
+        "FASTRTPS_DEFAULT_PROFILES_FILE": str(rig_profile()),
     }
 
 
@@ -190,6 +202,12 @@ class RigLink:
                 if word == "packets":
                     total += int(value)
         return total
+
+    def link_bytes(self) -> int:
+        """Bytes the robot's end of the link has sent plus received so far."""
+        out = run(["ip", "-s", "-j", "link", "show", ROBOT_IF]).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
 
     def cap(self, rate: str) -> None:
         """Cap each direction of the link at ``rate`` (tc syntax, e.g. ``1mbit``) with htb."""

@@ -348,6 +348,7 @@ class ConditionResult:
     max_overrun_s: float | None
     undriven_episodes: int  # episodes in which the arm was never driven
     packets_dropped: int = 0
+    link_kbit_s: float = 0.0  # mean traffic over the link, both directions
     cuts: list[CutEvent] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -366,6 +367,7 @@ def run_condition(
     """``episodes`` episodes under ``condition``; the audit of the goals sent meanwhile."""
     start = time.time()
     apply_condition(link, condition)
+    bytes_before = link.link_bytes()
     lines, successes, undriven, cuts = [], 0, 0, []
     for index in range(episodes):
         task = NOVEL_TASKS[index % len(NOVEL_TASKS)]
@@ -415,6 +417,7 @@ def run_condition(
         max_overrun_s=max(overruns, default=None),
         undriven_episodes=undriven,
         packets_dropped=link.dropped_packets() if condition.startswith("drop") else 0,
+        link_kbit_s=8e-3 * (link.link_bytes() - bytes_before) / (time.time() - start),
         cuts=cuts,
         wall_s=time.time() - start,
     )
@@ -542,7 +545,7 @@ def table(results: Sequence[ConditionResult]) -> str:
     """One line per condition."""
     lines = [
         f"{'condition':12s} {'success':>8s} {'goals sent/acc/exec':>20s} {'stale rows':>10s} "
-        f"{'overrun s':>9s} {'dropped':>7s}  cut: stop after cut / resume s"
+        f"{'overrun s':>9s} {'dropped':>7s} {'kbit/s':>7s}  cut: stop after cut / resume s"
     ]
     for r in results:
         over = "-" if r.max_overrun_s is None else f"{r.max_overrun_s:.3f}"
@@ -554,7 +557,8 @@ def table(results: Sequence[ConditionResult]) -> str:
         lines.append(
             f"{r.condition:12s} {r.successes:>3d}/{r.episodes:<4d} "
             f"{f'{r.goals_sent}/{r.goals_accepted}/{r.goals_executed}':>20s} "
-            f"{r.stale_rows_executed:>10d} {over:>9s} {r.packets_dropped:>7d}  {cuts}"
+            f"{r.stale_rows_executed:>10d} {over:>9s} {r.packets_dropped:>7d} "
+            f"{r.link_kbit_s:>7.0f}  {cuts}"
         )
     return "\n".join(lines)
 

@@ -32,6 +32,9 @@ MARGIN_S = 0.3
 STOP_AFTER_LAST_ROW_S = CHUNK_TIMEOUT + MARGIN_S  # the controller's watchdog for chunks
 STOP_AFTER_CUT_S = EXECUTE_ROWS * 0.1 + CHUNK_TIMEOUT + MARGIN_S
 RESUME_AFTER_RESTORE_S = 5.0
+# Below what the stack sends (~1.2 Mbit/s both ways on a clean link: 50 Hz joint and object
+# states to two policy-host subscribers), the loop starves: there only safety is required.
+STARVED = ("cap256kbit",)
 
 
 def _trace(accepted: float, total: int, ended: float | None = None) -> GoalTrace:
@@ -90,8 +93,10 @@ def _check(results: list[dict]) -> None:
     assert [r["condition"] for r in results] == list(CONDITIONS)
     for r in results:
         name = r["condition"]
-        # Every condition drove the arm through the link, and no row ran after its time.
-        assert r["goals_executed"] > 0, f"{name}: no chunk was executed"
+        # Every condition with enough bandwidth drove the arm through the link; under none did
+        # a row run after its time.
+        if name not in STARVED:
+            assert r["goals_executed"] > 0, f"{name}: no chunk was executed"
         assert r["stale_rows_executed"] == 0, f"{name}: stale rows executed"
         if r["max_overrun_s"] is not None:
             assert r["max_overrun_s"] <= LATE_TOLERANCE + MARGIN_S, f"{name}: stream ran late"
