@@ -57,8 +57,9 @@ from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, 
 from frs_sim.tabletop_adapter import OBJECTS, TabletopAdapter
 from frs_steering.adapters.base import ReferenceSettings, Sample
 from frs_steering.checkpoint import load_policy, save_policy
+from frs_steering.package_data import shipped_checkpoint
 from frs_steering.steer import steer
-from frs_steering.steering_node import LATCHED_QOS, shipped_checkpoint
+from frs_steering.steering_node import LATCHED_QOS
 
 INSTRUCTION = "put the red cube on the yellow mat"
 ARM_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]
