@@ -91,7 +91,9 @@ class Observer:
             pause = max(pause, longest_gap(command_times, start, end))
         stale = 0
         for t, speed in self.commands:
-            windows_so_far = [w for received, _, w in self.chunks if received <= t]
+            # Any chunk driving the arm at t was observed before t; the newest such chunk's
+            # window bounds when motion may still come (its record may reach us later).
+            windows_so_far = [w for _, stamp, w in self.chunks if stamp <= t]
             if speed > MOVING and windows_so_far and t > max(windows_so_far) + 0.1:
                 stale += 1
         return int(chunks), undriven, pause, stale
