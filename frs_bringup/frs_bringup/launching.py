@@ -106,6 +106,8 @@ def stack_entities(
             namespace=namespace,
             parameters=node_parameters(spec),
             output="screen",
+            # GNU nice runs the node at its old niceness when it may not raise priority.
+            prefix=f"nice -n {spec.nice}" if spec.nice else None,
         )
         entities.append(node)
         if spec.lifecycle:

@@ -33,7 +33,15 @@ from rclpy.parameter import Parameter
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
 from frs_bringup.stack_manager import StackManager
-from frs_bringup.stacks import PROPOSER, STACKS, NodeSpec, Stack, get_stack, params_path
+from frs_bringup.stacks import (
+    PROPOSER,
+    STACKS,
+    NodeSpec,
+    Stack,
+    apply_niceness,
+    get_stack,
+    params_path,
+)
 
 #: Seconds a node process gets to exit after SIGINT before it is killed.
 EXIT_TIMEOUT = 10.0
@@ -115,6 +123,7 @@ def start_stack(
             ros_args += ["--log-level", args.log_level]
         command = [sys.executable, "-m", spec.module, *ros_args]
         process = subprocess.Popen(command, preexec_fn=_stop_with_parent)
+        apply_niceness(process.pid, spec.nice)
         nodes.append(
             RunningNode(spec, lambda p=process: stop_stack([p]), lambda p=process: p.poll() is None)
         )

@@ -328,3 +328,106 @@ def time_bound(seconds: float = CASE_SECONDS) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------------- load (issue 14)
+#: Most busy-loop processes :func:`busy_load` starts per CPU core (a bound, not a target).
+MAX_BUSY_PER_CPU = 4
+_BUSY_LOOP = (
+    "import ctypes, signal, sys, time\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end:\n"
+    "    pass\n"
+)
+
+
+@contextlib.contextmanager
+def busy_load(processes: int, seconds: float) -> Iterator[list[Any]]:
+    """``processes`` busy-loop processes at normal priority, each wanting a whole core.
+
+    Bounded in count (at most :data:`MAX_BUSY_PER_CPU` per core) and in time: each exits by
+    itself after ``seconds``, dies with the process that started it, and is killed when the
+    block ends, whatever happens inside it.
+    """
+    import os
+    import subprocess
+    import sys
+
+    bound = MAX_BUSY_PER_CPU * (os.cpu_count() or 1)
+    if not 0 <= processes <= bound:
+        raise ValueError(f"busy_load: {processes} processes; 0..{bound} allowed")
+    if not 0.0 < seconds <= 3600.0:
+        raise ValueError(f"busy_load: {seconds} s; (0, 3600] allowed")
+    started: list[subprocess.Popen] = []
+    try:
+        for _ in range(processes):
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _BUSY_LOOP, repr(float(seconds))],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+        for process in started:
+            process.wait(timeout=10)
+
+
+def start_pipeline(
+    starter: ProcessStarter,
+    *,
+    method: str = "frs",
+    sim: dict[str, object] | None = None,
+    controller: dict[str, object] | None = None,
+    steering: dict[str, object] | None = None,
+    proposer: dict[str, object] | None = None,
+) -> dict[str, Any]:
+    """Start the whole simulated stack (sim robot, arm controller, steering with the shipped
+    generalist, proposer with the scripted reasoner), each node in its own process.
+
+    Each process gets its role's priority from the ``sim`` stack (:func:`apply_niceness`), as
+    ``sim_demo`` and the launch files give it. Returns the processes by node name; the proposer
+    starts disabled (the episode runner switches it on per episode).
+    """
+    from frs_bringup.stacks import STACKS, apply_niceness
+    from frs_steering.package_data import shipped_checkpoint
+
+    processes = {
+        "sim_robot": start_sim_robot(starter, **{"split": "novel", **(sim or {})}),
+        "arm_controller": start_arm_controller(
+            starter, **{"watchdog_period": 0.5, **(controller or {})}
+        ),
+        "steering": starter.start(
+            "-m",
+            "frs_steering.steering_node",
+            *ros_args({"checkpoint": str(shipped_checkpoint()), **(steering or {})}),
+        ),
+        "proposer": starter.start(
+            "-m",
+            "frs_vlm_bridge.proposer_node",
+            *ros_args(
+                {
+                    "reasoner": "scripted",
+                    "method": method,
+                    "start_enabled": False,
+                    **(proposer or {}),
+                }
+            ),
+        ),
+    }
+    for name, process in processes.items():  # the priorities sim_demo and launch give them
+        apply_niceness(process.pid, STACKS["sim"].node(name).nice)
+    return processes
+
+
+def longest_gap(times: Sequence[float], start: float, end: float) -> float:
+    """Longest interval within [start, end] that holds none of ``times`` (s; ``end - start``
+    when none falls inside)."""
+    inside = sorted(t for t in times if start <= t <= end)
+    edges = [start, *inside, end]
+    return max((b - a for a, b in zip(edges, edges[1:], strict=False)), default=0.0)

@@ -9,13 +9,14 @@ process over Fast DDS on localhost. Per chunk it publishes ``joint_states`` +
   node's defaults do), timed from the stamp;
 - over ROS: a ``SteerChunk`` goal for that stamp, timed from the stamp to the refined chunk;
 
-so both see the same machine load and the per-chunk difference is the ROS overhead (target:
-under 2 ms median). With ``--first-command`` the refined chunk then goes to the arm controller
-(``joint_trajectory`` output, one message per chunk) and the time from the observation stamp to
-that command is recorded. For scale, each chunk also times an empty goal against a minimal
-rclpy action server (own process, no parameter services, returns at once): the floor any
-rclpy action pays on this machine. Prints medians and percentiles, writes ``results.json`` and
-``latency.png`` to ``--out``. Not a test.
+so both see the same machine load and the per-chunk difference is the ROS overhead. Right
+after each ROS call it times an empty goal against a minimal rclpy action server (own process,
+no parameter services, returns at once): rclpy's own floor on this machine at that moment. The
+target (issue 14): median overhead <= median floor + 2 ms; the bench prints both, their paired
+per-chunk difference and the verdict. With ``--first-command`` the refined chunk then goes to
+the arm controller (``joint_trajectory`` output, one message per chunk) and the time from the
+observation stamp to that command is recorded. Prints medians and percentiles, writes
+``results.json`` (with the per-chunk pairs) and ``latency.png`` to ``--out``. Not a test.
 
     PYTHONPATH=frs_steering:frs_vlm_bridge .venv/bin/python frs_steering/bench/bench_ros_overhead.py
         [--chunks 200] [--feedback/--no-feedback] [--markers/--no-markers]
@@ -57,8 +58,9 @@ from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, 
 from frs_sim.tabletop_adapter import OBJECTS, TabletopAdapter
 from frs_steering.adapters.base import ReferenceSettings, Sample
 from frs_steering.checkpoint import load_policy, save_policy
+from frs_steering.package_data import shipped_checkpoint
 from frs_steering.steer import steer
-from frs_steering.steering_node import LATCHED_QOS, shipped_checkpoint
+from frs_steering.steering_node import LATCHED_QOS
 
 INSTRUCTION = "put the red cube on the yellow mat"
 ARM_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]
@@ -72,6 +74,8 @@ POSITIONS = [(0.5, 0.1, 0.02), (0.55, -0.1, 0.02), (0.6, 0.0, 0.02)] + [
 ]
 TRAJECTORY_TOPIC = "joint_trajectory_controller/joint_trajectory"
 FLOOR_ACTION = "frs/bench_floor"
+#: ms the median ROS overhead may exceed the median rclpy floor (issue 14).
+TARGET_MARGIN_MS = 2.0
 
 
 def serve_floor() -> None:
@@ -255,6 +259,7 @@ def measure(client: Client, local: InProcess, chunks: int, first_command: bool) 
 def summarize(rows: dict, args: argparse.Namespace) -> dict:
     local, ros = np.array(rows["local"]) * 1e3, np.array(rows["ros"]) * 1e3
     overhead = ros - local
+    floor = np.array(rows["floor"]) * 1e3
     first = np.array(rows["first_command"]) * 1e3
     first = first[np.isfinite(first)]
 
@@ -274,11 +279,17 @@ def summarize(rows: dict, args: argparse.Namespace) -> dict:
         "ros_ms": stats(ros),
         "inside_node_ms": stats(np.array(rows["inside"]) * 1e3),
         "overhead_ms": stats(overhead),
-        "rclpy_action_floor_ms": stats(np.array(rows["floor"]) * 1e3),
+        "rclpy_action_floor_ms": stats(floor),
+        "overhead_minus_floor_ms": stats(overhead - floor),
         "stamp_to_first_command_ms": stats(first),
         "not_served": rows["rejected"],
-        "target_overhead_ms": 2.0,
-        "meets_target": bool(np.median(overhead) < 2.0),
+        "target": "median overhead <= median rclpy floor + 2 ms",
+        "target_margin_ms": TARGET_MARGIN_MS,
+        "meets_target": bool(np.median(overhead) <= np.median(floor) + TARGET_MARGIN_MS),
+        "per_chunk_ms": {
+            "overhead": np.round(overhead, 3).tolist(),
+            "floor": np.round(floor, 3).tolist(),
+        },
     }
 
 
@@ -301,11 +312,13 @@ def plot(rows: dict, path: Path) -> None:
     left.set(xlabel="ms from observation stamp", ylabel="fraction of chunks", title="latency CDF")
     left.legend()
     overhead = (np.array(rows["ros"]) - np.array(rows["local"])) * 1e3
-    right.hist(overhead, bins=40)
-    right.axvline(2.0, color="k", linestyle="--", label="2 ms target")
-    right.axvline(float(np.median(overhead)), color="r", label="median")
-    floor = float(np.median(rows["floor"])) * 1e3
-    right.axvline(floor, color="g", linestyle=":", label="rclpy floor (empty goal)")
+    floor = np.array(rows["floor"]) * 1e3
+    bins = np.linspace(*np.percentile(np.concatenate([overhead, floor]), [1, 99]), 40)
+    right.hist(overhead, bins=bins, alpha=0.6, label="overhead")
+    right.hist(floor, bins=bins, alpha=0.6, label="rclpy floor (empty goal)")
+    right.axvline(float(np.median(overhead)), color="r", label="median overhead")
+    target = float(np.median(floor)) + TARGET_MARGIN_MS
+    right.axvline(target, color="k", linestyle="--", label="target: median floor + 2 ms")
     right.set(xlabel="ROS - in-process (ms), paired per chunk", title="ROS overhead")
     right.legend()
     fig.tight_layout()
@@ -382,8 +395,18 @@ def main() -> None:
                 f"{label:<48} median {value['median']:7.2f} ms  "
                 f"(p10 {value['p10']:.2f}, p90 {value['p90']:.2f})"
             )
+    excess = summary["overhead_minus_floor_ms"]
+    print(
+        f"{'overhead - floor (paired per chunk)':<48} median {excess['median']:7.2f} ms  "
+        f"(p10 {excess['p10']:.2f}, p90 {excess['p90']:.2f})"
+    )
+    overhead, floor = summary["overhead_ms"]["median"], summary["rclpy_action_floor_ms"]["median"]
     verdict = "meets" if summary["meets_target"] else "misses"
-    print(f"overhead {verdict} the < 2 ms median target; {summary['not_served']} goals not served")
+    print(
+        f"target: median overhead {overhead:.2f} ms <= median floor {floor:.2f} ms + "
+        f"{TARGET_MARGIN_MS:g} ms = {floor + TARGET_MARGIN_MS:.2f} ms: {verdict} "
+        f"({overhead - floor:+.2f} ms over the floor); {summary['not_served']} goals not served"
+    )
     print(f"wrote {args.out / 'results.json'} and {args.out / 'latency.png'}")
 
 

@@ -15,6 +15,7 @@ older one; cancel and preemption take effect between integration steps.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,10 @@ RELIABLE_QOS = QoSProfile(
 )
 Result = SteerChunk.Result
 ADAPTER_PREFIX = "adapter."
+#: s a thread may hold the GIL while another waits for it (CPython's default: 5 ms). The
+#: executor thread needs it briefly to pass goals, results and cancels on while the compute
+#: worker runs Python between torch kernels; at the default each hand-off could wait 5 ms.
+GIL_SWITCH_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -289,13 +294,20 @@ class SteeringNode(LifecycleNode):
         outcome: _Served = await done
         if outcome.transition == "succeed":
             goal_handle.succeed()
-            if outcome.publish is not None and self._jobs is not None:
-                self._jobs.submit(outcome.publish)
+            if outcome.publish is not None:
+                # A task of its own runs after this one has returned, i.e. after rclpy has
+                # sent the result: building the extras never competes with it for the GIL.
+                self.executor.create_task(self._submit, outcome.publish)
         elif outcome.transition == "canceled":
             goal_handle.canceled()
         elif goal_handle.is_active:
             goal_handle.abort()
         return outcome.result
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        """Hand ``work`` to the compute worker (if the node still serves)."""
+        if self._jobs is not None:
+            self._jobs.submit(work)
 
     def _settings(self) -> ReferenceSettings:
         return ReferenceSettings(
@@ -409,6 +421,7 @@ class SteeringNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Run the steering node until Ctrl-C; a running goal is aborted before the node goes."""
+    sys.setswitchinterval(GIL_SWITCH_S)
     run_node(SteeringNode, args, on_exit=SteeringNode.stop_serving)
 
 
