@@ -24,6 +24,7 @@ from frs_bringup.testing import (
     OutputLog,
     RigClient,
     last_moving_time,
+    rss_mb,
     start_arm_controller,
     start_proposer,
     start_sim_robot,
@@ -248,6 +249,47 @@ def test_stale_robot_streams_then_proposer_stall_kill_and_a_steering_restart(
     stack.proposer.send_signal(signal.SIGKILL)
     stack.holds_after("proposer kill -9", killed_at)
     assert stack.alive(stack.steering, stack.arm, stack.robot)
+
+    # A flood of SteerChunk goals at the (restarted) steering node: every goal answered, its
+    # memory flat from the second flood to the third.
+    client = ActionClient(stack.rig.node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
+    assert client.wait_for_server(timeout_sec=10.0)
+    rss = []
+    for flood in range(3):
+        seconds, counts = _steer_flood(stack, client)
+        stack.rig.spin_for(1.0)
+        rss.append(rss_mb(stack.steering.pid))
+        print(f"FAULT SteerChunk flood {flood + 1}: {FLOOD} answered in {seconds:.2f} s {counts}")
+    print(f"FAULT SteerChunk flood: steering RSS after each flood {np.round(rss, 1)} MB")
+    assert rss[2] - rss[1] < 20.0, rss
+    assert stack.alive(stack.steering)
+    client.destroy()
+
+
+FLOOD = 500
+
+
+def _steer_flood(stack: Stack, client: ActionClient) -> tuple[float, dict[str, int]]:
+    """FLOOD goals on the latest observation sent at once; (s until each had its final answer,
+    counts of refused goals and of each outcome)."""
+    goal = SteerChunk.Goal(method="frs", observation_stamp=Time())
+    goal.reference.header.frame_id = "fr3_link0"
+    goal.reference.direction.y, goal.reference.magnitude = 1.0, 1.0
+    start = time.monotonic()
+    futures = [client.send_goal_async(goal) for _ in range(FLOOD)]
+    rig = stack.rig
+    assert rig.spin_until(lambda: all(f.done() for f in futures), 60.0), (
+        f"{sum(f.done() for f in futures)} of {FLOOD} goals answered"
+    )
+    results = [f.result().get_result_async() for f in futures if f.result().accepted]
+    assert rig.spin_until(lambda: all(r.done() for r in results), 120.0), (
+        f"{sum(r.done() for r in results)} of {len(results)} accepted goals got a result"
+    )
+    counts = {"refused": FLOOD - len(results)}
+    for r in results:
+        key = f"outcome {r.result().result.outcome}"
+        counts[key] = counts.get(key, 0) + 1
+    return time.monotonic() - start, counts
 
 
 def _robot_motion_end(rig: RigClient, after_wall: float, still: float = 0.02) -> float | None:
