@@ -402,22 +402,17 @@ def start_pipeline(
         "arm_controller": start_arm_controller(
             starter, **{"watchdog_period": 0.5, **(controller or {})}
         ),
-        "steering": starter.start(
-            "-m",
-            "frs_steering.steering_node",
-            *ros_args({"checkpoint": str(shipped_checkpoint()), **(steering or {})}),
+        "steering": start_steering(
+            starter, **{"checkpoint": str(shipped_checkpoint()), **(steering or {})}
         ),
-        "proposer": starter.start(
-            "-m",
-            "frs_vlm_bridge.proposer_node",
-            *ros_args(
-                {
-                    "reasoner": "scripted",
-                    "method": method,
-                    "start_enabled": False,
-                    **(proposer or {}),
-                }
-            ),
+        "proposer": start_proposer(
+            starter,
+            **{
+                "reasoner": "scripted",
+                "method": method,
+                "start_enabled": False,
+                **(proposer or {}),
+            },
         ),
     }
     for name, process in processes.items():  # the priorities sim_demo and launch give them
@@ -431,3 +426,71 @@ def longest_gap(times: Sequence[float], start: float, end: float) -> float:
     inside = sorted(t for t in times if start <= t <= end)
     edges = [start, *inside, end]
     return max((b - a for a, b in zip(edges, edges[1:], strict=False)), default=0.0)
+
+
+# ---------------------------------------------------------------------- fault tests
+def start_steering(starter: ProcessStarter, **params: object) -> Any:
+    """Start ``frs_steering.steering_node`` (autostarted) in its own process."""
+    return starter.start("-m", "frs_steering.steering_node", *ros_args(params))
+
+
+def start_proposer(starter: ProcessStarter, **params: object) -> Any:
+    """Start ``frs_vlm_bridge.proposer_node`` in its own process."""
+    return starter.start("-m", "frs_vlm_bridge.proposer_node", *ros_args(params))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+class OutputLog:
+    """Reads a process's piped text output on a thread and keeps it.
+
+    A node process started with ``stdout=PIPE`` (conftest's ``node_processes``) whose pipe
+    nobody reads blocks once it has logged ~64 KB (e.g. one warning per rejected goal of a
+    flood), which looks like a hung node.
+    """
+
+    def __init__(self, process: Any) -> None:
+        import threading
+
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in iter(stream.readline, ""):
+            self._lines.append(line)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        return "".join(self._lines)
+
+
+def last_moving_time(
+    messages: Sequence[Any], times: Sequence[float], threshold: float = 1e-9
+) -> float | None:
+    """Receive time of the last velocity command with any |value| above ``threshold``."""
+    moving = [t for m, t in zip(messages, times, strict=True) if np.abs(m.data).max() > threshold]
+    return moving[-1] if moving else None
+
+
+def fresh_joint_stamp(client: RigClient, timeout: float = 2.0) -> Any:
+    """Stamp of a joint_states message received just now (an observation to compute from)."""
+    client.joint_states.clear()
+    if not client.spin_until(lambda: len(client.joint_states.messages) > 0, timeout):
+        raise TimeoutError("no joint_states")
+    return client.latest_joint_state()[0]
+
+
+def ee_delta_rows(n: int, step: Sequence[float], gripper: float = 0.0) -> np.ndarray:
+    """``n`` ee_delta rows (8 columns) each moving the end effector by ``step`` (m)."""
+    rows = np.zeros((n, len(EE_DELTA_NAMES)))
+    rows[:, 0:3] = step
+    rows[:, 6] = gripper
+    return rows

@@ -262,7 +262,9 @@ class ArmControllerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ goals
     def _reject(self, goal: ServerGoalHandle, reason: str) -> ExecuteChunk.Result:
-        self.get_logger().warning(f"chunk rejected: {reason}")
+        # Throttled: each client gets its reason in the result; a flood of bad goals must not
+        # become a flood of log lines (a piped log that nobody reads blocks the node).
+        self.get_logger().warning(f"chunk rejected: {reason}", throttle_duration_sec=1.0)
         goal.abort()
         return ExecuteChunk.Result(outcome=Outcome.REJECTED, reason=reason)
 

@@ -6,10 +6,12 @@ the node implements with publishers. Every public method takes the loop's lock, 
 run on any thread.
 
 Outcomes of a stream: SUCCEEDED when the last row's time has passed; PREEMPTED when a newer valid
-chunk replaces it; CANCELED on cancel; STOPPED on watchdog (stale joint states), e-stop,
-deactivation or shutdown. Stopping means zero velocities at once (then repeated at a low rate
-while standing still) on the ``forward_velocity`` output, or one hold-at-measured-position point
-on the ``joint_trajectory`` output.
+chunk replaces it; CANCELED on cancel; STOPPED on watchdog (stale joint states), a stalled loop
+(no tick for longer than the watchdog period: the process was stopped or starved, the robot's
+command timeout has already held the arm, and the rows due meanwhile are in the past; resuming
+would chase them), e-stop, deactivation or shutdown. Stopping means zero velocities at once
+(then repeated at a low rate while standing still) on the ``forward_velocity`` output, or one
+hold-at-measured-position point on the ``joint_trajectory`` output.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class ControlLoop:
         self._stop_sent = True  # a stop/hold command for the current standstill is out
         self._last_zero_sent = -math.inf
         self._states_fresh = False  # joint states were fresh at the last tick
+        self._last_tick: float | None = None
 
     # ------------------------------------------------------------------ inputs
     def feed_joints(self, q: np.ndarray, now: float) -> None:
@@ -130,7 +133,7 @@ class ControlLoop:
     def activate(self) -> None:
         """Start accepting chunks (lifecycle activate)."""
         with self.lock:
-            self.active, self._stop_sent = True, False
+            self.active, self._stop_sent, self._last_tick = True, False, None
 
     def deactivate(self, now: float, reason: str = "controller deactivated") -> None:
         """Stop motion (running stream -> STOPPED) and refuse chunks."""
@@ -201,8 +204,17 @@ class ControlLoop:
         with self.lock:
             if not self.active:
                 return
+            gap = 0.0 if self._last_tick is None else now - self._last_tick
+            self._last_tick = now
             if self.estopped:
                 self._halt(now, "e-stop")
+            elif gap > self.watchdog.period and (self.stream is not None or self._hold is not None):
+                # Checked before the watchdog: joint states queued during the stall may have
+                # just been taken as fresh; the rows due meanwhile must not be chased.
+                period = self.watchdog.period
+                reason = f"control loop stalled {gap:.2f} s (> watchdog_period {period} s)"
+                self.log.error(f"{reason}: stopping; rows due meanwhile are not executed")
+                self._halt(now, reason)
             elif self.watchdog.is_stale(now):
                 age = self.watchdog.age(now)
                 reason = f"watchdog: joint_states stale ({age:.2f} s > {self.watchdog.period} s)"

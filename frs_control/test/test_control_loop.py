@@ -193,3 +193,29 @@ def test_result_fields_carry_the_plan_counts() -> None:
     assert fields["points_executed"] == 2
     assert fields["points_clamped"] == 5 and fields["points_dropped_late"] == 0
     ExecuteChunk.Result(**fields)  # the message accepts every field
+
+
+def test_a_stalled_loop_stops_the_stream_instead_of_chasing_rows_due_meanwhile() -> None:
+    """The node's process was stopped (SIGSTOP) or starved past the watchdog period mid-chunk:
+    joint states queued meanwhile arrive at once and look fresh, but the rows due during the
+    stall are in the past. The loop stops (zeros) rather than command the catch-up motion."""
+    for during in ("stream", "hold"):
+        loop, out = _loop()
+        goal = Goal()
+        plan = _plan(30 if during == "stream" else 3)
+        loop.start(goal.stream(plan), T0)
+        ticks = 5 if during == "stream" else 32  # the 3-row chunk ends at T0 + 0.3: holding
+        for k in range(1, ticks):
+            loop.feed_joints(Q0, T0 + 0.01 * k)
+            loop.tick(T0 + 0.01 * k)
+        if during == "hold":
+            assert goal.finished == [Outcome.SUCCEEDED]
+        resumed = T0 + 0.01 * (ticks - 1) + (1.0 if during == "stream" else 0.3)
+        loop.feed_joints(Q0, resumed)  # a queued joint state, taken just before the tick
+        loop.tick(resumed)
+        if during == "stream":
+            assert goal.finished == [Outcome.STOPPED]
+        assert np.array_equal(out.velocities[-1], np.zeros(7)), during
+        assert loop.stream is None
+        loop.tick(resumed + 0.01)
+        assert np.array_equal(out.velocities[-1], np.zeros(7)), during

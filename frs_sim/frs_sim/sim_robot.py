@@ -99,12 +99,16 @@ class ArmCommand:
     ) -> np.ndarray:
         """Joint targets for this tick, kept within ``max_lead`` of ``measured`` (no wind-up).
 
-        A velocity command older than ``command_timeout`` counts as zero (the arm holds).
+        A velocity command older than ``command_timeout`` stops the arm where it is, as a real
+        driver's command timeout does: the targets jump to the measured joints once (the lead
+        the targets had over the arm is dropped, not driven to) and then hold.
         """
         target = current
         if self.mode == "velocity":
             if now - self.velocity_time <= command_timeout:
                 target = target + self.velocity * elapsed
+            else:
+                self.mode, target = "hold", measured
         elif self.mode == "trajectory" and self.trajectory is not None:
             target, _ = self.trajectory.sample(now)
         return np.clip(target, measured - max_lead, measured + max_lead)

@@ -31,12 +31,28 @@ def test_velocity_integrates_until_it_times_out_and_targets_stay_leashed():
     np.testing.assert_array_equal(_targets(command, 0.0), np.zeros(7))  # holds at start
     command.set_velocity([1.0, 0, 0, 0, 0, 0, -2.0], now=1.0)
     np.testing.assert_allclose(_targets(command, 1.05)[[0, 6]], [0.01, -0.02])
-    np.testing.assert_array_equal(_targets(command, 1.2), np.zeros(7))  # older than 0.1 s
     assert _targets(command, 1.05, elapsed=1.0, lead=0.2)[6] == pytest.approx(-0.2)
+    np.testing.assert_array_equal(_targets(command, 1.2), np.zeros(7))  # older than 0.1 s
+    command.set_velocity([1.0, 0, 0, 0, 0, 0, -2.0], now=2.0)
     for bad in ([1.0] * 6, [math.nan] * 7):
         with pytest.raises(ValueError, match="7 finite values"):
-            command.set_velocity(bad, now=1.0)
+            command.set_velocity(bad, now=2.0)
     assert command.mode == "velocity" and command.velocity[0] == 1.0  # unchanged
+
+
+def test_a_timed_out_velocity_command_stops_the_arm_where_it_is():
+    """Commands stop (controller killed or stalled): the targets' lead over the arm is dropped
+    at once, as a real driver's command timeout stops the arm, instead of being driven to."""
+    command = ArmCommand()
+    command.set_velocity([1.0] * 7, now=1.0)
+    ahead, measured = np.full(7, 0.15), np.full(7, 0.05)  # targets lead the lagging arm
+    target = command.targets(1.05, 0.01, ahead, measured, 0.1, 0.2)
+    np.testing.assert_allclose(target, 0.16)
+    stopped = command.targets(1.2, 0.01, target, measured, 0.1, 0.2)
+    np.testing.assert_array_equal(stopped, measured)
+    assert command.mode == "hold"
+    later = command.targets(1.3, 0.01, stopped, measured - 0.01, 0.1, 0.2)
+    np.testing.assert_array_equal(later, stopped)  # then holds that position
 
 
 def test_trajectory_reorders_joints_skips_past_points_and_rejects_bad_ones():

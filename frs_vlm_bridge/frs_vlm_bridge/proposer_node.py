@@ -361,8 +361,17 @@ class ProposerNode(Node):
             return ChunkEnd.FAILED
         deadline = time.monotonic() + timeout
         handle = self._wait(client.send_goal_async(goal), timeout)
-        if handle is None or not handle.accepted:
-            self.get_logger().warning(f"{what} goal not accepted", throttle_duration_sec=2.0)
+        if handle is None:  # the server is stopped, starved or gone: say so, try again later
+            if not self._stop.is_set():
+                self.get_logger().warning(
+                    f"{what} goal not answered within {timeout:g} s: is the {what} node running?",
+                    throttle_duration_sec=2.0,
+                )
+            return ChunkEnd.FAILED
+        if not handle.accepted:
+            self.get_logger().warning(
+                f"{what} goal refused by the server (busy)", throttle_duration_sec=2.0
+            )
             return ChunkEnd.FAILED
         if stamp_ns is not None:
             self._plan.accepted(stamp_ns, self._now_ns())
