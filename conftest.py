@@ -58,6 +58,13 @@ class NodeProcesses:
         self._procs: list[subprocess.Popen[str]] = []
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start ``python <args>``; its output is read as it comes into ``proc.log``.
+
+        A pipe nobody reads blocks the node once it has logged ~64 KB (one warning per goal of
+        a flood is enough), which looks like a hung node.
+        """
+        from frs_bringup.testing import OutputLog
+
         proc = subprocess.Popen(
             [sys.executable, *args],
             stdout=subprocess.PIPE,
@@ -65,6 +72,7 @@ class NodeProcesses:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+        proc.log = OutputLog(proc)  # type: ignore[attr-defined]
         self._procs.append(proc)
         return proc
 

@@ -449,16 +449,13 @@ def rss_mb(pid: int) -> float:
 
 
 class OutputLog:
-    """Reads a process's piped text output on a thread and keeps it.
-
-    A node process started with ``stdout=PIPE`` (conftest's ``node_processes``) whose pipe
-    nobody reads blocks once it has logged ~64 KB (e.g. one warning per rejected goal of a
-    flood), which looks like a hung node.
-    """
+    """Reads a process's piped text output on a thread and keeps it (conftest's
+    ``node_processes`` gives each process one as ``process.log``)."""
 
     def __init__(self, process: Any) -> None:
         import threading
 
+        self._process = process
         self._lines: list[str] = []
         self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
         self._thread.start()
@@ -470,6 +467,13 @@ class OutputLog:
     def text(self) -> str:
         """Everything read so far."""
         return "".join(self._lines)
+
+    def wait(self, timeout: float) -> str:
+        """Everything the process wrote, once it has exited (``communicate``'s place: the pipe
+        is this reader's)."""
+        self._process.wait(timeout=timeout)
+        self._thread.join(timeout=timeout)
+        return self.text()
 
 
 def last_moving_time(

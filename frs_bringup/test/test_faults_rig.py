@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from frs_bringup.testing import (
-    OutputLog,
     RigClient,
     ee_delta_rows,
     fresh_joint_stamp,
@@ -48,7 +47,6 @@ STILL = 0.02  # rad/s: joint speeds below this count as standing still
 def _rig(node_processes, rclpy_context, **controller):  # noqa: ANN001, ANN003, ANN202
     robot = start_sim_robot(node_processes)
     arm = start_arm_controller(node_processes, watchdog_period=WATCHDOG, **controller)
-    robot.log, arm.log = OutputLog(robot), OutputLog(arm)  # keep their pipes flowing
     client = RigClient(rclpy_context)
     client.wait_for_robot(60.0)
     client.wait_for_controller(60.0)

@@ -21,7 +21,6 @@ from rclpy.executors import SingleThreadedExecutor
 
 from frs_bringup.episode_runner import EpisodeRunner
 from frs_bringup.testing import (
-    OutputLog,
     RigClient,
     last_moving_time,
     rss_mb,
@@ -76,9 +75,7 @@ class Stack:
         self.episode = 0
 
     def _start(self, start, **params):  # noqa: ANN001, ANN003, ANN202
-        process = start(self.starter, **params)
-        process.log = OutputLog(process)
-        return process
+        return start(self.starter, **params)
 
     def start_steering(self):  # noqa: ANN201
         return self._start(start_steering, checkpoint=str(shipped_checkpoint()))

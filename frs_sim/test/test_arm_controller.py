@@ -349,7 +349,7 @@ def test_unavailable_outputs_fail_clearly_at_configure(
     process = node_processes.start(
         "-m", "frs_control.arm_controller_node", "--ros-args", "-p", param
     )
-    output, _ = process.communicate(timeout=30)
+    output = process.log.wait(timeout=30)
     assert process.returncode == 1, output
     for text in expected:
         assert text in output, output
