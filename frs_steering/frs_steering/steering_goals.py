@@ -126,6 +126,7 @@ def check_goal(
     device: str = "cpu",
 ) -> SteerRequest:
     """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one."""
+    check_stamp(goal.observation_stamp, "observation_stamp")
     method = goal.method or "frs"
     if method not in available_methods():
         raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
@@ -161,6 +162,21 @@ def check_goal(
         generator=generator,
         seed=seed,
     )
+
+
+def check_stamp(stamp: Any, name: str) -> None:
+    """GoalRejected unless ``stamp`` is a valid ``builtin_interfaces/Time`` (sec >= 0,
+    nanosec < 1e9).
+
+    The wire allows any int32 / uint32; read as ``sec * 1e9 + nanosec``, an out-of-range
+    nanosec would silently name another time (sec - 1 with nanosec + 1e9 is a valid stamp
+    in disguise), so such a stamp is refused rather than matched.
+    """
+    if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
+        raise GoalRejected(
+            f"{name} ({stamp.sec} s, {stamp.nanosec} ns) is not a valid time: "
+            "sec must be >= 0 and nanosec < 1e9"
+        )
 
 
 def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
