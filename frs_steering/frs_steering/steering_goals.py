@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from frs_control.messages import MessageError, check_time
 from frs_control.ros_params import float_range, int_range
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
@@ -126,7 +127,10 @@ def check_goal(
     device: str = "cpu",
 ) -> SteerRequest:
     """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one."""
-    check_stamp(goal.observation_stamp, "observation_stamp")
+    try:
+        check_time(goal.observation_stamp, "observation_stamp")
+    except MessageError as error:
+        raise GoalRejected(str(error)) from None
     method = goal.method or "frs"
     if method not in available_methods():
         raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
@@ -162,21 +166,6 @@ def check_goal(
         generator=generator,
         seed=seed,
     )
-
-
-def check_stamp(stamp: Any, name: str) -> None:
-    """GoalRejected unless ``stamp`` is a valid ``builtin_interfaces/Time`` (sec >= 0,
-    nanosec < 1e9).
-
-    The wire allows any int32 / uint32; read as ``sec * 1e9 + nanosec``, an out-of-range
-    nanosec would silently name another time (sec - 1 with nanosec + 1e9 is a valid stamp
-    in disguise), so such a stamp is refused rather than matched.
-    """
-    if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
-        raise GoalRejected(
-            f"{name} ({stamp.sec} s, {stamp.nanosec} ns) is not a valid time: "
-            "sec must be >= 0 and nanosec < 1e9"
-        )
 
 
 def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
