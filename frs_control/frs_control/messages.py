@@ -18,12 +18,27 @@ import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from frs_control.execution import ChunkRequest
+from frs_control.execution import ChunkRejected, ChunkRequest
 from frs_msgs.msg import ActionChunk
 
 
 class MessageError(ValueError):
     """A message field is malformed; ``str(err)`` names the field and the problem."""
+
+
+def check_time(stamp: Time, field: str) -> None:
+    """MessageError unless ``stamp`` is a valid ``builtin_interfaces/Time`` (sec >= 0,
+    nanosec < 1e9).
+
+    The wire allows any int32 / uint32; read as ``sec + nanosec``, an out-of-range nanosec
+    silently names another time ((sec - 1, nanosec + 1e9) is a valid stamp in disguise), so
+    such a stamp is refused rather than matched or scheduled.
+    """
+    if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
+        raise MessageError(
+            f"{field} ({stamp.sec} s, {stamp.nanosec} ns) is not a valid time: sec must be "
+            ">= 0 and nanosec < 1e9"
+        )
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -89,7 +104,12 @@ def chunk_from_msg(msg: ActionChunk, field: str = "chunk") -> np.ndarray:
 
 
 def chunk_request(msg: ActionChunk, max_points: int = 0) -> ChunkRequest:
-    """What the arm controller executes from an ``ActionChunk`` (checked by ``validate_chunk``)."""
+    """What the arm controller executes from an ``ActionChunk`` (checked by ``validate_chunk``);
+    ChunkRejected if its stamp is not a valid time."""
+    try:
+        check_time(msg.header.stamp, "header.stamp")
+    except MessageError as error:
+        raise ChunkRejected(str(error)) from None
     return ChunkRequest(
         action_space=msg.action_space,
         stamp=stamp_to_seconds(msg.header.stamp),

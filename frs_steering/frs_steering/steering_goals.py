@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from frs_control.messages import MessageError, check_time
 from frs_control.ros_params import float_range, int_range
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
@@ -126,6 +127,10 @@ def check_goal(
     device: str = "cpu",
 ) -> SteerRequest:
     """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one."""
+    try:
+        check_time(goal.observation_stamp, "observation_stamp")
+    except MessageError as error:
+        raise GoalRejected(str(error)) from None
     method = goal.method or "frs"
     if method not in available_methods():
         raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
