@@ -188,7 +188,7 @@ class SimRobotNode(Node):
             (
                 "command_timeout",
                 0.1,
-                "s; velocity commands older than this stop the arm where it is (a driver's timeout)",
+                "s; velocity commands older than this stop the arm where it is (driver timeout)",
                 {**float_range(0.0, 10.0), "read_only": False},
             ),
             (
