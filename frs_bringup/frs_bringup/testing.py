@@ -431,3 +431,64 @@ def longest_gap(times: Sequence[float], start: float, end: float) -> float:
     inside = sorted(t for t in times if start <= t <= end)
     edges = [start, *inside, end]
     return max((b - a for a, b in zip(edges, edges[1:], strict=False)), default=0.0)
+
+
+class OutputDrain:
+    """Reads node processes' piped output in background threads, keeping the last lines.
+
+    A node whose stdout is a pipe nobody reads blocks in its next log call once the pipe's
+    buffer (64 KiB) is full: a long run under load, which logs more warnings, would freeze the
+    node that logs most. Draining keeps every node running; :meth:`lines` is there to diagnose.
+    """
+
+    def __init__(self, processes: dict[str, Any], keep: int = 2000) -> None:
+        import collections
+        import threading
+
+        self._lines: dict[str, collections.deque[str]] = {}
+        for name, process in processes.items():
+            if getattr(process, "stdout", None) is None:
+                continue
+            lines: collections.deque[str] = collections.deque(maxlen=keep)
+            self._lines[name] = lines
+            threading.Thread(
+                target=self._read, args=(process.stdout, lines), daemon=True, name=f"drain-{name}"
+            ).start()
+
+    @staticmethod
+    def _read(stream: Any, lines: Any) -> None:
+        for line in iter(stream.readline, ""):
+            lines.append(line.rstrip("\n"))
+
+    def lines(self, name: str, containing: str = "") -> list[str]:
+        """The kept lines of node ``name`` that contain ``containing``."""
+        return [line for line in self._lines.get(name, ()) if containing in line]
+
+
+def wait_for_steering(rig: RigClient, timeout: float = 120.0) -> None:
+    """Until the steering node is configured AND active (its configure can take tens of seconds
+    on a loaded machine): a probe goal with an unknown method must be refused for that method,
+    not because the node is not active. Episodes started earlier would count its start-up as
+    steering failures."""
+    from frs_control.ros_executor import ACTION_BURST_QOS
+    from frs_msgs.action import SteerChunk
+
+    client = ActionClient(rig.node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
+    end = time.monotonic() + timeout
+    try:
+        reason = "no action server"
+        while time.monotonic() < end:
+            if not client.server_is_ready():
+                rig.spin_for(0.1)
+                continue
+            sent = client.send_goal_async(SteerChunk.Goal(method="readiness_probe"))
+            handle = rig.wait_future(sent, max(1.0, end - time.monotonic()))
+            if handle.accepted:
+                result = rig.wait_future(handle.get_result_async(), 30.0).result
+                reason = result.reason
+                if "readiness_probe" in reason:
+                    return
+            rig.spin_for(0.2)
+        raise TimeoutError(f"steering node not active after {timeout} s: {reason}")
+    finally:
+        client.destroy()
