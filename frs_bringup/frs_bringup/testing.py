@@ -498,3 +498,32 @@ def ee_delta_rows(n: int, step: Sequence[float], gripper: float = 0.0) -> np.nda
     rows[:, 0:3] = step
     rows[:, 6] = gripper
     return rows
+
+
+def wait_for_steering(rig: RigClient, timeout: float = 120.0) -> None:
+    """Until the steering node is configured AND active (its configure can take tens of seconds
+    on a loaded machine): a probe goal with an unknown method must be refused for that method,
+    not because the node is not active. Episodes started earlier would count its start-up as
+    steering failures."""
+    from frs_control.ros_executor import ACTION_BURST_QOS
+    from frs_msgs.action import SteerChunk
+
+    client = ActionClient(rig.node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
+    end = time.monotonic() + timeout
+    try:
+        reason = "no action server"
+        while time.monotonic() < end:
+            if not client.server_is_ready():
+                rig.spin_for(0.1)
+                continue
+            sent = client.send_goal_async(SteerChunk.Goal(method="readiness_probe"))
+            handle = rig.wait_future(sent, max(1.0, end - time.monotonic()))
+            if handle.accepted:
+                result = rig.wait_future(handle.get_result_async(), 30.0).result
+                reason = result.reason
+                if "readiness_probe" in reason:
+                    return
+            rig.spin_for(0.2)
+        raise TimeoutError(f"steering node not active after {timeout} s: {reason}")
+    finally:
+        client.destroy()

@@ -22,7 +22,13 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Float64MultiArray
 
 from frs_bringup.episode_runner import EpisodeRunner
-from frs_bringup.testing import RigClient, busy_load, longest_gap, start_pipeline
+from frs_bringup.testing import (
+    RigClient,
+    busy_load,
+    longest_gap,
+    start_pipeline,
+    wait_for_steering,
+)
 from frs_control.messages import stamp_to_seconds
 from frs_msgs.msg import SteeringRecord
 
@@ -101,7 +107,7 @@ class Observer:
 
 def run_under_load(node_processes, context, busy: int, episodes: int) -> LoadRow:  # noqa: ANN001
     """Start the stack, then run ``episodes`` novel pushes with ``busy`` busy-loop processes."""
-    start_pipeline(node_processes, sim={"max_episode_time": 12.0})
+    processes = start_pipeline(node_processes, sim={"max_episode_time": 12.0})
     rig = RigClient(context)
     observer = Observer(rig)
     runner = EpisodeRunner(
@@ -126,6 +132,7 @@ def run_under_load(node_processes, context, busy: int, episodes: int) -> LoadRow
     try:
         rig.wait_for_robot(90.0)
         rig.wait_for_controller(90.0)
+        wait_for_steering(rig, 180.0)  # its start-up is not part of what is measured
         executor.add_node(runner)
         executor.add_node(rig.node)
         with busy_load(busy, seconds=60.0 * episodes + 60.0):
@@ -135,6 +142,10 @@ def run_under_load(node_processes, context, busy: int, episodes: int) -> LoadRow
         executor.remove_node(runner)
         runner.destroy_node()
         rig.destroy()
+    for name in ("proposer", "steering", "arm_controller", "sim_robot"):
+        lines = processes[name].log.text().splitlines()
+        warnings = [line for line in lines if "WARN" in line or "ERROR" in line]
+        print(f"{name}: {len(warnings)} warnings/errors", *warnings[-15:], sep="\n  ")
     verdicts = ("success", "timeout", "object dropped off the table")
     assert all(o.reason in verdicts for o in outcomes), [o.line() for o in outcomes]
     chunks, undriven, pause, stale = observer.figures(

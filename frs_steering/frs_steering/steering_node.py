@@ -34,6 +34,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
@@ -109,6 +110,7 @@ class SteeringNode(LifecycleNode):
         self._goal_lock = threading.Lock()
         self._jobs: ThreadPoolExecutor | None = None  # the one compute worker, made in configure
         self._current_goal: ServerGoalHandle | None = None
+        self._running: dict[bytes, Future] = {}  # goal id -> its worker's outcome, until executed
         self._active = False
         self._policy = None
         self._adapter: ObservationAdapter | None = None
@@ -217,6 +219,7 @@ class SteeringNode(LifecycleNode):
         jobs, self._jobs = self._jobs, None
         if jobs is not None:
             jobs.shutdown(wait=True)
+        self._running.clear()
 
     def _close_interfaces(self) -> None:
         """Finish every goal first (inactive, queued ones are rejected at once), then destroy."""
@@ -270,27 +273,31 @@ class SteeringNode(LifecycleNode):
     def _on_accepted(self, goal_handle: ServerGoalHandle) -> None:
         with self._goal_lock:
             self._current_goal = goal_handle  # an older goal sees this between steps
+        jobs = self._jobs
+        if jobs is not None:
+            # Steering starts here, not in ``_execute``: that runs one executor pass later.
+            done = waking_future(self)
+            self._running[bytes(goal_handle.goal_id.uuid)] = done
+
+            def job() -> None:
+                try:
+                    done.set_result(self._serve(goal_handle))
+                except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
+                    done.set_exception(error)
+
+            jobs.submit(job)
         goal_handle.execute()
 
     async def _execute(self, goal_handle: ServerGoalHandle) -> Any:
-        """Hand the goal to the compute worker and wait without holding the executor.
+        """Wait for the goal's steering (started on acceptance) without holding the executor.
 
         The executor thread stays free for joint states, cancel requests and newer goals while
         the worker steers; the goal's state transition happens back here, on the executor.
         """
-        jobs = self._jobs
-        if jobs is None:
+        done = self._running.pop(bytes(goal_handle.goal_id.uuid), None)
+        if done is None:  # accepted while the node had no worker (not configured)
             goal_handle.abort()
             return Result(outcome=Result.OUTCOME_REJECTED, reason="the steering node is not active")
-        done = waking_future(self)
-
-        def job() -> None:
-            try:
-                done.set_result(self._serve(goal_handle))
-            except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
-                done.set_exception(error)
-
-        jobs.submit(job)
         outcome: _Served = await done
         if outcome.transition == "succeed":
             goal_handle.succeed()

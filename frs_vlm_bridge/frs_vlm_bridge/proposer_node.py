@@ -42,7 +42,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from frs_control.messages import stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS
+from frs_control.ros_executor import ACTION_BURST_QOS, on_executor
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
@@ -360,7 +360,7 @@ class ProposerNode(Node):
             )
             return ChunkEnd.FAILED
         deadline = time.monotonic() + timeout
-        handle = self._wait(client.send_goal_async(goal), timeout)
+        handle = self._wait(on_executor(self, lambda: client.send_goal_async(goal)), timeout)
         if handle is None:  # the server is stopped, starved or gone: say so, try again later
             if not self._stop.is_set():
                 self.get_logger().warning(
@@ -376,13 +376,13 @@ class ProposerNode(Node):
         if stamp_ns is not None:
             self._plan.accepted(stamp_ns, self._now_ns())
         wait = self._plan.result_wait(plan_at_ns, self._now_ns(), deadline - time.monotonic())
-        response = self._wait(handle.get_result_async(), wait.seconds)
+        response = self._wait(on_executor(self, handle.get_result_async), wait.seconds)
         if response is not None:
             return response.result
         if wait.plan_next or self._stop.is_set():
             return ChunkEnd.PLAN_NEXT
         self.get_logger().warning(f"{what} timed out after {timeout:g} s; canceling")
-        handle.cancel_goal_async()
+        on_executor(self, handle.cancel_goal_async)
         return ChunkEnd.FAILED
 
 
