@@ -18,11 +18,12 @@ the arm controller (``joint_trajectory`` output, one message per chunk) and the 
 observation stamp to that command is recorded. Prints medians and percentiles, writes
 ``results.json`` (with the per-chunk pairs) and ``latency.png`` to ``--out``. Not a test.
 
-    PYTHONPATH=frs_steering:frs_vlm_bridge .venv/bin/python frs_steering/bench/bench_ros_overhead.py
+    .venv/bin/python frs_steering/bench/bench_ros_overhead.py
         [--chunks 200] [--feedback/--no-feedback] [--markers/--no-markers]
         [--first-command/--no-first-command] [--param NAME:=VALUE ...] [--out DIR]
 """
 
+# ruff: noqa: E402 - the imports below come after the source roots are put on the path
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+#: This checkout's package folders: first on the path of this process and of the node processes
+#: it starts, so the bench measures the code in the tree, not the copy installed in the venv.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ROOTS = [
+    str(REPO_ROOT / name)
+    for name in ("frs_control", "frs_steering", "frs_vlm_bridge", "frs_sim", "frs_bringup")
+]
+sys.path[:0] = SOURCE_ROOTS
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*SOURCE_ROOTS, *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 import numpy as np
 import rclpy
