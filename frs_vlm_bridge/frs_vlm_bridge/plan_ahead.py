@@ -87,11 +87,27 @@ class PlanAheadSettings:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
-def rows_to_execute(execute_rows: int, horizon: int) -> int:
-    """Rows of a ``horizon``-row chunk that run when ``execute_rows`` are asked (0 = all)."""
-    if execute_rows < 0 or horizon < 0:
-        raise ValueError(f"execute_rows and horizon must be >= 0, got {execute_rows}, {horizon}")
-    return min(execute_rows, horizon) if execute_rows else horizon
+def rows_to_execute(execute_rows: int, horizon: int, rows_late: int = 0) -> int:
+    """The prefix of a ``horizon``-row chunk to run when ``execute_rows`` are asked (0 = all).
+
+    A chunk that leaves late (its first ``rows_late`` rows already due: a loaded machine) asks
+    for that many more rows, so the controller, which drops rows already due, still runs
+    ``execute_rows`` fresh ones instead of refusing the whole prefix as stale.
+    """
+    if execute_rows < 0 or horizon < 0 or rows_late < 0:
+        raise ValueError(
+            f"execute_rows, horizon and rows_late must be >= 0, got {execute_rows}, {horizon}, "
+            f"{rows_late}"
+        )
+    return min(execute_rows + rows_late, horizon) if execute_rows else horizon
+
+
+def rows_due(stamp_ns: int, now_ns: int, dt_s: float) -> int:
+    """Rows of a chunk from observation ``stamp_ns`` (row i due at stamp + (i + 1) dt) whose
+    time has passed at ``now_ns``; 0 for an unusable ``dt_s``."""
+    if not (math.isfinite(dt_s) and dt_s > 0.0) or now_ns <= stamp_ns:
+        return 0
+    return int((now_ns - stamp_ns) * 1e-9 // dt_s)
 
 
 @dataclass

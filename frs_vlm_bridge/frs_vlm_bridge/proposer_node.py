@@ -48,7 +48,7 @@ from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
 from frs_steering.reasoning import NoReasoner, Reasoner
 from frs_vlm_bridge.goals import steer_goal
-from frs_vlm_bridge.plan_ahead import ChunkEnd, PlanAhead, rows_to_execute
+from frs_vlm_bridge.plan_ahead import ChunkEnd, PlanAhead, rows_due, rows_to_execute
 from frs_vlm_bridge.proposer_params import (
     BACKENDS,
     PARAMETERS,
@@ -310,15 +310,15 @@ class ProposerNode(Node):
         refined = steered.refined
         execute_rows = int(self._param("execute_rows"))
         stamp_ns = stamp_to_ns(stamp)
+        late = rows_due(stamp_ns, self._now_ns(), float(refined.dt))
+        rows = rows_to_execute(execute_rows, int(refined.horizon), late)
         executed = self._send(
             self._execute,
-            ExecuteChunk.Goal(chunk=refined, max_points=execute_rows),
+            ExecuteChunk.Goal(chunk=refined, max_points=rows if execute_rows else 0),
             float(self._param("execute_timeout")),
             "execution",
             stamp_ns=stamp_ns,
-            plan_at_ns=self._plan.plan_at_ns(
-                stamp_ns, rows_to_execute(execute_rows, int(refined.horizon)), float(refined.dt)
-            ),
+            plan_at_ns=self._plan.plan_at_ns(stamp_ns, rows, float(refined.dt)),
         )
         if isinstance(executed, ChunkEnd):
             return executed

@@ -11,6 +11,7 @@ from frs_vlm_bridge.plan_ahead import (
     ChunkLatency,
     PlanAhead,
     PlanAheadSettings,
+    rows_due,
     rows_to_execute,
 )
 
@@ -103,6 +104,22 @@ def test_rows_to_execute() -> None:
     assert rows_to_execute(40, 16) == 16  # the controller runs no more than the chunk has
     with pytest.raises(ValueError):
         rows_to_execute(-1, 16)
+    # Sent late: the rows already due are added, so 5 fresh rows still run (within the chunk).
+    assert rows_to_execute(5, 16, rows_late=2) == 7
+    assert rows_to_execute(5, 10, rows_late=8) == 10
+    assert rows_to_execute(0, 16, rows_late=3) == 16
+    with pytest.raises(ValueError):
+        rows_to_execute(5, 16, rows_late=-1)
+
+
+def test_rows_due_counts_rows_whose_time_has_passed() -> None:
+    stamp = 10**12
+    assert rows_due(stamp, stamp + 60_000_000, 0.1) == 0  # 60 ms: the first row is due at 100
+    assert rows_due(stamp, stamp + 100_000_000, 0.1) == 1
+    assert rows_due(stamp, stamp + 250_000_000, 0.1) == 2
+    assert rows_due(stamp, stamp - 5, 0.1) == 0  # a stamp from the future: nothing due
+    for bad in (0.0, -0.1, math.nan, math.inf):
+        assert rows_due(stamp, stamp + 10**9, bad) == 0
 
 
 @pytest.mark.parametrize("field", ["margin_s", "retry_delay_s"])
