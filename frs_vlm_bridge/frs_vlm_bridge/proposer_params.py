@@ -52,7 +52,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec(
         "execute_rows",
         5,
-        "fresh rows of each refined chunk to execute (rows already due when it is sent are added); 0 = all",
+        "fresh rows of each refined chunk to execute (plus rows already due when sent); 0 = all",
         int_range(0, 1000),
         True,
     ),
