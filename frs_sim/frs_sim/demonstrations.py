@@ -7,7 +7,9 @@ re-planning. Every stored chunk is therefore the expert's intended next second f
 state, and consecutive samples overlap the way a receding-horizon policy is queried.
 
 Tasks are visited round-robin over the split (episode ``e`` runs ``tasks[e % n]`` with seed
-``seed + e``); only successful episodes are kept unless ``keep_failures`` is set.
+``seed + e``, :func:`demo_seeds`); only successful episodes are kept unless ``keep_failures`` is
+set. Recovery data (DART): a share of the episodes execute perturbed expert chunks
+(:class:`DartNoise`) while recording the expert's clean chunk at every visited state.
 
 Arrays in the file (N samples, E episodes, U distinct instructions, T tasks), no pickles:
 ``state`` (N, 46) float32 (see ``env.STATE_LAYOUT``), ``embedding`` (N, 384) float32,
@@ -81,6 +83,89 @@ class DemoSet:
         return cls(meta=meta, **fields)
 
 
+@dataclass(frozen=True)
+class DartNoise:
+    """Perturbations of the *executed* actions of a DART-style recovery rollout.
+
+    The recorded label at every visited state stays the expert's clean chunk, so the data show
+    how the expert recovers from the drift a learner produces (misaligned grasps, missed grasps,
+    dropped cubes), states clean demonstrations never visit.
+    """
+
+    translation_std: float = 0.01  # metres, Gaussian per executed row and axis
+    chunk_offset_std: float = 0.005  # metres, one Gaussian offset per executed chunk and axis
+    gripper_flip: float = 0.03  # probability per chunk that the executed gripper is inverted
+
+    def __post_init__(self) -> None:
+        values = (self.translation_std, self.chunk_offset_std, self.gripper_flip)
+        if not all(np.isfinite(v) and v >= 0 for v in values) or self.gripper_flip > 1:
+            raise ValueError(f"invalid DART noise {self}")
+
+    def apply(self, chunk: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A perturbed copy of an expert ``(horizon, 8)`` chunk (clipped to the action box)."""
+        noisy = np.array(chunk, dtype=np.float64, copy=True)
+        offset = rng.normal(0.0, self.chunk_offset_std, 3)
+        noisy[:, 0:3] += offset + rng.normal(0.0, self.translation_std, (len(noisy), 3))
+        if rng.random() < self.gripper_flip:
+            noisy[:, 6] = 1.0 - noisy[:, 6]
+        return noisy
+
+
+@dataclass
+class ExpertRollout:
+    """One expert episode: per decision the observation, the expert's label and what ran."""
+
+    observations: list[dict]
+    labels: list[np.ndarray]  # (horizon, 8) clean expert chunks
+    executed: list[np.ndarray]  # (rows, 8) the rows actually sent (noisy under DART)
+    steps: list[int]  # control step at which each decision was taken
+    success: bool
+    instruction: str
+    instruction_embedding: np.ndarray
+
+
+def expert_rollout(
+    env: FrankaTabletopEnv,
+    expert: ScriptedExpert,
+    task: TaskSpec,
+    seed: int,
+    rng: np.random.Generator,
+    execute_rows: tuple[int, int] = (1, 1),
+    noise: DartNoise | None = None,
+    template_id: int | None = None,
+) -> ExpertRollout:
+    """Roll the expert out once; each chunk executes ``rng.integers(lo, hi + 1)`` rows.
+
+    With ``noise`` the executed rows are perturbed (DART) while the labels stay clean.
+    Deterministic given ``seed`` and the state of ``rng``.
+    """
+    low, high = execute_rows
+    options = {"task": task} if template_id is None else {"task": task, "template_id": template_id}
+    obs, _ = env.reset(seed=seed, options=options)
+    out = ExpertRollout([], [], [], [], False, env.instruction, env.instruction_embedding.copy())
+    step = 0
+    while True:
+        label = expert(obs, task)
+        rows = int(rng.integers(low, high + 1))
+        sent = label if noise is None else noise.apply(label, rng)
+        sent = np.stack([env.validate_action(r) for r in sent[:rows]])
+        out.observations.append(obs)
+        out.labels.append(label)
+        out.executed.append(sent)
+        out.steps.append(step)
+        result = env.execute_chunk(sent, n_rows=rows)
+        step += len(result.rewards)
+        obs = result.last_observation
+        if result.done:
+            out.success = bool(result.infos[-1]["success"])
+            return out
+
+
+def demo_seeds(seed: int, episodes: int) -> range:
+    """Environment seeds of ``generate_demos(seed=seed, episodes=episodes)`` (one per episode)."""
+    return range(seed, seed + episodes)
+
+
 def generate_demos(
     tasks: str | Sequence[TaskSpec] = "pretrain",
     episodes: int = 100,
@@ -91,10 +176,29 @@ def generate_demos(
     progress: bool = True,
     config: EnvConfig | None = None,
     embed_fn: Callable[[str], np.ndarray] | None = None,
+    max_execute_rows: int | None = None,
+    noise: DartNoise | None = None,
+    noisy_fraction: float = 0.0,
+    phrasing_fraction: float = 0.0,
 ) -> DemoSet:
-    """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples."""
-    if not 1 <= execute_rows <= horizon:
-        raise ValueError(f"execute_rows must be in 1..{horizon}")
+    """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
+
+    Recipe knobs (all off by default, which reproduces the original demonstrations exactly):
+    ``max_execute_rows`` draws the rows run per chunk from ``execute_rows..max_execute_rows``;
+    a ``noisy_fraction`` of the episodes are DART rollouts under ``noise`` (kept whether or not
+    they succeed: their labels are the expert's at every visited state); a
+    ``phrasing_fraction`` of the episodes are phrased with the generated training vocabulary
+    (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates.
+    """
+    high_rows = execute_rows if max_execute_rows is None else max_execute_rows
+    if not 1 <= execute_rows <= high_rows <= horizon:
+        raise ValueError(
+            f"execute_rows must satisfy 1 <= {execute_rows} <= {high_rows} <= {horizon}"
+        )
+    if not (0.0 <= noisy_fraction <= 1.0 and 0.0 <= phrasing_fraction <= 1.0):
+        raise ValueError("noisy_fraction and phrasing_fraction must be in [0, 1]")
+    if noisy_fraction > 0 and noise is None:
+        raise ValueError("noisy_fraction > 0 needs a DartNoise")
     task_list = get_split(tasks) if isinstance(tasks, str) else tuple(tasks)
     env = FrankaTabletopEnv(tasks=task_list, config=config, embed_fn=embed_fn)
     expert = ScriptedExpert(horizon=horizon, config=env.config)
@@ -103,40 +207,49 @@ def generate_demos(
     inst_embs: list[np.ndarray] = []
     states, chunks, inst_idx, task_idx, ep_idx, step_idx = [], [], [], [], [], []
     ep_seed, ep_len, ep_task, ep_success = [], [], [], []
-    n_success = 0
+    n_success = n_noisy = n_phrased = 0
     bar = tqdm(range(episodes), desc="demos", disable=not progress, unit="ep")
-    for episode in bar:
+    for episode, env_seed in zip(bar, demo_seeds(seed, episodes), strict=True):
         task = task_list[episode % len(task_list)]
-        obs, _ = env.reset(seed=seed + episode, options={"task": task})
-        ep_states, ep_chunks = [], []
-        success = False
-        while True:
-            chunk = expert(obs, task)
-            ep_states.append(obs["state"])
-            ep_chunks.append(chunk)
-            result = env.execute_chunk(chunk, n_rows=execute_rows)
-            obs = result.last_observation
-            if result.done:
-                success = bool(result.infos[-1]["success"])
-                break
+        # Recipe randomness from its own stream: the environment's layout depends on env_seed only.
+        rng = np.random.default_rng([seed, episode, 1])
+        noisy = noisy_fraction > 0 and rng.random() < noisy_fraction
+        phrased = phrasing_fraction > 0 and rng.random() < phrasing_fraction
+        template_id = None
+        if phrased:
+            task = task.with_vocabulary("train")
+            template_id = int(rng.integers(task.phrasing_count()))
+        rollout = expert_rollout(
+            env,
+            expert,
+            task,
+            env_seed,
+            rng,
+            (execute_rows, high_rows),
+            noise if noisy else None,
+            template_id,
+        )
+        success = rollout.success
         n_success += success
         bar.set_postfix(success=f"{n_success / (episode + 1):.2f}")
-        ep_seed.append(seed + episode)
-        ep_len.append(len(ep_states))
+        ep_seed.append(env_seed)
+        ep_len.append(len(rollout.labels))
         ep_task.append(task.name)
         ep_success.append(success)
-        if not success and not keep_failures:
+        if not success and not keep_failures and not noisy:
             continue
-        if env.instruction not in instructions:
-            instructions[env.instruction] = len(instructions)
-            inst_embs.append(env.instruction_embedding.copy())
-        n = len(ep_states)
-        states += ep_states
-        chunks += ep_chunks
-        inst_idx += [instructions[env.instruction]] * n
+        n_noisy += noisy
+        n_phrased += phrased
+        if rollout.instruction not in instructions:
+            instructions[rollout.instruction] = len(instructions)
+            inst_embs.append(rollout.instruction_embedding)
+        n = len(rollout.labels)
+        states += [o["state"] for o in rollout.observations]
+        chunks += rollout.labels
+        inst_idx += [instructions[rollout.instruction]] * n
         task_idx += [task_names.index(task.name)] * n
         ep_idx += [episode] * n
-        step_idx += list(range(0, n * execute_rows, execute_rows))
+        step_idx += rollout.steps
     bar.close()
     env.close()
     inst_table = (
@@ -149,7 +262,14 @@ def generate_demos(
         "tasks": task_names,
         "episodes": episodes,
         "seed": seed,
+        "seeds": [seed, seed + episodes - 1],
         "execute_rows": execute_rows,
+        "max_execute_rows": high_rows,
+        "dart_noise": None if noise is None else noise.__dict__,
+        "noisy_fraction": noisy_fraction,
+        "phrasing_fraction": phrasing_fraction,
+        "noisy_episodes_kept": n_noisy,
+        "phrased_episodes_kept": n_phrased,
         "horizon": horizon,
         "control_dt": env.config.control_dt,
         "action_layout": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad"],
@@ -188,8 +308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--horizon", type=int, default=CHUNK_HORIZON)
     parser.add_argument("--keep-failures", action="store_true")
+    parser.add_argument(
+        "--max-execute-rows", type=int, default=None, help="draw rows per chunk up to this"
+    )
+    parser.add_argument("--noisy-fraction", type=float, default=0.0, help="DART episode share")
+    parser.add_argument("--noise-std", type=float, default=DartNoise.translation_std)
+    parser.add_argument("--noise-offset-std", type=float, default=DartNoise.chunk_offset_std)
+    parser.add_argument("--gripper-flip", type=float, default=DartNoise.gripper_flip)
+    parser.add_argument(
+        "--phrasing-fraction", type=float, default=0.0, help="share phrased with the train vocab"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    noise = DartNoise(args.noise_std, args.noise_offset_std, args.gripper_flip)
     demos = generate_demos(
         tasks=args.split,
         episodes=args.episodes,
@@ -198,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         horizon=args.horizon,
         keep_failures=args.keep_failures,
         progress=not args.quiet,
+        max_execute_rows=args.max_execute_rows,
+        noise=noise if args.noisy_fraction > 0 else None,
+        noisy_fraction=args.noisy_fraction,
+        phrasing_fraction=args.phrasing_fraction,
     )
     path = demos.save(args.out)
     print(

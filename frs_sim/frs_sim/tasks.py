@@ -19,12 +19,18 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   reasoner direction supplies under steering.
 * ``paraphrase`` - diagnostic: the pretraining tasks phrased with the held-out templates only
   (tests language robustness without the compositional gap).
+* ``novel_vocab`` / ``paraphrase_vocab`` - the same tasks as ``novel`` / ``paraphrase`` phrased
+  with the generated held-out vocabulary (``frs_sim.phrasing``): verbs, nouns and prepositions
+  that no training text contains.
+* ``pretrain_vocab`` - the pretraining tasks phrased with the generated *training* vocabulary
+  (the extra phrasings a language-robust generalist is trained on).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from frs_sim.phrasing import phrase, phrasing_count
 from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
 
 VERBS: tuple[str, ...] = ("lift", "place", "push")
@@ -74,12 +80,17 @@ NOVEL_PAIRS: frozenset[tuple[str, str]] = frozenset(
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of the family: verb, cube, optional mat and the templates it may be phrased with."""
+    """One task of the family: verb, cube, optional mat and the phrasings it may be given with.
+
+    ``vocabulary`` ``"templates"`` (default): ``template_ids`` index ``TEMPLATES[verb]``;
+    ``"train"`` / ``"heldout"``: they index the generated phrasings of ``frs_sim.phrasing``.
+    """
 
     verb: str
     obj: str
     target: str | None
     template_ids: tuple[int, ...]
+    vocabulary: str = "templates"
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
@@ -91,9 +102,22 @@ class TaskSpec:
             raise ValueError(f"{self.verb} needs a target in {TARGET_NAMES}, got {self.target!r}")
         if not needs_target and self.target is not None:
             raise ValueError("lift takes no target")
-        n_templates = len(TEMPLATES[self.verb])
+        n_templates = self.phrasing_count()
         if not self.template_ids or any(not 0 <= t < n_templates for t in self.template_ids):
             raise ValueError(f"template ids {self.template_ids} out of range 0..{n_templates - 1}")
+
+    def phrasing_count(self) -> int:
+        """How many phrasings this task's vocabulary has for its verb."""
+        if self.vocabulary == "templates":
+            return len(TEMPLATES[self.verb])
+        return phrasing_count(self.verb, self.vocabulary)
+
+    def with_vocabulary(self, vocabulary: str) -> TaskSpec:
+        """The same task phrased with every phrasing of another vocabulary."""
+        twin = TaskSpec(self.verb, self.obj, self.target, (0,), vocabulary)
+        return TaskSpec(
+            self.verb, self.obj, self.target, tuple(range(twin.phrasing_count())), vocabulary
+        )
 
     @property
     def name(self) -> str:
@@ -114,6 +138,8 @@ class TaskSpec:
         """The instruction text for one of this task's templates."""
         if template_id not in self.template_ids:
             raise ValueError(f"template {template_id} is not allowed for {self.name}")
+        if self.vocabulary != "templates":
+            return phrase(self.verb, self.obj, self.target, template_id, self.vocabulary)
         return TEMPLATES[self.verb][template_id].format(obj=self.obj, target=self.target)
 
     def instructions(self) -> tuple[str, ...]:
@@ -138,6 +164,11 @@ SPLITS: dict[str, tuple[TaskSpec, ...]] = {
     "novel": _tasks(novel_pairs=True, template_ids=HELD_OUT_TEMPLATE_IDS),
     "paraphrase": _tasks(novel_pairs=False, template_ids=HELD_OUT_TEMPLATE_IDS),
 }
+SPLITS["novel_vocab"] = tuple(t.with_vocabulary("heldout") for t in SPLITS["novel"])
+SPLITS["paraphrase_vocab"] = tuple(t.with_vocabulary("heldout") for t in SPLITS["paraphrase"])
+SPLITS["pretrain_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain"])
+#: Splits whose phrasings or colour pairs no training recipe may use.
+HELD_OUT_SPLITS: tuple[str, ...] = ("novel", "paraphrase", "novel_vocab", "paraphrase_vocab")
 
 
 def all_tasks() -> tuple[TaskSpec, ...]:

@@ -110,8 +110,19 @@ def default_settings(
     return out
 
 
+#: Every evaluation episode's environment seed is at least this; training data stays below it
+#: (``GeneralistRecipe.check_seeds``), so evaluation never replays a training layout.
+EVAL_SEED_MIN = 10000
+
+
 def episode_seed(seed: int, task_index: int, episode: int) -> int:
-    return 10000 * (seed + 1) + 100 * task_index + episode
+    """Environment seed of one evaluation episode: distinct per (seed, task, episode)."""
+    if seed < 0 or not 0 <= task_index < 100 or not 0 <= episode < 100:
+        raise ValueError(
+            f"evaluation seed {seed} must be >= 0, task index {task_index} and episode "
+            f"{episode} in 0..99 (seeds would repeat otherwise)"
+        )
+    return EVAL_SEED_MIN * (seed + 1) + 100 * task_index + episode
 
 
 def make_jobs(
