@@ -118,17 +118,9 @@ class GeneralistRecipe:
 
 
 #: Named recipes. ``shipped``: the checkpoint in frs_steering/checkpoints/generalist.
-#: ``robust``: issue 15's first recipe: DART recovery episodes, rows per chunk drawn 1..5 (the
-#: benchmark executes 5), half the episodes phrased with the generated training vocabulary.
-#: Measured (3 evaluation seeds, execute_rows 5): pretrain base 98.3% (60 episodes; shipped
-#: 43%), paraphrase base 93.9% (180), novel base 70.0% / FRS 91.1% (180 each), novel_vocab base
-#: 26.7% / FRS 50.6% (180 each; unseen push verbs get lifted). 42 min wall on the loaded 2-core
-#: machine (9 min data, 33 min training). Novel base 70% means the policy now composes the held-
-#: out colour pairs itself: the benchmark's "global choice missing without steering" no longer
-#: holds with this recipe. Ablation (same cache, template-phrased episodes only: 1483 episodes,
-#: 5000 steps, 5 episodes per task, seed 0): pretrain 92.0%, paraphrase 77.3%, novel base 40.0% /
-#: FRS 63.3%, novel_vocab base 10.0% / FRS 23.3%: DART + multi-row data bring the local skill,
-#: the training vocabulary brings phrasing robustness (and more composition).
+#: ``robust``: DART recovery episodes, rows per chunk drawn 1..5 (the benchmark executes 5), half
+#: the episodes phrased with the generated training vocabulary (measured: docs/benchmarks.md,
+#: "A robust recipe").
 PROFILES: dict[str, GeneralistRecipe] = {
     "shipped": GeneralistRecipe(),
     "robust": GeneralistRecipe(
