@@ -28,114 +28,32 @@ import pytest
 import rclpy
 import torch
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from rclpy.action import ActionClient
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import JointState
 from std_msgs.msg import String
-from visualization_msgs.msg import MarkerArray
+from steering_client import Result, TabletopRobot, start_steering_node, stop_node
 
 from frs_bringup.stacks import get_stack, params_path
 from frs_bringup.testing import time_bound
-from frs_control.kinematics import REST_QPOS
 from frs_control.messages import ns_to_stamp, stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import SteerChunk
-from frs_msgs.msg import ObjectStates, SteeringDiagnostics, SteeringRecord
-from frs_sim import scene
 from frs_steering.policies import load_checkpoint_parameter
 from frs_steering.steering_goals import NODE_PARAMETERS
-from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
 pytestmark = pytest.mark.flaky(reruns=2)
 
-Result = SteerChunk.Result
 HORIZON, DIM, REAL, GRIPPER, PAD = 10, 8, 7, 6, 7
 #: ``max_normalized``: sim.yaml keeps the node's default.
 LIMIT = float(next(d for n, d, *_ in NODE_PARAMETERS if n == "max_normalized"))
 INSTRUCTION = "push the red cube onto the yellow mat"
-OBJECT_NAMES = [f"{n}_cube" for n in scene.OBJECT_NAMES]
-TARGET_NAMES = [f"{n}_mat" for n in scene.TARGET_NAMES]
 #: Seconds one goal may take from send to result (a 20-NFE generalist call takes ~0.1 s here).
 CASE_SECONDS = 20.0
 PROBE_SEED = 12345
 
 # ------------------------------------------------------------------ the node and the robot
-
-
-class Robot:
-    """This process: robot topics at 50 Hz, the action client, and what the node publishes."""
-
-    def __init__(self, context: Context) -> None:
-        self.node = rclpy.create_node("steer_hostile_client", context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        node = self.node
-        self.joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self.objects = node.create_publisher(
-            ObjectStates, "frs/object_states", qos_profile_sensor_data
-        )
-        self.instruction = node.create_publisher(String, "frs/instruction", LATCHED_QOS)
-        self.client = ActionClient(node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
-        self.records: list[SteeringRecord] = []
-        self.diagnostics: list[SteeringDiagnostics] = []
-        self.markers: list[MarkerArray] = []
-        sub = node.create_subscription
-        sub(SteeringRecord, "frs/steering/record", self.records.append, RELIABLE_QOS)
-        sub(SteeringDiagnostics, "frs/diagnostics", self.diagnostics.append, RELIABLE_QOS)
-        sub(MarkerArray, "frs/markers", self.markers.append, RELIABLE_QOS)
-        self.stamps: list[Time] = []  # every observation stamp published
-        node.create_timer(0.02, self.publish_observation)
-
-    def publish_observation(self) -> None:
-        """Joint and object states with one stamp (now), as the simulated robot sends them."""
-        stamp = ns_to_stamp(time.time_ns())
-        joints = JointState(
-            name=[f"fr3_joint{i}" for i in range(1, 8)]
-            + ["fr3_finger_joint1", "fr3_finger_joint2"],
-            position=[*REST_QPOS.tolist(), 0.04, 0.04],
-        )
-        joints.header.stamp = stamp
-        objects = ObjectStates(names=OBJECT_NAMES + TARGET_NAMES)
-        objects.header.stamp = stamp
-        objects.header.frame_id = "fr3_link0"
-        for i, name in enumerate(objects.names):
-            pose = Pose()
-            pose.position.x, pose.position.y = 0.45 + 0.05 * (i % 3), -0.2 + 0.08 * i
-            pose.position.z = 0.02 if name in OBJECT_NAMES else 0.0
-            pose.orientation.w = 1.0
-            objects.poses.append(pose)
-            objects.kinds.append(ObjectStates.KIND_TARGET if name in TARGET_NAMES else 0)
-        self.joints.publish(joints)
-        self.objects.publish(objects)
-        self.stamps.append(stamp)
-
-    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done() and time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.01)
-        return done()
-
-    def steer(self, goal: SteerChunk.Goal, timeout_s: float = CASE_SECONDS) -> Result:
-        """Send a goal and wait for its result; fails the test if either never comes."""
-        sent = self.client.send_goal_async(goal)
-        assert self.spin_until(sent.done, timeout_s), "goal got no accept/reject answer"
-        handle = sent.result()
-        assert handle.accepted, "the node accepts every goal (rejections come as results)"
-        result = handle.get_result_async()
-        assert self.spin_until(result.done, timeout_s), "accepted goal got no result"
-        return result.result().result
-
-    def destroy(self) -> None:
-        self.client.destroy()
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
 
 
 @pytest.fixture(scope="module")
@@ -154,24 +72,14 @@ def output_bounds() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Robot]:
+def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     """The steering node started as sim.yaml starts it (own process), and this client."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     log_path = tmp_path_factory.mktemp("steer_hostile") / "steering.log"
-    yaml = params_path(get_stack("sim"))
-    args = [sys.executable, "-m", "frs_steering.steering_node", "--ros-args"]
-    args += ["--params-file", str(yaml)]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+    proc = start_steering_node(log_path, params_file=params_path(get_stack("sim")))
     context = Context()
     rclpy.init(context=context)
-    robot = Robot(context)
+    robot = TabletopRobot(context, "steer_hostile_client")
+    robot.stream_observations()
     try:
         robot.instruction.publish(String(data=INSTRUCTION))
         up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 90.0)
@@ -181,13 +89,7 @@ def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Robot]:
     finally:
         robot.destroy()
         context.try_shutdown()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_node(proc)
 
 
 # ------------------------------------------------------------------ goals
@@ -431,13 +333,13 @@ def check_refused(result: Result, label: str) -> None:
 
 
 def test_hostile_goals_are_refused_cleanly_or_answered_within_bounds(
-    robot: Robot, output_bounds: tuple[np.ndarray, np.ndarray]
+    robot: TabletopRobot, output_bounds: tuple[np.ndarray, np.ndarray]
 ) -> None:
     assert robot.spin_until(lambda: len(robot.stamps) > 5, 5.0)
     # The first goal may meet an instruction still being embedded: wait for a clean success.
     deadline = time.monotonic() + 60.0
     while True:
-        baseline = robot.steer(valid_goal(Time()))
+        baseline = robot.steer(valid_goal(Time()), CASE_SECONDS)
         if baseline.outcome == Result.OUTCOME_SUCCEEDED or time.monotonic() > deadline:
             break
         robot.spin_until(lambda: False, 0.5)
@@ -466,7 +368,7 @@ def test_hostile_goals_are_refused_cleanly_or_answered_within_bounds(
         goal.observation_stamp = stamp_maker(robot.stamps[-1])
         label = f"broken {sorted(broken)}"
         with time_bound(3 * CASE_SECONDS):
-            result = robot.steer(goal)
+            result = robot.steer(goal, CASE_SECONDS)
             assert not (broken & MUST_REFUSE and result.outcome == Result.OUTCOME_SUCCEEDED), (
                 f"{label}: succeeded"
             )
@@ -483,7 +385,7 @@ def test_hostile_goals_are_refused_cleanly_or_answered_within_bounds(
                 failed.append(f"{label}: {result.reason}")
             reasons[key] = reasons.get(key, 0) + 1
             # Nothing changed: the next valid goal succeeds with the very same chunk.
-            probe = robot.steer(valid_goal(Time()))
+            probe = robot.steer(valid_goal(Time()), CASE_SECONDS)
             assert probe.outcome == Result.OUTCOME_SUCCEEDED, f"{label}: probe {probe.reason}"
             np.testing.assert_array_equal(np.asarray(probe.refined.data), expected, label)
             succeeded.append(probe)
@@ -503,5 +405,5 @@ def test_hostile_goals_are_refused_cleanly_or_answered_within_bounds(
     assert refused > 20 and count - 1 - refused > 20  # both sides exercised
     # Still alive and serving.
     assert robot.proc.poll() is None, robot.log_path.read_text()[-3000:]
-    final = robot.steer(valid_goal(robot.stamps[-1]))
+    final = robot.steer(valid_goal(robot.stamps[-1]), CASE_SECONDS)
     assert final.outcome == Result.OUTCOME_SUCCEEDED, final.reason

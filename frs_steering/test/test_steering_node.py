@@ -7,7 +7,6 @@ This process plays the robot (joint_states, frs/object_states, frs/instruction) 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,33 +19,22 @@ import pytest
 import rclpy
 import torch
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose
-from rclpy.action import ActionClient
-from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import JointState
 from std_msgs.msg import String
-from visualization_msgs.msg import MarkerArray
+from steering_client import Result, TabletopRobot, start_steering_node, stop_node
 
-from frs_control.kinematics import REST_QPOS, ArmKinematics
+from frs_control.kinematics import ArmKinematics
 from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import SteerChunk
-from frs_msgs.msg import ObjectStates, SteeringDiagnostics
 from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
 from frs_steering.checkpoint import save_policy
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
-from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
 from frs_steering.train import train_flow_policy
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
 pytestmark = pytest.mark.flaky(reruns=2)
 
-Result = SteerChunk.Result
 HORIZON, DIM, REAL = 10, 8, 7
-OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]
-OBJECTS += [("blue_cube", (0.6, 0.0, 0.02)), ("yellow_mat", (0.45, -0.2, 0.0))]
-OBJECTS += [("purple_mat", (0.6, 0.2, 0.0)), ("white_mat", (0.4, 0.25, 0.0))]
 
 
 def _train_checkpoint(directory: Path) -> Path:
@@ -64,95 +52,6 @@ def _train_checkpoint(directory: Path) -> Path:
     return save_policy(policy, directory)
 
 
-def _start_node(log_path: Path, *params: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "frs_steering.steering_node", "--ros-args"]
-    for param in params:
-        args += ["-p", param]
-    log = log_path.open("w")
-    return subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-class Robot:
-    """This test process: fake robot topics plus the steering action client."""
-
-    def __init__(self, context: object) -> None:
-        self.node = Node("steering_test_client", context=context)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        node = self.node
-        self.joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self.objects = node.create_publisher(
-            ObjectStates, "frs/object_states", qos_profile_sensor_data
-        )
-        self.instruction = node.create_publisher(String, "frs/instruction", LATCHED_QOS)
-        self.client = ActionClient(node, SteerChunk, "frs/steer_chunk")
-        self.markers: list[MarkerArray] = []
-        self.diagnostics: list[SteeringDiagnostics] = []
-        node.create_subscription(MarkerArray, "frs/markers", self.markers.append, RELIABLE_QOS)
-        node.create_subscription(
-            SteeringDiagnostics, "frs/diagnostics", self.diagnostics.append, RELIABLE_QOS
-        )
-        self.q = REST_QPOS.copy()
-
-    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done() and time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.02)
-        return done()
-
-    def publish_observation(self, age_s: float = 0.0) -> Time:
-        """Joint and object states with one stamp, ``age_s`` in the past; returns the stamp."""
-        stamp = ns_to_stamp(time.time_ns() - int(age_s * 1e9))
-        joints = JointState(
-            name=[f"fr3_joint{i}" for i in range(1, 8)]
-            + ["fr3_finger_joint1", "fr3_finger_joint2"],
-            position=[*self.q.tolist(), 0.04, 0.04],
-        )
-        joints.header.stamp = stamp
-        objects = ObjectStates(names=[name for name, _ in OBJECTS])
-        objects.header.stamp = stamp
-        objects.header.frame_id = "fr3_link0"
-        for name, (x, y, z) in OBJECTS:
-            pose = Pose()
-            pose.position.x, pose.position.y, pose.position.z = x, y, z
-            pose.orientation.w = 1.0
-            objects.poses.append(pose)
-            objects.kinds.append(ObjectStates.KIND_TARGET if "mat" in name else 0)
-        self.joints.publish(joints)
-        self.objects.publish(objects)
-        self.spin_until(lambda: False, 0.05)  # let the node take both in
-        return stamp
-
-    def send(self, goal: SteerChunk.Goal, feedback: list | None = None):  # noqa: ANN201
-        """Send a goal; returns the goal handle (the result is fetched with ``result``)."""
-        callback = None if feedback is None else (lambda fb: feedback.append(fb.feedback))
-        future = self.client.send_goal_async(goal, feedback_callback=callback)
-        assert self.spin_until(future.done, 10.0), "goal was not answered"
-        handle = future.result()
-        assert handle.accepted, "the node accepts every goal (rejections come as results)"
-        return handle
-
-    def result(self, handle) -> Result:  # noqa: ANN001
-        future = handle.get_result_async()
-        assert self.spin_until(future.done, 30.0), "no result"
-        return future.result().result
-
-    def steer(self, goal: SteerChunk.Goal) -> Result:
-        return self.result(self.send(goal))
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
@@ -168,12 +67,12 @@ def _noise_policy(directory: Path, state_dim: int = 46) -> Path:
 
 
 @pytest.fixture(scope="module")
-def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Robot]:
+def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     from rclpy.context import Context
 
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
     noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
-    proc = _start_node(
+    proc = start_steering_node(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=2.0",
@@ -181,16 +80,15 @@ def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     context = Context()
     rclpy.init(context=context)
-    robot = Robot(context)
+    robot = TabletopRobot(context)
     try:
         up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
         assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
         yield robot
     finally:
-        robot.client.destroy()
-        robot.node.destroy_node()
+        robot.destroy()
         context.try_shutdown()
-        _stop(proc)
+        stop_node(proc)
 
 
 def frs_goal(stamp: Time, **fields) -> SteerChunk.Goal:  # noqa: ANN003
@@ -201,13 +99,13 @@ def frs_goal(stamp: Time, **fields) -> SteerChunk.Goal:  # noqa: ANN003
     return goal
 
 
-def test_goal_without_any_observation_is_rejected(robot: Robot) -> None:
+def test_goal_without_any_observation_is_rejected(robot: TabletopRobot) -> None:
     result = robot.steer(frs_goal(Time()))
     assert result.outcome == Result.OUTCOME_REJECTED
     assert "nothing received on joint_states" in result.reason
 
 
-def test_valid_goal_returns_refined_chunk(robot: Robot) -> None:
+def test_valid_goal_returns_refined_chunk(robot: TabletopRobot) -> None:
     robot.instruction.publish(String(data="put the red cube on the yellow mat"))
     stamp = robot.publish_observation()
     feedback: list = []
@@ -250,7 +148,7 @@ def test_valid_goal_returns_refined_chunk(robot: Robot) -> None:
     np.testing.assert_allclose(ref_end.y - ee[1], HORIZON * 0.05, atol=1e-5)  # 10 x 5 cm left
 
 
-def test_deferral_samples_the_base_policy(robot: Robot) -> None:
+def test_deferral_samples_the_base_policy(robot: TabletopRobot) -> None:
     goal = frs_goal(robot.publish_observation())
     goal.reference.defer = True
     result = robot.steer(goal)
@@ -259,7 +157,7 @@ def test_deferral_samples_the_base_policy(robot: Robot) -> None:
     assert len(result.reference.data) == 0
 
 
-def test_noise_policy_method_needs_no_reference(robot: Robot) -> None:
+def test_noise_policy_method_needs_no_reference(robot: TabletopRobot) -> None:
     """A deferring reference with method noise_policy runs the loaded noise policy (DSBC)."""
     chunks = []
     for seed in (3, 3, 4):
@@ -320,7 +218,7 @@ def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
     ]
 
 
-def test_malformed_goals_are_rejected_with_a_reason(robot: Robot) -> None:
+def test_malformed_goals_are_rejected_with_a_reason(robot: TabletopRobot) -> None:
     stamp = robot.publish_observation()
     for label, mutate, expected in _bad_goals():
         goal = frs_goal(stamp)
@@ -330,7 +228,7 @@ def test_malformed_goals_are_rejected_with_a_reason(robot: Robot) -> None:
         assert expected in result.reason, f"{label}: {result.reason!r}"
 
 
-def test_stale_and_missing_observations_are_rejected(robot: Robot) -> None:
+def test_stale_and_missing_observations_are_rejected(robot: TabletopRobot) -> None:
     stale = robot.publish_observation(age_s=5.0)
     result = robot.steer(frs_goal(stale))
     assert result.outcome == Result.OUTCOME_REJECTED and "stale observation" in result.reason
@@ -345,7 +243,7 @@ def _long_goal(stamp: Time) -> SteerChunk.Goal:
     return frs_goal(stamp, num_steps=1000, solver="rk4")  # ~8000 velocity calls: seconds
 
 
-def test_cancel_mid_integration(robot: Robot) -> None:
+def test_cancel_mid_integration(robot: TabletopRobot) -> None:
     feedback: list = []
     handle = robot.send(_long_goal(robot.publish_observation()), feedback)
     assert robot.spin_until(lambda: len(feedback) >= 3, 10.0), "no feedback"
@@ -358,7 +256,7 @@ def test_cancel_mid_integration(robot: Robot) -> None:
     assert not (last.phase == "forward" and last.step == 1000), "canceled after integrating"
 
 
-def test_newer_goal_preempts_older(robot: Robot) -> None:
+def test_newer_goal_preempts_older(robot: TabletopRobot) -> None:
     feedback: list = []
     stamp = robot.publish_observation()
     old = robot.send(_long_goal(stamp), feedback)
@@ -374,11 +272,12 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     (corrupt / "config.json").write_text("{not json")
     cases = {tmp_path / "absent": "does not exist", corrupt: "no manifest.json"}
     procs = {
-        path: _start_node(tmp_path / f"{path.name}.log", f"checkpoint:={path}") for path in cases
+        path: start_steering_node(tmp_path / f"{path.name}.log", f"checkpoint:={path}")
+        for path in cases
     }
     mismatched = _noise_policy(tmp_path / "np_mismatch", state_dim=12)
     cases[mismatched] = "reads {'state': 12"
-    procs[mismatched] = _start_node(
+    procs[mismatched] = start_steering_node(
         tmp_path / f"{mismatched.name}.log", f"noise_policy:={mismatched}"
     )
     try:
@@ -389,7 +288,7 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
             assert "configure failed" in log and expected in log, log
     finally:
         for proc in procs.values():
-            _stop(proc)
+            stop_node(proc)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,0 +1,149 @@
+"""The test side of the steering node's process tests: a fake tabletop robot and the client.
+
+``TabletopRobot`` publishes joint_states + frs/object_states with one stamp (once, or at 50 Hz
+from a timer), the instruction, sends ``SteerChunk`` goals and keeps what the node publishes
+(records, diagnostics, markers). ``start_steering_node`` / ``stop_node`` run the node in its own
+process with its output in a log file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose
+from rclpy.action import ActionClient
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from frs_control.kinematics import REST_QPOS
+from frs_control.messages import ns_to_stamp
+from frs_control.ros_executor import ACTION_BURST_QOS
+from frs_msgs.action import SteerChunk
+from frs_msgs.msg import ObjectStates, SteeringDiagnostics, SteeringRecord
+from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
+
+Result = SteerChunk.Result
+OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]
+OBJECTS += [("blue_cube", (0.6, 0.0, 0.02)), ("yellow_mat", (0.45, -0.2, 0.0))]
+OBJECTS += [("purple_mat", (0.6, 0.2, 0.0)), ("white_mat", (0.4, 0.25, 0.0))]
+JOINT_NAMES = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
+
+
+def start_steering_node(
+    log_path: Path, *params: str, params_file: Path | None = None
+) -> subprocess.Popen:
+    """``frs_steering.steering_node`` in its own process (``name:=value`` params, an optional
+    parameter file), its output in ``log_path``."""
+    args = [sys.executable, "-m", "frs_steering.steering_node", "--ros-args"]
+    if params_file is not None:
+        args += ["--params-file", str(params_file)]
+    for param in params:
+        args += ["-p", param]
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    """SIGINT, then SIGKILL if the node has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class TabletopRobot:
+    """This test process: fake robot topics, the steering action client, the node's outputs."""
+
+    def __init__(self, context: Context, name: str = "steering_test_client") -> None:
+        self.node = rclpy.create_node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        node = self.node
+        self.joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self.objects = node.create_publisher(
+            ObjectStates, "frs/object_states", qos_profile_sensor_data
+        )
+        self.instruction = node.create_publisher(String, "frs/instruction", LATCHED_QOS)
+        self.client = ActionClient(node, SteerChunk, "frs/steer_chunk", **ACTION_BURST_QOS)
+        self.records: list[SteeringRecord] = []
+        self.diagnostics: list[SteeringDiagnostics] = []
+        self.markers: list[MarkerArray] = []
+        sub = node.create_subscription
+        sub(SteeringRecord, "frs/steering/record", self.records.append, RELIABLE_QOS)
+        sub(SteeringDiagnostics, "frs/diagnostics", self.diagnostics.append, RELIABLE_QOS)
+        sub(MarkerArray, "frs/markers", self.markers.append, RELIABLE_QOS)
+        self.q = REST_QPOS.copy()
+        self.stamps: list[Time] = []  # every observation stamp published
+
+    def stream_observations(self, period_s: float = 0.02) -> None:
+        """Publish an observation every ``period_s`` while this client spins (as a robot does)."""
+        self.node.create_timer(period_s, lambda: self._publish(ns_to_stamp(time.time_ns())))
+
+    def publish_observation(self, age_s: float = 0.0) -> Time:
+        """Joint and object states with one stamp, ``age_s`` in the past; returns the stamp."""
+        stamp = self._publish(ns_to_stamp(time.time_ns() - int(age_s * 1e9)))
+        self.spin_until(lambda: False, 0.05)  # let the node take both in
+        return stamp
+
+    def _publish(self, stamp: Time) -> Time:
+        joints = JointState(name=JOINT_NAMES, position=[*self.q.tolist(), 0.04, 0.04])
+        joints.header.stamp = stamp
+        objects = ObjectStates(names=[name for name, _ in OBJECTS])
+        objects.header.stamp = stamp
+        objects.header.frame_id = "fr3_link0"
+        for name, (x, y, z) in OBJECTS:
+            pose = Pose()
+            pose.position.x, pose.position.y, pose.position.z = x, y, z
+            pose.orientation.w = 1.0
+            objects.poses.append(pose)
+            objects.kinds.append(ObjectStates.KIND_TARGET if "mat" in name else 0)
+        self.joints.publish(joints)
+        self.objects.publish(objects)
+        self.stamps.append(stamp)
+        return stamp
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+        return done()
+
+    def send(self, goal: SteerChunk.Goal, feedback: list | None = None, timeout_s: float = 10.0):  # noqa: ANN201
+        """Send a goal; returns the goal handle (the result is fetched with ``result``)."""
+        callback = None if feedback is None else (lambda fb: feedback.append(fb.feedback))
+        future = self.client.send_goal_async(goal, feedback_callback=callback)
+        assert self.spin_until(future.done, timeout_s), "goal got no accept/reject answer"
+        handle = future.result()
+        assert handle.accepted, "the node accepts every goal (rejections come as results)"
+        return handle
+
+    def result(self, handle, timeout_s: float = 30.0) -> Result:  # noqa: ANN001
+        future = handle.get_result_async()
+        assert self.spin_until(future.done, timeout_s), "accepted goal got no result"
+        return future.result().result
+
+    def steer(self, goal: SteerChunk.Goal, timeout_s: float = 30.0) -> Result:
+        """Send a goal and wait for its result; fails the test if either never comes."""
+        return self.result(self.send(goal, timeout_s=timeout_s), timeout_s)
+
+    def destroy(self) -> None:
+        self.client.destroy()
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
