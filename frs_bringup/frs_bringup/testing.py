@@ -484,6 +484,21 @@ def last_moving_time(
     return moving[-1] if moving else None
 
 
+def robot_still_after(client: RigClient, process: Any, sig: int, watch_s: float) -> float:
+    """Send ``sig`` to ``process`` (e.g. the controller), watch the robot for ``watch_s``; the
+    seconds (robot clock) from the signal until the last joint_states sample with an arm joint
+    faster than 0.02 rad/s (0.0 if none after the signal)."""
+    sent = time.time()
+    process.send_signal(sig)
+    client.spin_for(watch_s)
+    moving = [
+        stamp_to_seconds(m.header.stamp)
+        for m in client.joint_states.messages
+        if stamp_to_seconds(m.header.stamp) >= sent and np.abs(m.velocity[:7]).max() > 0.02
+    ]
+    return moving[-1] - sent if moving else 0.0
+
+
 def fresh_joint_stamp(client: RigClient, timeout: float = 2.0) -> Any:
     """Stamp of a joint_states message received just now (an observation to compute from)."""
     client.joint_states.clear()

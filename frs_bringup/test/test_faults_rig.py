@@ -23,11 +23,11 @@ from frs_bringup.testing import (
     fresh_joint_stamp,
     last_moving_time,
     make_chunk,
+    robot_still_after,
     rss_mb,
     start_arm_controller,
     start_sim_robot,
 )
-from frs_control.messages import stamp_to_seconds
 from frs_control.ros_executor import ACTION_BURST_QOS
 from frs_msgs.action import ExecuteChunk
 
@@ -41,7 +41,6 @@ COMMAND_TIMEOUT = 0.1  # s, the simulated robot's command_timeout (its default)
 # Slack for a loaded 2-core machine: scheduling of three busy Python processes, DDS delivery,
 # and the arm's own settling after its targets stop.
 SLACK = 0.3
-STILL = 0.02  # rad/s: joint speeds below this count as standing still
 
 
 def _rig(node_processes, rclpy_context, **controller):  # noqa: ANN001, ANN003, ANN202
@@ -64,17 +63,6 @@ def _start_moving(client: RigClient, rows: int = 40, step: float = 0.004):  # no
     return goal, feedback
 
 
-def _robot_motion_end(client: RigClient, after_stamp: float) -> float | None:
-    """Robot clock time (joint_states stamp) of the last sample after ``after_stamp`` at which
-    any arm joint still moved faster than STILL; None if none did."""
-    moving = [
-        stamp_to_seconds(m.header.stamp)
-        for m in client.joint_states.messages
-        if stamp_to_seconds(m.header.stamp) >= after_stamp and np.abs(m.velocity[:7]).max() > STILL
-    ]
-    return moving[-1] if moving else None
-
-
 def test_stalled_then_killed_controller_the_robot_holds_and_no_stale_row_runs(
     node_processes, rclpy_context
 ) -> None:  # noqa: ANN001
@@ -82,11 +70,7 @@ def test_stalled_then_killed_controller_the_robot_holds_and_no_stale_row_runs(
     goal, feedback = _start_moving(client)
 
     # SIGSTOP: commands stop; the robot's command timeout must hold the arm.
-    stopped_at = time.time()
-    arm.send_signal(signal.SIGSTOP)
-    client.spin_for(1.0)
-    end = _robot_motion_end(client, stopped_at)
-    figure = 0.0 if end is None else end - stopped_at
+    figure = robot_still_after(client, arm, signal.SIGSTOP, 1.0)
     print(f"FAULT controller SIGSTOP: robot still {figure:.3f} s after the stop")
     assert figure <= COMMAND_TIMEOUT + SLACK
     q_held = client.latest_joint_state()[1]
@@ -112,11 +96,7 @@ def test_stalled_then_killed_controller_the_robot_holds_and_no_stale_row_runs(
 
     # kill -9 mid-chunk: the robot holds within its command timeout.
     _start_moving(client)
-    killed_at = time.time()
-    arm.send_signal(signal.SIGKILL)
-    client.spin_for(1.0)
-    end = _robot_motion_end(client, killed_at)
-    figure = 0.0 if end is None else end - killed_at
+    figure = robot_still_after(client, arm, signal.SIGKILL, 1.0)
     print(f"FAULT controller kill -9: robot still {figure:.3f} s after the kill")
     assert figure <= COMMAND_TIMEOUT + SLACK
     held = client.arm_positions_since(time.monotonic() - 0.5)

@@ -23,6 +23,7 @@ from frs_bringup.episode_runner import EpisodeRunner
 from frs_bringup.testing import (
     RigClient,
     last_moving_time,
+    robot_still_after,
     rss_mb,
     start_arm_controller,
     start_proposer,
@@ -146,8 +147,9 @@ def test_steering_and_controller_stalls_and_kills(stack: Stack) -> None:
     stack.steering.send_signal(signal.SIGSTOP)
     stack.holds_after("steering SIGSTOP", stalled_at)
     error = "steering goal not answered within"
+    deadline = stalled_at + STEER_TIMEOUT + SLACK + 1.0
     assert stack.rig.spin_until(
-        lambda: error in stack.proposer.log.text(), stalled_at + STEER_TIMEOUT + SLACK + 1.0
+        lambda: error in stack.proposer.log.text(), deadline - time.monotonic()
     ), stack.proposer.log.text()[-2000:]
     print(f"FAULT steering SIGSTOP: proposer reported {error!r} (steer_timeout {STEER_TIMEOUT} s)")
     assert stack.alive(stack.proposer, stack.arm, stack.robot)
@@ -156,27 +158,13 @@ def test_steering_and_controller_stalls_and_kills(stack: Stack) -> None:
 
     # Controller stalled: the robot's command timeout holds the arm; on SIGCONT the controller
     # stops the chunk it was streaming (no catch-up) and the loop resumes with fresh chunks.
-    stack.rig.spin_until(lambda: _moving(stack.rig, time.monotonic() - 0.05), 10.0)
-    stalled_wall = time.time()
-    stack.arm.send_signal(signal.SIGSTOP)
-    stack.rig.spin_for(1.5)
-    end = _robot_motion_end(stack.rig, stalled_wall)
-    figure = 0.0 if end is None else end - stalled_wall
-    print(f"FAULT controller SIGSTOP (stack): robot still {figure:.3f} s after the stop")
-    assert figure <= WATCHDOG + SLACK
+    assert _robot_still_after(stack, signal.SIGSTOP, 1.5, "SIGSTOP") <= WATCHDOG + SLACK
     assert stack.alive(stack.proposer, stack.steering, stack.robot)
     stack.arm.send_signal(signal.SIGCONT)
     _resume(stack, "controller SIGCONT")
 
     # Controller killed: the robot holds; steering and proposer keep running.
-    stack.rig.spin_until(lambda: _moving(stack.rig, time.monotonic() - 0.05), 10.0)
-    killed_wall = time.time()
-    stack.arm.send_signal(signal.SIGKILL)
-    stack.rig.spin_for(3.0)
-    end = _robot_motion_end(stack.rig, killed_wall)
-    figure = 0.0 if end is None else end - killed_wall
-    print(f"FAULT controller kill -9 (stack): robot still {figure:.3f} s after the kill")
-    assert figure <= WATCHDOG + SLACK
+    assert _robot_still_after(stack, signal.SIGKILL, 3.0, "kill -9") <= WATCHDOG + SLACK
     assert stack.alive(stack.proposer, stack.steering, stack.robot)
     answered = ("execution goal not answered within", "execution timed out")
     assert stack.rig.spin_until(
@@ -184,6 +172,14 @@ def test_steering_and_controller_stalls_and_kills(stack: Stack) -> None:
         EXECUTE_TIMEOUT + SLACK + 1.0,
     ), stack.proposer.log.text()[-2000:]
     assert stack.alive(stack.proposer, stack.steering, stack.robot)
+
+
+def _robot_still_after(stack: Stack, sig: int, watch_s: float, label: str) -> float:
+    """Send ``sig`` to the controller while the arm moves; seconds until the robot stood still."""
+    stack.rig.spin_until(lambda: _moving(stack.rig, time.monotonic() - 0.05), 10.0)
+    figure = robot_still_after(stack.rig, stack.arm, sig, watch_s)
+    print(f"FAULT controller {label} (stack): robot still {figure:.3f} s after the signal")
+    return figure
 
 
 def _steer_now(stack: Stack) -> SteerChunk.Result:
@@ -287,16 +283,3 @@ def _steer_flood(stack: Stack, client: ActionClient) -> tuple[float, dict[str, i
         key = f"outcome {r.result().result.outcome}"
         counts[key] = counts.get(key, 0) + 1
     return time.monotonic() - start, counts
-
-
-def _robot_motion_end(rig: RigClient, after_wall: float, still: float = 0.02) -> float | None:
-    """Robot clock time of the last joint_states after ``after_wall`` with any arm joint faster
-    than ``still`` rad/s."""
-    from frs_control.messages import stamp_to_seconds
-
-    moving = [
-        stamp_to_seconds(m.header.stamp)
-        for m in rig.joint_states.messages
-        if stamp_to_seconds(m.header.stamp) >= after_wall and np.abs(m.velocity[:7]).max() > still
-    ]
-    return moving[-1] if moving else None
