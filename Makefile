@@ -21,12 +21,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# In a network namespace of its own (scripts/isolated.sh): no other ROS session on this host can
+# reach the nodes the tests start, whatever ROS_DOMAIN_ID both drew.
 test: setup setup-lerobot
-	$(PY) -m pytest -q
+	bash scripts/isolated.sh $(PY) -m pytest -q
 
 # The stress runs marked `long` (docs/stress.md); not part of `make test`.
 test-long: setup
-	$(PY) -m pytest -q -m long
+	bash scripts/isolated.sh $(PY) -m pytest -q -m long
 
 bench: setup
 	$(PY) frs_steering/bench/bench_steering.py

@@ -1,13 +1,16 @@
 """Test set-up shared by every package's tests.
 
 Imports resolve to the source tree. Each pytest session gets its own random ROS_DOMAIN_ID with
-discovery limited to localhost, so concurrent runs (and other machines) never see each other's
-nodes; node processes a test starts are stopped at teardown, and Fast DDS shared-memory segments
-that killed processes leave behind in /dev/shm are cleaned.
+discovery limited to localhost; `make test` also runs it in a network namespace of its own
+(scripts/isolated.sh), so concurrent runs on one host never see each other's nodes. Node
+processes a test starts are stopped at teardown, rclpy entities a test left for the garbage
+collector are collected before the next test, and Fast DDS shared-memory segments that killed
+processes leave behind in /dev/shm are cleaned.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import shutil
@@ -49,6 +52,19 @@ def _clean_fastdds_shm() -> None:
 def _fastdds_shm_cleanup() -> Iterator[None]:
     yield
     _clean_fastdds_shm()
+
+
+@pytest.fixture(autouse=True)
+def _no_ros_entities_left_over() -> None:
+    """Collect garbage before each test once rclpy is loaded.
+
+    A destroyed rclpy node's action servers and clients, and a shut-down context's DDS
+    participant, live on until the garbage collector breaks their reference cycles. Until then
+    other processes still see them: an earlier test's fake steering server swallowed a later
+    test's goals, and its instruction publisher answered a later proposer.
+    """
+    if "rclpy" in sys.modules:
+        gc.collect()
 
 
 class NodeProcesses:

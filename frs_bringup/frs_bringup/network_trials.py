@@ -232,6 +232,9 @@ class CutEvent:
     stop_after_cut_s: float | None  # None: not stopped before the restore
     stop_after_last_row_s: float | None
     resume_after_restore_s: float | None  # None: not driven again in the episode
+    #: The episode was over, the task solved, before the arm was driven again: nothing was
+    #: left to resume (the last rows before the cut finished the push).
+    solved_before_resume: bool = False
 
 
 def cut_event(
@@ -381,7 +384,7 @@ def run_condition(
 
         if condition == "cut":
             cuts.append(
-                cut_in_episode(link, observer, goal_log, began, cut_seconds, episode_timeout)
+                cut_in_episode(link, observer, goal_log, began, cut_seconds, episode_timeout, done)
             )
         observer.spin_for(max(0.0, episode_timeout - (time.time() - began)), done)
         try:
@@ -432,6 +435,7 @@ def cut_in_episode(
     began: float,
     cut_seconds: float,
     timeout: float,
+    episode_done: Callable[[], bool],
 ) -> CutEvent | None:
     """Once the arm is driven, cut the link while a chunk streams; restore after
     ``cut_seconds``; wait for the arm to be driven again (or the episode to end)."""
@@ -443,7 +447,7 @@ def cut_in_episode(
     observer.spin_for(cut_seconds)
     restored_at = link.restore()
     resume_by = restored_at + 10.0
-    observer.spin_for(10.0, lambda: observer.driven_since(restored_at))
+    observer.spin_for(10.0, lambda: observer.driven_since(restored_at) or episode_done())
     # The last row any stream could run: that of the newest goal accepted before the cut.
     ends = [
         goal["stamp"] + chunk_rows(goal) * goal["dt"]
@@ -452,7 +456,10 @@ def cut_in_episode(
         and trace.accepted is not None
         and trace.accepted < cut_at
     ]
-    return cut_event(observer.commands, cut_at, restored_at, max(ends, default=cut_at), resume_by)
+    event = cut_event(observer.commands, cut_at, restored_at, max(ends, default=cut_at), resume_by)
+    solved = episode_done() and bool(observer.status.success)
+    event.solved_before_resume = solved and event.resume_after_restore_s is None
+    return event
 
 
 def read_goals(goal_log: Path, since: float) -> list[dict[str, Any]]:
@@ -550,7 +557,8 @@ def table(results: Sequence[ConditionResult]) -> str:
     for r in results:
         over = "-" if r.max_overrun_s is None else f"{r.max_overrun_s:.3f}"
         cuts = ", ".join(
-            f"{_fmt(c.stop_after_cut_s)}/{_fmt(c.resume_after_restore_s)}"
+            f"{_fmt(c.stop_after_cut_s)}/"
+            f"{'solved' if c.solved_before_resume else _fmt(c.resume_after_restore_s)}"
             for c in r.cuts
             if c is not None
         )

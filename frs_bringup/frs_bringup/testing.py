@@ -515,11 +515,14 @@ def ee_delta_rows(n: int, step: Sequence[float], gripper: float = 0.0) -> np.nda
     return rows
 
 
-def wait_for_steering(rig: RigClient, timeout: float = 120.0) -> None:
+def wait_for_steering(rig: RigClient, timeout: float = 120.0, probe_timeout: float = 10.0) -> None:
     """Until the steering node is configured AND active (its configure can take tens of seconds
     on a loaded machine): a probe goal with an unknown method must be refused for that method,
     not because the node is not active. Episodes started earlier would count its start-up as
-    steering failures."""
+    steering failures.
+
+    A probe unanswered within ``probe_timeout`` is sent again: a request goes only to the servers
+    matched when it was sent, and the node's own server may be matched just after."""
     from frs_control.ros_executor import ACTION_BURST_QOS
     from frs_msgs.action import SteerChunk
 
@@ -532,7 +535,10 @@ def wait_for_steering(rig: RigClient, timeout: float = 120.0) -> None:
                 rig.spin_for(0.1)
                 continue
             sent = client.send_goal_async(SteerChunk.Goal(method="readiness_probe"))
-            handle = rig.wait_future(sent, max(1.0, end - time.monotonic()))
+            if not rig.spin_until(sent.done, min(probe_timeout, max(0.1, end - time.monotonic()))):
+                reason = "a probe goal got no answer"
+                continue
+            handle = sent.result()
             if handle.accepted:
                 result = rig.wait_future(handle.get_result_async(), 30.0).result
                 reason = result.reason
