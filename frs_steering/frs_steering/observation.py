@@ -35,15 +35,29 @@ class StampedBuffer:
 
     def __init__(self, size: int) -> None:
         self._items: deque[Any] = deque(maxlen=size)
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._added = 0  # samples added in all
 
     def add(self, item: Any) -> None:
-        with self._lock:
+        with self._changed:
             self._items.append(item)
+            self._added += 1
+            self._changed.notify_all()
+
+    def added(self) -> int:
+        """How many samples were added in all (pass it to :meth:`wait_past`)."""
+        with self._changed:
+            return self._added
+
+    def wait_past(self, added: int, timeout_s: float) -> None:
+        """Until a sample beyond the first ``added`` arrives, or ``timeout_s`` has passed: a
+        goal that overtook its observation resumes as the sample lands, not a poll later."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._added > added, timeout_s)
 
     def nearest(self, stamp_ns: int | None, tolerance_ns: int) -> Any | None:
         """The sample closest to ``stamp_ns`` within the tolerance (None: the newest), or None."""
-        with self._lock:
+        with self._changed:
             items = list(self._items)
         if not items:
             return None
@@ -54,7 +68,7 @@ class StampedBuffer:
 
     def span(self) -> tuple[int, int] | None:
         """Oldest and newest stamp held (None when empty)."""
-        with self._lock:
+        with self._changed:
             stamps = [item.stamp_ns for item in self._items]
         return (min(stamps), max(stamps)) if stamps else None
 
@@ -131,15 +145,18 @@ class InputBuffers:
     def _wait_for(
         buffer: StampedBuffer, stamp_ns: int | None, tolerance_ns: int, deadline: float
     ) -> Any | None:
-        """Nearest sample, polling until the deadline while none fits and none newer arrived."""
+        """Nearest sample, waiting for arrivals until the deadline while none fits and none
+        newer arrived."""
         while True:
+            seen = buffer.added()
             found = buffer.nearest(stamp_ns, tolerance_ns)
-            if found is not None or stamp_ns is None or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if found is not None or stamp_ns is None or remaining <= 0:
                 return found
             span = buffer.span()
             if span is not None and span[1] > stamp_ns + tolerance_ns:
                 return None  # newer samples arrived and none fits: it will not come
-            time.sleep(0.001)
+            buffer.wait_past(seen, remaining)
 
 
 def method_and_params(

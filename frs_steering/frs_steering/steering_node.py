@@ -77,9 +77,10 @@ RELIABLE_QOS = QoSProfile(
 Result = SteerChunk.Result
 ADAPTER_PREFIX = "adapter."
 #: s a thread may hold the GIL while another waits for it (CPython's default: 5 ms). The
-#: executor thread needs it briefly to pass goals, results and cancels on while the compute
-#: worker runs Python between torch kernels; at the default each hand-off could wait 5 ms.
-GIL_SWITCH_S = 0.0005
+#: executor thread and the compute worker hand each goal back and forth (start, observation
+#: arrived, result); with one of them busy in Python a hand-off waits ~2 switch intervals
+#: (measured: 0.62 ms at 0.5 ms, 0.20 ms at 0.1 ms).
+GIL_SWITCH_S = 0.0001
 
 
 @dataclass(frozen=True)

@@ -250,10 +250,31 @@ def test_step_monitor_throttles_feedback_and_stops_the_goal() -> None:
     )
     for step in range(10):
         monitor("reverse", step, 10)
-    assert sent == [("reverse", 1, 10), ("reverse", 10, 10)]  # phase start and end only
-    now[0] = 5.0
+    assert sent == []  # a call shorter than the period sends no feedback
+    now[0] = 1.0
+    monitor("reverse", 3, 10)
+    assert sent == [("reverse", 4, 10)]  # the period elapsed
+    for step in range(4, 10):
+        monitor("reverse", step, 10)
+    assert sent[1:] == [("reverse", 10, 10)]  # then a phase's end ...
     monitor("forward", 0, 10)
-    assert sent[-1] == ("forward", 1, 10)
+    assert sent[-1] == ("forward", 1, 10)  # ... and start at once
+    monitor("forward", 1, 10)
+    assert len(sent) == 3  # within the period
+    now[0] = 2.5
+    monitor("forward", 2, 10)
+    assert sent[-1] == ("forward", 3, 10)
+    every_step: list[tuple[str, int, int]] = []
+    unthrottled = StepMonitor(
+        canceled=lambda: False,
+        current=lambda: True,
+        publish=lambda *args: every_step.append(args),
+        period=0.0,
+        clock=lambda: now[0],
+    )
+    for step in range(5):
+        unthrottled("reverse", step, 5)
+    assert [s for _, s, _ in every_step] == [1, 2, 3, 4, 5]
     state["current"] = False
     with pytest.raises(GoalPreempted):
         monitor("forward", 1, 10)
