@@ -125,7 +125,7 @@ class InProcess:
     """The steering node's per-goal work on the same messages, without ROS."""
 
     def __init__(self, checkpoint: Path) -> None:
-        self.policy = load_policy(checkpoint)
+        self.policy = load_policy(checkpoint).compile_velocity()  # as the node serves it
         self.adapter = TabletopAdapter()
         self.adapter.bind(self.policy)
         self.embedding = self.adapter.encode_instruction(INSTRUCTION)

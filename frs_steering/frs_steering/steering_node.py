@@ -47,6 +47,7 @@ from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
 from frs_steering.adapters import ObservationAdapter, adapter_class
 from frs_steering.adapters.base import ReferenceSettings, StampedObservation
 from frs_steering.checkpoint import CheckpointError
+from frs_steering.model import FlowMatchingPolicy
 from frs_steering.observation import InputBuffers, ObservationError
 from frs_steering.policies import load_checkpoint_parameter
 from frs_steering.steer import available_methods, steer
@@ -147,6 +148,8 @@ class SteeringNode(LifecycleNode):
         torch.set_num_threads(int(self._param("torch_threads")))
         device = str(self._param("device"))
         checkpoint, policy = load_checkpoint_parameter(str(self._param("checkpoint")), device)
+        if isinstance(policy, FlowMatchingPolicy):
+            policy.compile_velocity()  # runs without the GIL, beside this node's executor
         options = {
             name: self._param(ADAPTER_PREFIX + name)
             for name, _, _ in self._adapter_class.all_options()

@@ -68,6 +68,49 @@ def test_policy_implements_the_protocol_and_shapes():
     torch.testing.assert_close(repeated.film[4], cache.film[2])
 
 
+def _frs_chunk(policy, observations) -> torch.Tensor:  # noqa: ANN001
+    reference = torch.linspace(-1.0, 1.0, HORIZON * REAL_DIMS).view(HORIZON, REAL_DIMS)
+    generator = torch.Generator().manual_seed(7)
+    first = {key: value[:1] for key, value in observations.items()}
+    return steer(policy, reference, observation=first, method="frs", generator=generator).chunk
+
+
+def test_compiled_velocity_is_bit_identical_shares_parameters_and_leaves_training_eager():
+    policy, _ = _trained(steps=5)
+    policy.eval()
+    observations, _ = _dataset(3)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, HORIZON, PADDED, generator=g), torch.rand(3, generator=g)
+    with torch.no_grad():
+        cache = policy.encode(observations)
+        eager = policy.velocity(x, t, cache)
+        single = policy.velocity(
+            x[:1], t[:1], policy.encode({k: v[:1] for k, v in observations.items()})
+        )
+    frs_before = _frs_chunk(policy, observations)
+    assert policy.compile_velocity() is policy
+    with torch.inference_mode():  # as steer() calls it
+        compiled = policy.velocity(x, t, cache)
+        compiled_single = policy.velocity(
+            x[:1], t[:1], policy.encode({k: v[:1] for k, v in observations.items()})
+        )
+    assert torch.equal(compiled, eager) and torch.equal(compiled_single, single)
+    assert torch.equal(_frs_chunk(policy, observations), frs_before)
+    # The graph reads the module's own parameters: an in-place update shows in both paths.
+    with torch.no_grad():
+        policy.action_out.bias.add_(0.25)
+        updated = policy.velocity(x, t, cache)
+    assert not torch.equal(updated, eager)
+    torch.testing.assert_close(updated, policy._velocity(x, t, cache.film, cache.token_bias))
+    # Training calls take the eager path, so gradients flow.
+    policy.train()
+    policy.velocity(x, t, policy.encode(observations)).square().mean().backward()
+    assert policy.action_in.weight.grad is not None
+    with pytest.raises(ValueError, match="x must be"):  # the shape checks still run first
+        policy.velocity(x[:, :1], t, cache)
+    assert "_velocity_graph" not in "".join(policy.state_dict())
+
+
 def test_missing_instruction_means_zero_embedding():
     policy = FlowMatchingPolicy(_config())
     state = torch.randn(2, 6)
