@@ -96,26 +96,28 @@ class TabletopRobot:
         """Publish an observation every ``period_s`` while this client spins (as a robot does)."""
         self.node.create_timer(period_s, lambda: self._publish(ns_to_stamp(time.time_ns())))
 
-    def publish_observation(self, age_s: float = 0.0) -> Time:
-        """Joint and object states with one stamp, ``age_s`` in the past; returns the stamp."""
-        stamp = self._publish(ns_to_stamp(time.time_ns() - int(age_s * 1e9)))
+    def publish_observation(self, age_s: float = 0.0, objects: bool = True) -> Time:
+        """Joint and object states with one stamp, ``age_s`` in the past; returns the stamp.
+        ``objects=False``: joint states only, as when the object stream has gone stale."""
+        stamp = self._publish(ns_to_stamp(time.time_ns() - int(age_s * 1e9)), objects)
         self.spin_until(lambda: False, 0.05)  # let the node take both in
         return stamp
 
-    def _publish(self, stamp: Time) -> Time:
+    def _publish(self, stamp: Time, objects: bool = True) -> Time:
         joints = JointState(name=JOINT_NAMES, position=[*self.q.tolist(), 0.04, 0.04])
         joints.header.stamp = stamp
-        objects = ObjectStates(names=[name for name, _ in OBJECTS])
-        objects.header.stamp = stamp
-        objects.header.frame_id = "fr3_link0"
+        object_states = ObjectStates(names=[name for name, _ in OBJECTS])
+        object_states.header.stamp = stamp
+        object_states.header.frame_id = "fr3_link0"
         for name, (x, y, z) in OBJECTS:
             pose = Pose()
             pose.position.x, pose.position.y, pose.position.z = x, y, z
             pose.orientation.w = 1.0
-            objects.poses.append(pose)
-            objects.kinds.append(ObjectStates.KIND_TARGET if "mat" in name else 0)
+            object_states.poses.append(pose)
+            object_states.kinds.append(ObjectStates.KIND_TARGET if "mat" in name else 0)
         self.joints.publish(joints)
-        self.objects.publish(objects)
+        if objects:
+            self.objects.publish(object_states)
         self.stamps.append(stamp)
         return stamp
 

@@ -238,6 +238,14 @@ def test_stale_and_missing_observations_are_rejected(robot: TabletopRobot) -> No
     result = robot.steer(frs_goal(missing))
     assert result.outcome == Result.OUTCOME_REJECTED and "no observation at stamp" in result.reason
 
+    # The object stream goes stale while joint states stay fresh: refused, naming the stream.
+    joints_only = robot.publish_observation(objects=False)
+    result = robot.steer(frs_goal(joints_only))
+    assert result.outcome == Result.OUTCOME_REJECTED
+    assert "no frs/object_states within" in result.reason, result.reason
+    result = robot.steer(frs_goal(robot.publish_observation()))  # the stream is back
+    assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+
 
 def _long_goal(stamp: Time) -> SteerChunk.Goal:
     return frs_goal(stamp, num_steps=1000, solver="rk4")  # ~8000 velocity calls: seconds
