@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,7 +214,11 @@ def test_stack_priorities_by_role() -> None:
     try:
         assert apply_niceness(child.pid, 5) == 5  # lowering is always allowed
         raised = apply_niceness(child.pid, -5)
-        privileged = os.geteuid() == 0
+        # Root of the initial user namespace; root inside `unshare -U` (scripts/isolated.sh
+        # for a normal user) cannot raise another process's priority.
+        uid_map = Path("/proc/self/uid_map").read_text().split()
+        initial_namespace = uid_map == ["0", "0", "4294967295"]
+        privileged = os.geteuid() == 0 and initial_namespace
         assert raised == (-5 if privileged else 5)  # without privileges: kept, no error
     finally:
         child.kill()
