@@ -101,20 +101,41 @@ def on_executor(node: Node, start: Callable[[], Future]) -> Future:
     another thread, the executor can take the response in between, log "Ignoring unexpected
     goal response" and drop it, leaving the caller waiting for its whole timeout. Under CPU
     load this happened every few goals (issue 14: the proposer waited 5 s per lost goal).
+
+    Cancel the returned future to give up: the request's own future is then canceled on the
+    executor, which drops rclpy's record of the pending request (otherwise kept forever when
+    no answer ever comes: one entry per unanswered goal).
     """
     outer = Future()
+    inner: list[Future] = []
 
-    def forward(inner: Future) -> None:
-        if inner.exception() is not None:
-            outer.set_exception(inner.exception())
+    def forward(request: Future) -> None:
+        if outer.done():
+            return
+        if request.cancelled():
+            outer.cancel()
+        elif request.exception() is not None:
+            outer.set_exception(request.exception())
         else:
-            outer.set_result(inner.result())
+            outer.set_result(request.result())
 
     def begin() -> None:
+        if outer.cancelled():
+            return
         try:
-            start().add_done_callback(forward)
+            request = start()
         except Exception as error:  # noqa: BLE001 - handed to whoever waits on ``outer``
             outer.set_exception(error)
+            return
+        inner.append(request)
+        request.add_done_callback(forward)
+        if outer.cancelled():
+            request.cancel()
 
+    def give_up(_outer: Future) -> None:
+        if outer.cancelled() and inner and not inner[0].done():
+            node.executor.create_task(inner[0].cancel)
+
+    outer.add_done_callback(give_up)
     node.executor.create_task(begin)
     return outer

@@ -331,14 +331,16 @@ class ProposerNode(Node):
         return ChunkEnd.SUCCEEDED
 
     def _wait(self, future, timeout: float) -> Any:  # noqa: ANN001
-        """Block this (non-executor) thread until ``future`` is done; None on timeout or stop."""
+        """Block this (non-executor) thread until ``future`` is done; None on timeout or stop
+        (the future is then canceled, so nothing keeps waiting for the answer)."""
         done = threading.Event()
         future.add_done_callback(lambda _f: done.set())
         deadline = time.monotonic() + timeout
         while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
             if self._stop.is_set() or time.monotonic() >= deadline:
+                future.cancel()
                 return None
-        return future.result()
+        return None if future.cancelled() else future.result()
 
     def _send(
         self,
