@@ -37,6 +37,9 @@ from rclpy.utilities import remove_ros_args
 
 from frs_bringup.bags import LATCHED_TOPICS, RECORD_TOPICS, SENSOR_TOPICS, BagError, BagWriter
 
+#: The recorder's node name (``sim_demo`` waits for it before the first episode).
+RECORDER_NODE = "frs_recorder"
+
 
 def message_class(msgtype: str):  # noqa: ANN201
     """The rclpy class of ``pkg/msg/Name``."""
@@ -64,7 +67,7 @@ class Recorder(Node):
     """Raw subscriptions on ``topics`` that append to ``writer``."""
 
     def __init__(self, writer: BagWriter, topics: dict[str, str], **kwargs) -> None:  # noqa: ANN003
-        super().__init__("frs_recorder", **kwargs)
+        super().__init__(RECORDER_NODE, **kwargs)
         self._writer = writer
         self.received = 0
         for topic, msgtype in topics.items():

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import Executor, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.node import Node, NodeNameNonExistentError
 from rclpy.parameter import Parameter
 
+from frs_bringup.bag_replay import RECORD_TOPIC
 from frs_bringup.episode_runner import EpisodeRunner, summarize
-from frs_bringup.stack_manager import StackManager
+from frs_bringup.recorder import RECORDER_NODE
+from frs_bringup.stack_manager import StackManager, spin_until
 from frs_bringup.stacks import (
     PROPOSER,
     STACKS,
@@ -192,6 +194,29 @@ def _stop_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def wait_for_recorder(
+    node: Node, executor: Executor, process: subprocess.Popen, timeout_s: float = 120.0
+) -> None:
+    """Until the recorder subscribes to the steering records; RuntimeError if it does not.
+
+    Its start-up (rclpy, the steering adapter, the bag) can outlast the stack's on a loaded
+    machine, and a demo that finished first would stop it before it wrote a bag at all.
+    """
+
+    def subscribed() -> bool:
+        try:
+            topics = node.get_subscriber_names_and_types_by_node(RECORDER_NODE, "/")
+        except NodeNameNonExistentError:
+            return False
+        return any(name == f"/{RECORD_TOPIC}" for name, _ in topics)
+
+    ready = spin_until(executor, lambda: subscribed() or process.poll() is not None, timeout_s)
+    if process.poll() is not None:
+        raise RuntimeError(f"the recorder exited with {process.returncode} (see its output)")
+    if not ready:
+        raise RuntimeError(f"the recorder did not subscribe within {timeout_s:g} s")
+
+
 def stop_stack(processes: list[subprocess.Popen]) -> None:
     """SIGINT every process (nodes stop the arm on the way out), then kill stragglers."""
     for process in processes:
@@ -234,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         manager.bring_up(executor)
         for running in nodes:
             running.start()
+        if recorder:
+            wait_for_recorder(manager, executor, recorder[0])
         outcomes = runner.run(executor)
     except RuntimeError as error:
         print(f"[sim_demo] {error}", file=sys.stderr)

@@ -179,3 +179,36 @@ def test_nodes_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
     for pid in left:  # do not leave them to the next test either
         os.kill(pid, signal.SIGKILL)
     assert not left, f"node processes outlived sim_demo: {left}"
+
+
+def test_the_demo_waits_for_the_recorder_and_names_a_recorder_that_died(rclpy_context) -> None:  # noqa: ANN001
+    """Episodes start only once the recorder subscribes to the steering records (a recorder
+    slower to start than the stack was stopped before it wrote any bag)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from frs_bringup.bag_replay import RECORD_TOPIC
+    from frs_bringup.recorder import RECORDER_NODE
+    from frs_bringup.sim_demo import wait_for_recorder
+    from frs_msgs.msg import SteeringRecord
+
+    demo = rclpy.create_node("demo_under_test", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(demo)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(RuntimeError, match="did not subscribe within"):
+            wait_for_recorder(demo, executor, alive, timeout_s=1.0)  # no recorder node yet
+        recorder = rclpy.create_node(RECORDER_NODE, context=rclpy_context)
+        recorder.create_subscription(SteeringRecord, RECORD_TOPIC, lambda _msg: None, 10)
+        executor.add_node(recorder)
+        wait_for_recorder(demo, executor, alive, timeout_s=30.0)  # returns once subscribed
+        recorder.destroy_node()
+    finally:
+        alive.kill()
+        alive.wait()
+    died = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    died.wait()
+    with pytest.raises(RuntimeError, match="recorder exited with 3"):
+        wait_for_recorder(demo, executor, died, timeout_s=30.0)
+    demo.destroy_node()
