@@ -48,6 +48,9 @@ def main(argv=None) -> int:
             for e in range(args.episodes_per_task):
                 seed = episode_seed(args.seed, ti, e)
                 reasoner = ScriptedReasoner(config.reasoner, seed=seed)
+                env.reset(seed=seed, options={"task": task})  # run_episode resets identically
+                start = env.object_positions()[task.obj]
+                home_start = env.target_positions().get(home.get(task.obj, ""), start)
                 result = run_episode(env, policy, reasoner, task, setting, seed, config)
                 cube = env.object_positions()[task.obj]
                 mats = env.target_positions()
@@ -59,14 +62,18 @@ def main(argv=None) -> int:
                     else "home" if nearest == home.get(task.obj) else "other"
                 )
                 where = f"{'on' if on else 'near'}_{kind}" if dist[nearest] < 0.1 else "off"
-                counts[(method, task.verb, result.success, where)] += 1
+                moved = float(np.linalg.norm(cube[:2] - start[:2])) > 0.02
+                counts[(method, task.verb, result.success, where, "moved" if moved else "still")] += 1
                 row = dict(method=method, task=task.name, seed=seed, success=result.success,
                            nearest=nearest, where=where, dist=round(dist[nearest], 3),
-                           cube_z=round(float(cube[2]), 3), steps=result.steps)
+                           cube_z=round(float(cube[2]), 3), steps=result.steps,
+                           moved=round(float(np.linalg.norm(cube[:2] - start[:2])), 3),
+                           home_dist=round(float(np.max(np.abs(cube[:2] - home_start[:2]))), 3),
+                           held=bool(env.cube_in_fingers(task.object_index)))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     env.close()
-    print("\nmethod verb success where: count")
+    print("\nmethod verb success where moved: count")
     for key, n in sorted(counts.items(), key=str):
         print(*key, n)
     if args.out:
