@@ -28,8 +28,8 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   ``push`` only the 3 ``HOME_PAIRS`` (a perfect matching disjoint from ``NOVEL_PAIRS``: each cube
   goes to exactly one mat), templates 0-5. The mat word then carries nothing the policy needs, so
   it can learn "red goes to its home mat" instead of reading the mat; the novel split is unchanged.
-  The 3 pairs in neither set are used by no split. ``pretrain_home_vocab`` is its training-vocabulary
-  twin.
+  The 3 pairs in neither set are used by no split. ``pretrain_home_vocab`` is its
+  training-vocabulary twin.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_minilm_embeddings_offline() -> None:
 
 def test_home_mat_split_pairs_each_cube_with_one_mat_outside_the_novel_pairs() -> None:
     from frs_sim.studies.generalist import PROFILES
-    from frs_sim.tasks import HOME_PAIRS, HELD_OUT_SPLITS
+    from frs_sim.tasks import HELD_OUT_SPLITS, HOME_PAIRS
 
     assert not set(HOME_PAIRS) & set(NOVEL_PAIRS)
     # a perfect matching: each cube exactly one home mat, each mat exactly one cube

@@ -58,18 +58,30 @@ def main(argv=None) -> int:
                 nearest = min(dist, key=dist.get)
                 on = dist[nearest] <= MAT_SUCCESS_HALF
                 kind = (
-                    "named" if nearest == task.target
-                    else "home" if nearest == home.get(task.obj) else "other"
+                    "named"
+                    if nearest == task.target
+                    else "home"
+                    if nearest == home.get(task.obj)
+                    else "other"
                 )
                 where = f"{'on' if on else 'near'}_{kind}" if dist[nearest] < 0.1 else "off"
                 moved = float(np.linalg.norm(cube[:2] - start[:2])) > 0.02
-                counts[(method, task.verb, result.success, where, "moved" if moved else "still")] += 1
-                row = dict(method=method, task=task.name, seed=seed, success=result.success,
-                           nearest=nearest, where=where, dist=round(dist[nearest], 3),
-                           cube_z=round(float(cube[2]), 3), steps=result.steps,
-                           moved=round(float(np.linalg.norm(cube[:2] - start[:2])), 3),
-                           home_dist=round(float(np.max(np.abs(cube[:2] - home_start[:2]))), 3),
-                           held=bool(env.cube_in_fingers(task.object_index)))
+                motion = "moved" if moved else "still"
+                counts[(method, task.verb, result.success, where, motion)] += 1
+                row = dict(
+                    method=method,
+                    task=task.name,
+                    seed=seed,
+                    success=result.success,
+                    nearest=nearest,
+                    where=where,
+                    dist=round(dist[nearest], 3),
+                    cube_z=round(float(cube[2]), 3),
+                    steps=result.steps,
+                    moved=round(float(np.linalg.norm(cube[:2] - start[:2])), 3),
+                    home_dist=round(float(np.max(np.abs(cube[:2] - home_start[:2]))), 3),
+                    held=bool(env.cube_in_fingers(task.object_index)),
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     env.close()
