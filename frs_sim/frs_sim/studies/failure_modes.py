@@ -49,10 +49,17 @@ def main(argv=None) -> int:
                 seed = episode_seed(args.seed, ti, e)
                 reasoner = ScriptedReasoner(config.reasoner, seed=seed)
                 env.reset(seed=seed, options={"task": task})  # run_episode resets identically
-                start = env.object_positions()[task.obj]
+                starts = env.object_positions()
+                start = starts[task.obj]
                 home_start = env.target_positions().get(home.get(task.obj, ""), start)
                 result = run_episode(env, policy, reasoner, task, setting, seed, config)
-                cube = env.object_positions()[task.obj]
+                finals = env.object_positions()
+                cube = finals[task.obj]
+                others = [
+                    c
+                    for c in finals
+                    if c != task.obj and np.linalg.norm(finals[c][:2] - starts[c][:2]) > 0.02
+                ]
                 mats = env.target_positions()
                 dist = {m: float(np.max(np.abs(cube[:2] - p[:2]))) for m, p in mats.items()}
                 nearest = min(dist, key=dist.get)
@@ -81,6 +88,7 @@ def main(argv=None) -> int:
                     moved=round(float(np.linalg.norm(cube[:2] - start[:2])), 3),
                     home_dist=round(float(np.max(np.abs(cube[:2] - home_start[:2]))), 3),
                     held=bool(env.cube_in_fingers(task.object_index)),
+                    other_cubes_moved=others,
                 )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
