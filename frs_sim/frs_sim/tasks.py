@@ -24,6 +24,12 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   that no training text contains.
 * ``pretrain_vocab`` - the pretraining tasks phrased with the generated *training* vocabulary
   (the extra phrasings a language-robust generalist is trained on).
+* ``pretrain_home`` - exploration (issue 15, "home mats"): every lift task, and for ``place`` and
+  ``push`` only the 3 ``HOME_PAIRS`` (a perfect matching disjoint from ``NOVEL_PAIRS``: each cube
+  goes to exactly one mat), templates 0-5. The mat word then carries nothing the policy needs, so
+  it can learn "red goes to its home mat" instead of reading the mat; the novel split is unchanged.
+  The 3 pairs in neither set are used by no split. ``pretrain_home_vocab`` is its
+  training-vocabulary twin.
 """
 
 from __future__ import annotations
@@ -75,6 +81,12 @@ HELD_OUT_TEMPLATE_IDS: tuple[int, ...] = (6, 7)
 #: (cube, mat) colour pairs never shown together in pretraining, under any verb.
 NOVEL_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("red", "yellow"), ("green", "purple"), ("blue", "white")}
+)
+
+
+#: Exploration ("home mats"): the only (cube, mat) pairs of ``pretrain_home``, one mat per cube.
+HOME_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("red", "purple"), ("green", "white"), ("blue", "yellow")}
 )
 
 
@@ -167,6 +179,10 @@ SPLITS: dict[str, tuple[TaskSpec, ...]] = {
 SPLITS["novel_vocab"] = tuple(t.with_vocabulary("heldout") for t in SPLITS["novel"])
 SPLITS["paraphrase_vocab"] = tuple(t.with_vocabulary("heldout") for t in SPLITS["paraphrase"])
 SPLITS["pretrain_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain"])
+SPLITS["pretrain_home"] = tuple(
+    t for t in SPLITS["pretrain"] if t.verb == "lift" or (t.obj, t.target) in HOME_PAIRS
+)
+SPLITS["pretrain_home_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_home"])
 #: Splits whose phrasings or colour pairs no training recipe may use.
 HELD_OUT_SPLITS: tuple[str, ...] = ("novel", "paraphrase", "novel_vocab", "paraphrase_vocab")
 

@@ -194,5 +194,5 @@ def test_evaluation_seeds_are_distinct_and_above_the_training_range() -> None:
 def test_recipe_demo_key_keeps_old_caches_and_separates_new_data() -> None:
     assert GeneralistRecipe().demo_options() == {}
     keys = {GeneralistRecipe().demo_key(), *(r.demo_key() for r in PROFILES.values())}
-    assert len(keys) == len({r.demo_options().__repr__() for r in PROFILES.values()})
+    assert len(keys) == len({(r.split, r.demo_options().__repr__()) for r in PROFILES.values()})
     assert PROFILES["robust"].demo_options()["noisy-fraction"] > 0

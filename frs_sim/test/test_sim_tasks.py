@@ -80,3 +80,31 @@ def test_minilm_embeddings_offline() -> None:
     paraphrase = encoder.encode_one("place the red block onto the yellow mat")
     unrelated = encoder.encode_one(texts[1])
     assert paraphrase @ vecs[0] > unrelated @ vecs[0]
+
+
+def test_home_mat_split_pairs_each_cube_with_one_mat_outside_the_novel_pairs() -> None:
+    from frs_sim.studies.generalist import PROFILES
+    from frs_sim.tasks import HELD_OUT_SPLITS, HOME_PAIRS
+
+    assert not set(HOME_PAIRS) & set(NOVEL_PAIRS)
+    # a perfect matching: each cube exactly one home mat, each mat exactly one cube
+    assert sorted(c for c, _ in HOME_PAIRS) == sorted(OBJECT_NAMES)
+    assert sorted(m for _, m in HOME_PAIRS) == sorted(TARGET_NAMES)
+    home = SPLITS["pretrain_home"]
+    for verb in ("place", "push"):
+        pairs = {(t.obj, t.target) for t in home if t.verb == verb}
+        assert pairs == set(HOME_PAIRS)
+    assert {t.name for t in home if t.verb == "lift"} == {f"lift_{c}" for c in OBJECT_NAMES}
+    # every cube, mat and verb still occurs in pretraining; templates and seeds as in pretrain
+    assert {t.obj for t in home} == set(OBJECT_NAMES)
+    assert {t.target for t in home if t.target} == set(TARGET_NAMES)
+    assert {t.verb for t in home} == {"lift", "place", "push"}
+    assert all(t.template_ids == PRETRAIN_TEMPLATE_IDS for t in home)
+    vocab = SPLITS["pretrain_home_vocab"]
+    assert [t.name for t in vocab] == [t.name for t in home]
+    assert all(t.vocabulary == "train" for t in vocab)
+    assert "pretrain_home" not in HELD_OUT_SPLITS
+    recipe = PROFILES["robust_home"]
+    assert recipe.split == "pretrain_home"
+    recipe.check_seeds()
+    assert recipe.demo_key() != PROFILES["robust"].demo_key()

@@ -32,7 +32,9 @@ def plot_success(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4.2), dpi=110)
     x = np.arange(len(rows))
     ax.bar(x, rates, color=[colors.get(r["method"], "0.5") for r in rows])
-    ax.errorbar(x, rates, yerr=[rates - low, high - rates], fmt="none", ecolor="k", capsize=3)
+    # clipped: at 0 % / 100 % the Wilson bound can sit a rounding error inside the rate
+    yerr = np.clip([rates - low, high - rates], 0.0, None)
+    ax.errorbar(x, rates, yerr=yerr, fmt="none", ecolor="k", capsize=3)
     for xi, rate, row in zip(x, rates, rows, strict=True):
         ax.text(xi, rate + 1.5, f"{rate:.0f}%\nn={row['episodes']}", ha="center", fontsize=7)
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)

@@ -131,6 +131,9 @@ PROFILES: dict[str, GeneralistRecipe] = {
         steps=5000,
     ),
 }
+#: ``robust_home``: exploration for issue 15, the robust recipe on ``pretrain_home`` (each cube only
+#: ever goes to its one home mat, ``frs_sim.tasks.HOME_PAIRS``).
+PROFILES["robust_home"] = dataclasses.replace(PROFILES["robust"], split="pretrain_home")
 
 
 def action_limit_bounds(config: EnvConfig | None = None) -> tuple[list[float], list[float]]:
