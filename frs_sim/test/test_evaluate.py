@@ -69,3 +69,24 @@ def test_cli_runs_end_to_end(tiny_checkpoint, tmp_path):
     assert "| novel | frs | frs (euler, K=4) |" in table and "95% CI" in table
     for picture in ("success.png", "episode.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_success_plot_takes_rows_at_0_and_100_percent(tmp_path) -> None:  # noqa: ANN001
+    """The Wilson bound at 0 % / 100 % can sit a rounding error inside the rate; the error bar
+    is clipped, not refused (a 100 % row used to crash an evaluation before results.json)."""
+    from frs_sim.evaluate.plots import plot_success
+    from frs_sim.evaluate.statistics import wilson_interval
+
+    rows = [
+        {
+            "label": label,
+            "split": "novel",
+            "method": "frs",
+            "episodes": n,
+            "success_rate": wins / n,
+            "ci95": wilson_interval(wins, n),
+        }
+        for label, wins, n in (("all", 45, 45), ("none", 0, 60), ("some", 7, 30))
+    ]
+    path = plot_success(rows, tmp_path / "success.png")
+    assert path.is_file() and path.stat().st_size > 0

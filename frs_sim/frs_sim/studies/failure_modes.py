@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from frs_sim.tasks import HOME_PAIRS, get_split
 from frs_steering.checkpoint import load_policy
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print one JSON line per episode, then counts per (method, verb, success, where, motion)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="novel")
