@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
+from test_generalist import fake_embedding  # the one MiniLM stand-in of these tests
 
 from frs_sim.demonstrations import (
     DartNoise,
@@ -34,14 +33,6 @@ from frs_sim.tasks import (
     TEMPLATES,
     find_task,
 )
-from frs_steering.instructions import EMBEDDING_DIM
-
-
-def fake_embedding(text: str) -> np.ndarray:
-    """Deterministic stand-in for MiniLM (these tests check data plumbing, not language)."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-    vec = np.random.default_rng(seed).normal(size=EMBEDDING_DIM).astype(np.float32)
-    return vec / np.linalg.norm(vec)
 
 
 def _training_texts() -> list[str]:

@@ -57,12 +57,12 @@ def start_steering_node(
         )
 
 
-def stop_node(proc: subprocess.Popen) -> None:
-    """SIGINT, then SIGKILL if the node has not exited within 10 s."""
+def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGINT, then SIGKILL if the node has not exited within ``timeout`` s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)

@@ -306,7 +306,6 @@ else:
         """The node in its own process (``checkpoint:=lerobot:<dir>``, ``lerobot_droid``):
         camera images, joint states and the instruction arrive on topics; a goal with a
         Cartesian direction comes back as a 50 x 8 joint-velocity chunk of the tiny pi0.5."""
-        import signal
         import sys
         import time
 
@@ -318,6 +317,7 @@ else:
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import String
+        from steering_client import stop_node
 
         from frs_control.kinematics import REST_QPOS
         from frs_control.messages import ns_to_stamp
@@ -408,13 +408,7 @@ else:
             executor.shutdown()
             node.destroy_node()
             context.try_shutdown()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop_node(proc, timeout=15.0)
 
     def test_bfloat16_checkpoint_as_real_ports_are_saved(checkpoints, tmp_path) -> None:
         """Real pi0.5 ports say ``dtype: bfloat16``: LeRobot casts part of the model; steering
