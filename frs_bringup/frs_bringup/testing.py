@@ -484,17 +484,30 @@ def last_moving_time(
     return moving[-1] if moving else None
 
 
+#: rad/s: an arm joint faster than this moves.
+MOVING_SPEED = 0.02
+#: rad: motion within this of where the arm finally rests is settling (the hold's PD absorbing
+#: momentum or contact), not motion the robot was still commanded to make.
+SETTLED_BAND = 0.005
+
+
 def robot_still_after(client: RigClient, process: Any, sig: int, watch_s: float) -> float:
     """Send ``sig`` to ``process`` (e.g. the controller), watch the robot for ``watch_s``; the
     seconds (robot clock) from the signal until the last joint_states sample with an arm joint
-    faster than 0.02 rad/s (0.0 if none after the signal)."""
+    faster than :data:`MOVING_SPEED` while still more than :data:`SETTLED_BAND` from the pose
+    the arm rests in at the end of the watch (0.0 if none after the signal)."""
     sent = time.time()
     process.send_signal(sig)
     client.spin_for(watch_s)
+    after = [m for m in client.joint_states.messages if stamp_to_seconds(m.header.stamp) >= sent]
+    if not after:
+        raise RuntimeError(f"no joint_states within {watch_s} s after the signal: cannot tell")
+    rest = np.asarray(after[-1].position[:7])
     moving = [
         stamp_to_seconds(m.header.stamp)
-        for m in client.joint_states.messages
-        if stamp_to_seconds(m.header.stamp) >= sent and np.abs(m.velocity[:7]).max() > 0.02
+        for m in after
+        if np.abs(m.velocity[:7]).max() > MOVING_SPEED
+        and np.abs(np.asarray(m.position[:7]) - rest).max() > SETTLED_BAND
     ]
     return moving[-1] - sent if moving else 0.0
 
