@@ -50,7 +50,13 @@ from frs_control.execution import ChunkRejected, JointPlan, plan_chunk
 from frs_control.gripper import GripperOutput, GripperUnavailable, make_gripper_output
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import chunk_request, joint_positions, joint_trajectory_msg
-from frs_control.ros_executor import ACTION_BURST_QOS, run_node, waking_future
+from frs_control.ros_executor import (
+    ACTION_BURST_QOS,
+    NO_PUBLISHER_EVENTS,
+    NO_SUBSCRIPTION_EVENTS,
+    run_node,
+    waking_future,
+)
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk
 
@@ -110,13 +116,22 @@ class ArmControllerNode(LifecycleNode):
             self.get_logger().error(str(err))
             self._destroy_entities()
             return TransitionCallbackReturn.FAILURE
+        # Command and joint-state endpoints without rclpy's event handlers: polled at each of
+        # the 100 Hz ticks otherwise (``NO_PUBLISHER_EVENTS``); a command subscriber asking for
+        # more than reliable/volatile reports the mismatch itself.
         if output == "forward_velocity":
             self._velocity_pub = self.create_publisher(
-                Float64MultiArray, "forward_velocity_controller/commands", COMMAND_QOS
+                Float64MultiArray,
+                "forward_velocity_controller/commands",
+                COMMAND_QOS,
+                event_callbacks=NO_PUBLISHER_EVENTS,
             )
         else:
             self._trajectory_pub = self.create_publisher(
-                JointTrajectory, "joint_trajectory_controller/joint_trajectory", COMMAND_QOS
+                JointTrajectory,
+                "joint_trajectory_controller/joint_trajectory",
+                COMMAND_QOS,
+                event_callbacks=NO_PUBLISHER_EVENTS,
             )
         self._loop = ControlLoop(
             self,
@@ -134,6 +149,7 @@ class ArmControllerNode(LifecycleNode):
             self._on_joint_state,
             qos_profile_sensor_data,
             callback_group=group,
+            event_callbacks=NO_SUBSCRIPTION_EVENTS,
         )
         estop = self.create_service(Trigger, "frs/estop", self._on_estop, callback_group=group)
         reset = self.create_service(

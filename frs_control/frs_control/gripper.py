@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 
 from std_msgs.msg import Float64MultiArray
 
+from frs_control.ros_executor import NO_PUBLISHER_EVENTS
+
 GRIPPER_OUTPUTS = ("topic", "franka", "none")
 
 Event = Literal["open", "close"]
@@ -69,7 +71,9 @@ class TopicGripper:
 
     def __init__(self, node: Any, qos: Any) -> None:
         self._node, self._message_type = node, Float64MultiArray
-        self._publisher = node.create_publisher(Float64MultiArray, self.TOPIC, qos)
+        self._publisher = node.create_publisher(
+            Float64MultiArray, self.TOPIC, qos, event_callbacks=NO_PUBLISHER_EVENTS
+        )
         self._last: float | None = None
 
     def command(self, value: float) -> None:

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 import rclpy
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
@@ -32,6 +33,14 @@ ACTION_BURST_QOS: dict[str, QoSProfile] = {
     "result_service_qos_profile": BURST_SERVICE_QOS,
     "cancel_service_qos_profile": BURST_SERVICE_QOS,
 }
+
+#: Event callbacks that create no event handlers. rclpy's defaults give every publisher and
+#: subscription two (incompatible QoS, incompatible type), and each is polled on every executor
+#: pass: a configured steering node's idle pass took 0.27 ms with its 14, 0.16 ms without (a
+#: bare action-server node: 0.15 ms), and a goal costs several passes. For endpoints whose QoS
+#: cannot mismatch (best-effort, volatile subscriptions) or whose peer reports the mismatch.
+NO_SUBSCRIPTION_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+NO_PUBLISHER_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
 
 
 def waking_future(node: Node) -> Future:

@@ -26,12 +26,14 @@ from typing import Any
 import torch
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
+    qos_policy_name_from_kind,
     qos_profile_sensor_data,
 )
 from rclpy.task import Future
@@ -40,7 +42,13 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from frs_control.messages import MessageError, message_class, stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS, run_node, waking_future
+from frs_control.ros_executor import (
+    ACTION_BURST_QOS,
+    NO_PUBLISHER_EVENTS,
+    NO_SUBSCRIPTION_EVENTS,
+    run_node,
+    waking_future,
+)
 from frs_control.ros_params import RESULT_TIMEOUT, declare_described
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
@@ -172,20 +180,38 @@ class SteeringNode(LifecycleNode):
             initializer=torch.set_num_threads,  # intra-op threads are set per calling thread
             initargs=(int(self._param("torch_threads")),),
         )
-        sub = self.create_subscription
+        # Every endpoint below without rclpy's event handlers (each would be polled on every
+        # executor pass, i.e. several times per goal), but the instruction's QoS check.
+        sensor = functools.partial(
+            self.create_subscription,
+            qos_profile=qos_profile_sensor_data,  # best effort, volatile: matches any publisher
+            event_callbacks=NO_SUBSCRIPTION_EVENTS,
+        )
+        instruction_events = SubscriptionEventCallbacks(
+            incompatible_qos=self._on_incompatible_instruction, use_default_callbacks=False
+        )
         self._entities = [
-            sub(JointState, "joint_states", self._on_joints, qos_profile_sensor_data),
-            sub(String, "frs/instruction", self._on_instruction, LATCHED_QOS),
+            sensor(JointState, "joint_states", self._on_joints),
+            self.create_subscription(
+                String,
+                "frs/instruction",
+                self._on_instruction,
+                LATCHED_QOS,
+                event_callbacks=instruction_events,
+            ),
         ]
         for stream in adapter.streams():
             callback = functools.partial(self._on_stream, stream.key, stream.topic)
-            msg_type = message_class(stream.msg_type)
-            self._entities.append(sub(msg_type, stream.topic, callback, qos_profile_sensor_data))
-        publish = self.create_lifecycle_publisher
+            self._entities.append(sensor(message_class(stream.msg_type), stream.topic, callback))
+        publish = functools.partial(
+            self.create_lifecycle_publisher,
+            qos_profile=RELIABLE_QOS,  # a subscriber asking for more reports the mismatch
+            event_callbacks=NO_PUBLISHER_EVENTS,
+        )
         self._outputs = {
-            "diagnostics": publish(SteeringDiagnostics, "frs/diagnostics", RELIABLE_QOS),
-            "markers": publish(MarkerArray, "frs/markers", RELIABLE_QOS),
-            "record": publish(SteeringRecord, "frs/steering/record", RELIABLE_QOS),
+            "diagnostics": publish(SteeringDiagnostics, "frs/diagnostics"),
+            "markers": publish(MarkerArray, "frs/markers"),
+            "record": publish(SteeringRecord, "frs/steering/record"),
         }
         self._action_server = ActionServer(
             self,
@@ -260,6 +286,13 @@ class SteeringNode(LifecycleNode):
             needs = self._adapter.needs_instruction
             self._instruction = (text, self._adapter.encode_instruction(text) if needs else None)
             self.get_logger().info(f"instruction: {text!r}")
+
+    def _on_incompatible_instruction(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
+        policy = qos_policy_name_from_kind(event.last_policy_kind)
+        self.get_logger().warning(
+            f"a publisher on frs/instruction offers incompatible QoS ({policy}): none of its "
+            "instructions arrive; publish them reliable and transient local (latched)"
+        )
 
     def _observation(self, stamp_ns: int) -> StampedObservation:
         """The matched observation for ``stamp_ns`` (0 = latest); ObservationError if none fits."""
