@@ -19,6 +19,7 @@ import pytest
 import rclpy
 import torch
 from builtin_interfaces.msg import Time
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from steering_client import Result, TabletopRobot, start_steering_node, stop_node
 
@@ -81,6 +82,7 @@ def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     context = Context()
     rclpy.init(context=context)
     robot = TabletopRobot(context)
+    robot.log_path = log_path  # the node's own output, for the tests that read its warnings
     try:
         up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
         assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
@@ -272,6 +274,22 @@ def test_newer_goal_preempts_older(robot: TabletopRobot) -> None:
     new = robot.send(frs_goal(stamp))
     assert robot.result(old).outcome == Result.OUTCOME_PREEMPTED
     assert robot.result(new).outcome == Result.OUTCOME_SUCCEEDED
+
+
+def test_an_incompatible_instruction_publisher_is_reported(robot: TabletopRobot) -> None:
+    """The node's endpoints carry no rclpy event handlers (latency), but the instruction's QoS
+    check stays: a volatile publisher (e.g. a plain ``ros2 topic pub``) never reaches the
+    transient-local subscription, and the node says so and how to publish instead."""
+    volatile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    publisher = robot.node.create_publisher(String, "frs/instruction", volatile)
+    try:
+        warned = robot.spin_until(
+            lambda: "frs/instruction offers incompatible QoS" in robot.log_path.read_text(), 15.0
+        )
+        assert warned, robot.log_path.read_text()[-3000:]
+        assert "transient local" in robot.log_path.read_text()
+    finally:
+        robot.node.destroy_publisher(publisher)
 
 
 def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
