@@ -21,6 +21,7 @@ import importlib
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import rclpy
@@ -31,14 +32,28 @@ from rclpy.qos import (
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
-    qos_profile_sensor_data,
 )
 from rclpy.utilities import remove_ros_args
+from std_msgs.msg import String
 
+from frs_bringup.bag_replay import RECORD_TOPIC
 from frs_bringup.bags import LATCHED_TOPICS, RECORD_TOPICS, SENSOR_TOPICS, BagError, BagWriter
+from frs_control.ros_executor import NO_SUBSCRIPTION_EVENTS
 
-#: The recorder's node name (``sim_demo`` waits for it before the first episode).
+#: The recorder's node name.
 RECORDER_NODE = "frs_recorder"
+#: Latched ``std_msgs/String`` the recorder publishes once it records what a replay needs: a
+#: sample on every topic the steering node observes, and the steering records' publisher
+#: matched. ``sim_demo --record`` starts episodes only after it (before, under load, the first
+#: chunks' observations were missing from the bag: the recorder's joint_states reader matched
+#: the robot's publisher a second after its other readers).
+READY_TOPIC = "frs/recorder/ready"
+READY_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 
 def message_class(msgtype: str):  # noqa: ANN201
@@ -47,11 +62,27 @@ def message_class(msgtype: str):  # noqa: ANN201
     return getattr(importlib.import_module(package.replace("/", ".")), name)
 
 
+#: Samples a sensor subscription holds until the recorder takes them: the sensor default (5)
+#: lost joint_states samples, and with them chunks' observations, whenever a loaded machine
+#: stalled the recorder for a few tens of ms.
+SENSOR_BACKLOG = 1000
+
+
+def is_sensor_topic(topic: str) -> bool:
+    """Published best effort (joint states, object states, cameras)."""
+    return topic in SENSOR_TOPICS or topic.endswith("image_raw")
+
+
 def topic_qos(topic: str) -> QoSProfile:
-    """Best effort for sensor topics and cameras (matches any publisher), latched for the
-    instruction."""
-    if topic in SENSOR_TOPICS or topic.endswith("image_raw"):
-        return qos_profile_sensor_data
+    """Best effort for sensor topics and cameras (matches any publisher) with a deep backlog,
+    latched for the instruction."""
+    if is_sensor_topic(topic):
+        return QoSProfile(
+            reliability=ReliabilityPolicy.BEST_EFFORT,
+            history=HistoryPolicy.KEEP_LAST,
+            depth=SENSOR_BACKLOG,
+            durability=DurabilityPolicy.VOLATILE,
+        )
     durability = (
         DurabilityPolicy.TRANSIENT_LOCAL if topic in LATCHED_TOPICS else DurabilityPolicy.VOLATILE
     )
@@ -64,27 +95,50 @@ def topic_qos(topic: str) -> QoSProfile:
 
 
 class Recorder(Node):
-    """Raw subscriptions on ``topics`` that append to ``writer``."""
+    """Raw subscriptions on ``topics`` that append to ``writer``; announces on
+    :data:`READY_TOPIC` once each of ``required`` delivered a sample (and, when recorded, the
+    steering records have a publisher)."""
 
-    def __init__(self, writer: BagWriter, topics: dict[str, str], **kwargs) -> None:  # noqa: ANN003
+    def __init__(
+        self,
+        writer: BagWriter,
+        topics: dict[str, str],
+        required: Sequence[str] = (),
+        **kwargs,  # noqa: ANN003
+    ) -> None:
         super().__init__(RECORDER_NODE, **kwargs)
         self._writer = writer
         self.received = 0
+        self._waiting_for = {self.resolve_topic_name(topic) for topic in required}
+        self._records = self.resolve_topic_name(RECORD_TOPIC) if RECORD_TOPIC in topics else None
         for topic, msgtype in topics.items():
             resolved = self.resolve_topic_name(topic)  # absolute, as ros2 bag record stores
             writer.add_topic(resolved, msgtype)
+            # A best-effort, volatile reader matches any publisher: no QoS event handler
+            # (polled on every executor pass) for those.
+            events = NO_SUBSCRIPTION_EVENTS if is_sensor_topic(topic) else None
             self.create_subscription(
                 message_class(msgtype),
                 topic,
                 self._callback(resolved),
                 topic_qos(topic),
                 raw=True,
+                event_callbacks=events,
             )
+        self._ready = self.create_publisher(String, READY_TOPIC, READY_QOS)
+        self._ready_check = self.create_timer(0.1, self._announce_when_ready)
+
+    def _announce_when_ready(self) -> None:
+        if self._waiting_for or (self._records and not self.count_publishers(self._records)):
+            return
+        self._ready.publish(String(data=f"recording {len(self._writer.counts)} topics"))
+        self.destroy_timer(self._ready_check)
 
     def _callback(self, topic: str):  # noqa: ANN202
         def record(data: bytes) -> None:
             self._writer.write_raw(topic, self.get_clock().now().nanoseconds, data)
             self.received += 1
+            self._waiting_for.discard(topic)
 
         return record
 
@@ -110,7 +164,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select_topics(args: argparse.Namespace) -> dict[str, str]:
+def required_topics(topics: dict[str, str], observed: dict[str, str]) -> list[str]:
+    """The recorded topics a replay needs a sample of from the start: joint_states and what the
+    steering node observes (``observed``)."""
+    return [topic for topic in topics if topic == "joint_states" or topic in observed]
+
+
+def select_topics(args: argparse.Namespace, observed: dict[str, str]) -> dict[str, str]:
+    """Topic -> type to record: the FRS session topics (or ``--topics``), the camera with
+    ``--camera``, and ``observed`` (what the steering node observes)."""
     topics = dict(RECORD_TOPICS)
     if args.topics:
         topics = {}
@@ -123,8 +185,7 @@ def select_topics(args: argparse.Namespace) -> dict[str, str]:
             topics[name] = msgtype
     if args.camera:
         topics["camera/image_raw"] = "sensor_msgs/msg/Image"
-    if args.params_file is not None:
-        topics.update(observed_topics(args.params_file))
+    topics.update(observed)
     return topics
 
 
@@ -139,7 +200,8 @@ def observed_topics(params_file: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = remove_ros_args(sys.argv if argv is None else ["frs_record", *argv])[1:]
     args = parse_args(argv)
-    topics = select_topics(args)
+    observed = observed_topics(args.params_file) if args.params_file is not None else {}
+    topics = select_topics(args, observed)
     try:
         writer = BagWriter(args.out)
     except BagError as error:
@@ -153,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    node = Recorder(writer, topics)
+    node = Recorder(writer, topics, required_topics(topics, observed))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     print(f"frs_record: recording {len(topics)} topics to {args.out}", flush=True)

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import Executor, SingleThreadedExecutor
-from rclpy.node import Node, NodeNameNonExistentError
+from rclpy.node import Node
 from rclpy.parameter import Parameter
+from std_msgs.msg import String
 
-from frs_bringup.bag_replay import RECORD_TOPIC
 from frs_bringup.episode_runner import EpisodeRunner, summarize
-from frs_bringup.recorder import RECORDER_NODE
+from frs_bringup.recorder import READY_QOS, READY_TOPIC
 from frs_bringup.stack_manager import StackManager, spin_until
 from frs_bringup.stacks import (
     PROPOSER,
@@ -197,24 +197,28 @@ def _stop_with_parent() -> None:
 def wait_for_recorder(
     node: Node, executor: Executor, process: subprocess.Popen, timeout_s: float = 120.0
 ) -> None:
-    """Until the recorder subscribes to the steering records; RuntimeError if it does not.
+    """Until the recorder announces that it records what a replay needs (``READY_TOPIC``);
+    RuntimeError if it does not or exits.
 
     Its start-up (rclpy, the steering adapter, the bag) can outlast the stack's on a loaded
-    machine, and a demo that finished first would stop it before it wrote a bag at all.
+    machine: a demo that finished first stopped it before it wrote a bag at all, and episodes
+    started before its readers matched left chunks whose observations the bag lacks.
     """
-
-    def subscribed() -> bool:
-        try:
-            topics = node.get_subscriber_names_and_types_by_node(RECORDER_NODE, "/")
-        except NodeNameNonExistentError:
-            return False
-        return any(name == f"/{RECORD_TOPIC}" for name, _ in topics)
-
-    ready = spin_until(executor, lambda: subscribed() or process.poll() is not None, timeout_s)
+    announced: list[String] = []
+    subscription = node.create_subscription(String, READY_TOPIC, announced.append, READY_QOS)
+    try:
+        ready = spin_until(
+            executor, lambda: bool(announced) or process.poll() is not None, timeout_s
+        )
+    finally:
+        node.destroy_subscription(subscription)
     if process.poll() is not None:
         raise RuntimeError(f"the recorder exited with {process.returncode} (see its output)")
     if not ready:
-        raise RuntimeError(f"the recorder did not subscribe within {timeout_s:g} s")
+        raise RuntimeError(
+            f"the recorder did not report recording the observations within {timeout_s:g} s "
+            f"(nothing on {READY_TOPIC}; see its output)"
+        )
 
 
 def stop_stack(processes: list[subprocess.Popen]) -> None:

@@ -181,32 +181,56 @@ def test_nodes_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
     assert not left, f"node processes outlived sim_demo: {left}"
 
 
-def test_the_demo_waits_for_the_recorder_and_names_a_recorder_that_died(rclpy_context) -> None:  # noqa: ANN001
-    """Episodes start only once the recorder subscribes to the steering records (a recorder
-    slower to start than the stack was stopped before it wrote any bag)."""
+def test_the_demo_waits_for_the_recorder_and_names_a_recorder_that_died(
+    rclpy_context,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Episodes start only once the real recorder reports that it records what a replay needs:
+    a sample of joint_states and of each stream the steering node observes, and a publisher of
+    the steering records (a recorder slower to start than the stack was stopped before it wrote
+    any bag; one whose joint_states reader matched late lost the first chunks' observations)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
 
     from frs_bringup.bag_replay import RECORD_TOPIC
-    from frs_bringup.recorder import RECORDER_NODE
     from frs_bringup.sim_demo import wait_for_recorder
-    from frs_msgs.msg import SteeringRecord
+    from frs_msgs.msg import ObjectStates, SteeringRecord
 
     demo = rclpy.create_node("demo_under_test", context=rclpy_context)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(demo)
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    recorder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "frs_bringup.recorder",
+            "--out",
+            str(tmp_path / "bag"),
+            "--params-file",
+            str(default_params_file()),
+        ]
+    )
     try:
-        with pytest.raises(RuntimeError, match="did not subscribe within"):
-            wait_for_recorder(demo, executor, alive, timeout_s=1.0)  # no recorder node yet
-        recorder = rclpy.create_node(RECORDER_NODE, context=rclpy_context)
-        recorder.create_subscription(SteeringRecord, RECORD_TOPIC, lambda _msg: None, 10)
-        executor.add_node(recorder)
-        wait_for_recorder(demo, executor, alive, timeout_s=30.0)  # returns once subscribed
-        recorder.destroy_node()
+        with pytest.raises(RuntimeError, match="did not report recording"):
+            wait_for_recorder(demo, executor, recorder, timeout_s=20.0)  # no data, no records
+        demo.create_publisher(SteeringRecord, RECORD_TOPIC, 10)
+        with pytest.raises(RuntimeError, match="did not report recording"):
+            wait_for_recorder(demo, executor, recorder, timeout_s=3.0)  # still no observations
+        joints = demo.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        objects = demo.create_publisher(ObjectStates, "frs/object_states", qos_profile_sensor_data)
+
+        def publish_observation() -> None:
+            joints.publish(JointState())
+            objects.publish(ObjectStates())
+
+        demo.create_timer(0.05, publish_observation)
+        wait_for_recorder(demo, executor, recorder, timeout_s=60.0)  # returns once recording
     finally:
-        alive.kill()
-        alive.wait()
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=30)
+    assert recorder.returncode == 0
     died = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     died.wait()
     with pytest.raises(RuntimeError, match="recorder exited with 3"):
