@@ -330,15 +330,21 @@ class ProposerNode(Node):
             return ChunkEnd.FAILED
         return ChunkEnd.SUCCEEDED
 
-    def _wait(self, future, timeout: float) -> Any:  # noqa: ANN001
-        """Block this (non-executor) thread until ``future`` is done; None on timeout or stop
-        (the future is then canceled, so nothing keeps waiting for the answer)."""
+    def _wait(self, future, timeout: float, give_up: bool = True) -> Any:  # noqa: ANN001
+        """Block this (non-executor) thread until ``future`` is done; None on timeout or stop.
+
+        ``give_up``: the future is then canceled, so nothing keeps waiting for an answer that
+        may never come (a stopped server). A result still due (a chunk left running to plan the
+        next one, or one being canceled) is left to arrive: dropping its request made rclpy log
+        "Ignoring unexpected result response" for every plan-ahead chunk.
+        """
         done = threading.Event()
         future.add_done_callback(lambda _f: done.set())
         deadline = time.monotonic() + timeout
         while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
             if self._stop.is_set() or time.monotonic() >= deadline:
-                future.cancel()
+                if give_up:
+                    future.cancel()
                 return None
         return None if future.cancelled() else future.result()
 
@@ -378,7 +384,8 @@ class ProposerNode(Node):
         if stamp_ns is not None:
             self._plan.accepted(stamp_ns, self._now_ns())
         wait = self._plan.result_wait(plan_at_ns, self._now_ns(), deadline - time.monotonic())
-        response = self._wait(on_executor(self, handle.get_result_async), wait.seconds)
+        result = on_executor(self, handle.get_result_async)
+        response = self._wait(result, wait.seconds, give_up=False)
         if response is not None:
             return response.result
         if wait.plan_next or self._stop.is_set():
