@@ -39,10 +39,16 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   the split round-robin). Release and push-on are then shown over every mat as a local skill
   while no NAMED instruction pairs a cube with a non-home mat. ``pretrain_anymat_vocab`` is its
   training-vocabulary twin (unnamed phrasings: "... onto any <mat noun>").
+* ``pretrain_nearest`` - follow-up of ``pretrain_anymat``: the same split, but the unnamed
+  instruction says "the nearest mat" (``NEAREST_TEMPLATES``; ``TaskSpec.nearest_mat``) and the
+  environment lays the mats out so that the task's mat IS the one nearest the cube (it swaps two
+  mat positions after sampling), so an unnamed instruction has one right answer per scene instead
+  of three. ``pretrain_nearest_vocab`` is its training-vocabulary twin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from frs_sim.phrasing import phrase, phrasing_count
@@ -111,6 +117,29 @@ UNNAMED_TEMPLATES: dict[str, tuple[str, ...]] = {
         "keep the {obj} block on the table and push it to any square",
     ),
 }
+#: "The nearest mat" phrasings (``TaskSpec.nearest_mat``), ids as above.
+NEAREST_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "place": (
+        "put the {obj} cube on the nearest mat",
+        "place the {obj} block onto the closest mat",
+        "pick up the {obj} cube and set it down on the nearest pad",
+        "move the {obj} cube onto the closest square",
+        "grab the {obj} block and drop it on the nearest target",
+        "lift the {obj} cube and put it on the closest mat",
+        "transfer the {obj} cube to the nearest pad",
+        "carry the {obj} block over to the closest square and release it there",
+    ),
+    "push": (
+        "push the {obj} cube onto the nearest mat",
+        "slide the {obj} block over to the closest mat",
+        "nudge the {obj} cube into the nearest square",
+        "shove the {obj} block toward the closest pad until it is on it",
+        "without lifting it, move the {obj} cube to the nearest mat",
+        "push the {obj} block along the table to the closest target",
+        "slide the {obj} cube across the table onto the nearest pad",
+        "keep the {obj} block on the table and push it to the closest square",
+    ),
+}
 PRETRAIN_TEMPLATE_IDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
 HELD_OUT_TEMPLATE_IDS: tuple[int, ...] = (6, 7)
 
@@ -134,7 +163,9 @@ class TaskSpec:
     ``"train"`` / ``"heldout"``: they index the generated phrasings of ``frs_sim.phrasing``.
     ``names_target`` False (``place`` / ``push`` only): the instruction names no mat
     (``UNNAMED_TEMPLATES``, or the generated "any <mat noun>" phrasings); ``target`` is still the
-    mat the expert goes to and the success check tests.
+    mat the expert goes to and the success check tests. ``nearest_mat`` (unnamed tasks only): the
+    instruction says "the nearest mat" (``NEAREST_TEMPLATES``) and the environment makes ``target``
+    the mat nearest the cube.
     """
 
     verb: str
@@ -143,6 +174,7 @@ class TaskSpec:
     template_ids: tuple[int, ...]
     vocabulary: str = "templates"
     names_target: bool = True
+    nearest_mat: bool = False
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
@@ -156,6 +188,8 @@ class TaskSpec:
             raise ValueError("lift takes no target")
         if not needs_target and not self.names_target:
             raise ValueError("only place / push tasks can leave their mat unnamed")
+        if self.nearest_mat and self.names_target:
+            raise ValueError("nearest_mat needs names_target=False")
         n_templates = self.phrasing_count()
         if not self.template_ids or any(not 0 <= t < n_templates for t in self.template_ids):
             raise ValueError(f"template ids {self.template_ids} out of range 0..{n_templates - 1}")
@@ -163,26 +197,24 @@ class TaskSpec:
     def phrasing_count(self) -> int:
         """How many phrasings this task's vocabulary has for its verb."""
         if self.vocabulary == "templates":
-            return len((TEMPLATES if self.names_target else UNNAMED_TEMPLATES)[self.verb])
+            return len(self._templates())
         return phrasing_count(self.verb, self.vocabulary)
+
+    def _templates(self) -> tuple[str, ...]:
+        if self.names_target:
+            return TEMPLATES[self.verb]
+        return (NEAREST_TEMPLATES if self.nearest_mat else UNNAMED_TEMPLATES)[self.verb]
 
     def with_vocabulary(self, vocabulary: str) -> TaskSpec:
         """The same task phrased with every phrasing of another vocabulary."""
-        twin = TaskSpec(self.verb, self.obj, self.target, (0,), vocabulary, self.names_target)
-        return TaskSpec(
-            self.verb,
-            self.obj,
-            self.target,
-            tuple(range(twin.phrasing_count())),
-            vocabulary,
-            self.names_target,
-        )
+        twin = dataclasses.replace(self, template_ids=(0,), vocabulary=vocabulary)
+        return dataclasses.replace(twin, template_ids=tuple(range(twin.phrasing_count())))
 
     @property
     def name(self) -> str:
         """Stable identifier such as ``place_red_yellow``, ``lift_blue`` or, for a mat-unnamed
         task whose episode goes to the yellow mat, ``place_red_anymat_yellow``."""
-        middle = None if self.names_target else "anymat"
+        middle = None if self.names_target else "nearestmat" if self.nearest_mat else "anymat"
         return "_".join(p for p in (self.verb, self.obj, middle, self.target) if p)
 
     @property
@@ -201,10 +233,9 @@ class TaskSpec:
             raise ValueError(f"template {template_id} is not allowed for {self.name}")
         named = self.target if self.names_target else None
         if self.vocabulary != "templates":
-            return phrase(self.verb, self.obj, named, template_id, self.vocabulary)
-        if not self.names_target:
-            return UNNAMED_TEMPLATES[self.verb][template_id].format(obj=self.obj)
-        return TEMPLATES[self.verb][template_id].format(obj=self.obj, target=self.target)
+            unnamed = "the nearest" if self.nearest_mat else "any"
+            return phrase(self.verb, self.obj, named, template_id, self.vocabulary, unnamed)
+        return self._templates()[template_id].format(obj=self.obj, target=self.target)
 
     def instructions(self) -> tuple[str, ...]:
         """Every instruction text this task may be phrased with."""
@@ -245,6 +276,12 @@ UNNAMED_TASKS: tuple[TaskSpec, ...] = tuple(
 SPLITS["pretrain_anymat"] = SPLITS["pretrain_home"] + UNNAMED_TASKS
 SPLITS["pretrain_anymat_vocab"] = tuple(
     t.with_vocabulary("train") for t in SPLITS["pretrain_anymat"]
+)
+SPLITS["pretrain_nearest"] = SPLITS["pretrain_home"] + tuple(
+    dataclasses.replace(t, nearest_mat=True) for t in UNNAMED_TASKS
+)
+SPLITS["pretrain_nearest_vocab"] = tuple(
+    t.with_vocabulary("train") for t in SPLITS["pretrain_nearest"]
 )
 #: Splits whose phrasings or colour pairs no training recipe may use.
 HELD_OUT_SPLITS: tuple[str, ...] = ("novel", "paraphrase", "novel_vocab", "paraphrase_vocab")

@@ -1,6 +1,12 @@
-"""Issue 15 exploration "any mat": home pairs named, place / push onto an unnamed mat."""
+"""Issue 15 exploration "any mat": home pairs named, place / push onto an unnamed mat.
+
+``pretrain_anymat`` draws the unnamed mat per episode; its follow-up ``pretrain_nearest`` says
+"the nearest mat" and lays the scene out so that it is.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,12 +14,21 @@ from test_generalist import fake_embedding  # the one MiniLM stand-in of these t
 
 from frs_sim.env import FrankaTabletopEnv
 from frs_sim.experts import ScriptedExpert, run_expert_episode
-from frs_sim.phrasing import COLOUR_WORDS, SLOTS, all_phrasings, content_words, words
+from frs_sim.phrasing import (
+    COLOUR_WORDS,
+    SLOTS,
+    all_phrasings,
+    content_words,
+    phrase,
+    phrasing_count,
+    words,
+)
 from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
 from frs_sim.tasks import (
     HELD_OUT_SPLITS,
     HELD_OUT_TEMPLATE_IDS,
     HOME_PAIRS,
+    NEAREST_TEMPLATES,
     NOVEL_PAIRS,
     PRETRAIN_TEMPLATE_IDS,
     SPLITS,
@@ -23,7 +38,8 @@ from frs_sim.tasks import (
     TaskSpec,
 )
 
-ANYMAT = ("pretrain_anymat", "pretrain_anymat_vocab")
+ANYMAT = ("pretrain_anymat", "pretrain_anymat_vocab", "pretrain_nearest", "pretrain_nearest_vocab")
+NEAREST_TASKS = tuple(t for t in SPLITS["pretrain_nearest"] if not t.names_target)
 EXPERT_SEEDS_PER_TASK = 10
 
 
@@ -32,27 +48,34 @@ def _texts(split: str) -> set[str]:
 
 
 def _sampled_instructions(task: TaskSpec) -> tuple[str, ...]:
-    """Every template, or every 7th generated phrasing (push has 35200: all of them take ~1 min)."""
-    ids = task.template_ids if task.vocabulary == "templates" else task.template_ids[::7]
+    """Every template, or every 29th generated phrasing (push has 35200; all take ~1 min)."""
+    ids = task.template_ids if task.vocabulary == "templates" else task.template_ids[::29]
     return tuple(task.instruction(i) for i in ids)
 
 
-def test_named_tasks_are_exactly_pretrain_home_and_unnamed_cover_every_cube_verb_mat() -> None:
-    anymat = SPLITS["pretrain_anymat"]
+@pytest.mark.parametrize("base", ["pretrain_anymat", "pretrain_nearest"])
+def test_named_tasks_are_exactly_pretrain_home_and_unnamed_cover_every_cube_verb_mat(
+    base: str,
+) -> None:
+    anymat = SPLITS[base]
     named = [t for t in anymat if t.names_target]
     assert [t.name for t in named] == [t.name for t in SPLITS["pretrain_home"]]
     assert {(t.obj, t.target) for t in named if t.target} == set(HOME_PAIRS)
     unnamed = [t for t in anymat if not t.names_target]
-    assert unnamed == list(UNNAMED_TASKS)
+    nearest = base == "pretrain_nearest"
+    assert [dataclasses.replace(t, nearest_mat=False) for t in unnamed] == list(UNNAMED_TASKS)
+    assert all(t.nearest_mat == nearest for t in unnamed)
     assert sorted((t.verb, t.obj, t.target) for t in unnamed) == sorted(
         (v, c, m) for v in ("place", "push") for c in OBJECT_NAMES for m in TARGET_NAMES
     )
     assert all(t.template_ids == PRETRAIN_TEMPLATE_IDS for t in anymat)
     assert len({t.name for t in anymat}) == len(anymat) == 9 + 18
-    vocab = SPLITS["pretrain_anymat_vocab"]
+    vocab = SPLITS[f"{base}_vocab"]
     assert [t.name for t in vocab] == [t.name for t in anymat]
     assert {t.vocabulary for t in vocab} == {"train"}
     assert not set(ANYMAT) & set(HELD_OUT_SPLITS)
+    if nearest:
+        assert all("nearest" in t.instruction(0) for t in vocab if not t.names_target)
 
 
 @pytest.mark.parametrize("split", ANYMAT)
@@ -80,41 +103,35 @@ def test_an_unnamed_instruction_does_not_depend_on_the_drawn_mat(split: str) -> 
     assert all(len(texts) == 1 for texts in by_cube_verb.values())
 
 
-def test_unnamed_phrasings_keep_held_out_words_out_of_training() -> None:
-    unnamed_train = [
-        UNNAMED_TEMPLATES[v][i] for v in UNNAMED_TEMPLATES for i in PRETRAIN_TEMPLATE_IDS
+@pytest.mark.parametrize("nearest", [False, True], ids=["anymat", "nearest"])
+def test_unnamed_phrasings_keep_held_out_words_out_of_training(nearest: bool) -> None:
+    templates = NEAREST_TEMPLATES if nearest else UNNAMED_TEMPLATES
+    unnamed = "the nearest" if nearest else "any"
+    trained = [templates[v][i] for v in templates for i in PRETRAIN_TEMPLATE_IDS]
+    generated = [
+        phrase(v, "{obj}", None, i, "train", unnamed)
+        for v in ("place", "push")
+        for i in range(phrasing_count(v, "train"))
     ]
-    unnamed_train += [p for v in ("place", "push") for p in all_phrasings(v, "train")]
-    train_words = {w for t in unnamed_train for w in content_words(t)}
+    train_words = {w for t in trained + generated for w in content_words(t)}
     heldout_words = {
         w for verb in SLOTS for p in all_phrasings(verb, "heldout") for w in content_words(p)
     }
     assert not train_words & heldout_words
+    assert not train_words & COLOUR_WORDS
     named_train = {
         w for v in TEMPLATES for i in PRETRAIN_TEMPLATE_IDS for w in content_words(TEMPLATES[v][i])
     }
     documented_heldout_only = {
         w for v in TEMPLATES for i in HELD_OUT_TEMPLATE_IDS for w in content_words(TEMPLATES[v][i])
     } - named_train
-    template_words = {w for t in unnamed_train[:12] for w in content_words(t)}
+    template_words = {w for t in trained for w in content_words(t)}
     assert not template_words & documented_heldout_only
-    # the only new training words say "some mat": no colour, no held-out phrasing
-    assert template_words - named_train <= {
-        "any",
-        "one",
-        "of",
-        "mats",
-        "pads",
-        "squares",
-        "targets",
-    }
-    assert not template_words & COLOUR_WORDS
-    held_texts = {
-        UNNAMED_TEMPLATES[v][i].format(obj="red")
-        for v in UNNAMED_TEMPLATES
-        for i in HELD_OUT_TEMPLATE_IDS
-    }
-    assert not held_texts & _texts("pretrain_anymat")
+    # the only new training words say "some mat" / "the nearest mat": no held-out phrasing
+    new_words = {"any", "one", "of", "mats", "pads", "squares", "targets", "nearest", "closest"}
+    assert template_words - named_train <= new_words
+    held = {templates[v][i].format(obj="red") for v in templates for i in HELD_OUT_TEMPLATE_IDS}
+    assert not held & (_texts("pretrain_anymat") | _texts("pretrain_nearest"))
 
 
 def test_unnamed_spec_validation_and_names() -> None:
@@ -126,6 +143,30 @@ def test_unnamed_spec_validation_and_names() -> None:
         TaskSpec("lift", "red", None, (0,), names_target=False)
     with pytest.raises(ValueError):
         TaskSpec("place", "red", None, (0,), names_target=False)  # the expert still needs a mat
+    with pytest.raises(ValueError):
+        TaskSpec("place", "red", "white", (0,), nearest_mat=True)  # a named mat is not "nearest"
+    near = TaskSpec("place", "red", "white", (0,), names_target=False, nearest_mat=True)
+    assert near.name == "place_red_nearestmat_white"
+    assert near.instruction(0) == "put the red cube on the nearest mat"
+    assert near.with_vocabulary("train").nearest_mat
+
+
+def test_the_nearest_mat_is_the_tasks_mat_and_other_layouts_are_unchanged() -> None:
+    env = FrankaTabletopEnv(tasks=list(NEAREST_TASKS), embed_fn=fake_embedding)
+    swapped = 0
+    for task in NEAREST_TASKS:
+        for seed in range(5):
+            obs, _ = env.reset(seed=seed, options={"task": task})
+            cube = obs["object_pos"][task.object_index][:2]
+            mats = obs["target_pos"][:, :2]
+            assert int(np.argmin(np.linalg.norm(mats - cube, axis=1))) == task.target_index
+            plain = dataclasses.replace(task, nearest_mat=False)
+            other, _ = env.reset(seed=seed, options={"task": plain})
+            np.testing.assert_array_equal(other["object_pos"], obs["object_pos"])
+            assert sorted(map(tuple, other["target_pos"])) == sorted(map(tuple, obs["target_pos"]))
+            swapped += not np.array_equal(other["target_pos"], obs["target_pos"])
+    env.close()
+    assert swapped > 0  # the swap did happen where the drawn layout disagreed
 
 
 def test_the_environment_draws_the_unnamed_mat_with_the_episode_seed() -> None:
@@ -143,12 +184,13 @@ def test_the_environment_draws_the_unnamed_mat_with_the_episode_seed() -> None:
     assert set(drawn) == set(TARGET_NAMES)
 
 
-def test_expert_solves_every_unnamed_task() -> None:
-    """The same expert chunks as the named task to that mat: >= 90 % over 10 seeds per task."""
-    env = FrankaTabletopEnv(tasks=list(UNNAMED_TASKS), embed_fn=fake_embedding)
+@pytest.mark.parametrize("tasks", [UNNAMED_TASKS, NEAREST_TASKS], ids=["anymat", "nearest"])
+def test_expert_solves_every_unnamed_task(tasks: tuple[TaskSpec, ...]) -> None:
+    """>= 90 % over 10 seeds per task (anymat: the same episodes as the named task to that mat)."""
+    env = FrankaTabletopEnv(tasks=list(tasks), embed_fn=fake_embedding)
     expert = ScriptedExpert()
     failures = []
-    for task in UNNAMED_TASKS:
+    for task in tasks:
         wins = [
             run_expert_episode(env, expert, seed=2000 + s, task=task)[0]
             for s in range(EXPERT_SEEDS_PER_TASK)
@@ -162,8 +204,9 @@ def test_expert_solves_every_unnamed_task() -> None:
 def test_anymat_profile() -> None:
     from frs_sim.studies.generalist import PROFILES
 
-    recipe = PROFILES["robust_anymat"]
-    assert recipe.split == "pretrain_anymat"
-    recipe.check_seeds()
-    keys = {PROFILES[p].demo_key() for p in ("robust", "robust_home", "robust_anymat")}
-    assert len(keys) == 3
+    for name in ("robust_anymat", "robust_nearest"):
+        recipe = PROFILES[name]
+        assert recipe.split == "pretrain_" + name.removeprefix("robust_")
+        recipe.check_seeds()
+    names = ("robust", "robust_home", "robust_anymat", "robust_nearest")
+    assert len({PROFILES[p].demo_key() for p in names}) == 4

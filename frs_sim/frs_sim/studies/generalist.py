@@ -141,6 +141,10 @@ PROFILES["robust_home"] = dataclasses.replace(PROFILES["robust"], split="pretrai
 PROFILES["robust_anymat"] = dataclasses.replace(
     PROFILES["robust"], split="pretrain_anymat", episodes=6000
 )
+#: ``robust_nearest``: the same on ``pretrain_nearest`` (the unnamed mat is the nearest one).
+PROFILES["robust_nearest"] = dataclasses.replace(
+    PROFILES["robust_anymat"], split="pretrain_nearest"
+)
 
 
 def action_limit_bounds(config: EnvConfig | None = None) -> tuple[list[float], list[float]]:
