@@ -263,6 +263,11 @@ class FrankaTabletopEnv(gym.Env):
         self.instruction_embedding = np.asarray(self._embed(self.instruction), dtype=np.float32)
 
         cubes_xy, mats_xy = self._sample_layout(rng)
+        if self.task.nearest_mat:  # "the nearest mat" must be the task's: swap two mat positions
+            cube_xy = cubes_xy[self.task.object_index]
+            nearest = int(np.argmin(np.linalg.norm(np.asarray(mats_xy) - cube_xy, axis=1)))
+            mats_xy = np.array(mats_xy, copy=True)
+            mats_xy[[nearest, self.task.target_index]] = mats_xy[[self.task.target_index, nearest]]
         cfg = self.config
         mujoco.mj_resetData(self.model, self.data)
         start_pos = HOME_EE_POS + rng.uniform(-cfg.ee_start_noise, cfg.ee_start_noise, 3)

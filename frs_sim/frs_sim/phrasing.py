@@ -243,8 +243,14 @@ def phrasing_count(verb: str, vocabulary: str) -> int:
     return count
 
 
-def phrase(verb: str, obj: str, target: str | None, index: int, vocabulary: str) -> str:
-    """Phrasing ``index`` (0 <= index < ``phrasing_count``) of a task in ``vocabulary``."""
+def phrase(
+    verb: str, obj: str, target: str | None, index: int, vocabulary: str, unnamed: str = "any"
+) -> str:
+    """Phrasing ``index`` (0 <= index < ``phrasing_count``) of a task in ``vocabulary``.
+
+    ``target`` None for ``place`` / ``push``: the mat is left unnamed, ``unnamed`` stands for
+    "the {target}" ("... onto any pad", or with ``unnamed="the nearest"`` "... the nearest pad").
+    """
     pools = _check_vocabulary(vocabulary)
     total = phrasing_count(verb, vocabulary)
     if not 0 <= index < total:
@@ -258,12 +264,10 @@ def phrase(verb: str, obj: str, target: str | None, index: int, vocabulary: str)
     if verb == "lift":
         return f"{parts['lift_verb']} the {obj} {noun}{parts['lift_tail']}"
     mat = parts["target_noun"]
+    mat = f"{unnamed} {mat}" if target is None else f"the {target} {mat}"
     if verb == "place":
-        return f"{parts['place_verb']} the {obj} {noun} {parts['place_prep']} the {target} {mat}"
-    return (
-        f"{parts['push_verb']} the {obj} {noun} {parts['push_prep']} the {target} {mat}"
-        f"{parts['push_tail']}"
-    )
+        return f"{parts['place_verb']} the {obj} {noun} {parts['place_prep']} {mat}"
+    return f"{parts['push_verb']} the {obj} {noun} {parts['push_prep']} {mat}{parts['push_tail']}"
 
 
 def all_phrasings(verb: str, vocabulary: str) -> list[str]:

@@ -30,10 +30,25 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   it can learn "red goes to its home mat" instead of reading the mat; the novel split is unchanged.
   The 3 pairs in neither set are used by no split. ``pretrain_home_vocab`` is its
   training-vocabulary twin.
+* ``pretrain_anymat`` - exploration (issue 15, "any mat"): ``pretrain_home`` plus mat-UNNAMED
+  ``place`` and ``push`` tasks for every cube ("put the red cube on any mat",
+  ``UNNAMED_TEMPLATES``; ``TaskSpec.names_target`` False). An unnamed task still has a concrete
+  mat for the expert and the success check; the split holds one per (verb, cube, mat) with the
+  same instruction texts, so the mat of an unnamed episode is drawn with the task (uniformly from
+  the episode seed when the environment draws the task; a third each when demonstrations visit
+  the split round-robin). Release and push-on are then shown over every mat as a local skill
+  while no NAMED instruction pairs a cube with a non-home mat. ``pretrain_anymat_vocab`` is its
+  training-vocabulary twin (unnamed phrasings: "... onto any <mat noun>").
+* ``pretrain_nearest`` - follow-up of ``pretrain_anymat``: the same split, but the unnamed
+  instruction says "the nearest mat" (``NEAREST_TEMPLATES``; ``TaskSpec.nearest_mat``) and the
+  environment lays the mats out so that the task's mat IS the one nearest the cube (it swaps two
+  mat positions after sampling), so an unnamed instruction has one right answer per scene instead
+  of three. ``pretrain_nearest_vocab`` is its training-vocabulary twin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from frs_sim.phrasing import phrase, phrasing_count
@@ -75,6 +90,56 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "keep the {obj} block on the table and push it to the {target} square",
     ),
 }
+#: Mat-unnamed phrasings of ``place`` / ``push`` (``TaskSpec.names_target`` False): the named
+#: templates with "the {target} <noun>" replaced by "any <noun>", "one of the <nouns>" or
+#: "a <noun>".
+#: Kept out of ``TEMPLATES`` on purpose: ``frs_sim.phrasing`` splits its vocabularies by the
+#: words of ``TEMPLATES``, and those must not move. Same ids: 0-5 trained, 6-7 held out.
+UNNAMED_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "place": (
+        "put the {obj} cube on a mat",
+        "place the {obj} block onto any mat",
+        "pick up the {obj} cube and set it down on one of the pads",
+        "move the {obj} cube onto a square",
+        "grab the {obj} block and drop it on any target",
+        "lift the {obj} cube and put it on one of the mats",
+        "transfer the {obj} cube to any pad",
+        "carry the {obj} block over to a square and release it there",
+    ),
+    "push": (
+        "push the {obj} cube onto a mat",
+        "slide the {obj} block over to any mat",
+        "nudge the {obj} cube into one of the squares",
+        "shove the {obj} block toward a pad until it is on it",
+        "without lifting it, move the {obj} cube to any mat",
+        "push the {obj} block along the table to one of the targets",
+        "slide the {obj} cube across the table onto a pad",
+        "keep the {obj} block on the table and push it to any square",
+    ),
+}
+#: "The nearest mat" phrasings (``TaskSpec.nearest_mat``), ids as above.
+NEAREST_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "place": (
+        "put the {obj} cube on the nearest mat",
+        "place the {obj} block onto the closest mat",
+        "pick up the {obj} cube and set it down on the nearest pad",
+        "move the {obj} cube onto the closest square",
+        "grab the {obj} block and drop it on the nearest target",
+        "lift the {obj} cube and put it on the closest mat",
+        "transfer the {obj} cube to the nearest pad",
+        "carry the {obj} block over to the closest square and release it there",
+    ),
+    "push": (
+        "push the {obj} cube onto the nearest mat",
+        "slide the {obj} block over to the closest mat",
+        "nudge the {obj} cube into the nearest square",
+        "shove the {obj} block toward the closest pad until it is on it",
+        "without lifting it, move the {obj} cube to the nearest mat",
+        "push the {obj} block along the table to the closest target",
+        "slide the {obj} cube across the table onto the nearest pad",
+        "keep the {obj} block on the table and push it to the closest square",
+    ),
+}
 PRETRAIN_TEMPLATE_IDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
 HELD_OUT_TEMPLATE_IDS: tuple[int, ...] = (6, 7)
 
@@ -96,6 +161,11 @@ class TaskSpec:
 
     ``vocabulary`` ``"templates"`` (default): ``template_ids`` index ``TEMPLATES[verb]``;
     ``"train"`` / ``"heldout"``: they index the generated phrasings of ``frs_sim.phrasing``.
+    ``names_target`` False (``place`` / ``push`` only): the instruction names no mat
+    (``UNNAMED_TEMPLATES``, or the generated "any <mat noun>" phrasings); ``target`` is still the
+    mat the expert goes to and the success check tests. ``nearest_mat`` (unnamed tasks only): the
+    instruction says "the nearest mat" (``NEAREST_TEMPLATES``) and the environment makes ``target``
+    the mat nearest the cube.
     """
 
     verb: str
@@ -103,6 +173,8 @@ class TaskSpec:
     target: str | None
     template_ids: tuple[int, ...]
     vocabulary: str = "templates"
+    names_target: bool = True
+    nearest_mat: bool = False
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
@@ -114,6 +186,10 @@ class TaskSpec:
             raise ValueError(f"{self.verb} needs a target in {TARGET_NAMES}, got {self.target!r}")
         if not needs_target and self.target is not None:
             raise ValueError("lift takes no target")
+        if not needs_target and not self.names_target:
+            raise ValueError("only place / push tasks can leave their mat unnamed")
+        if self.nearest_mat and self.names_target:
+            raise ValueError("nearest_mat needs names_target=False")
         n_templates = self.phrasing_count()
         if not self.template_ids or any(not 0 <= t < n_templates for t in self.template_ids):
             raise ValueError(f"template ids {self.template_ids} out of range 0..{n_templates - 1}")
@@ -121,20 +197,25 @@ class TaskSpec:
     def phrasing_count(self) -> int:
         """How many phrasings this task's vocabulary has for its verb."""
         if self.vocabulary == "templates":
-            return len(TEMPLATES[self.verb])
+            return len(self._templates())
         return phrasing_count(self.verb, self.vocabulary)
+
+    def _templates(self) -> tuple[str, ...]:
+        if self.names_target:
+            return TEMPLATES[self.verb]
+        return (NEAREST_TEMPLATES if self.nearest_mat else UNNAMED_TEMPLATES)[self.verb]
 
     def with_vocabulary(self, vocabulary: str) -> TaskSpec:
         """The same task phrased with every phrasing of another vocabulary."""
-        twin = TaskSpec(self.verb, self.obj, self.target, (0,), vocabulary)
-        return TaskSpec(
-            self.verb, self.obj, self.target, tuple(range(twin.phrasing_count())), vocabulary
-        )
+        twin = dataclasses.replace(self, template_ids=(0,), vocabulary=vocabulary)
+        return dataclasses.replace(twin, template_ids=tuple(range(twin.phrasing_count())))
 
     @property
     def name(self) -> str:
-        """Stable identifier such as ``place_red_yellow`` or ``lift_blue``."""
-        return "_".join(p for p in (self.verb, self.obj, self.target) if p)
+        """Stable identifier such as ``place_red_yellow``, ``lift_blue`` or, for a mat-unnamed
+        task whose episode goes to the yellow mat, ``place_red_anymat_yellow``."""
+        middle = None if self.names_target else "nearestmat" if self.nearest_mat else "anymat"
+        return "_".join(p for p in (self.verb, self.obj, middle, self.target) if p)
 
     @property
     def object_index(self) -> int:
@@ -150,9 +231,11 @@ class TaskSpec:
         """The instruction text for one of this task's templates."""
         if template_id not in self.template_ids:
             raise ValueError(f"template {template_id} is not allowed for {self.name}")
+        named = self.target if self.names_target else None
         if self.vocabulary != "templates":
-            return phrase(self.verb, self.obj, self.target, template_id, self.vocabulary)
-        return TEMPLATES[self.verb][template_id].format(obj=self.obj, target=self.target)
+            unnamed = "the nearest" if self.nearest_mat else "any"
+            return phrase(self.verb, self.obj, named, template_id, self.vocabulary, unnamed)
+        return self._templates()[template_id].format(obj=self.obj, target=self.target)
 
     def instructions(self) -> tuple[str, ...]:
         """Every instruction text this task may be phrased with."""
@@ -183,6 +266,23 @@ SPLITS["pretrain_home"] = tuple(
     t for t in SPLITS["pretrain"] if t.verb == "lift" or (t.obj, t.target) in HOME_PAIRS
 )
 SPLITS["pretrain_home_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_home"])
+#: The mat-unnamed tasks of ``pretrain_anymat``: every (verb, cube) x each mat an episode may go to.
+UNNAMED_TASKS: tuple[TaskSpec, ...] = tuple(
+    TaskSpec(verb, obj, target, PRETRAIN_TEMPLATE_IDS, names_target=False)
+    for verb in ("place", "push")
+    for obj in OBJECT_NAMES
+    for target in TARGET_NAMES
+)
+SPLITS["pretrain_anymat"] = SPLITS["pretrain_home"] + UNNAMED_TASKS
+SPLITS["pretrain_anymat_vocab"] = tuple(
+    t.with_vocabulary("train") for t in SPLITS["pretrain_anymat"]
+)
+SPLITS["pretrain_nearest"] = SPLITS["pretrain_home"] + tuple(
+    dataclasses.replace(t, nearest_mat=True) for t in UNNAMED_TASKS
+)
+SPLITS["pretrain_nearest_vocab"] = tuple(
+    t.with_vocabulary("train") for t in SPLITS["pretrain_nearest"]
+)
 #: Splits whose phrasings or colour pairs no training recipe may use.
 HELD_OUT_SPLITS: tuple[str, ...] = ("novel", "paraphrase", "novel_vocab", "paraphrase_vocab")
 

@@ -134,6 +134,17 @@ PROFILES: dict[str, GeneralistRecipe] = {
 #: ``robust_home``: exploration for issue 15, the robust recipe on ``pretrain_home`` (each cube only
 #: ever goes to its one home mat, ``frs_sim.tasks.HOME_PAIRS``).
 PROFILES["robust_home"] = dataclasses.replace(PROFILES["robust"], split="pretrain_home")
+#: ``robust_anymat``: exploration for issue 15, the robust recipe on ``pretrain_anymat`` (home pairs
+#: named, plus place / push onto an unnamed mat drawn per episode). The split has 27 tasks visited
+#: round-robin (robust_home: 9), so twice the episodes keep ~2/3 of robust_home's per-task count
+#: for lift and the named home pairs.
+PROFILES["robust_anymat"] = dataclasses.replace(
+    PROFILES["robust"], split="pretrain_anymat", episodes=6000
+)
+#: ``robust_nearest``: the same on ``pretrain_nearest`` (the unnamed mat is the nearest one).
+PROFILES["robust_nearest"] = dataclasses.replace(
+    PROFILES["robust_anymat"], split="pretrain_nearest"
+)
 
 
 def action_limit_bounds(config: EnvConfig | None = None) -> tuple[list[float], list[float]]:

@@ -1,0 +1,212 @@
+"""Issue 15 exploration "any mat": home pairs named, place / push onto an unnamed mat.
+
+``pretrain_anymat`` draws the unnamed mat per episode; its follow-up ``pretrain_nearest`` says
+"the nearest mat" and lays the scene out so that it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_generalist import fake_embedding  # the one MiniLM stand-in of these tests
+
+from frs_sim.env import FrankaTabletopEnv
+from frs_sim.experts import ScriptedExpert, run_expert_episode
+from frs_sim.phrasing import (
+    COLOUR_WORDS,
+    SLOTS,
+    all_phrasings,
+    content_words,
+    phrase,
+    phrasing_count,
+    words,
+)
+from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
+from frs_sim.tasks import (
+    HELD_OUT_SPLITS,
+    HELD_OUT_TEMPLATE_IDS,
+    HOME_PAIRS,
+    NEAREST_TEMPLATES,
+    NOVEL_PAIRS,
+    PRETRAIN_TEMPLATE_IDS,
+    SPLITS,
+    TEMPLATES,
+    UNNAMED_TASKS,
+    UNNAMED_TEMPLATES,
+    TaskSpec,
+)
+
+ANYMAT = ("pretrain_anymat", "pretrain_anymat_vocab", "pretrain_nearest", "pretrain_nearest_vocab")
+NEAREST_TASKS = tuple(t for t in SPLITS["pretrain_nearest"] if not t.names_target)
+EXPERT_SEEDS_PER_TASK = 10
+
+
+def _texts(split: str) -> set[str]:
+    return {text for task in SPLITS[split] for text in task.instructions()}
+
+
+def _sampled_instructions(task: TaskSpec) -> tuple[str, ...]:
+    """Every template, or every 29th generated phrasing (push has 35200; all take ~1 min)."""
+    ids = task.template_ids if task.vocabulary == "templates" else task.template_ids[::29]
+    return tuple(task.instruction(i) for i in ids)
+
+
+@pytest.mark.parametrize("base", ["pretrain_anymat", "pretrain_nearest"])
+def test_named_tasks_are_exactly_pretrain_home_and_unnamed_cover_every_cube_verb_mat(
+    base: str,
+) -> None:
+    anymat = SPLITS[base]
+    named = [t for t in anymat if t.names_target]
+    assert [t.name for t in named] == [t.name for t in SPLITS["pretrain_home"]]
+    assert {(t.obj, t.target) for t in named if t.target} == set(HOME_PAIRS)
+    unnamed = [t for t in anymat if not t.names_target]
+    nearest = base == "pretrain_nearest"
+    assert [dataclasses.replace(t, nearest_mat=False) for t in unnamed] == list(UNNAMED_TASKS)
+    assert all(t.nearest_mat == nearest for t in unnamed)
+    assert sorted((t.verb, t.obj, t.target) for t in unnamed) == sorted(
+        (v, c, m) for v in ("place", "push") for c in OBJECT_NAMES for m in TARGET_NAMES
+    )
+    assert all(t.template_ids == PRETRAIN_TEMPLATE_IDS for t in anymat)
+    assert len({t.name for t in anymat}) == len(anymat) == 9 + 18
+    vocab = SPLITS[f"{base}_vocab"]
+    assert [t.name for t in vocab] == [t.name for t in anymat]
+    assert {t.vocabulary for t in vocab} == {"train"}
+    assert not set(ANYMAT) & set(HELD_OUT_SPLITS)
+    if nearest:
+        assert all("nearest" in t.instruction(0) for t in vocab if not t.names_target)
+
+
+@pytest.mark.parametrize("split", ANYMAT)
+def test_no_training_text_names_a_non_home_pair(split: str) -> None:
+    """The novel colour pairs stay unseen in every NAMED phrasing of the split."""
+    mats = set(TARGET_NAMES)
+    for task in SPLITS[split]:
+        for text in _sampled_instructions(task):
+            named_mats = words(text) & mats
+            if task.names_target:
+                assert named_mats == ({task.target} if task.target else set()), text
+            else:
+                assert not named_mats, text
+                assert task.obj in words(text)
+            assert not any({c, m} <= words(text) for c, m in NOVEL_PAIRS), text
+
+
+@pytest.mark.parametrize("split", ANYMAT)
+def test_an_unnamed_instruction_does_not_depend_on_the_drawn_mat(split: str) -> None:
+    by_cube_verb: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+    for task in SPLITS[split]:
+        if not task.names_target:
+            by_cube_verb.setdefault((task.verb, task.obj), set()).add(_sampled_instructions(task))
+    assert len(by_cube_verb) == 6
+    assert all(len(texts) == 1 for texts in by_cube_verb.values())
+
+
+@pytest.mark.parametrize("nearest", [False, True], ids=["anymat", "nearest"])
+def test_unnamed_phrasings_keep_held_out_words_out_of_training(nearest: bool) -> None:
+    templates = NEAREST_TEMPLATES if nearest else UNNAMED_TEMPLATES
+    unnamed = "the nearest" if nearest else "any"
+    trained = [templates[v][i] for v in templates for i in PRETRAIN_TEMPLATE_IDS]
+    generated = [
+        phrase(v, "{obj}", None, i, "train", unnamed)
+        for v in ("place", "push")
+        for i in range(phrasing_count(v, "train"))
+    ]
+    train_words = {w for t in trained + generated for w in content_words(t)}
+    heldout_words = {
+        w for verb in SLOTS for p in all_phrasings(verb, "heldout") for w in content_words(p)
+    }
+    assert not train_words & heldout_words
+    assert not train_words & COLOUR_WORDS
+    named_train = {
+        w for v in TEMPLATES for i in PRETRAIN_TEMPLATE_IDS for w in content_words(TEMPLATES[v][i])
+    }
+    documented_heldout_only = {
+        w for v in TEMPLATES for i in HELD_OUT_TEMPLATE_IDS for w in content_words(TEMPLATES[v][i])
+    } - named_train
+    template_words = {w for t in trained for w in content_words(t)}
+    assert not template_words & documented_heldout_only
+    # the only new training words say "some mat" / "the nearest mat": no held-out phrasing
+    new_words = {"any", "one", "of", "mats", "pads", "squares", "targets", "nearest", "closest"}
+    assert template_words - named_train <= new_words
+    held = {templates[v][i].format(obj="red") for v in templates for i in HELD_OUT_TEMPLATE_IDS}
+    assert not held & (_texts("pretrain_anymat") | _texts("pretrain_nearest"))
+
+
+def test_unnamed_spec_validation_and_names() -> None:
+    task = TaskSpec("push", "red", "yellow", (0, 6), names_target=False)
+    assert task.name == "push_red_anymat_yellow"
+    assert task.instruction(6) == "slide the red cube across the table onto a pad"
+    assert "yellow" not in task.with_vocabulary("heldout").instruction(3)
+    with pytest.raises(ValueError):
+        TaskSpec("lift", "red", None, (0,), names_target=False)
+    with pytest.raises(ValueError):
+        TaskSpec("place", "red", None, (0,), names_target=False)  # the expert still needs a mat
+    with pytest.raises(ValueError):
+        TaskSpec("place", "red", "white", (0,), nearest_mat=True)  # a named mat is not "nearest"
+    near = TaskSpec("place", "red", "white", (0,), names_target=False, nearest_mat=True)
+    assert near.name == "place_red_nearestmat_white"
+    assert near.instruction(0) == "put the red cube on the nearest mat"
+    assert near.with_vocabulary("train").nearest_mat
+
+
+def test_the_nearest_mat_is_the_tasks_mat_and_other_layouts_are_unchanged() -> None:
+    env = FrankaTabletopEnv(tasks=list(NEAREST_TASKS), embed_fn=fake_embedding)
+    swapped = 0
+    for task in NEAREST_TASKS:
+        for seed in range(5):
+            obs, _ = env.reset(seed=seed, options={"task": task})
+            cube = obs["object_pos"][task.object_index][:2]
+            mats = obs["target_pos"][:, :2]
+            assert int(np.argmin(np.linalg.norm(mats - cube, axis=1))) == task.target_index
+            plain = dataclasses.replace(task, nearest_mat=False)
+            other, _ = env.reset(seed=seed, options={"task": plain})
+            np.testing.assert_array_equal(other["object_pos"], obs["object_pos"])
+            assert sorted(map(tuple, other["target_pos"])) == sorted(map(tuple, obs["target_pos"]))
+            swapped += not np.array_equal(other["target_pos"], obs["target_pos"])
+    env.close()
+    assert swapped > 0  # the swap did happen where the drawn layout disagreed
+
+
+def test_the_environment_draws_the_unnamed_mat_with_the_episode_seed() -> None:
+    tasks = [t for t in UNNAMED_TASKS if t.verb == "place" and t.obj == "red"]
+    env = FrankaTabletopEnv(tasks=tasks, embed_fn=fake_embedding)
+    drawn = []
+    for seed in range(30):
+        env.reset(seed=seed)
+        drawn.append(env.task.target)
+        assert env.instruction in tasks[0].instructions()
+    env.reset(seed=4)
+    again = env.task.target
+    env.close()
+    assert again == drawn[4]
+    assert set(drawn) == set(TARGET_NAMES)
+
+
+@pytest.mark.parametrize("tasks", [UNNAMED_TASKS, NEAREST_TASKS], ids=["anymat", "nearest"])
+def test_expert_solves_every_unnamed_task(tasks: tuple[TaskSpec, ...]) -> None:
+    """>= 90 % over 10 seeds per task (anymat: the same episodes as the named task to that mat)."""
+    env = FrankaTabletopEnv(tasks=list(tasks), embed_fn=fake_embedding)
+    expert = ScriptedExpert()
+    failures = []
+    for task in tasks:
+        wins = [
+            run_expert_episode(env, expert, seed=2000 + s, task=task)[0]
+            for s in range(EXPERT_SEEDS_PER_TASK)
+        ]
+        if np.mean(wins) < 0.9:
+            failures.append((task.name, wins))
+    env.close()
+    assert not failures, failures
+
+
+def test_anymat_profile() -> None:
+    from frs_sim.studies.generalist import PROFILES
+
+    for name in ("robust_anymat", "robust_nearest"):
+        recipe = PROFILES[name]
+        assert recipe.split == "pretrain_" + name.removeprefix("robust_")
+        recipe.check_seeds()
+    names = ("robust", "robust_home", "robust_anymat", "robust_nearest")
+    assert len({PROFILES[p].demo_key() for p in names}) == 4
