@@ -38,7 +38,7 @@ from std_msgs.msg import String
 
 from frs_bringup.bag_replay import RECORD_TOPIC
 from frs_bringup.bags import LATCHED_TOPICS, RECORD_TOPICS, SENSOR_TOPICS, BagError, BagWriter
-from frs_control.ros_executor import NO_SUBSCRIPTION_EVENTS
+from frs_control.ros_executor import LATCHED_QOS, NO_SUBSCRIPTION_EVENTS
 
 #: The recorder's node name.
 RECORDER_NODE = "frs_recorder"
@@ -48,12 +48,6 @@ RECORDER_NODE = "frs_recorder"
 #: chunks' observations were missing from the bag: the recorder's joint_states reader matched
 #: the robot's publisher a second after its other readers).
 READY_TOPIC = "frs/recorder/ready"
-READY_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
 
 
 def message_class(msgtype: str):  # noqa: ANN201
@@ -125,7 +119,7 @@ class Recorder(Node):
                 raw=True,
                 event_callbacks=events,
             )
-        self._ready = self.create_publisher(String, READY_TOPIC, READY_QOS)
+        self._ready = self.create_publisher(String, READY_TOPIC, LATCHED_QOS)
         self._ready_check = self.create_timer(0.1, self._announce_when_ready)
 
     def _announce_when_ready(self) -> None:

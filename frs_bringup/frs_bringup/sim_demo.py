@@ -33,7 +33,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from frs_bringup.episode_runner import EpisodeRunner, summarize
-from frs_bringup.recorder import READY_QOS, READY_TOPIC
+from frs_bringup.recorder import READY_TOPIC
 from frs_bringup.stack_manager import StackManager, spin_until
 from frs_bringup.stacks import (
     PROPOSER,
@@ -44,6 +44,7 @@ from frs_bringup.stacks import (
     get_stack,
     params_path,
 )
+from frs_control.ros_executor import LATCHED_QOS
 
 #: Seconds a node process gets to exit after SIGINT before it is killed.
 EXIT_TIMEOUT = 10.0
@@ -205,7 +206,7 @@ def wait_for_recorder(
     started before its readers matched left chunks whose observations the bag lacks.
     """
     announced: list[String] = []
-    subscription = node.create_subscription(String, READY_TOPIC, announced.append, READY_QOS)
+    subscription = node.create_subscription(String, READY_TOPIC, announced.append, LATCHED_QOS)
     try:
         ready = spin_until(
             executor, lambda: bool(announced) or process.poll() is not None, timeout_s

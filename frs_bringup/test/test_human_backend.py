@@ -16,9 +16,9 @@ from std_msgs.msg import String
 
 from frs_bringup.testing import RigClient, ros_args, start_arm_controller, start_sim_robot
 from frs_control.kinematics import ArmKinematics
+from frs_control.ros_executor import RELIABLE_QOS
 from frs_msgs.action import SteerChunk
 from frs_steering.package_data import shipped_checkpoint
-from frs_vlm_bridge.proposer_node import RELIABLE_QOS
 
 pytestmark = pytest.mark.flaky(reruns=2)  # separate processes on 2 cores, as the full pipeline
 

@@ -217,7 +217,7 @@ def test_the_demo_waits_for_the_recorder_and_names_a_recorder_that_died(
     )
     try:
         with pytest.raises(RuntimeError, match="did not report recording"):
-            wait_for_recorder(demo, executor, recorder, timeout_s=20.0)  # no data, no records
+            wait_for_recorder(demo, executor, recorder, timeout_s=5.0)  # no data, no records
         demo.create_publisher(SteeringRecord, RECORD_TOPIC, 10)
         with pytest.raises(RuntimeError, match="did not report recording"):
             wait_for_recorder(demo, executor, recorder, timeout_s=3.0)  # still no observations

@@ -38,7 +38,7 @@ from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -54,15 +54,12 @@ from frs_control.ros_executor import (
     ACTION_BURST_QOS,
     NO_PUBLISHER_EVENTS,
     NO_SUBSCRIPTION_EVENTS,
+    RELIABLE_QOS,
     run_node,
     waking_future,
 )
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk
-
-COMMAND_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10
-)
 
 
 class ArmControllerNode(LifecycleNode):
@@ -110,7 +107,7 @@ class ArmControllerNode(LifecycleNode):
             franka = params.franka_gripper_settings(self._param)
             self._joint_names = params.joint_names(self._param)
             self._gripper = make_gripper_output(
-                self, str(self._param("gripper_output")), COMMAND_QOS, franka
+                self, str(self._param("gripper_output")), RELIABLE_QOS, franka
             )
         except (GripperUnavailable, ValueError) as err:
             self.get_logger().error(str(err))
@@ -123,14 +120,14 @@ class ArmControllerNode(LifecycleNode):
             self._velocity_pub = self.create_publisher(
                 Float64MultiArray,
                 "forward_velocity_controller/commands",
-                COMMAND_QOS,
+                RELIABLE_QOS,
                 event_callbacks=NO_PUBLISHER_EVENTS,
             )
         else:
             self._trajectory_pub = self.create_publisher(
                 JointTrajectory,
                 "joint_trajectory_controller/joint_trajectory",
-                COMMAND_QOS,
+                RELIABLE_QOS,
                 event_callbacks=NO_PUBLISHER_EVENTS,
             )
         self._loop = ControlLoop(

@@ -12,11 +12,21 @@ import signal
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.event_handler import (
+    PublisherEventCallbacks,
+    QoSRequestedIncompatibleQoSInfo,
+    SubscriptionEventCallbacks,
+)
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_policy_name_from_kind,
+)
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 
@@ -34,6 +44,18 @@ ACTION_BURST_QOS: dict[str, QoSProfile] = {
     "cancel_service_qos_profile": BURST_SERVICE_QOS,
 }
 
+#: Reliable, the last sample kept for late joiners (ROS's "latched"): instructions, announcements.
+LATCHED_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+#: Reliable, volatile, keep-last 10: commands, references, records, diagnostics.
+RELIABLE_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10
+)
+
 #: Event callbacks that create no event handlers. rclpy's defaults give every publisher and
 #: subscription two (incompatible QoS, incompatible type), and each is polled on every executor
 #: pass: a configured steering node's idle pass took 0.27 ms with its 14, 0.16 ms without (a
@@ -41,6 +63,21 @@ ACTION_BURST_QOS: dict[str, QoSProfile] = {
 #: cannot mismatch (best-effort, volatile subscriptions) or whose peer reports the mismatch.
 NO_SUBSCRIPTION_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 NO_PUBLISHER_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+
+
+def latched_subscription_events(node: Node, topic: str) -> SubscriptionEventCallbacks:
+    """Only an incompatible-QoS check for a :data:`LATCHED_QOS` subscription on ``topic``: a
+    volatile or best-effort publisher (a plain ``ros2 topic pub``) never reaches it, and the
+    warning says how to publish instead."""
+
+    def warn(event: QoSRequestedIncompatibleQoSInfo) -> None:
+        policy = qos_policy_name_from_kind(event.last_policy_kind)
+        node.get_logger().warning(
+            f"a publisher on {topic} offers incompatible QoS ({policy}): none of its messages "
+            "arrive; publish them reliable and transient local (latched)"
+        )
+
+    return SubscriptionEventCallbacks(incompatible_qos=warn, use_default_callbacks=False)
 
 
 def waking_future(node: Node) -> Future:

@@ -19,10 +19,6 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -30,6 +26,7 @@ from std_msgs.msg import Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_control.messages import stamp_to_seconds
+from frs_control.ros_executor import LATCHED_QOS, RELIABLE_QOS
 from frs_control.ros_params import declare_described, float_range, int_range
 from frs_msgs.msg import EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
@@ -49,15 +46,6 @@ from frs_sim.tasks import SPLITS, get_split
 from frs_steering.instructions import EMBEDDING_DIM
 
 SENSOR_QOS = qos_profile_sensor_data
-COMMAND_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10
-)
-LATCHED_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
 _MAX_TICK_GAP = 0.1  # s; a stalled process catches up at most this much physics per tick
 
 
@@ -115,16 +103,16 @@ class SimRobotNode(Node):
             Float64MultiArray,
             "forward_velocity_controller/commands",
             self._on_velocity_command,
-            COMMAND_QOS,
+            RELIABLE_QOS,
         )
         self.create_subscription(
             JointTrajectory,
             "joint_trajectory_controller/joint_trajectory",
             self._on_trajectory,
-            COMMAND_QOS,
+            RELIABLE_QOS,
         )
         self.create_subscription(
-            Float64MultiArray, "gripper_controller/commands", self._on_gripper_command, COMMAND_QOS
+            Float64MultiArray, "gripper_controller/commands", self._on_gripper_command, RELIABLE_QOS
         )
         self.create_service(ResetEpisode, "frs/reset_episode", self._on_reset)
 

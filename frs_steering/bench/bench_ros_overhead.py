@@ -68,7 +68,7 @@ from trajectory_msgs.msg import JointTrajectory
 from frs_bringup.sim_demo import stop_stack
 from frs_control.kinematics import REST_QPOS
 from frs_control.messages import ns_to_stamp, stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS
+from frs_control.ros_executor import ACTION_BURST_QOS, LATCHED_QOS
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import ObjectStates
 from frs_sim import scene
@@ -78,7 +78,6 @@ from frs_steering.adapters.base import ReferenceSettings, Sample
 from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.steer import steer
-from frs_steering.steering_node import LATCHED_QOS
 
 INSTRUCTION = "put the red cube on the yellow mat"
 ARM_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]

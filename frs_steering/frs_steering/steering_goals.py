@@ -120,6 +120,16 @@ class StepMonitor:
 
 
 @dataclass(frozen=True)
+class Served:
+    """How a steering worker ended a goal: the goal-state transition, the result message, and
+    what to publish once the result is sent."""
+
+    transition: str  # "succeed" | "abort" | "canceled"
+    result: Any
+    publish: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
 class SteerRequest:
     """A goal's checked steering settings, in :func:`frs_steering.steer.steer`'s terms."""
 

@@ -20,20 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
-from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_policy_name_from_kind,
     qos_profile_sensor_data,
 )
 from rclpy.task import Future
@@ -44,8 +37,11 @@ from visualization_msgs.msg import MarkerArray
 from frs_control.messages import MessageError, message_class, stamp_to_ns
 from frs_control.ros_executor import (
     ACTION_BURST_QOS,
+    LATCHED_QOS,
     NO_PUBLISHER_EVENTS,
     NO_SUBSCRIPTION_EVENTS,
+    RELIABLE_QOS,
+    latched_subscription_events,
     run_node,
     waking_future,
 )
@@ -64,6 +60,7 @@ from frs_steering.steering_goals import (
     GoalCanceled,
     GoalPreempted,
     GoalRejected,
+    Served,
     SteerRequest,
     StepMonitor,
     bound_output,
@@ -74,15 +71,6 @@ from frs_steering.steering_goals import (
 )
 from frs_steering.steering_messages import markers_msg, record_msg, result_msg
 
-LATCHED_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
-RELIABLE_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10
-)
 Result = SteerChunk.Result
 ADAPTER_PREFIX = "adapter."
 #: s a thread may hold the GIL while another waits for it (CPython's default: 5 ms). The
@@ -90,15 +78,6 @@ ADAPTER_PREFIX = "adapter."
 #: arrived, result); with one of them busy in Python a hand-off waits ~2 switch intervals
 #: (measured: 0.62 ms at 0.5 ms, 0.20 ms at 0.1 ms).
 GIL_SWITCH_S = 0.0001
-
-
-@dataclass(frozen=True)
-class _Served:
-    """How the worker ended a goal: the goal-state transition, the result, what to publish after."""
-
-    transition: str  # "succeed" | "abort" | "canceled"
-    result: Any
-    publish: Callable[[], None] | None = None
 
 
 class SteeringNode(LifecycleNode):
@@ -187,9 +166,6 @@ class SteeringNode(LifecycleNode):
             qos_profile=qos_profile_sensor_data,  # best effort, volatile: matches any publisher
             event_callbacks=NO_SUBSCRIPTION_EVENTS,
         )
-        instruction_events = SubscriptionEventCallbacks(
-            incompatible_qos=self._on_incompatible_instruction, use_default_callbacks=False
-        )
         self._entities = [
             sensor(JointState, "joint_states", self._on_joints),
             self.create_subscription(
@@ -197,7 +173,7 @@ class SteeringNode(LifecycleNode):
                 "frs/instruction",
                 self._on_instruction,
                 LATCHED_QOS,
-                event_callbacks=instruction_events,
+                event_callbacks=latched_subscription_events(self, "frs/instruction"),
             ),
         ]
         for stream in adapter.streams():
@@ -287,13 +263,6 @@ class SteeringNode(LifecycleNode):
             self._instruction = (text, self._adapter.encode_instruction(text) if needs else None)
             self.get_logger().info(f"instruction: {text!r}")
 
-    def _on_incompatible_instruction(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        self.get_logger().warning(
-            f"a publisher on frs/instruction offers incompatible QoS ({policy}): none of its "
-            "instructions arrive; publish them reliable and transient local (latched)"
-        )
-
     def _observation(self, stamp_ns: int) -> StampedObservation:
         """The matched observation for ``stamp_ns`` (0 = latest); ObservationError if none fits."""
         joints, samples = self._inputs.match(
@@ -335,7 +304,7 @@ class SteeringNode(LifecycleNode):
         if done is None:  # accepted while the node had no worker (not configured)
             goal_handle.abort()
             return Result(outcome=Result.OUTCOME_REJECTED, reason="the steering node is not active")
-        outcome: _Served = await done
+        outcome: Served = await done
         if outcome.transition == "succeed":
             goal_handle.succeed()
             if outcome.publish is not None:
@@ -362,7 +331,7 @@ class SteeringNode(LifecycleNode):
             command_rotation=bool(self._param("command_rotation")),
         )
 
-    def _serve(self, goal_handle: ServerGoalHandle) -> _Served:
+    def _serve(self, goal_handle: ServerGoalHandle) -> Served:
         """Steer one goal on the worker thread."""
         started = time.perf_counter()
         goal = goal_handle.request
@@ -384,7 +353,7 @@ class SteeringNode(LifecycleNode):
             check_reference(spec, built, limit)
             prepare_s = time.perf_counter() - started
         except (GoalRejected, ObservationError, MessageError) as error:
-            return _Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=str(error)))
+            return Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=str(error)))
 
         def publish_feedback(phase: str, step: int, total: int) -> None:
             if not self.context.ok():
@@ -420,22 +389,22 @@ class SteeringNode(LifecycleNode):
         except GoalCanceled:
             reason = "canceled by the client" if self._active else "node deactivated"
             transition = "canceled" if goal_handle.is_cancel_requested else "abort"
-            return _Served(transition, Result(outcome=Result.OUTCOME_CANCELED, reason=reason))
+            return Served(transition, Result(outcome=Result.OUTCOME_CANCELED, reason=reason))
         except GoalPreempted:
             reason = "preempted by a newer goal"
-            return _Served("abort", Result(outcome=Result.OUTCOME_PREEMPTED, reason=reason))
+            return Served("abort", Result(outcome=Result.OUTCOME_PREEMPTED, reason=reason))
         except (ValueError, RuntimeError) as error:
             if not self._active:  # stopped mid-call (e.g. shutdown): not a steering failure
-                return _Served("abort", Result(outcome=Result.OUTCOME_CANCELED, reason="stopped"))
+                return Served("abort", Result(outcome=Result.OUTCOME_CANCELED, reason="stopped"))
             self.get_logger().error(f"steering failed: {error}")
             reason = f"steering failed: {error}"
-            return _Served("abort", Result(outcome=Result.OUTCOME_FAILED, reason=reason))
+            return Served("abort", Result(outcome=Result.OUTCOME_FAILED, reason=reason))
 
         msg = result_msg(result, spec, layout, observation, built.real, prepare_s, started)
         publish = functools.partial(
             self._publish_extras, goal, request, observation, result, built.real, msg, settings
         )
-        return _Served("succeed", msg, publish)
+        return Served("succeed", msg, publish)
 
     def _publish_extras(
         self,

@@ -29,10 +29,9 @@ from visualization_msgs.msg import MarkerArray
 
 from frs_control.kinematics import REST_QPOS
 from frs_control.messages import ns_to_stamp
-from frs_control.ros_executor import ACTION_BURST_QOS
+from frs_control.ros_executor import ACTION_BURST_QOS, LATCHED_QOS, RELIABLE_QOS
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ObjectStates, SteeringDiagnostics, SteeringRecord
-from frs_steering.steering_node import LATCHED_QOS, RELIABLE_QOS
 
 Result = SteerChunk.Result
 OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]

@@ -321,8 +321,8 @@ else:
 
         from frs_control.kinematics import REST_QPOS
         from frs_control.messages import ns_to_stamp
+        from frs_control.ros_executor import LATCHED_QOS
         from frs_msgs.action import SteerChunk
-        from frs_steering.steering_node import LATCHED_QOS
 
         topics = [f"{camera}/image_raw" for camera in TINY_CAMERAS]
         params = {

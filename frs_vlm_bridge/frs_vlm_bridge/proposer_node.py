@@ -31,10 +31,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
     QoSProfile,
-    ReliabilityPolicy,
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import Image, JointState
@@ -42,7 +39,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from frs_control.messages import stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS, on_executor
+from frs_control.ros_executor import ACTION_BURST_QOS, LATCHED_QOS, RELIABLE_QOS, on_executor
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
@@ -59,15 +56,6 @@ from frs_vlm_bridge.proposer_params import (
 from frs_vlm_bridge.transforms import StaticTransform
 from frs_vlm_bridge.world_view import LatestInputs, ProposerObservation, ViewSettings, build_view
 
-LATCHED_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
-RELIABLE_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10
-)
 #: s between repeated warnings (bad inputs, a failing VLM, unavailable servers).
 WARN_PERIOD_S = 5.0
 
@@ -384,8 +372,8 @@ class ProposerNode(Node):
         if stamp_ns is not None:
             self._plan.accepted(stamp_ns, self._now_ns())
         wait = self._plan.result_wait(plan_at_ns, self._now_ns(), deadline - time.monotonic())
-        result = on_executor(self, handle.get_result_async)
-        response = self._wait(result, wait.seconds, give_up=False)
+        result_request = on_executor(self, handle.get_result_async)
+        response = self._wait(result_request, wait.seconds, give_up=False)
         if response is not None:
             return response.result
         if wait.plan_next or self._stop.is_set():

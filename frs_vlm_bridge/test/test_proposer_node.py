@@ -30,9 +30,9 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from frs_control.messages import chunk_to_msg, ns_to_stamp, stamp_to_ns
+from frs_control.ros_executor import LATCHED_QOS, RELIABLE_QOS
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference
-from frs_vlm_bridge.proposer_node import LATCHED_QOS, RELIABLE_QOS
 
 API_KEY = "sk-test-not-a-real-key-8731"
 INSTRUCTION = "put the red cube on the yellow mat"
