@@ -7,10 +7,20 @@ Each executed chunk (default: the refined chunks on ``frs/steering/record``; or 
 observation they were decided on) is put into the policy's normalized space and run backwards
 through the flow ODE (FRS's reversal, same observation conditioning and steps) to the noise that
 regenerates it. Real dims are reversed (``steered`` = True); padding dims get fresh N(0, I)
-noise, as in FRS. Episodes and their outcome come from ``frs/episode_status`` when recorded
-(otherwise one episode, ``--success``). Written with
-:class:`frs_steering.learning.noise_data.NoiseDataset`; ``info`` holds the reconstruction
-error (executed chunk vs forward pass of its noise).
+noise, as in FRS.
+
+A steering record already holds the noise its refined chunk was generated from: the logged
+call is re-run (method, seed and steps of the record, as ``bag_replay``'s ``logged``) and its
+noise and steered mask are kept when a forward pass of that noise, with the export's steps and
+solver, regenerates the executed chunk (``LOGGED_TOLERANCE``). That label is exact, where the
+K-step reversal is not (a bimodal dim such as the gripper can land in the other mode), and a
+deferred chunk stays a deferral (nothing steered) for DSBC's defer head. Otherwise (another
+checkpoint or step count, ``--reverse``, or an ``ActionChunk`` topic) the chunk is reversed.
+
+Episodes and their outcome come from ``frs/episode_status`` when recorded (otherwise one
+episode, ``--success``). Written with :class:`frs_steering.learning.noise_data.NoiseDataset`;
+``info`` holds where each label came from and the reconstruction error (executed chunk vs the
+forward pass of its noise, gripper bounded as the node bounds it).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import argparse
 import bisect
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +44,9 @@ from frs_bringup.bag_replay import (
 from frs_bringup.bags import BagError, BagReader, parse_remaps
 
 STATUS_TOPIC = "frs/episode_status"
+# Largest RMS (real units) between the executed chunk and the regenerated logged noise for that
+# noise to be the label: float error only (re-runs reproduce logged chunks to ~1e-6).
+LOGGED_TOLERANCE = 1e-4
 
 
 def episode_outcomes(bag: BagReader, window: tuple[int, int]) -> tuple[list, list, dict]:
@@ -59,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-steps", type=int, default=0, help="0 = the policy's default")
     parser.add_argument("--solver", default="euler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the padding dims' noise")
+    parser.add_argument(
+        "--reverse", action="store_true", help="reverse every chunk, even with a logged noise"
+    )
     parser.add_argument("--success", action="store_true", help="mark chunks of unknown outcome")
     parser.add_argument("--only-success", action="store_true", help="keep successful episodes")
     parser.add_argument("--start", type=float, default=None, help="s after the bag's start")
@@ -78,12 +95,13 @@ def export(args: argparse.Namespace) -> dict:
 
         import torch
 
-        from frs_bringup.bag_replay import InputBuilder
+        from frs_bringup.bag_replay import InputBuilder, MethodSpec, run_spec
         from frs_control.messages import chunk_from_msg
         from frs_steering.checkpoint import load_policy
         from frs_steering.learning.noise_data import NoiseDataset
+        from frs_steering.observation import ObservationError
         from frs_steering.package_data import resolve_checkpoint
-        from frs_steering.steer import steer
+        from frs_steering.steer import generate_from_noise, steer
         from frs_steering.steering_goals import weights_sha256
 
         torch.set_num_threads(1)
@@ -93,11 +111,50 @@ def export(args: argparse.Namespace) -> dict:
         spec = policy.spec
         real_dims = list(spec.real_dims)
         builder = InputBuilder(policy, params)
+        gripper_index = builder.adapter.layout.gripper_index()
+        num_steps = args.num_steps or spec.num_steps
+
+        def regenerate(noise: torch.Tensor, observation: dict) -> torch.Tensor:
+            """The real-unit chunk the export's forward pass makes from ``noise``, bounded."""
+            chunk = generate_from_noise(
+                policy,
+                noise[None],
+                observation=observation,
+                num_steps=num_steps,
+                solver=args.solver,
+            )
+            real = spec.from_policy(chunk)[0]
+            if gripper_index is not None and gripper_index < real.shape[-1]:
+                real[..., gripper_index] = real[..., gripper_index].clamp(0.0, 1.0)
+            return real
+
+        def logged_label(chunk: Any, executed: torch.Tensor) -> tuple | None:
+            """(noise, steered) of the logged call when its noise regenerates ``executed``."""
+            if args.reverse or not hasattr(chunk.record, "refined"):
+                return None
+            try:
+                result = run_spec(policy, MethodSpec("logged"), chunk, gripper_index)
+            except (ValueError, ObservationError):
+                return None
+            if result.noise is None:
+                return None
+            noise = result.noise[0].clone()
+            error = regenerate(noise, chunk.observation.policy_input) - executed
+            if float(error.pow(2).mean().sqrt()) > LOGGED_TOLERANCE:
+                return None
+            # A base call (a deferral) used no reference: fresh noise everywhere, as rollouts
+            # label it for DSBC's defer head.
+            steered_mask = result.steered[0].clone()
+            if chunk.record.method == "base":
+                steered_mask.zero_()
+            return noise, steered_mask
+
         bag.require([JOINTS_TOPIC, *builder.topics(), topic], why="executed chunks")
         window = bag.time_window(args.start, args.end)
         status_times, status_episodes, outcome = episode_outcomes(bag, window)
         generator = torch.Generator().manual_seed(args.seed)
         states, instructions, noises, steered, episodes, errors = [], [], [], [], [], []
+        sources = {"logged": 0, "reversed": 0}
         skipped = Skipped()
         for chunk in iter_chunks(
             bag,
@@ -123,21 +180,26 @@ def export(args: argparse.Namespace) -> dict:
                 skipped.add(f"chunk has {rows.shape[1]} dims, the policy {spec.num_real}")
                 continue
             executed = torch.from_numpy(rows.astype(np.float32))
-            result = steer(
-                policy,
-                executed,
-                observation=chunk.observation.policy_input,
-                method="frs",
-                reference_normalized=False,
-                generator=generator,
-                num_steps=args.num_steps or None,
-                solver=args.solver,
-                include_base_sample=False,
-            )
-            errors.append(float((result.chunk_real[0] - executed).pow(2).mean().sqrt()))
-            noises.append(result.noise[0].clone())
-            steered.append(result.steered[0].clone())
             obs = chunk.observation.policy_input
+            label = logged_label(chunk, executed)
+            sources["reversed" if label is None else "logged"] += 1
+            if label is None:
+                result = steer(
+                    policy,
+                    executed,
+                    observation=obs,
+                    method="frs",
+                    reference_normalized=False,
+                    generator=generator,
+                    num_steps=num_steps,
+                    solver=args.solver,
+                    include_base_sample=False,
+                )
+                label = result.noise[0].clone(), result.steered[0].clone()
+            noise, label_steered = label
+            errors.append(float((regenerate(noise, obs) - executed).pow(2).mean().sqrt()))
+            noises.append(noise)
+            steered.append(label_steered)
             states.append(obs["state"][0].float())
             if "instruction" in obs:
                 instructions.append(obs["instruction"][0].float())
@@ -158,10 +220,11 @@ def export(args: argparse.Namespace) -> dict:
             "bag": str(args.bag),
             "chunk_topic": topic,
             "checkpoint_sha256": weights_sha256(checkpoint),
-            "method": "frs_reversal",
+            "method": "logged_noise_or_frs_reversal",
             "solver": args.solver,
-            "num_steps": args.num_steps or spec.num_steps,
+            "num_steps": num_steps,
             "chunks": len(noises),
+            "labels": sources,
             "skipped": skipped.reasons,
             "reconstruction_rms_mean": float(np.mean(errors)),
             "reconstruction_rms_max": float(np.max(errors)),
@@ -193,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"wrote {info['saved']} (observation, noise) pairs from {info['episodes']} episode(s) to "
-        f"{args.out}; reconstruction RMS mean {info['reconstruction_rms_mean']:.2e}, max "
+        f"{args.out} (labels: {info['labels']['logged']} logged, {info['labels']['reversed']} "
+        f"reversed); reconstruction RMS mean {info['reconstruction_rms_mean']:.2e}, max "
         f"{info['reconstruction_rms_max']:.2e} (real units)"
     )
     return 0
