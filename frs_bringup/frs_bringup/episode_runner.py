@@ -33,6 +33,7 @@ class EpisodeOutcome:
 
     episode: int
     task: str
+    seed: int
     instruction: str
     success: bool
     steps: int
@@ -42,7 +43,8 @@ class EpisodeOutcome:
     def line(self) -> str:
         verdict = "SUCCESS" if self.success else "failure"
         return (
-            f"episode {self.episode:3d}  {self.task:22s} {verdict:8s} steps {self.steps:3d}  "
+            f"episode {self.episode:3d}  {self.task:22s} seed {self.seed:6d}  {verdict:8s} "
+            f"steps {self.steps:3d}  "
             f"{self.wall_s:5.1f} s  ({self.reason})  '{self.instruction}'"
         )
 
@@ -73,6 +75,14 @@ class EpisodeRunner(Node):
         )
         self.declare_parameter(
             "seed", 0, ParameterDescriptor(description="Seed of the first episode (+1 each).")
+        )
+        self.declare_parameter(
+            "seeds",
+            [-1],
+            ParameterDescriptor(
+                description="Per-episode scene seeds cycled like tasks (overrides seed); "
+                "[-1] = seed, seed + 1, ..."
+            ),
         )
         self.declare_parameter(
             "episode_timeout", 20.0, ParameterDescriptor(description="Wall seconds per episode.")
@@ -139,11 +149,15 @@ class EpisodeRunner(Node):
         episodes = int(self.get_parameter("episodes").value)
         tasks = [t for t in self.get_parameter("tasks").value if t] or [""]
         seed = int(self.get_parameter("seed").value)
+        seeds = [int(s) for s in self.get_parameter("seeds").value]
+        if any(s < 0 for s in seeds):
+            seeds = [seed + index for index in range(episodes)]
         timeout = float(self.get_parameter("episode_timeout").value)
         outcomes: list[EpisodeOutcome] = []
         self.wait_for_stack(executor)
         for index in range(episodes):
-            reply = self.start_episode(executor, tasks[index % len(tasks)], seed + index)
+            episode_seed = seeds[index % len(seeds)]
+            reply = self.start_episode(executor, tasks[index % len(tasks)], episode_seed)
             start = time.monotonic()
             self.set_proposer(executor, True)
             while time.monotonic() - start < timeout:
@@ -152,12 +166,12 @@ class EpisodeRunner(Node):
                 if status is not None and status.episode == reply.episode and status.done:
                     break
             self.set_proposer(executor, False)
-            outcomes.append(self._outcome(reply, time.monotonic() - start))
+            outcomes.append(self._outcome(reply, episode_seed, time.monotonic() - start))
             print(outcomes[-1].line(), flush=True)
         print(summarize(outcomes), flush=True)
         return outcomes
 
-    def _outcome(self, reply: ResetEpisode.Response, wall_s: float) -> EpisodeOutcome:
+    def _outcome(self, reply: ResetEpisode.Response, seed: int, wall_s: float) -> EpisodeOutcome:
         status = self._status
         finished = status is not None and status.episode == reply.episode
         if not finished:
@@ -169,6 +183,7 @@ class EpisodeRunner(Node):
         return EpisodeOutcome(
             episode=reply.episode,
             task=reply.task,
+            seed=seed,
             instruction=reply.instruction,
             success=bool(finished and status.success),
             steps=int(status.step) if finished else 0,

@@ -18,15 +18,17 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import rclpy
+import yaml
 from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -57,6 +59,64 @@ def default_params_file(stack: str = "sim") -> Path:
     return params_path(get_stack(stack))
 
 
+def _node_parameters(params_file: Path, node: str) -> dict:
+    document = yaml.safe_load(params_file.read_text()) or {}
+    return (document.get(node) or {}).get("ros__parameters") or {}
+
+
+def benchmark_episodes(params_file: Path, eval_seed: int, episodes: int | None) -> list[Parameter]:
+    """The episode runner's tasks and seeds for the simulated benchmark's episodes of
+    ``eval_seed``: the same (task, scene, phrasing) as ``frs_sim.evaluate --seeds eval_seed``
+    with ``--episodes-per-task`` = episodes / tasks, so both can be compared episode by episode."""
+    from frs_sim.evaluate.rollout import episode_seed
+    from frs_sim.tasks import get_split
+
+    split = _node_parameters(params_file, "sim_robot").get("split", "novel")
+    tasks = [task.name for task in get_split(split)]
+    if episodes is None:
+        episodes = int(_node_parameters(params_file, "episode_runner").get("episodes", 6))
+    order = [(index % len(tasks), index // len(tasks)) for index in range(episodes)]
+    return [
+        Parameter("episodes", value=episodes),
+        Parameter("tasks", value=[tasks[task] for task, _ in order]),
+        Parameter("seeds", value=[episode_seed(eval_seed, task, ep) for task, ep in order]),
+    ]
+
+
+def write_results(out: Path, outcomes: list, params_file: Path, args: argparse.Namespace) -> None:
+    """``results.json``: a row per verb and overall (split, method, episodes, successes,
+    success_rate) and every episode."""
+    robot = _node_parameters(params_file, "sim_robot")
+    proposer = _node_parameters(params_file, "proposer")
+    split = robot.get("split", "novel")
+    method = args.method or proposer.get("method", "frs")
+    groups: dict[str, list] = {"all": list(outcomes)}
+    for outcome in outcomes:
+        groups.setdefault(outcome.task.split("_")[0], []).append(outcome)
+    rows = [
+        {
+            "split": split,
+            "method": method,
+            "tasks": name,
+            "episodes": len(group),
+            "successes": sum(o.success for o in group),
+            "success_rate": sum(o.success for o in group) / len(group),
+        }
+        for name, group in groups.items()
+    ]
+    document = {
+        "command": " ".join(["python -m frs_bringup.sim_demo", *sys.argv[1:]]),
+        "stack": args.stack,
+        "one_process": args.one_process,
+        "eval_seed": args.eval_seed,
+        "rows": rows,
+        "episodes": [asdict(o) for o in outcomes],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out / 'results.json'}", flush=True)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     simulated = sorted(name for name, stack in STACKS.items() if stack.episodes)
@@ -65,6 +125,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=None, help="override episode count")
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=None,
+        help="run the simulated benchmark's episodes of this evaluation seed (frs_sim.evaluate "
+        "--seeds S): episode i is task i %% n of the robot's split at episode i // n's scene",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write results.json (every episode) here"
+    )
     parser.add_argument("--log-level", default="", help="ROS log level of the nodes, e.g. debug")
     parser.add_argument(
         "--record", type=Path, default=None, help="also record the session to this bag (frs_record)"
@@ -251,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in (("episodes", args.episodes), ("seed", args.seed))
         if value is not None
     ]
+    if args.eval_seed is not None:
+        overrides = [o for o in overrides if o.name != "episodes"]
+        overrides += benchmark_episodes(params_file, args.eval_seed, args.episodes)
     executor = SingleThreadedExecutor()
     runner = manager = None
     outcomes = []
@@ -277,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 node.destroy_node()
         rclpy.try_shutdown()
     print(f"simulated demo: {summarize(outcomes)}", flush=True)
+    if args.out is not None and outcomes:
+        write_results(args.out, outcomes, params_file, args)
     return 0 if outcomes else 1
 
 

@@ -56,7 +56,7 @@ def test_one_process_demo_runs_episodes(tmp_path: Path, rclpy_context) -> None: 
     done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     episodes = re.findall(
-        r"^episode\s+\d+\s+push_blue_white\s+\w+\s+steps\s+(\d+).*\((\w[\w ]*)\)",
+        r"^episode\s+\d+\s+push_blue_white\s+seed\s+\d+\s+\w+\s+steps\s+(\d+).*\((\w[\w ]*)\)",
         done.stdout,
         re.M,
     )
@@ -239,3 +239,22 @@ def test_the_demo_waits_for_the_recorder_and_names_a_recorder_that_died(
     with pytest.raises(RuntimeError, match="recorder exited with 3"):
         wait_for_recorder(demo, executor, died, timeout_s=30.0)
     demo.destroy_node()
+
+
+def test_eval_seed_runs_the_benchmarks_episodes(tmp_path: Path) -> None:
+    """``--eval-seed S --episodes 18`` gives the episode runner exactly the (task, scene seed)
+    pairs ``frs_sim.evaluate --seeds S --episodes-per-task 3`` runs, so the closed loop through
+    ROS and the pure simulation can be compared episode by episode."""
+    from frs_bringup.sim_demo import benchmark_episodes
+    from frs_sim.evaluate.rollout import Setting, make_jobs
+
+    params = yaml.safe_load(default_params_file().read_text())
+    params["sim_robot"]["ros__parameters"]["split"] = "novel"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    values = {p.name: p.value for p in benchmark_episodes(tmp_path / "params.yaml", 2, 18)}
+    jobs = make_jobs([Setting("frs", split="novel")], 3, [2])
+    assert values["episodes"] == 18
+    assert sorted(zip(values["tasks"], values["seeds"], strict=True)) == sorted(
+        (task.name, seed) for _, task, seed in jobs
+    )
+    assert len(set(values["seeds"])) == 18

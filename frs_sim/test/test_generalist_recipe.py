@@ -182,6 +182,25 @@ def test_evaluation_seeds_are_distinct_and_above_the_training_range() -> None:
             episode_seed(*bad)
 
 
+def test_learner_rollout_seeds_stay_between_the_demonstrations_and_evaluation() -> None:
+    """DSBC's and DSRL's FRS rollouts are training data: below every evaluation seed (the
+    3-seed benchmark evaluates seeds 0-2, so a rollout at evaluation seed 1 would leak), and
+    above the shipped recipes' demonstrations."""
+    from frs_sim.evaluate.rollout import LEARNER_SEED_MIN, Setting, learner_episode_seed, make_jobs
+
+    seeds = [learner_episode_seed(s, t, e) for s in range(4) for t in range(10) for e in range(100)]
+    assert min(seeds) >= LEARNER_SEED_MIN and max(seeds) < EVAL_SEED_MIN
+    assert len(set(seeds)) == len(seeds)
+    for name, recipe in PROFILES.items():
+        assert max(demo_seeds(recipe.demo_seed, recipe.episodes)) < LEARNER_SEED_MIN, name
+    for bad in ((4, 0, 0), (0, 10, 0), (0, 0, 100), (-1, 0, 0)):
+        with pytest.raises(ValueError):
+            learner_episode_seed(*bad)
+    jobs = make_jobs([Setting("frs", split="novel")], 100, [0], env_seed=learner_episode_seed)
+    evaluation = make_jobs([Setting("frs", split="novel")], 100, range(10))
+    assert not {seed for *_, seed in jobs} & {seed for *_, seed in evaluation}
+
+
 def test_recipe_demo_key_keeps_old_caches_and_separates_new_data() -> None:
     assert GeneralistRecipe().demo_options() == {}
     keys = {GeneralistRecipe().demo_key(), *(r.demo_key() for r in PROFILES.values())}

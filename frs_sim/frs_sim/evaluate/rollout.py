@@ -125,13 +125,33 @@ def episode_seed(seed: int, task_index: int, episode: int) -> int:
     return EVAL_SEED_MIN * (seed + 1) + 100 * task_index + episode
 
 
+#: Rollouts a learner collects to train on (DSBC's FRS rollouts) use environment seeds in
+#: [LEARNER_SEED_MIN, EVAL_SEED_MIN): training layouts, never an evaluation one, and above the
+#: shipped generalist recipes' demonstrations (seeds 0..5999).
+LEARNER_SEED_MIN = 6000
+
+
+def learner_episode_seed(seed: int, task_index: int, episode: int) -> int:
+    """Environment seed of one training rollout of collection ``seed`` (0..3)."""
+    if not 0 <= seed < 4 or not 0 <= task_index < 10 or not 0 <= episode < 100:
+        raise ValueError(
+            f"collection seed {seed} must be in 0..3, task index {task_index} in 0..9 and "
+            f"episode {episode} in 0..99 (seeds would reach the evaluation range otherwise)"
+        )
+    return LEARNER_SEED_MIN + 1000 * seed + 100 * task_index + episode
+
+
 def make_jobs(
     settings: Sequence[Setting],
     episodes_per_task: int,
     seeds: Sequence[int],
     tasks: Sequence[str] | None = None,
+    *,
+    env_seed: Callable[[int, int, int], int] = episode_seed,
 ) -> list[tuple[Setting, TaskSpec, int]]:
-    """(setting, task, env seed) for every episode; ``tasks`` filters by task name."""
+    """(setting, task, env seed) for every episode; ``tasks`` filters by task name;
+    ``env_seed`` (seed, task index, episode) -> environment seed: evaluation seeds by default,
+    :func:`learner_episode_seed` for training rollouts."""
     jobs = []
     for setting in settings:
         for task_index, task in enumerate(get_split(setting.split)):
@@ -139,7 +159,7 @@ def make_jobs(
                 continue
             for seed in seeds:
                 for episode in range(episodes_per_task):
-                    jobs.append((setting, task, episode_seed(seed, task_index, episode)))
+                    jobs.append((setting, task, env_seed(seed, task_index, episode)))
     return jobs
 
 

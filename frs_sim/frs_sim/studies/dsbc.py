@@ -31,7 +31,13 @@ import torch
 
 from frs_sim.env import EnvConfig
 from frs_sim.evaluate.plots import plot_success, pyplot
-from frs_sim.evaluate.rollout import EpisodeResult, EvalConfig, Setting, make_jobs
+from frs_sim.evaluate.rollout import (
+    EpisodeResult,
+    EvalConfig,
+    Setting,
+    learner_episode_seed,
+    make_jobs,
+)
 from frs_sim.evaluate.statistics import markdown_table, summarize
 from frs_sim.evaluate.workers import (
     LookupEmbedding,
@@ -50,8 +56,6 @@ from frs_steering.learning.noise_policy import (
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.train import train_flow_policy
-
-COLLECT_SEED = 1  # evaluation uses seed 0: the episode seeds never overlap
 
 
 def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) -> NoiseDataset:
@@ -157,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/dsbc"))
     parser.add_argument("--collect-episodes-per-task", type=int, default=100)
     parser.add_argument("--eval-episodes-per-task", type=int, default=10)
-    parser.add_argument("--eval-seed", type=int, default=0)
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--collect-seed", type=int, default=0, help="training rollouts' seed (0..3)"
+    )
     parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
     parser.add_argument("--dsbc-steps", type=int, default=3000)
     parser.add_argument("--bc-steps", type=int, default=1100)
@@ -190,7 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
     else:
         start = time.perf_counter()
-        jobs = make_jobs([frs], args.collect_episodes_per_task, [COLLECT_SEED], tasks)
+        jobs = make_jobs(
+            [frs],
+            args.collect_episodes_per_task,
+            [args.collect_seed],
+            tasks,
+            env_seed=learner_episode_seed,
+        )
         results = run_jobs(
             jobs,
             checkpoint=args.checkpoint,
@@ -204,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint": str(args.checkpoint),
             "split": args.split,
             "method": frs.label,
-            "seed": COLLECT_SEED,
+            "seed": args.collect_seed,
+            "env_seeds": "learner_episode_seed (below the evaluation range)",
             "episodes": len(results),
             "successes": sum(r.success for r in results),
             "seconds": time.perf_counter() - start,
@@ -246,13 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Setting("noise_policy", {"noise_policy": dsbc}, split=args.split, tag="DSBC"),
     ]
     bc_setting = Setting("base", split=args.split, tag="standard BC")
-    jobs = make_jobs(settings, args.eval_episodes_per_task, [args.eval_seed], tasks)
+    jobs = make_jobs(settings, args.eval_episodes_per_task, args.eval_seeds, tasks)
     start = time.perf_counter()
     results = run_jobs(
         jobs, policy=generalist, embed_fn=embed_fn, config=config, workers=args.workers
     )
     results += run_jobs(
-        make_jobs([bc_setting], args.eval_episodes_per_task, [args.eval_seed], tasks),
+        make_jobs([bc_setting], args.eval_episodes_per_task, args.eval_seeds, tasks),
         policy=bc,
         embed_fn=embed_fn,
         config=config,
@@ -288,9 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(rows)
     header = (
         f"DSBC vs standard BC on the {args.split} split: {len(rollouts)} chunks from "
-        f"{rollouts.info.get('episodes')} FRS rollouts (seed {COLLECT_SEED}), "
+        f"{rollouts.info.get('episodes')} FRS rollouts (training seed "
+        f"{rollouts.info.get('seed')}), "
         f"{len(successful)} chunks of successful ones used for training; evaluation "
-        f"{args.eval_episodes_per_task} episodes per task, seed {args.eval_seed}.\n"
+        f"{args.eval_episodes_per_task} episodes per task and seed, evaluation seeds "
+        f"{' '.join(map(str, args.eval_seeds))}.\n"
         f"DSBC {dsbc_params} params, {dsbc_history['cpu_seconds']:.1f} s CPU; standard BC "
         f"{bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU.\n\n"
     )

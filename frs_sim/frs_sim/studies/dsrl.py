@@ -36,6 +36,7 @@ from frs_sim.evaluate.rollout import (
     EvalConfig,
     Setting,
     episode_seed,
+    learner_episode_seed,
     make_jobs,
     policy_observation,
 )
@@ -321,13 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep = _task_mask(prefill, task, embed_fn)
             prefill = prefill.select(keep)
         else:
-            from frs_sim.studies.dsbc import COLLECT_SEED, episodes_to_dataset
+            from frs_sim.studies.dsbc import episodes_to_dataset
 
             jobs = make_jobs(
                 [Setting("frs", split=args.split)],
                 args.collect_episodes,
-                [COLLECT_SEED],
+                [0],
                 [args.task],
+                env_seed=learner_episode_seed,
             )
             results = run_jobs(
                 jobs,
