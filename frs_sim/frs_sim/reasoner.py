@@ -74,6 +74,10 @@ class ReasonerConfig:
     quantize: bool = True  # per-axis signs (False: the exact unit direction)
     angular_noise_deg: float = 0.0  # rotate the direction by a random angle up to this
     wrong_direction_rate: float = 0.0  # probability of reversing the direction
+    # At the release point, say "open the gripper" (zero direction) instead of deferring: where
+    # the cube goes down is the task's global choice, so the reasoner makes it; the grasp and
+    # the push contact stay deferred (local skills).
+    command_release: bool = False
 
     def __post_init__(self) -> None:
         for name in ("defer_radius", "slow_radius", "align_radius", "dead_band"):
@@ -96,6 +100,7 @@ class SubGoal:
     defer: bool = False
     slow: bool = False  # force "less" (contact phases)
     reason: str = ""
+    gripper: Gripper = Gripper.KEEP
 
 
 def task_from_instruction(instruction: str) -> TaskSpec:
@@ -207,7 +212,12 @@ class ScriptedReasoner:
             if task.verb == "lift":
                 return SubGoal("lift", np.array([*ee[:2], LIFT_HEIGHT]), reason="raise the cube")
             release = np.array([*mat[:2], PLACE_HEIGHT])
-            return self._approach(ee, release, CARRY_HEIGHT, "release", "over the mat")
+            goal = self._approach(ee, release, CARRY_HEIGHT, "release", "over the mat")
+            if goal.defer and self.config.command_release:
+                return SubGoal(
+                    "open", release, slow=True, gripper=Gripper.OPEN, reason="let go over the mat"
+                )
+            return goal
         if task.verb == "place" and _on_mat(cube, mat) and cube[2] < CUBE_HALF_SIZE + 0.01:
             return SubGoal("done", ee.copy(), defer=True, reason="cube rests on the mat")
         grasp = np.array([*cube[:2], GRASP_HEIGHT])
@@ -286,6 +296,14 @@ class ScriptedReasoner:
             )
         offset = goal.point - np.asarray(ee, dtype=float)
         direction = self.coarse_direction(offset)
+        if goal.gripper is not Gripper.KEEP:  # a gripper command: no motion asked for
+            return CoarseProposal(
+                source=Source.SCRIPTED,
+                magnitude=MAGNITUDE_LESS,
+                gripper=goal.gripper,
+                target=goal.point,
+                reason=f"{goal.phase}: {goal.reason}",
+            )
         if not direction.any():
             return CoarseProposal(
                 source=Source.SCRIPTED,

@@ -16,7 +16,7 @@ from frs_sim.reasoner import (
     task_from_instruction,
 )
 from frs_sim.tasks import find_task, get_split
-from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, Reasoner, Source
+from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, Gripper, Reasoner, Source
 
 PLACE = find_task("place_red_yellow")
 PUSH = find_task("push_green_purple")
@@ -83,6 +83,27 @@ def test_after_the_grasp_the_sub_goal_is_the_mat_then_defers_near_release():
     over = [MATS[0][0], MATS[0][1], PLACE_HEIGHT + 0.03]
     held = [[over[0], over[1], over[2] - 0.035], CUBES[1], CUBES[2]]
     assert reasoner.propose_for(env_obs(over, held, MATS, opening=0.45), PLACE).defer
+
+
+def test_command_release_opens_the_gripper_over_the_mat_and_still_defers_the_grasp():
+    reasoner = ScriptedReasoner(ReasonerConfig(command_release=True))
+    over = [MATS[0][0], MATS[0][1], PLACE_HEIGHT + 0.03]
+    held = [[over[0], over[1], over[2] - 0.035], CUBES[1], CUBES[2]]
+    proposal = reasoner.propose_for(env_obs(over, held, MATS, opening=0.45), PLACE)
+    assert not proposal.defer and proposal.gripper is Gripper.OPEN
+    assert not proposal.direction.any() and proposal.magnitude == MAGNITUDE_LESS
+    # Far from the mat it carries the cube with the gripper kept; at the cube it defers.
+    ee = [CUBES[0][0], CUBES[0][1], 0.10]
+    far = [[ee[0], ee[1], 0.06], CUBES[1], CUBES[2]]
+    carry = reasoner.propose_for(env_obs(ee, far, MATS, opening=0.45), PLACE)
+    assert not carry.defer and carry.gripper is Gripper.KEEP and carry.direction.any()
+    near = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.03]
+    assert reasoner.propose_for(env_obs(near, CUBES, MATS), PLACE).defer
+    # A push has no release: its contact point is deferred as before.
+    cube, mat = np.array(CUBES[1]), np.array(MATS[1])
+    d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
+    contact = np.array([*(cube[:2] - 0.045 * d), PUSH_HEIGHT + 0.01])
+    assert reasoner.subgoal(PUSH, contact, cube, mat, gripper_opening=0.0).gripper is Gripper.KEEP
 
 
 def test_push_goes_behind_the_cube_then_through():

@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--angular-noise", type=float, default=defaults.angular_noise_deg)
     parser.add_argument("--wrong-rate", type=float, default=defaults.wrong_direction_rate)
     parser.add_argument(
+        "--command-release",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.command_release,
+        help="the reasoner opens the gripper at the release point instead of deferring there",
+    )
+    parser.add_argument(
         "--sanity-episodes-per-task",
         type=int,
         default=2,
@@ -85,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quantize=not args.no_quantize,
         angular_noise_deg=args.angular_noise,
         wrong_direction_rate=args.wrong_rate,
+        command_release=args.command_release,
     )
     if args.workers <= 1:
         torch.set_num_threads(2)
