@@ -31,6 +31,14 @@ from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
 
 
+def results_json(document: dict) -> str:
+    """``document`` as indented JSON with one line per episode (small, diffable files)."""
+    head = {k: v for k, v in document.items() if k != "episodes"}
+    text = json.dumps(head, indent=2)
+    episodes = ",\n    ".join(json.dumps(e) for e in document.get("episodes", []))
+    return text[:-2] + f',\n  "episodes": [\n    {episodes}\n  ]\n}}\n'
+
+
 def evaluate(
     out: Path,
     *,
@@ -91,7 +99,9 @@ def evaluate(
         },
         "rows": rows,
         "episodes": [
-            {k: v for k, v in asdict(r).items() if k not in ("record", "objects")} for r in results
+            {k: v for k, v in asdict(r).items() if k not in ("record", "objects", "samples")}
+            | {"seconds": round(r.seconds, 3)}
+            for r in results
         ],
         "seconds": None,
     }
@@ -102,7 +112,7 @@ def evaluate(
             out / "episode.png", settings, results, policy, checkpoint, embed_fn, config
         )
     document["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "results.json").write_text(results_json(document))
     header = (
         f"Closed-loop success, {episodes_per_task} episodes per task x seeds {list(seeds)}; "
         f"execute_rows={config.execute_rows}, defer_radius={config.reasoner.defer_radius} m, "
