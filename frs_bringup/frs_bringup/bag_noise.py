@@ -102,7 +102,7 @@ def export(args: argparse.Namespace) -> dict:
         from frs_steering.observation import ObservationError
         from frs_steering.package_data import resolve_checkpoint
         from frs_steering.steer import generate_from_noise, steer
-        from frs_steering.steering_goals import weights_sha256
+        from frs_steering.steering_goals import clip_gripper, weights_sha256
 
         torch.set_num_threads(1)
         params = steering_parameters(args.params_file)
@@ -123,13 +123,14 @@ def export(args: argparse.Namespace) -> dict:
                 num_steps=num_steps,
                 solver=args.solver,
             )
-            real = spec.from_policy(chunk)[0]
-            if gripper_index is not None and gripper_index < real.shape[-1]:
-                real[..., gripper_index] = real[..., gripper_index].clamp(0.0, 1.0)
-            return real
+            return clip_gripper(spec.from_policy(chunk)[0], gripper_index)
+
+        def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float((a - b).pow(2).mean().sqrt())
 
         def logged_label(chunk: Any, executed: torch.Tensor) -> tuple | None:
-            """(noise, steered) of the logged call when its noise regenerates ``executed``."""
+            """(noise, steered, reconstruction RMS) of the logged call when its noise
+            regenerates ``executed``."""
             if args.reverse or not hasattr(chunk.record, "refined"):
                 return None
             try:
@@ -139,15 +140,15 @@ def export(args: argparse.Namespace) -> dict:
             if result.noise is None:
                 return None
             noise = result.noise[0].clone()
-            error = regenerate(noise, chunk.observation.policy_input) - executed
-            if float(error.pow(2).mean().sqrt()) > LOGGED_TOLERANCE:
+            error = rms(regenerate(noise, chunk.observation.policy_input), executed)
+            if error > LOGGED_TOLERANCE:
                 return None
             # A base call (a deferral) used no reference: fresh noise everywhere, as rollouts
             # label it for DSBC's defer head.
             steered_mask = result.steered[0].clone()
             if chunk.record.method == "base":
                 steered_mask.zero_()
-            return noise, steered_mask
+            return noise, steered_mask, error
 
         bag.require([JOINTS_TOPIC, *builder.topics(), topic], why="executed chunks")
         window = bag.time_window(args.start, args.end)
@@ -195,9 +196,10 @@ def export(args: argparse.Namespace) -> dict:
                     solver=args.solver,
                     include_base_sample=False,
                 )
-                label = result.noise[0].clone(), result.steered[0].clone()
-            noise, label_steered = label
-            errors.append(float((regenerate(noise, obs) - executed).pow(2).mean().sqrt()))
+                noise = result.noise[0].clone()
+                label = noise, result.steered[0].clone(), rms(regenerate(noise, obs), executed)
+            noise, label_steered, error = label
+            errors.append(error)
             noises.append(noise)
             steered.append(label_steered)
             states.append(obs["state"][0].float())

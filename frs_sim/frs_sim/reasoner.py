@@ -294,8 +294,6 @@ class ScriptedReasoner:
             return CoarseProposal(
                 source=Source.SCRIPTED, defer=True, target=goal.point, reason=goal.reason
             )
-        offset = goal.point - np.asarray(ee, dtype=float)
-        direction = self.coarse_direction(offset)
         if goal.gripper is not Gripper.KEEP:  # a gripper command: no motion asked for
             return CoarseProposal(
                 source=Source.SCRIPTED,
@@ -304,6 +302,8 @@ class ScriptedReasoner:
                 target=goal.point,
                 reason=f"{goal.phase}: {goal.reason}",
             )
+        offset = goal.point - np.asarray(ee, dtype=float)
+        direction = self.coarse_direction(offset)
         if not direction.any():
             return CoarseProposal(
                 source=Source.SCRIPTED,

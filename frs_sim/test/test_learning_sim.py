@@ -31,14 +31,8 @@ def dsbc_run(tmp_path_factory):
     code = dsbc.main(
         [
             *("--out", str(out), "--tasks", TASK, "--workers", "1"),
-            *(
-                "--collect-episodes-per-task",
-                "3",
-                "--eval-episodes-per-task",
-                "1",
-                "--eval-seeds",
-                "0",
-            ),
+            *("--collect-episodes-per-task", "3", "--eval-episodes-per-task", "1"),
+            *("--eval-seeds", "0"),
             *("--dsbc-steps", "40", "--bc-steps", "10"),
         ]
     )

@@ -258,18 +258,21 @@ def bound_output(
                 f"{limit:g} in normalized units)"
             )
 
-    def clipped(chunk: torch.Tensor | None) -> torch.Tensor | None:
-        if chunk is None or gripper_index is None or gripper_index >= chunk.shape[-1]:
-            return chunk
-        chunk = chunk.clone()
-        chunk[..., gripper_index] = chunk[..., gripper_index].clamp(0.0, 1.0)
-        return chunk
-
     return dataclasses.replace(
         result,
-        chunk_real=clipped(result.chunk_real),
-        base_chunk_real=clipped(result.base_chunk_real),
+        chunk_real=clip_gripper(result.chunk_real, gripper_index),
+        base_chunk_real=clip_gripper(result.base_chunk_real, gripper_index),
     )
+
+
+def clip_gripper(chunk: torch.Tensor | None, gripper_index: int | None) -> torch.Tensor | None:
+    """A copy of a real-unit chunk with its gripper column clipped into [0, 1], as the node
+    outputs it (unchanged without a gripper column)."""
+    if chunk is None or gripper_index is None or gripper_index >= chunk.shape[-1]:
+        return chunk
+    chunk = chunk.clone()
+    chunk[..., gripper_index] = chunk[..., gripper_index].clamp(0.0, 1.0)
+    return chunk
 
 
 def weights_sha256(checkpoint: str) -> str:
