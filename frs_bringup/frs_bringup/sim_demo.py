@@ -38,6 +38,7 @@ from frs_bringup.episode_runner import EpisodeRunner, summarize
 from frs_bringup.recorder import READY_TOPIC
 from frs_bringup.stack_manager import StackManager, spin_until
 from frs_bringup.stacks import (
+    ARM_CONTROLLER,
     PROPOSER,
     STACKS,
     NodeSpec,
@@ -108,6 +109,8 @@ def write_results(out: Path, outcomes: list, params_file: Path, args: argparse.N
         "command": " ".join(["python -m frs_bringup.sim_demo", *sys.argv[1:]]),
         "stack": args.stack,
         "one_process": args.one_process,
+        "output": args.output
+        or _node_parameters(params_file, "arm_controller").get("output", "forward_velocity"),
         "eval_seed": args.eval_seed,
         "rows": rows,
         "episodes": [asdict(o) for o in outcomes],
@@ -124,6 +127,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--params-file", type=Path, default=None, help="node parameter YAML")
     parser.add_argument("--episodes", type=int, default=None, help="override episode count")
     parser.add_argument("--method", default=None, help="steering method (frs, base, direct, ...)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        choices=("forward_velocity", "joint_trajectory"),
+        help="the arm controller's command interface (default: the parameter file's)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")
     parser.add_argument(
         "--eval-seed",
@@ -154,6 +163,8 @@ def node_overrides(spec: NodeSpec, args: argparse.Namespace) -> dict[str, object
         overrides["autostart"] = False  # this process is the lifecycle manager
     if spec.name == PROPOSER.name and args.method is not None:
         overrides["method"] = args.method
+    if spec.name == ARM_CONTROLLER.name and args.output is not None:
+        overrides["output"] = args.output
     return overrides
 
 

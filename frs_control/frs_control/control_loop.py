@@ -29,6 +29,11 @@ from frs_control.execution import ExecutionLimits, JointPlan, Watchdog, velocity
 
 HOLD_TIME = 0.05  # s; time_from_start of a hold-at-measured-position trajectory point
 STANDSTILL_PERIOD = 0.1  # s between repeated zero-velocity commands while standing still
+#: s over which the velocity output's feedforward averages the planned motion. A velocity
+#: command is held until the next one arrives (ros2_control, the robot's driver): the plan's
+#: velocity at one instant can be a spike (a row due soon after its chunk arrives must be
+#: reached within a quarter row), and a spike held through one late message overshoots.
+FEEDFORWARD_WINDOW_S = 0.1
 
 
 class Outcome(IntEnum):
@@ -242,8 +247,9 @@ class ControlLoop:
             self._halt(now, "canceled", Outcome.CANCELED)
             return
         if self.velocity_output:
-            target, feedforward = plan.path.sample(now)
-            self._command_velocity(target, feedforward)
+            target, _ = plan.path.sample(now)
+            ahead, _ = plan.path.sample(now + FEEDFORWARD_WINDOW_S)
+            self._command_velocity(target, (ahead - target) / FEEDFORWARD_WINDOW_S)
         self.outputs.gripper(plan.gripper_at(now))
         done = plan.rows_done(now)
         if done != stream.last_feedback:

@@ -11,7 +11,14 @@ import logging
 import numpy as np
 import pytest
 
-from frs_control.control_loop import HOLD_TIME, STANDSTILL_PERIOD, ControlLoop, Outcome, Stream
+from frs_control.control_loop import (
+    FEEDFORWARD_WINDOW_S,
+    HOLD_TIME,
+    STANDSTILL_PERIOD,
+    ControlLoop,
+    Outcome,
+    Stream,
+)
 from frs_control.execution import ExecutionLimits, plan_joint_velocity, schedule_rows
 from frs_msgs.action import ExecuteChunk
 
@@ -219,3 +226,27 @@ def test_a_stalled_loop_stops_the_stream_instead_of_chasing_rows_due_meanwhile()
         assert loop.stream is None
         loop.tick(resumed + 0.01)
         assert np.array_equal(out.velocities[-1], np.zeros(7)), during
+
+
+def test_a_row_due_soon_after_its_chunk_arrives_is_not_streamed_as_a_velocity_spike() -> None:
+    # Plan-ahead: a chunk arrives about when its first row is due, so that row's segment lasts
+    # a quarter row. The driver holds each velocity command until the next one arrives, so the
+    # stream averages the planned motion over FEEDFORWARD_WINDOW_S instead of sending the
+    # segment's own velocity (4x the row's).
+    loop, out = _loop()
+    rows = np.zeros((5, 8))
+    rows[:, 0] = 0.5  # rad/s of joint 1 in every row
+    schedule = schedule_rows(T0 - 0.09, 0.1, 5, T0, 0.02)  # row 0 due 10 ms after arrival
+    plan = plan_joint_velocity(rows, schedule, 0.1, Q0, T0, LIMITS)
+    segment_velocity = plan.path.sample(T0 + 0.001)[1][0]
+    assert segment_velocity == pytest.approx(2.0)  # 0.05 rad within the quarter row
+    assert loop.start(Goal().stream(plan), T0) == ""
+    for k in range(10):
+        t = T0 + 0.01 * k
+        loop.feed_joints(plan.path.sample(t)[0], t)
+        loop.tick(t)
+    commanded = np.array(out.velocities)[:, 0]
+    assert commanded.max() < 0.5 * segment_velocity
+    # The motion itself is kept: the window's average is what the plan covers in it.
+    window = plan.path.sample(T0 + FEEDFORWARD_WINDOW_S)[0][0] - Q0[0]
+    assert commanded[0] == pytest.approx(window / FEEDFORWARD_WINDOW_S)

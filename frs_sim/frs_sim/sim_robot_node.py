@@ -13,9 +13,7 @@ Topics, services and parameters: see ``SimRobotNode`` and the README table.
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import (
@@ -26,7 +24,7 @@ from std_msgs.msg import Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from frs_control.messages import stamp_to_seconds
-from frs_control.ros_executor import LATCHED_QOS, RELIABLE_QOS
+from frs_control.ros_executor import LATCHED_QOS, RELIABLE_QOS, run_node
 from frs_control.ros_params import declare_described, float_range, int_range
 from frs_msgs.msg import EpisodeStatus, ObjectStates
 from frs_msgs.srv import ResetEpisode
@@ -361,18 +359,8 @@ class SimRobotNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the simulated robot until Ctrl-C."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimRobotNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the simulated robot until Ctrl-C / SIGTERM (a clean exit, never a traceback)."""
+    run_node(SimRobotNode, args)
 
 
 if __name__ == "__main__":
