@@ -9,7 +9,8 @@ Outcomes of a stream: SUCCEEDED when the last row's time has passed; PREEMPTED w
 chunk replaces it; CANCELED on cancel; STOPPED on watchdog (stale joint states), a stalled loop
 (no tick for longer than the watchdog period: the process was stopped or starved, the robot's
 command timeout has already held the arm, and the rows due meanwhile are in the past; resuming
-would chase them), e-stop, deactivation or shutdown. Stopping means zero velocities at once
+would chase them), joint states that jump (the robot was reset or moved outside the controller),
+e-stop, deactivation or shutdown. Stopping means zero velocities at once
 (then repeated at a low rate while standing still) on the ``forward_velocity`` output, or one
 hold-at-measured-position point on the ``joint_trajectory`` output.
 """
@@ -34,6 +35,11 @@ STANDSTILL_PERIOD = 0.1  # s between repeated zero-velocity commands while stand
 #: velocity at one instant can be a spike (a row due soon after its chunk arrives must be
 #: reached within a quarter row), and a spike held through one late message overshoots.
 FEEDFORWARD_WINDOW_S = 0.1
+#: rad a joint may move between two joint_states beyond what its velocity limit allows in the
+#: time between them (delivery jitter, noise). A larger jump means the robot was moved or reset
+#: outside this controller (a simulator's episode reset, a second source on joint_states):
+#: targets planned before it lead somewhere nobody asked for, so the arm is stopped.
+JOINT_JUMP_MARGIN = 0.1
 
 
 class Outcome(IntEnum):
@@ -127,13 +133,36 @@ class ControlLoop:
         self._last_zero_sent = -math.inf
         self._states_fresh = False  # joint states were fresh at the last tick
         self._last_tick: float | None = None
+        self._last_jump = -math.inf  # when joint_states last jumped
 
     # ------------------------------------------------------------------ inputs
     def feed_joints(self, q: np.ndarray, now: float) -> None:
         """A measured (7,) finite joint position vector."""
+        q = np.asarray(q, dtype=np.float64)
         with self.lock:
-            self.q = np.asarray(q, dtype=np.float64)
+            jump = self._jump_reason(q, now)
+            self.q = q
             self.watchdog.feed(now)
+            if jump:
+                self._last_jump = now
+                if self.stream is not None or self._hold is not None:
+                    self.log.error(f"{jump}: stopping")
+                    self._halt(now, jump)
+
+    def _jump_reason(self, q: np.ndarray, now: float) -> str:
+        """Why ``q`` cannot have followed from the previous sample by motion ('' if it can)."""
+        if self.q is None or self.watchdog.last_feed is None:
+            return ""
+        elapsed = max(0.0, now - self.watchdog.last_feed)
+        allowed = np.asarray(self.limits.joint_velocity) * elapsed + JOINT_JUMP_MARGIN
+        jump = np.abs(q - self.q)
+        if np.all(jump <= allowed):
+            return ""
+        joint = int(np.argmax(jump - allowed))
+        return (
+            f"joint_states jumped: joint {joint + 1} moved {jump[joint]:.2f} rad in "
+            f"{elapsed:.3f} s (the robot was moved or reset outside this controller)"
+        )
 
     def activate(self) -> None:
         """Start accepting chunks (lifecycle activate)."""
@@ -180,6 +209,8 @@ class ControlLoop:
             problem = self._not_ready_reason(now)  # e-stop may have come meanwhile
             if problem:
                 return problem
+            if self._last_jump >= stream.plan.path.times[0]:
+                return "joint_states jumped while the chunk was planned; plan it again"
             if self.stream is not None:
                 self.stream.finish(Outcome.PREEMPTED, "preempted by a newer chunk", now)
             self.stream, self._hold, self._stop_sent = stream, None, False

@@ -14,6 +14,7 @@ import pytest
 from frs_control.control_loop import (
     FEEDFORWARD_WINDOW_S,
     HOLD_TIME,
+    JOINT_JUMP_MARGIN,
     STANDSTILL_PERIOD,
     ControlLoop,
     Outcome,
@@ -250,3 +251,52 @@ def test_a_row_due_soon_after_its_chunk_arrives_is_not_streamed_as_a_velocity_sp
     # The motion itself is kept: the window's average is what the plan covers in it.
     window = plan.path.sample(T0 + FEEDFORWARD_WINDOW_S)[0][0] - Q0[0]
     assert commanded[0] == pytest.approx(window / FEEDFORWARD_WINDOW_S)
+
+
+@pytest.mark.parametrize("velocity_output", [True, False])
+def test_joint_states_that_jump_stop_the_arm_instead_of_driving_back(velocity_output: bool) -> None:
+    # A simulator resetting its episode (or hand guiding) moves the arm outside the controller:
+    # streaming or holding on toward targets planned before would drag it back there.
+    loop, out = _loop(velocity_output)
+    goal = Goal()
+    stream = goal.stream(_plan())
+    assert loop.start(stream, T0) == ""
+    loop.feed_joints(Q0, T0)
+    loop.tick(T0)
+    elsewhere = Q0 + np.array([0.0, 0.0, 0.0, 0.6, 0.0, 0.0, 0.0])
+    loop.feed_joints(elsewhere, T0 + 0.02)
+    assert goal.finished == [Outcome.STOPPED]
+    assert "jumped" in stream.reason and "joint 4" in stream.reason
+    for k in range(1, 20):
+        t = T0 + 0.02 + 0.01 * k
+        loop.feed_joints(elsewhere, t)
+        loop.tick(t)
+    if velocity_output:
+        assert all(np.array_equal(v, np.zeros(7)) for v in out.velocities[1:])
+    else:
+        times, positions = out.trajectories[-1]
+        assert times == [HOLD_TIME] and np.array_equal(positions[0], elsewhere)
+
+
+def test_motion_the_velocity_limits_allow_is_not_a_jump() -> None:
+    loop, _ = _loop()
+    goal = Goal()
+    assert loop.start(goal.stream(_plan(n=10)), T0) == ""
+    q = Q0.copy()
+    for k in range(1, 20):
+        # joint 1 at its velocity limit, samples 20 ms apart, plus noise within the margin
+        q = q + np.array([LIMITS.joint_velocity[0] * 0.02, 0, 0, 0, 0, 0, 0])
+        t = T0 + 0.02 * k
+        loop.feed_joints(q + 0.9 * JOINT_JUMP_MARGIN * (k % 2), t)
+        loop.tick(t)
+    assert goal.finished == []
+
+
+def test_a_chunk_planned_before_a_jump_is_not_started() -> None:
+    loop, out = _loop()
+    loop.feed_joints(Q0, T0)
+    plan = _plan(start=T0 + 0.01)  # planned from Q0 at T0 + 0.01
+    loop.feed_joints(Q0 + 0.5, T0 + 0.03)  # the robot was reset meanwhile
+    problem = loop.start(Goal().stream(plan), T0 + 0.04)
+    assert "jumped" in problem
+    assert loop.stream is None and not out.velocities

@@ -161,11 +161,7 @@ def test_hostile_chunks_are_rejected_untouched_or_executed_within_limits(
     request: ChunkRequest, q_start: np.ndarray
 ) -> None:
     out = Collected()
-    loop = ControlLoop(
-        out, LIMITS, logging.getLogger("hostile"), velocity_output=True, watchdog_period=10.0
-    )
-    loop.activate()
-    loop.feed_joints(q_start, NOW)
+    loop = _loop_at(out, q_start)
     running = plan_chunk(_valid_request(), NOW, q_start, KIN, LIMITS)
     assert loop.start(_stream(running), NOW) == ""
     try:
@@ -188,6 +184,9 @@ def test_hostile_chunks_are_rejected_untouched_or_executed_within_limits(
     # Stream it twice: tracking perfectly, and against an arm that does not move at all.
     for tracking in (True, False):
         out.velocities.clear()
+        if not tracking:  # a fresh loop: time and the arm start over
+            loop = _loop_at(out, q_start)
+            assert loop.start(_stream(plan), NOW) == ""
         step = max(0.01, (plan.end_time - NOW) / 300)  # the time a long plan takes to check
         for t in np.arange(NOW, plan.end_time + 0.05, step):
             if tracking:
@@ -197,8 +196,16 @@ def test_hostile_chunks_are_rejected_untouched_or_executed_within_limits(
         assert len(commands) and np.all(np.isfinite(commands))
         assert np.all(np.abs(commands) <= VMAX)
         assert all(0.0 <= g <= 1.0 for g in out.grippers)
-        loop.feed_joints(q_start, NOW)
-        assert loop.start(_stream(plan), NOW) == ""
+
+
+def _loop_at(out: Collected, q_start: np.ndarray) -> ControlLoop:
+    """An active velocity-output loop that has measured ``q_start`` at ``NOW``."""
+    loop = ControlLoop(
+        out, LIMITS, logging.getLogger("hostile"), velocity_output=True, watchdog_period=10.0
+    )
+    loop.activate()
+    loop.feed_joints(q_start, NOW)
+    return loop
 
 
 def _valid_request() -> ChunkRequest:

@@ -235,6 +235,33 @@ def test_newer_chunk_preempts_and_cancel_stops(rig: RigClient) -> None:
     assert later and np.all(np.array(later) == 0.0)
 
 
+def test_a_reset_of_the_robot_mid_chunk_stops_the_arm_where_the_reset_put_it(
+    rig: RigClient, kin: ArmKinematics
+) -> None:
+    # The simulator's episode reset moves the arm outside the controller (so would hand guiding
+    # on a rig): streaming on toward the old chunk's targets would drag the new episode's arm
+    # back toward the old pose.
+    assert rig.reset_episode(seed=7).success
+    rig.execute(make_chunk(_rows(2, (0.0, 0.0, 0.0)), _fresh_stamp(rig)))  # warm-up
+    away = rig.execute(make_chunk(_rows(10, (0.01, 0.01, -0.005)), _fresh_stamp(rig)))
+    assert away.result.outcome == Result.OUTCOME_SUCCEEDED  # ~14 cm from the reset pose
+    slow = make_chunk(_rows(30, (0.003, 0.0, 0.0)), _fresh_stamp(rig))
+    goal_future, feedback = rig.send_chunk(slow)
+    handle = rig.wait_future(goal_future, 5.0)
+    rig.spin_for(0.4)
+    assert rig.reset_episode(seed=7).success  # back to the start pose at once
+    reset_at = time.monotonic()
+    response = rig.wait_future(handle.get_result_async(), 5.0)
+    assert response.result.outcome == Result.OUTCOME_STOPPED
+    assert "jumped" in response.result.reason
+    rig.spin_for(0.1)
+    after_reset = _ee(rig, kin)
+    rig.spin_for(0.5)
+    assert np.linalg.norm(_ee(rig, kin) - after_reset) < 0.003
+    later = [m.data for m in rig.velocity_commands.since(reset_at + 0.05)]
+    assert later and np.all(np.array(later) == 0.0)
+
+
 def test_estop_stops_and_rejects_until_reset_and_deactivation_stops(rig: RigClient) -> None:
     goal_future, feedback = rig.send_chunk(make_chunk(_rows(30, (0.003, 0, 0)), _fresh_stamp(rig)))
     rig.spin_for(0.4)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from frs_sim.evaluate import cli, rollout, statistics
+from frs_sim.evaluate import cli, compare, rollout, statistics
 from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
 from frs_steering.checkpoint import save_policy
 from frs_steering.normalization import QuantileNormalizer
@@ -29,6 +29,37 @@ def test_wilson_interval():
     low, high = statistics.wilson_interval(5, 10)
     assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
     assert statistics.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_exact_mcnemar_p():
+    assert statistics.mcnemar_exact_p(0, 0) == 1.0
+    assert statistics.mcnemar_exact_p(0, 5) == pytest.approx(2 / 32)
+    assert statistics.mcnemar_exact_p(5, 0) == statistics.mcnemar_exact_p(0, 5)
+    assert statistics.mcnemar_exact_p(6, 8) == pytest.approx(0.7905, abs=1e-4)
+    assert statistics.mcnemar_exact_p(4, 4) == 1.0
+
+
+def _episodes(outcomes: dict[tuple[str, int], bool]) -> list[dict]:
+    return [{"task": t, "seed": s, "success": ok} for (t, s), ok in outcomes.items()]
+
+
+def test_paired_comparison_counts_discordant_episodes_and_refuses_different_episodes(tmp_path):
+    first = {("push_a", 1): True, ("push_a", 2): True, ("place_b", 1): False, ("place_b", 2): True}
+    second = {("push_a", 1): True, ("push_a", 2): False, ("place_b", 1): True, ("place_b", 2): True}
+    result = statistics.paired_comparison(_episodes(first), _episodes(second))
+    assert (result["only_first"], result["only_second"], result["episodes"]) == (1, 1, 4)
+    assert (result["first_successes"], result["second_successes"]) == (3, 3)
+    with pytest.raises(ValueError, match="different episodes"):
+        statistics.paired_comparison(_episodes(first), _episodes({("push_a", 1): True}))
+    with pytest.raises(ValueError, match="twice"):
+        statistics.paired_comparison(_episodes(first) * 2, _episodes(second))
+    a, b, broken = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "broken.json"
+    a.write_text(json.dumps({"episodes": _episodes(first)}))
+    b.write_text(json.dumps({"episodes": _episodes(second)}))
+    broken.write_text('{"episodes": [')
+    assert compare.main([str(a), str(b)]) == 0
+    assert compare.main([str(a), str(broken)]) == 2
+    assert compare.verb_counts(_episodes(first)) == {"push": (2, 2), "place": (1, 2)}
 
 
 def test_default_grid_covers_every_method_and_sweep():

@@ -28,7 +28,6 @@ import rclpy
 from geometry_msgs.msg import PointStamped
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     QoSProfile,
@@ -39,7 +38,13 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from frs_control.messages import stamp_to_ns
-from frs_control.ros_executor import ACTION_BURST_QOS, LATCHED_QOS, RELIABLE_QOS, on_executor
+from frs_control.ros_executor import (
+    ACTION_BURST_QOS,
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    on_executor,
+    run_node,
+)
 from frs_control.ros_params import declare_described
 from frs_msgs.action import ExecuteChunk, SteerChunk
 from frs_msgs.msg import CoarseReference, EpisodeStatus, ObjectStates
@@ -384,26 +389,19 @@ class ProposerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the proposer node until interrupted."""
-    rclpy.init(args=args)
-    try:
+    """Run the proposer node until interrupted (exits through ``run_node``: no RCLError when
+    Ctrl-C arrives while a message is being taken)."""
+
+    def make_node() -> ProposerNode:
         node = ProposerNode()
+        node.start()  # the proposing loop has its own thread
+        return node
+
+    try:
+        run_node(make_node, args, on_exit=ProposerNode.stop)
     except ValueError as error:  # bad parameters: say which, exit non-zero
         print(f"[proposer] {error}", file=sys.stderr)
-        rclpy.try_shutdown()
         sys.exit(1)
-    executor = SingleThreadedExecutor()  # the proposing loop has its own thread
-    executor.add_node(node)
-    node.start()
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,44 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_exact_p(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p from the discordant pairs (episodes only one run solved)."""
+    n, k = only_first + only_second, min(only_first, only_second)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n)
+
+
+def paired_comparison(
+    first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Episode-by-episode comparison of two runs on the same (task, seed) episodes.
+
+    Each episode is a mapping with ``task``, ``seed`` and ``success`` (the ``episodes`` of a
+    ``frs_sim.evaluate`` or ``sim_demo`` results.json). Raises ``ValueError`` unless both runs
+    hold exactly the same episodes.
+    """
+    a = {(str(e["task"]), int(e["seed"])): bool(e["success"]) for e in first}
+    b = {(str(e["task"]), int(e["seed"])): bool(e["success"]) for e in second}
+    if len(a) != len(first) or len(b) != len(second):
+        raise ValueError("a run lists an episode (task, seed) twice")
+    if a.keys() != b.keys():
+        raise ValueError(
+            f"the runs hold different episodes: {len(a.keys() - b.keys())} only in the first, "
+            f"{len(b.keys() - a.keys())} only in the second"
+        )
+    only_first = sum(a[k] and not b[k] for k in a)
+    only_second = sum(b[k] and not a[k] for k in a)
+    return {
+        "episodes": len(a),
+        "first_successes": sum(a.values()),
+        "second_successes": sum(b.values()),
+        "only_first": only_first,
+        "only_second": only_second,
+        "mcnemar_p": mcnemar_exact_p(only_first, only_second),
+    }
+
+
 def summarize(settings: Sequence[Setting], results: Sequence[EpisodeResult]) -> list[dict]:
     rows = []
     for setting in settings:
