@@ -47,6 +47,7 @@ from frs_bringup.stacks import (
     get_stack,
     params_path,
 )
+from frs_control.arm_controller_params import STREAMED_OUTPUTS
 from frs_control.ros_executor import LATCHED_QOS
 
 #: Seconds a node process gets to exit after SIGINT before it is killed.
@@ -130,7 +131,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         default=None,
-        choices=("forward_velocity", "joint_trajectory"),
+        choices=STREAMED_OUTPUTS,
         help="the arm controller's command interface (default: the parameter file's)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode")

@@ -49,7 +49,12 @@ from frs_control.control_loop import ControlLoop, Outcome, Stream
 from frs_control.execution import ChunkRejected, JointPlan, plan_chunk
 from frs_control.gripper import GripperOutput, GripperUnavailable, make_gripper_output
 from frs_control.kinematics import ArmKinematics
-from frs_control.messages import chunk_request, joint_positions, joint_trajectory_msg
+from frs_control.messages import (
+    chunk_request,
+    joint_positions,
+    joint_trajectory_msg,
+    stamp_to_seconds,
+)
 from frs_control.ros_executor import (
     ACTION_BURST_QOS,
     NO_PUBLISHER_EVENTS,
@@ -256,7 +261,7 @@ class ArmControllerNode(LifecycleNode):
                 throttle_duration_sec=5.0,
             )
             return
-        self._loop.feed_joints(q, self._now())
+        self._loop.feed_joints(q, self._now(), stamp_to_seconds(msg.header.stamp))
 
     def _on_estop(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._loop.estop(self._now())

@@ -22,8 +22,10 @@ from frs_control.execution import (
 from frs_control.gripper import GRIPPER_OUTPUTS, FrankaGripperSettings, GripperLatch
 from frs_control.ros_params import RESULT_TIMEOUT, ParameterSpec, float_range, int_range
 
-#: Command interfaces the controller streams to.
-OUTPUTS = ("forward_velocity", "joint_trajectory", "moveit")
+#: Command interfaces this package streams to itself (the simulated robot takes both).
+STREAMED_OUTPUTS = ("forward_velocity", "joint_trajectory")
+#: Command interfaces the controller can use.
+OUTPUTS = (*STREAMED_OUTPUTS, "moveit")
 #: Parameters that may change while the node runs.
 DYNAMIC = ("watchdog_period", "chunk_timeout", "position_gain")
 

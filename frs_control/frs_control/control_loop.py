@@ -134,14 +134,16 @@ class ControlLoop:
         self._states_fresh = False  # joint states were fresh at the last tick
         self._last_tick: float | None = None
         self._last_jump = -math.inf  # when joint_states last jumped
+        self._last_stamp: float | None = None  # header stamp of the last joint_states
 
     # ------------------------------------------------------------------ inputs
-    def feed_joints(self, q: np.ndarray, now: float) -> None:
-        """A measured (7,) finite joint position vector."""
+    def feed_joints(self, q: np.ndarray, now: float, stamp: float | None = None) -> None:
+        """A measured (7,) finite joint position vector, received at ``now``, sampled at
+        ``stamp`` (the message's header stamp, where it has one)."""
         q = np.asarray(q, dtype=np.float64)
         with self.lock:
-            jump = self._jump_reason(q, now)
-            self.q = q
+            jump = self._jump_reason(q, now, stamp)
+            self.q, self._last_stamp = q, stamp
             self.watchdog.feed(now)
             if jump:
                 self._last_jump = now
@@ -149,11 +151,20 @@ class ControlLoop:
                     self.log.error(f"{jump}: stopping")
                     self._halt(now, jump)
 
-    def _jump_reason(self, q: np.ndarray, now: float) -> str:
-        """Why ``q`` cannot have followed from the previous sample by motion ('' if it can)."""
+    def _jump_reason(self, q: np.ndarray, now: float, stamp: float | None) -> str:
+        """Why ``q`` cannot have followed from the previous sample by motion ('' if it can).
+
+        The time between the samples is the longer of the receive and the stamp difference:
+        samples delayed and then delivered together (or some of them lost) arrive closer
+        together than they were taken. A stamp difference counts up to the watchdog period.
+        """
         if self.q is None or self.watchdog.last_feed is None:
             return ""
         elapsed = max(0.0, now - self.watchdog.last_feed)
+        if stamp is not None and self._last_stamp is not None:
+            sampled = stamp - self._last_stamp
+            if math.isfinite(sampled):
+                elapsed = max(elapsed, min(sampled, self.watchdog.period))
         allowed = np.asarray(self.limits.joint_velocity) * elapsed + JOINT_JUMP_MARGIN
         jump = np.abs(q - self.q)
         if np.all(jump <= allowed):

@@ -289,7 +289,16 @@ def test_motion_the_velocity_limits_allow_is_not_a_jump() -> None:
         t = T0 + 0.02 * k
         loop.feed_joints(q + 0.9 * JOINT_JUMP_MARGIN * (k % 2), t)
         loop.tick(t)
+    # Samples taken 30 ms apart but delivered together (a delayed burst): their stamps tell.
+    fast = np.array([0, 0, 0, 0, LIMITS.joint_velocity[4] * 0.03, 0, 0])
+    t = T0 + 0.5
+    loop.feed_joints(q, t, stamp=t - 0.061)
+    loop.feed_joints(q + fast, t + 0.001, stamp=t - 0.031)
+    loop.feed_joints(q + 2 * fast, t + 0.002, stamp=t - 0.001)
     assert goal.finished == []
+    # Without stamps the same burst is a jump.
+    loop.feed_joints(q + 3 * fast, t + 0.003)
+    assert goal.finished == [Outcome.STOPPED]
 
 
 def test_a_chunk_planned_before_a_jump_is_not_started() -> None:
