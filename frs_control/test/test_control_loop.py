@@ -255,7 +255,7 @@ def test_a_row_due_soon_after_its_chunk_arrives_is_not_streamed_as_a_velocity_sp
 
 @pytest.mark.parametrize("velocity_output", [True, False])
 def test_joint_states_that_jump_stop_the_arm_instead_of_driving_back(velocity_output: bool) -> None:
-    # A simulator resetting its episode (or hand guiding) moves the arm outside the controller:
+    # A simulator resetting its episode moves the arm outside the controller:
     # streaming or holding on toward targets planned before would drag it back there.
     loop, out = _loop(velocity_output)
     goal = Goal()

@@ -238,9 +238,8 @@ def test_newer_chunk_preempts_and_cancel_stops(rig: RigClient) -> None:
 def test_a_reset_of_the_robot_mid_chunk_stops_the_arm_where_the_reset_put_it(
     rig: RigClient, kin: ArmKinematics
 ) -> None:
-    # The simulator's episode reset moves the arm outside the controller (so would hand guiding
-    # on a rig): streaming on toward the old chunk's targets would drag the new episode's arm
-    # back toward the old pose.
+    # The simulator's episode reset moves the arm outside the controller: streaming on toward
+    # the old chunk's targets would drag the new episode's arm back toward the old pose.
     assert rig.reset_episode(seed=7).success
     rig.execute(make_chunk(_rows(2, (0.0, 0.0, 0.0)), _fresh_stamp(rig)))  # warm-up
     away = rig.execute(make_chunk(_rows(10, (0.01, 0.01, -0.005)), _fresh_stamp(rig)))
