@@ -44,6 +44,12 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   environment lays the mats out so that the task's mat IS the one nearest the cube (it swaps two
   mat positions after sampling), so an unnamed instruction has one right answer per scene instead
   of three. ``pretrain_nearest_vocab`` is its training-vocabulary twin.
+* ``pretrain_habit`` - exploration (issue 15, "habit"): lifts, and mat-unnamed ``place`` /
+  ``push`` only; the expert takes each cube to its home mat in ``HABIT_HOME_WEIGHT`` of 6
+  episodes and to each other mat otherwise. No training text names a mat, so the novel pairs are
+  minority modes of the policy's prior, not instructions it can read. ``habit_home`` (lifts and
+  the home-mat tasks) evaluates it on its own tasks, ``habit_home_paraphrase`` with the held-out
+  templates.
 """
 
 from __future__ import annotations
@@ -283,8 +289,44 @@ SPLITS["pretrain_nearest"] = SPLITS["pretrain_home"] + tuple(
 SPLITS["pretrain_nearest_vocab"] = tuple(
     t.with_vocabulary("train") for t in SPLITS["pretrain_nearest"]
 )
+#: Exploration ("habit"): copies of the home mat per (verb, cube) among the unnamed tasks of
+#: ``pretrain_habit`` (every other mat: one copy), so a cube goes home in 4 of 6 episodes.
+HABIT_HOME_WEIGHT = 4
+
+
+def _habit_tasks(template_ids: tuple[int, ...]) -> tuple[TaskSpec, ...]:
+    """Lift, and mat-unnamed place / push whose mat is drawn with a bias toward the home mat."""
+    home = dict(HOME_PAIRS)
+    tasks: list[TaskSpec] = []
+    for verb in ("place", "push"):
+        for obj in OBJECT_NAMES:
+            for target in TARGET_NAMES:
+                copies = HABIT_HOME_WEIGHT if target == home[obj] else 1
+                tasks += [TaskSpec(verb, obj, target, template_ids, names_target=False)] * copies
+    lift_copies = len(tasks) // (4 * len(OBJECT_NAMES))  # lift: a fifth of all episodes
+    lifts = [TaskSpec("lift", obj, None, template_ids) for obj in OBJECT_NAMES] * lift_copies
+    return tuple(lifts + tasks)
+
+
+def _home_only(tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+    """Each distinct task once, keeping lifts and the unnamed tasks whose mat is the home mat."""
+    home = dict(HOME_PAIRS)
+    unique = dict.fromkeys(tasks)
+    return tuple(t for t in unique if t.verb == "lift" or home[t.obj] == t.target)
+
+
+SPLITS["pretrain_habit"] = _habit_tasks(PRETRAIN_TEMPLATE_IDS)
+SPLITS["pretrain_habit_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_habit"])
+SPLITS["habit_home"] = _home_only(SPLITS["pretrain_habit"])
+SPLITS["habit_home_paraphrase"] = _home_only(_habit_tasks(HELD_OUT_TEMPLATE_IDS))
 #: Splits whose phrasings or colour pairs no training recipe may use.
-HELD_OUT_SPLITS: tuple[str, ...] = ("novel", "paraphrase", "novel_vocab", "paraphrase_vocab")
+HELD_OUT_SPLITS: tuple[str, ...] = (
+    "novel",
+    "paraphrase",
+    "novel_vocab",
+    "paraphrase_vocab",
+    "habit_home_paraphrase",
+)
 
 
 def all_tasks() -> tuple[TaskSpec, ...]:

@@ -38,7 +38,14 @@ from frs_sim.tasks import (
     TaskSpec,
 )
 
-ANYMAT = ("pretrain_anymat", "pretrain_anymat_vocab", "pretrain_nearest", "pretrain_nearest_vocab")
+ANYMAT = (
+    "pretrain_anymat",
+    "pretrain_anymat_vocab",
+    "pretrain_nearest",
+    "pretrain_nearest_vocab",
+    "pretrain_habit",
+    "pretrain_habit_vocab",
+)
 NEAREST_TASKS = tuple(t for t in SPLITS["pretrain_nearest"] if not t.names_target)
 EXPERT_SEEDS_PER_TASK = 10
 
@@ -101,6 +108,25 @@ def test_an_unnamed_instruction_does_not_depend_on_the_drawn_mat(split: str) -> 
             by_cube_verb.setdefault((task.verb, task.obj), set()).add(_sampled_instructions(task))
     assert len(by_cube_verb) == 6
     assert all(len(texts) == 1 for texts in by_cube_verb.values())
+
+
+def test_habit_names_no_mat_and_sends_each_cube_home_in_four_of_six_episodes() -> None:
+    habit = SPLITS["pretrain_habit"]
+    assert all(not t.names_target for t in habit if t.verb != "lift")
+    home = dict(HOME_PAIRS)
+    for verb in ("place", "push"):
+        for cube in OBJECT_NAMES:
+            mats = [t.target for t in habit if (t.verb, t.obj) == (verb, cube)]
+            assert len(mats) == 6 and mats.count(home[cube]) == 4
+            assert set(mats) == set(TARGET_NAMES)
+    assert sum(t.verb == "lift" for t in habit) * 5 == len(habit)
+    assert all(t.template_ids == PRETRAIN_TEMPLATE_IDS for t in habit)
+    for split, ids in (("habit_home", PRETRAIN_TEMPLATE_IDS), ("habit_home_paraphrase", None)):
+        tasks = SPLITS[split]
+        assert len({t.name for t in tasks}) == len(tasks) == 9
+        assert all(t.verb == "lift" or home[t.obj] == t.target for t in tasks)
+        assert all(t.template_ids == (ids or HELD_OUT_TEMPLATE_IDS) for t in tasks)
+    assert "habit_home_paraphrase" in HELD_OUT_SPLITS and "habit_home" not in HELD_OUT_SPLITS
 
 
 @pytest.mark.parametrize("nearest", [False, True], ids=["anymat", "nearest"])

@@ -31,9 +31,11 @@ def dsbc_run(tmp_path_factory):
     code = dsbc.main(
         [
             *("--out", str(out), "--tasks", TASK, "--workers", "1"),
-            *("--collect-episodes-per-task", "3", "--eval-episodes-per-task", "1"),
+            *("--collect-episodes-per-task", "3", "--collect-seeds", "0"),
+            *("--eval-episodes-per-task", "1"),
             *("--eval-seeds", "0"),
             *("--dsbc-steps", "40", "--bc-steps", "10"),
+            *("--dagger-episodes-per-task", "1"),
         ]
     )
     assert code == 0
@@ -65,6 +67,20 @@ def test_collected_noises_regenerate_the_executed_chunks(dsbc_run):
     obs = {k: v[:n].float() for k, v in data.observations.items()}
     chunks = generate_from_noise(policy, data.noise[:n], observation=obs, num_steps=10)
     torch.testing.assert_close(chunks, data.chunks[:n], atol=1e-5, rtol=1e-5)
+
+
+def test_dagger_labels_are_frs_noises_at_the_states_the_first_dsbc_visited(dsbc_run):
+    """DSBC acted (no reasoner, nothing steered); the stored labels are FRS's (steered)."""
+    document = json.loads((dsbc_run / "results.json").read_text())
+    assert document["dagger"]["episodes"] == 1 and document["dagger"]["collect_seed"] == 1
+    labels = NoiseDataset.load(dsbc_run / "dagger.safetensors")
+    assert labels.episodes() == 1 and len(labels) == document["dagger"]["chunks"]
+    assert labels.info["source"] == "dagger_frs_labels"
+    assert labels.steered[..., :3].any() and not labels.steered[..., 3:].any()
+    policy = load_policy(shipped_checkpoint())
+    obs = {k: v.float() for k, v in labels.observations.items()}
+    chunks = generate_from_noise(policy, labels.noise, observation=obs, num_steps=10)
+    torch.testing.assert_close(chunks, labels.chunks, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

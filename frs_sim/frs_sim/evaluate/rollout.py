@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,9 @@ class Setting:
     solver: str = "euler"
     split: str = "novel"
     tag: str = ""  # names a learned component, e.g. "DSBC" or "standard BC"
+    # With ``collect``: store what this method (with the reasoner, same K and solver) would have
+    # generated at each visited state instead of what was executed (DAgger-style labels).
+    label_method: str = ""
 
     @property
     def label(self) -> str:
@@ -212,6 +215,56 @@ def policy_observation(obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     }
 
 
+@dataclass(frozen=True)
+class _ChunkSituation:
+    """What one chunk is generated from (the observation and the episode's state)."""
+
+    obs: Mapping[str, Any]
+    policy_obs: dict[str, torch.Tensor]
+    cache: Any
+    task: TaskSpec
+    gripper_cmd: float
+    layout: CartesianLayout
+    record: bool
+
+
+def _generate_chunk(
+    policy, reasoner: ScriptedReasoner, setting: Setting, at: _ChunkSituation, draws
+) -> tuple[Any, Any, bool]:
+    """(steering result, reference or None, deferred) of ``setting`` for one chunk."""
+    spec = policy.spec
+    proposal = reasoner.propose_for(at.obs, at.task) if setting.uses_reasoner else None
+    if proposal is None or proposal.defer:
+        reasoner_free = not setting.uses_reasoner
+        result = steer(
+            policy,
+            torch.zeros(spec.chunk_shape),
+            observation=at.policy_obs,
+            cache=at.cache,
+            method=setting.method if reasoner_free else "base",
+            params=setting.params if reasoner_free else None,
+            reference_normalized=True,
+            generator=draws,
+            include_base_sample=False,
+        )
+        return result, None, proposal is not None
+    ref = cartesian_reference(spec, at.layout, proposal, current_gripper=at.gripper_cmd)
+    result = steer(
+        policy,
+        ref.chunk,
+        cache=at.cache,
+        method=setting.method,
+        params=setting.params,
+        mask=ref.mask,
+        reference_normalized=True,
+        generator=draws,
+        num_steps=setting.num_steps,
+        solver=setting.solver,
+        include_base_sample=at.record,
+    )
+    return result, ref, False
+
+
 def run_episode(
     env: FrankaTabletopEnv,
     policy,
@@ -234,7 +287,6 @@ def run_episode(
     obs, _ = env.reset(seed=seed, options={"task": task})
     reasoner.reset(seed)
     generator = torch.Generator().manual_seed(seed)
-    idle = torch.zeros(spec.chunk_shape)
     gripper_cmd = 0.0
     steps = chunks = deferred = 0
     records: list[ChunkRecord] = []
@@ -250,49 +302,31 @@ def run_episode(
         objects["other_mats"] = [
             p.tolist() for i, p in enumerate(obs["target_pos"]) if i != task.target_index
         ]
+    labeller = None
+    if setting.label_method:
+        labeller = replace(setting, method=setting.label_method, params={}, label_method="")
+    label_generator = torch.Generator().manual_seed(seed + 1)  # labels leave the acting draws
     success = False
     while True:
         policy_obs = policy_observation(obs)
         with torch.inference_mode():
             cache = policy.encode(policy_obs)
-        proposal = reasoner.propose_for(obs, task) if setting.uses_reasoner else None
-        ref = None
-        if proposal is None or proposal.defer:
-            deferred += proposal is not None
-            reasoner_free = not setting.uses_reasoner
-            result = steer(
-                policy,
-                idle,
-                observation=policy_obs,
-                cache=cache,
-                method=setting.method if reasoner_free else "base",
-                params=setting.params if reasoner_free else None,
-                reference_normalized=True,
-                generator=generator,
-                include_base_sample=False,
+
+        situation = _ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
+        result, ref, was_deferred = _generate_chunk(policy, reasoner, setting, situation, generator)
+        deferred += was_deferred
+        label, label_ref = (result, ref)
+        if collect and labeller is not None:
+            label, label_ref, _ = _generate_chunk(
+                policy, reasoner, labeller, situation, label_generator
             )
-        else:
-            ref = cartesian_reference(spec, layout, proposal, current_gripper=gripper_cmd)
-            result = steer(
-                policy,
-                ref.chunk,
-                cache=cache,
-                method=setting.method,
-                params=setting.params,
-                mask=ref.mask,
-                reference_normalized=True,
-                generator=generator,
-                num_steps=setting.num_steps,
-                solver=setting.solver,
-                include_base_sample=record,
-            )
-        if collect and result.noise is not None:
+        if collect and label.noise is not None:
             samples.append(
                 ChunkSample(
                     observation={k: v[0].numpy() for k, v in policy_obs.items()},
-                    noise=result.noise[0].numpy(),
-                    steered=(result.steered[0] & (ref is not None)).numpy(),
-                    chunk=result.chunk[0].numpy(),
+                    noise=label.noise[0].numpy(),
+                    steered=(label.steered[0] & (label_ref is not None)).numpy(),
+                    chunk=label.chunk[0].numpy(),
                 )
             )
         rows = np.zeros((spec.horizon, ACTION_DIM))

@@ -8,6 +8,9 @@
 2. **train**: DSBC, a noise policy obs -> chunk-averaged noise (bounded ``5 tanh``), on the
    chunks of successful rollouts, inside a CPU-time budget; and standard BC, a flow policy of
    about the same size trained on the *actions* of the same chunks, with the same budget.
+   With ``--dagger-episodes-per-task``, one DAgger round first: a DSBC trained on part of the
+   budget acts on unused training seeds, FRS labels every state it visits, and the final DSBC
+   trains on both (measured: no gain, docs/learning.md).
 3. **evaluate** on the evaluation seeds (the same as ``frs_sim.evaluate``): zero-shot
    FRS, DSBC (noise policy -> generalist, no reasoner), standard BC and the base policy.
 
@@ -46,7 +49,7 @@ from frs_sim.evaluate.workers import (
     split_instructions,
 )
 from frs_steering.checkpoint import load_policy, save_policy
-from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.noise_data import NoiseDataset, concatenate
 from frs_steering.learning.noise_policy import (
     DsbcConfig,
     default_config,
@@ -154,6 +157,80 @@ def plot_learning_curves(histories: dict[str, dict[str, Any]], path: Path) -> Pa
     return path
 
 
+def collect_rollouts(
+    setting: Setting,
+    episodes_per_task: int,
+    seed_blocks: Sequence[int],
+    args: argparse.Namespace,
+    embed_fn: LookupEmbedding,
+    config: EvalConfig,
+    tasks: tuple[str, ...] | None,
+) -> list[EpisodeResult]:
+    """Episodes of ``setting`` on training scenes (learner seed blocks), per-chunk samples kept."""
+    jobs = make_jobs(
+        [setting], episodes_per_task, seed_blocks, tasks, env_seed=learner_episode_seed
+    )
+    return run_jobs(
+        jobs,
+        checkpoint=args.checkpoint,
+        embed_fn=embed_fn,
+        config=config,
+        workers=args.workers,
+        collect=True,
+    )
+
+
+def dagger_round(
+    data: NoiseDataset,
+    net_config,
+    dsbc_config: DsbcConfig,
+    args: argparse.Namespace,
+    frs: Setting,
+    embed_fn: LookupEmbedding,
+    config: EvalConfig,
+    tasks: tuple[str, ...] | None,
+) -> tuple[NoiseDataset, dict[str, Any], float]:
+    """Train a first DSBC on part of the budget, run it on fresh training scenes, label every
+    state it visits with FRS's noise there, and return ``data`` plus those labels.
+
+    Why: DSBC trained on FRS's own states drifts to states FRS never visited (compounding
+    error); the labels teach it what FRS would do from where DSBC actually goes.
+    """
+    first_config = replace(dsbc_config, max_seconds=args.cpu_budget * args.dagger_first_share)
+    first, history = train_dsbc(data, net_config, first_config)
+    acting = Setting(
+        "noise_policy",
+        {"noise_policy": first},
+        num_steps=frs.num_steps,
+        split=args.split,
+        tag="DSBC, first round",
+        label_method="frs",
+    )
+    start = time.perf_counter()
+    unused = [s for s in range(4) if s not in args.collect_seeds]
+    if not unused:
+        raise SystemExit("DAgger needs a seed block the FRS rollouts did not use")
+    collect_seed = unused[0]  # scenes the FRS rollouts did not use
+    episodes = args.dagger_episodes_per_task
+    results = collect_rollouts(acting, episodes, [collect_seed], args, embed_fn, config, tasks)
+    info = {
+        "episodes": len(results),
+        "first_dsbc_successes": sum(r.success for r in results),
+        "collect_seed": collect_seed,
+        "first_dsbc_cpu_seconds": history["cpu_seconds"],
+        "seconds": time.perf_counter() - start,
+    }
+    labelled = episodes_to_dataset(results, {"source": "dagger_frs_labels", **info})
+    labelled.save(args.out / "dagger.safetensors")
+    info["chunks"] = len(labelled)
+    print(
+        f"DAgger: first DSBC succeeded {info['first_dsbc_successes']}/{len(results)}; "
+        f"{len(labelled)} states labelled by FRS in {info['seconds']:.0f} s"
+    )
+    merged = concatenate([data, labelled], {**data.info, "dagger": info})
+    return merged, info, history["cpu_seconds"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
@@ -163,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-episodes-per-task", type=int, default=10)
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
-        "--collect-seed", type=int, default=0, help="training rollouts' seed (0..3)"
+        "--collect-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="training rollouts' seed blocks (each 0..3, up to 100 episodes per task each)",
     )
     parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
     parser.add_argument("--dsbc-steps", type=int, default=3000)
@@ -182,6 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--recollect", action="store_true", help="ignore cached rollouts")
+    parser.add_argument(
+        "--dagger-episodes-per-task",
+        type=int,
+        default=0,
+        help="one DAgger round: roll out a first DSBC, label its states with FRS, retrain (0: off)",
+    )
+    parser.add_argument(
+        "--dagger-first-share",
+        type=float,
+        default=0.4,
+        help="share of --cpu-budget the first DSBC gets (the final one gets the rest)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,27 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
     else:
         start = time.perf_counter()
-        jobs = make_jobs(
-            [frs],
-            args.collect_episodes_per_task,
-            [args.collect_seed],
-            tasks,
-            env_seed=learner_episode_seed,
-        )
-        results = run_jobs(
-            jobs,
-            checkpoint=args.checkpoint,
-            embed_fn=embed_fn,
-            config=config,
-            workers=args.workers,
-            collect=True,
-        )
+        episodes = args.collect_episodes_per_task
+        results = collect_rollouts(frs, episodes, args.collect_seeds, args, embed_fn, config, tasks)
         info = {
             "source": "frs_rollouts",
             "checkpoint": str(args.checkpoint),
             "split": args.split,
             "method": frs.label,
-            "seed": args.collect_seed,
+            "seed": args.collect_seeds,
             "env_seeds": "learner_episode_seed (below the evaluation range)",
             "episodes": len(results),
             "successes": sum(r.success for r in results),
@@ -237,7 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
     net_config = default_config(successful, target=args.target, defer_head=args.defer_head)
+    dagger_info = None
+    if args.dagger_episodes_per_task > 0:
+        successful, dagger_info, first_cpu = dagger_round(
+            successful, net_config, dsbc_config, args, frs, embed_fn, config, tasks
+        )
+        dsbc_config = replace(dsbc_config, max_seconds=args.cpu_budget - first_cpu)
     dsbc, dsbc_history = train_dsbc(successful, net_config, dsbc_config)
+    if dagger_info is not None:  # the CPU of both DSBC trainings is the learner's cost
+        dsbc_history["cpu_seconds"] += dagger_info["first_dsbc_cpu_seconds"]
     save_noise_policy(dsbc, args.out / "dsbc")
     dsbc_params = sum(p.numel() for p in dsbc.parameters())
     bc, bc_history = train_standard_bc(
@@ -291,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": bc_history["steps"],
             "final_loss": float(np.mean(bc_history["loss"][-50:])),
         },
+        "dagger": dagger_info,
         "evaluation_seconds": time.perf_counter() - start,
         "rows": rows,
         "gaps": {

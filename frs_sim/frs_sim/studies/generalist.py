@@ -146,6 +146,12 @@ PROFILES["robust_nearest"] = dataclasses.replace(
     PROFILES["robust_anymat"], split="pretrain_nearest"
 )
 
+#: ``robust_habit``: the robust recipe on ``pretrain_habit`` (no mat is ever named; each cube goes
+#: to its home mat in 4 of 6 place / push episodes, to each other mat in 1 of 6).
+PROFILES["robust_habit"] = dataclasses.replace(
+    PROFILES["robust"], split="pretrain_habit", episodes=4500
+)
+
 
 def action_limit_bounds(config: EnvConfig | None = None) -> tuple[list[float], list[float]]:
     """Lower / upper limits of the 7 real action dims (translation, rotation, gripper)."""
