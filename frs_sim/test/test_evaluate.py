@@ -121,3 +121,10 @@ def test_success_plot_takes_rows_at_0_and_100_percent(tmp_path) -> None:  # noqa
     ]
     path = plot_success(rows, tmp_path / "success.png")
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_labels_come_only_from_settings_that_act_without_the_reasoner() -> None:
+    """Acting and labelling would both query the one reasoner per chunk (shifting its draws)."""
+    with pytest.raises(ValueError, match="without the reasoner"):
+        rollout.Setting("frs", label_method="frs")
+    assert rollout.Setting("noise_policy", label_method="frs").label_method == "frs"

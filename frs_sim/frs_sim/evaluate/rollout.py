@@ -45,6 +45,11 @@ class Setting:
     # generated at each visited state instead of what was executed (DAgger-style labels).
     label_method: str = ""
 
+    def __post_init__(self) -> None:
+        if self.label_method and self.uses_reasoner:
+            # both would query the one reasoner per chunk and shift its random draws
+            raise ValueError("label_method needs a method that acts without the reasoner")
+
     @property
     def label(self) -> str:
         if self.tag:
@@ -303,9 +308,9 @@ def run_episode(
             p.tolist() for i, p in enumerate(obs["target_pos"]) if i != task.target_index
         ]
     labeller = None
-    if setting.label_method:
+    if collect and setting.label_method:
         labeller = replace(setting, method=setting.label_method, params={}, label_method="")
-    label_generator = torch.Generator().manual_seed(seed + 1)  # labels leave the acting draws
+        label_generator = torch.Generator().manual_seed(seed + 1)  # acting draws stay as they are
     success = False
     while True:
         policy_obs = policy_observation(obs)
@@ -315,8 +320,8 @@ def run_episode(
         situation = _ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
         result, ref, was_deferred = _generate_chunk(policy, reasoner, setting, situation, generator)
         deferred += was_deferred
-        label, label_ref = (result, ref)
-        if collect and labeller is not None:
+        label, label_ref = result, ref
+        if labeller is not None:
             label, label_ref, _ = _generate_chunk(
                 policy, reasoner, labeller, situation, label_generator
             )
