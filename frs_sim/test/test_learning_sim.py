@@ -15,7 +15,12 @@ from frs_sim.studies import dsbc, dsrl
 from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
 from frs_steering.learning.noise_data import NoiseDataset
-from frs_steering.learning.noise_policy import NoisePolicyConfig, load_noise_policy
+from frs_steering.learning.noise_policy import (
+    DsbcConfig,
+    NoisePolicyConfig,
+    load_noise_policy,
+    train_dsbc,
+)
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.steer import generate_from_noise
 
@@ -136,3 +141,62 @@ def test_seeded_dsrl_training_reproduces(embed):
         assert [p["env_steps"] for p in history["curve"]] == [40]
         actors.append(torch.cat([p.detach().flatten() for p in agent.actor.parameters()]))
     torch.testing.assert_close(actors[0], actors[1], atol=0, rtol=0)
+
+
+def test_dsrl_frs_starts_as_dsbc_and_keeps_its_own_successes(dsbc_run, embed):
+    """The actor begins as DSBC on the successful FRS chunks (same weights, same input
+    statistics); the BC set is those chunks plus every chunk of a successful training episode."""
+    data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    successful = data.select(data.success)
+    assert len(successful) > 0, "FRS solved none of the collected episodes"
+    agent, history = dsrl.train_dsrl(
+        _noise_env(embed, seed=0),
+        task_index=3,
+        env_steps=24,  # fewer transitions than a batch: no update runs
+        prefill=data,
+        bc_weight=2.5,
+        pretrain_updates=0,
+        eval_every=24,
+        eval_episodes=1,
+        final_eval_episodes=1,
+        seed=0,
+        progress=False,
+        self_imitation=True,
+        dsbc_init=True,
+    )
+    assert history["dsbc_init"] and history["self_imitation"]
+    layout = agent.actor.config
+    expected, _ = train_dsbc(successful, layout, DsbcConfig(seed=0), progress=False)
+    features = torch.from_numpy(
+        np.stack(
+            [
+                dsrl.flat_features(
+                    {k: v[i] for k, v in successful.observations.items()}, agent.keys
+                )
+                for i in range(len(successful))
+            ]
+        )
+    )
+    with torch.no_grad():
+        got = agent.actor.head(agent.actor.standardize(features))[0]
+        want = expected.head(expected.standardize(features))[0]
+    torch.testing.assert_close(got, want)
+    own = history["bc_pairs"] - len(successful)
+    assert own >= 0 and (own > 0) == (history["train_successes"] > 0)
+
+
+def test_methods_trained_in_separate_invocations_share_one_results_file(tmp_path):
+    """Runs of the same task, budget, seed and layout are kept; anything else starts afresh."""
+    setting = {"layout": {"target": "full"}, "task": TASK, "split": "novel", "env_steps": 9}
+    setting["seed"] = 0
+    path = tmp_path / "results.json"
+    assert dsrl._comparable_runs(path, setting) == {}
+    earlier = {"command": "python -m frs_sim.studies.dsrl --methods dsrl_frs", **setting}
+    earlier["runs"] = {"DSRL + FRS": {"final_success_rate": 0.5}}
+    path.write_text(json.dumps(earlier))
+    kept = dsrl._comparable_runs(path, setting)
+    assert kept == {"DSRL + FRS": {"command": earlier["command"], "final_success_rate": 0.5}}
+    assert dsrl._comparable_runs(path, {**setting, "env_steps": 10}) == {}
+    assert dsrl._comparable_runs(path, {**setting, "seed": 1}) == {}
+    path.write_text("{not json")
+    assert dsrl._comparable_runs(path, setting) == {}

@@ -86,6 +86,31 @@ def test_bc_term_pulls_the_actor_toward_frs_noises():
     assert gap() < 0.5 * before
 
 
+def test_self_imitation_grows_the_bc_set_and_pulls_toward_its_own_successes():
+    """Plain DSRL starts without BC data; each added success extends the set the term uses."""
+    agent = _agent(bc_weight=10.0)
+    rng = np.random.default_rng(2)
+    assert agent.bc_size() == 0
+    first = rng.standard_normal((16, FEATURES)).astype(np.float32)
+    second = rng.standard_normal((16, FEATURES)).astype(np.float32)
+    target = np.array([[-2.0, 1.0, 1.5]], np.float32)
+    agent.add_bc_data(first, np.tile(target, (16, 1)))
+    agent.add_bc_data(second, np.tile(target, (16, 1)))
+    agent.add_bc_data(second[:0], np.zeros((0, DIM), np.float32))  # an empty add changes nothing
+    assert agent.bc_size() == 32
+    features = np.concatenate([first, second])
+    buffer = _buffer(seed=3)
+
+    def gap() -> float:
+        actions = np.stack([agent.act(f, deterministic=True) for f in features])
+        return float(np.abs(actions - target).mean())
+
+    before = gap()
+    for _ in range(150):
+        agent.update(buffer.sample(16, agent.generator))
+    assert gap() < 0.5 * before
+
+
 def test_frs_transitions_reward_success_and_drop_failed_timeouts():
     # episode 0: 3 chunks, success; episode 1: 2 chunks, failure
     n = 5

@@ -2,11 +2,14 @@
 
 ``python -m frs_sim.studies.dsrl --task <name> --env-steps 4000 --out build/dsrl`` trains,
 with the same environment-step budget and seed, plain DSRL (random-noise warm-up) and
-DSRL + FRS (replay buffer prefilled with FRS rollouts of that task, plus a BC term toward the
-noises of successful ones; rollouts come from ``--rollouts``, e.g. the DSBC study's
-``rollouts.safetensors``, or are collected here), evaluates the deterministic actor every
+DSRL + FRS (an actor that starts as DSBC on the successful FRS rollouts of that task, a replay
+buffer prefilled with them and a BC term toward their noises; rollouts come from ``--rollouts``,
+e.g. the DSBC study's ``rollouts.safetensors``, or are collected here); both keep imitating their
+own successful training episodes (``--self-imitation``). It evaluates the deterministic actor every
 ``--eval-every`` steps on the benchmark's evaluation seeds, and writes ``results.json``,
-``results.md``, ``curves.png`` and each final actor as a noise-policy checkpoint.
+``results.md``, ``curves.png`` and each final actor as a noise-policy checkpoint. Methods may
+train in separate invocations (``--methods``) into one ``--out``: runs of the same task, budget,
+seed and actor layout already there are kept beside the new ones.
 
 One environment step = one chunk: the actor's noise vector (repeated over the chunk's rows,
 fresh noise on padding dims) -> the generalist's forward pass -> ``execute_rows`` rows in
@@ -50,7 +53,13 @@ from frs_sim.evaluate.workers import (
 from frs_sim.tasks import TaskSpec, get_split
 from frs_steering.checkpoint import load_policy
 from frs_steering.learning.noise_data import NoiseDataset
-from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
+from frs_steering.learning.noise_policy import (
+    DsbcConfig,
+    NoisePolicy,
+    NoisePolicyConfig,
+    save_noise_policy,
+    train_dsbc,
+)
 from frs_steering.learning.noise_sac import (
     DsrlAgent,
     ReplayBuffer,
@@ -148,6 +157,8 @@ def train_dsrl(
     label: str = "DSRL",
     progress: bool = True,
     actor_lr: float = SacConfig.actor_lr,
+    self_imitation: bool = False,
+    dsbc_init: bool = False,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
     """SAC for ``env_steps`` chunks.
 
@@ -156,10 +167,21 @@ def train_dsrl(
     second buffer that supplies part of every batch, successful FRS noises feed the BC term,
     and ``pretrain_updates`` gradient steps on them run before the first environment step
     (no warm-up: the actor already imitates FRS). The environment-step budget is the same.
+    ``self_imitation``: every successful training episode's (features, noise) pairs join the
+    BC set (weight ``bc_weight``), so the actor keeps what worked as the critic learns.
+    ``dsbc_init`` (with ``prefill``): the actor starts as DSBC on the successful FRS chunks
+    (:func:`train_dsbc`, its CPU seconds counted), and the pretraining updates then fit the
+    critic while the actor learns from the BC term alone.
     """
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
-    actor = NoisePolicy(env.layout, seed=seed)
+    start = time.process_time()
+    if dsbc_init and prefill is not None:
+        actor, _ = train_dsbc(
+            prefill.select(prefill.success), env.layout, DsbcConfig(seed=seed), progress=False
+        )
+    else:
+        actor = NoisePolicy(env.layout, seed=seed)
     config = SacConfig(bc_weight=bc_weight, actor_lr=actor_lr)
     agent = DsrlAgent(actor, config, seed=seed)
     action_dim = env.layout.output_dim
@@ -177,20 +199,20 @@ def train_dsrl(
         warmup_steps = 0
 
     def set_input_statistics() -> None:
-        actor.set_flat_statistics(torch.from_numpy(np.concatenate(seen)))
+        if not dsbc_init:  # a DSBC actor keeps the statistics it was trained with
+            actor.set_flat_statistics(torch.from_numpy(np.concatenate(seen)))
 
     def batch() -> dict[str, torch.Tensor]:
         return sample_mixed(
             online, offline, config.batch_size, config.prefill_fraction, agent.generator
         )
 
-    start = time.process_time()
     if offline is not None:
         set_input_statistics()
         for _ in tqdm(
             range(pretrain_updates), desc=f"{label} pretrain", leave=False, disable=not progress
         ):
-            agent.update(batch())
+            agent.update(batch(), actor_from_critic=not dsbc_init)
     rng = np.random.default_rng(seed)
     curve: list[dict[str, float]] = []
     if offline is not None:  # where the FRS pretraining left the actor
@@ -200,6 +222,7 @@ def train_dsrl(
         )
         obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     episode, episode_return, returns = 0, 0.0, []
+    episode_pairs: list[tuple[np.ndarray, np.ndarray]] = []
     features = flat_features(obs, agent.keys)
     bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
     for step in bar:
@@ -211,9 +234,13 @@ def train_dsrl(
         obs, reward, success, truncated = env.step(action)
         next_features = flat_features(obs, agent.keys)
         online.add(features, action, reward, next_features, success)
+        episode_pairs.append((features, action))
         features = next_features
         episode_return += reward
         if success or truncated:
+            if success and self_imitation:
+                agent.add_bc_data(*map(np.stack, zip(*episode_pairs, strict=True)))
+            episode_pairs = []
             returns.append(episode_return)
             episode += 1
             episode_return = 0.0
@@ -240,6 +267,7 @@ def train_dsrl(
                 bar.write(f"{label}: {step + 1} steps, eval success {rate:.0%}")
             obs = env.reset(TRAIN_SEED_BASE + seed * 10_000 + episode)  # eval moved the env
             features = flat_features(obs, agent.keys)
+            episode_pairs = []  # that episode was cut short: neither a success nor kept
     cpu_seconds = time.process_time() - start
     final = evaluate_actor(agent, env, task_index, final_eval_episodes)
     if progress:
@@ -250,8 +278,12 @@ def train_dsrl(
         "final_eval_episodes": final_eval_episodes,
         "cpu_seconds": cpu_seconds,
         "train_episodes": episode,
+        "train_successes": int(sum(returns)),
         "prefilled_transitions": len(offline) if offline is not None else 0,
         "pretrain_updates": pretrain_updates if offline is not None else 0,
+        "self_imitation": self_imitation,
+        "dsbc_init": bool(dsbc_init and prefill is not None),
+        "bc_pairs": agent.bc_size(),
         "config": asdict(config),
     }
     return agent, history
@@ -286,6 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--final-eval-episodes", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
     parser.add_argument("--bc-weight", type=float, default=2.5)
+    parser.add_argument(
+        "--dsbc-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="DSRL + FRS: the actor starts as DSBC on the successful FRS chunks",
+    )
+    parser.add_argument(
+        "--self-imitation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="successful training episodes join the BC set (both methods; plain DSRL's BC "
+        "term then uses only its own successes)",
+    )
     parser.add_argument("--actor-lr", type=float, default=1e-4)
     parser.add_argument(
         "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
@@ -371,19 +416,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes = pool.map(_train_method, jobs, chunksize=1)
     else:
         outcomes = [_train_method(job) for job in jobs]
-    runs: dict[str, dict[str, Any]] = {}
-    for method, (label, history, actor) in zip(methods, outcomes, strict=True):
-        save_noise_policy(actor, out / method)
-        runs[label] = history
+    command = " ".join(["python -m frs_sim.studies.dsrl", *(argv or sys.argv[1:])])
     document = {
-        "command": " ".join(["python -m frs_sim.studies.dsrl", *(argv or sys.argv[1:])]),
         "layout": layout.to_dict(),
         "task": args.task,
         "split": args.split,
         "env_steps": args.env_steps,
         "seed": args.seed,
-        "runs": runs,
     }
+    runs = _comparable_runs(out / "results.json", document)
+    for method, (label, history, actor) in zip(methods, outcomes, strict=True):
+        save_noise_policy(actor, out / method)
+        runs[label] = {"command": command, **history}
+    document["runs"] = runs
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     plot_curves(runs, out / "curves.png", f"{args.task}: SAC in noise space")
     lines = [
@@ -406,6 +451,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _comparable_runs(path: Path, setting: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Runs an earlier invocation wrote to ``path`` for the same task, budget, seed and actor
+    layout (methods may train in separate invocations); none if anything differs."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    if not isinstance(earlier, dict) or any(earlier.get(k) != v for k, v in setting.items()):
+        return {}
+    runs = earlier.get("runs")
+    if not isinstance(runs, dict):
+        return {}
+    # files written before runs carried their own command name the invocation at the top
+    return {label: {"command": earlier.get("command", ""), **run} for label, run in runs.items()}
+
+
 def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
     """Train one method (``dsrl`` or ``dsrl_frs``) as the CLI configured it (pool worker)."""
     options, method, layout, embed_fn, prefill = job
@@ -426,7 +489,11 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         task_index,
         env_steps=options["env_steps"],
         prefill=prefill,
-        bc_weight=options["bc_weight"] if method == "dsrl_frs" else 0.0,
+        bc_weight=options["bc_weight"]
+        if method == "dsrl_frs" or options["self_imitation"]
+        else 0.0,
+        self_imitation=options["self_imitation"],
+        dsbc_init=options["dsbc_init"],
         warmup_steps=options["warmup_steps"],
         actor_lr=options["actor_lr"],
         pretrain_updates=options["pretrain_updates"],

@@ -9,6 +9,8 @@ the temperature is tuned toward a target entropy.
 **DSRL + FRS** adds two things, both from FRS rollouts: the replay buffer starts prefilled
 with their transitions, and the actor loss gets a behaviour-cloning term
 ``bc_weight * ||mean action - FRS noise||^2`` on transitions of *successful* FRS episodes.
+With self-imitation (:meth:`DsrlAgent.add_bc_data`) the agent's own successful training
+episodes join that BC set as they happen (for plain DSRL they are all of it).
 
 Environment-free: the simulation loop lives in :mod:`frs_sim.studies.dsrl`.
 """
@@ -224,8 +226,30 @@ class DsrlAgent:
             self.bc_features = torch.from_numpy(np.asarray(features, np.float32))
             self.bc_actions = torch.from_numpy(np.asarray(actions, np.float32))
 
-    def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """One critic, actor and temperature step; returns the losses."""
+    def add_bc_data(self, features: np.ndarray, actions: np.ndarray) -> None:
+        """Add pairs to the BC set: self-imitation of the agent's own successful episodes."""
+        if self.bc_features is None:
+            self.set_bc_data(features, actions)
+        elif len(features):
+            self.bc_features = torch.cat(
+                [self.bc_features, torch.from_numpy(np.asarray(features, np.float32))]
+            )
+            self.bc_actions = torch.cat(
+                [self.bc_actions, torch.from_numpy(np.asarray(actions, np.float32))]
+            )
+
+    def bc_size(self) -> int:
+        """How many (features, action) pairs the BC term draws from."""
+        return 0 if self.bc_features is None else len(self.bc_features)
+
+    def update(
+        self, batch: Mapping[str, torch.Tensor], actor_from_critic: bool = True
+    ) -> dict[str, float]:
+        """One critic, actor and temperature step; returns the losses.
+
+        ``actor_from_critic`` False: the actor learns from the BC term alone (pretraining,
+        while the critic is still being fitted and its gradient would only mislead it).
+        """
         config = self.config
         features = self.actor.standardize(batch["features"])
         next_features = self.actor.standardize(batch["next_features"])
@@ -247,7 +271,7 @@ class DsrlAgent:
 
         action, log_prob = self._sample(features)
         q_pi = self.critic(features, action * scale).min(1).values
-        actor_loss = (alpha * log_prob - q_pi).mean()
+        actor_loss = (alpha * log_prob - q_pi).mean() if actor_from_critic else torch.zeros(())
         bc_loss = torch.zeros(())
         if config.bc_weight > 0 and self.bc_features is not None:
             index = torch.randint(
