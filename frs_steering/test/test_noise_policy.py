@@ -208,7 +208,8 @@ def test_features_that_hardly_vary_are_only_centred():
     "directory",
     [
         "frs_steering/checkpoints/dsbc_novel",  # the shipped DSBC noise policy
-        "frs_sim/results/dsrl/push_green_purple/dsrl_frs",  # the DSRL + FRS study's actor
+        "frs_sim/results/dsrl/push_green_purple/dsrl_frs",  # the DSRL + FRS study's actors
+        "frs_sim/results/dsrl/place_blue_white/dsrl_frs",
     ],
 )
 def test_committed_noise_policies_still_load(directory):

@@ -312,12 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
     parser.add_argument("--split", default="novel")
     parser.add_argument("--task", required=True, help="task name in the split")
-    parser.add_argument("--env-steps", type=int, default=15000)
-    parser.add_argument("--eval-every", type=int, default=1500)
+    parser.add_argument("--env-steps", type=int, default=10000)
+    parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--final-eval-episodes", type=int, default=30)
+    parser.add_argument("--final-eval-episodes", type=int, default=60)
     parser.add_argument("--warmup-steps", type=int, default=300, help="random-noise steps first")
-    parser.add_argument("--bc-weight", type=float, default=2.5)
+    parser.add_argument("--bc-weight", type=float, default=10.0)
     parser.add_argument(
         "--dsbc-init",
         action=argparse.BooleanOptionalAction,
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="successful training episodes join the BC set (both methods; plain DSRL's BC "
         "term then uses only its own successes)",
     )
-    parser.add_argument("--actor-lr", type=float, default=1e-4)
+    parser.add_argument("--actor-lr", type=float, default=3e-5)
     parser.add_argument(
         "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
     )
