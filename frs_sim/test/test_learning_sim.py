@@ -200,3 +200,23 @@ def test_methods_trained_in_separate_invocations_share_one_results_file(tmp_path
     assert dsrl._comparable_runs(path, {**setting, "seed": 1}) == {}
     path.write_text("{not json")
     assert dsrl._comparable_runs(path, setting) == {}
+
+
+def test_plain_dsrl_standardizes_its_inputs_even_with_dsbc_init_on(embed):
+    """Without FRS rollouts there is no DSBC start: the warm-up sets the input statistics."""
+    agent, history = dsrl.train_dsrl(
+        _noise_env(embed, seed=0),
+        task_index=3,
+        env_steps=8,
+        prefill=None,
+        bc_weight=0.0,
+        warmup_steps=8,
+        eval_every=8,
+        eval_episodes=1,
+        final_eval_episodes=1,
+        seed=0,
+        progress=False,
+        dsbc_init=True,
+    )
+    assert not history["dsbc_init"]
+    assert torch.count_nonzero(agent.actor.input_mean) > 0

@@ -176,7 +176,8 @@ def train_dsrl(
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     start = time.process_time()
-    if dsbc_init and prefill is not None:
+    dsbc_start = dsbc_init and prefill is not None  # plain DSRL has nothing to start from
+    if dsbc_start:
         actor, _ = train_dsbc(
             prefill.select(prefill.success), env.layout, DsbcConfig(seed=seed), progress=False
         )
@@ -199,7 +200,7 @@ def train_dsrl(
         warmup_steps = 0
 
     def set_input_statistics() -> None:
-        if not dsbc_init:  # a DSBC actor keeps the statistics it was trained with
+        if not dsbc_start:  # a DSBC actor keeps the statistics it was trained with
             actor.set_flat_statistics(torch.from_numpy(np.concatenate(seen)))
 
     def batch() -> dict[str, torch.Tensor]:
@@ -212,7 +213,7 @@ def train_dsrl(
         for _ in tqdm(
             range(pretrain_updates), desc=f"{label} pretrain", leave=False, disable=not progress
         ):
-            agent.update(batch(), actor_from_critic=not dsbc_init)
+            agent.update(batch(), actor_from_critic=not dsbc_start)
     rng = np.random.default_rng(seed)
     curve: list[dict[str, float]] = []
     if offline is not None:  # where the FRS pretraining left the actor
@@ -282,7 +283,7 @@ def train_dsrl(
         "prefilled_transitions": len(offline) if offline is not None else 0,
         "pretrain_updates": pretrain_updates if offline is not None else 0,
         "self_imitation": self_imitation,
-        "dsbc_init": bool(dsbc_init and prefill is not None),
+        "dsbc_init": dsbc_start,
         "bc_pairs": agent.bc_size(),
         "config": asdict(config),
     }
