@@ -12,9 +12,10 @@ from frs_steering.learning.noise_sac import DsrlAgent, ReplayBuffer, SacConfig, 
 FEATURES, HORIZON, DIM = 5, 4, 3
 
 
-def _agent(seed: int = 0, bc_weight: float = 0.0) -> DsrlAgent:
+def _agent(seed: int = 0, bc_weight: float = 0.0, **config) -> DsrlAgent:
     actor = NoisePolicy(NoisePolicyConfig({"state": FEATURES}, HORIZON, DIM, hidden=32), seed=seed)
-    return DsrlAgent(actor, SacConfig(hidden=32, batch_size=16, bc_weight=bc_weight), seed=seed)
+    sac = SacConfig(hidden=32, batch_size=16, bc_weight=bc_weight, **config)
+    return DsrlAgent(actor, sac, seed=seed)
 
 
 def _buffer(seed: int = 0, size: int = 64) -> ReplayBuffer:
@@ -130,3 +131,45 @@ def test_frs_transitions_reward_success_and_drop_failed_timeouts():
     np.testing.assert_array_equal(transitions[0][3], data.observations["state"][1].numpy())
     np.testing.assert_allclose(transitions[1][1], noise[1].mean(0).numpy(), rtol=1e-6)
     assert len(bc_features) == 3 and len(bc_actions) == 3
+
+
+def test_critic_ensemble_has_independent_members_and_targets_from_random_pairs():
+    agent = _agent(critic_ensemble=5)
+    batch = _buffer().sample(16, torch.Generator().manual_seed(0))
+    q = agent.critic(batch["features"], batch["actions"])
+    assert q.shape == (16, 5)
+    first, second = agent.critic.nets[0], agent.critic.nets[1]
+    assert not torch.equal(_weights(first), _weights(second))  # independently initialized
+    pair_mins = {(i, j): q[:, [i, j]].min(1).values for i in range(5) for j in range(i + 1, 5)}
+    chosen = set()
+    for _ in range(20):
+        target = agent._pessimistic(q)
+        matches = [pair for pair, value in pair_mins.items() if torch.equal(target, value)]
+        assert matches, "the target is the min over one pair of members"
+        chosen.add(matches[0])
+    assert len(chosen) > 1  # a fresh random pair each time, as in RLPD
+    metrics = agent.update(batch)
+    assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_trust_region_keeps_the_actor_near_its_start_against_a_pull():
+    """A BC pull away from the start moves a free actor far; an anchored one stays close, and
+    with a radius it moves about that far and no farther."""
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((32, FEATURES)).astype(np.float32)
+    target = np.tile(np.array([[3.0, -3.0, 3.0]], np.float32), (32, 1))
+    drift = {}
+    for weight, radius in ((0.0, 0.0), (100.0, 0.0), (100.0, 0.5)):
+        agent = _agent(seed=6, bc_weight=1.0, anchor_weight=weight, anchor_radius=radius)
+        start = np.stack([agent.act(f, deterministic=True) for f in features])
+        anchor_weights = None if agent.anchor is None else _weights(agent.anchor)
+        agent.set_bc_data(features, target)
+        buffer = _buffer(seed=6)
+        for _ in range(300):
+            agent.update(buffer.sample(16, agent.generator))
+        end = np.stack([agent.act(f, deterministic=True) for f in features])
+        drift[weight, radius] = float(np.abs(end - start).max(1).mean())
+        if anchor_weights is not None:
+            assert torch.equal(_weights(agent.anchor), anchor_weights)  # the centre never moves
+    assert drift[100.0, 0.0] < 0.1 * drift[0.0, 0.0]
+    assert 0.3 < drift[100.0, 0.5] < 0.7

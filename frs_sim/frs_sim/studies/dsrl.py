@@ -159,6 +159,9 @@ def train_dsrl(
     actor_lr: float = SacConfig.actor_lr,
     self_imitation: bool = False,
     dsbc_init: bool = False,
+    critic_ensemble: int = 1,
+    anchor_weight: float = 0.0,
+    anchor_radius: float = 0.0,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
     """SAC for ``env_steps`` chunks.
 
@@ -171,7 +174,9 @@ def train_dsrl(
     BC set (weight ``bc_weight``), so the actor keeps what worked as the critic learns.
     ``dsbc_init`` (with ``prefill``): the actor starts as DSBC on the successful FRS chunks
     (:func:`train_dsbc`, its CPU seconds counted), and the pretraining updates then fit the
-    critic while the actor learns from the BC term alone.
+    critic while the actor learns from the BC term alone; ``anchor_weight`` > 0 then keeps
+    the actor in a trust region around that DSBC start (no effect without one).
+    ``critic_ensemble`` > 1: that many independent critics, RLPD-style.
     """
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
@@ -183,7 +188,13 @@ def train_dsrl(
         )
     else:
         actor = NoisePolicy(env.layout, seed=seed)
-    config = SacConfig(bc_weight=bc_weight, actor_lr=actor_lr)
+    config = SacConfig(
+        bc_weight=bc_weight,
+        actor_lr=actor_lr,
+        critic_ensemble=critic_ensemble,
+        anchor_weight=anchor_weight if dsbc_start else 0.0,
+        anchor_radius=anchor_radius,
+    )
     agent = DsrlAgent(actor, config, seed=seed)
     action_dim = env.layout.output_dim
     feature_dim = sum(env.layout.observation_dims.values())
@@ -337,6 +348,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pretrain-updates", type=int, default=1000, help="DSRL + FRS: updates on FRS data first"
     )
     parser.add_argument("--updates-per-step", type=int, default=2)
+    parser.add_argument(
+        "--critic-ensemble",
+        type=int,
+        default=1,
+        help="1: one twin-headed critic; N > 1: N independent critics (RLPD)",
+    )
+    parser.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=0.0,
+        help="DSRL + FRS: trust-region weight toward the DSBC start's actions",
+    )
+    parser.add_argument(
+        "--anchor-radius",
+        type=float,
+        default=0.0,
+        help="noise units each action element may move from the DSBC start unpenalized",
+    )
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
@@ -495,6 +524,9 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         else 0.0,
         self_imitation=options["self_imitation"],
         dsbc_init=options["dsbc_init"],
+        critic_ensemble=options["critic_ensemble"],
+        anchor_weight=options["anchor_weight"],
+        anchor_radius=options["anchor_radius"],
         warmup_steps=options["warmup_steps"],
         actor_lr=options["actor_lr"],
         pretrain_updates=options["pretrain_updates"],

@@ -52,12 +52,19 @@ class SacConfig:
     q_bounds: tuple[float, float] | None = (0.0, 1.0)  # TD targets clipped to what the reward
     # allows (sparse success reward 1 that ends the episode: 0 <= Q <= 1); None = no clipping
     prefill_fraction: float = 0.5  # share of each batch from the prefilled (FRS) buffer
+    critic_ensemble: int = 1  # 1: one twin-headed critic; > 1: that many independent critics,
+    # TD targets from the min over a random pair and the actor following their mean (RLPD)
+    anchor_weight: float = 0.0  # > 0: trust region around the starting actor (e.g. DSBC) on
+    # every batch state: ``anchor_weight * relu(|mean action - start's| - anchor_radius)^2``
+    anchor_radius: float = 0.0  # noise units each element may move freely (0: a plain L2 pull)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma < 1.0 or not 0.0 < self.tau <= 1.0:
             raise ValueError("need 0 < gamma < 1 and 0 < tau <= 1")
-        if self.bc_weight < 0 or self.initial_alpha <= 0:
-            raise ValueError("bc_weight must be >= 0 and initial_alpha > 0")
+        if self.bc_weight < 0 or self.initial_alpha <= 0 or self.anchor_weight < 0:
+            raise ValueError("bc_weight and anchor_weight must be >= 0 and initial_alpha > 0")
+        if self.critic_ensemble < 1 or self.anchor_radius < 0:
+            raise ValueError("critic_ensemble must be >= 1 and anchor_radius >= 0")
 
 
 class ReplayBuffer:
@@ -151,24 +158,34 @@ def sample_mixed(
 
 
 class _Critic(nn.Module):
-    def __init__(self, feature_dim: int, action_dim: int, hidden: int, layer_norm: bool) -> None:
+    """Q estimates, one column per head: a twin-headed network (``networks == 1``) or an
+    ensemble of independent single-head networks."""
+
+    def __init__(
+        self, feature_dim: int, action_dim: int, hidden: int, layer_norm: bool, networks: int = 1
+    ) -> None:
         super().__init__()
 
         def norm() -> nn.Module:
             return nn.LayerNorm(hidden) if layer_norm else nn.Identity()
 
-        self.net = nn.Sequential(
-            nn.Linear(feature_dim + action_dim, hidden),
-            norm(),
-            nn.SiLU(),
-            nn.Linear(hidden, hidden),
-            norm(),
-            nn.SiLU(),
-            nn.Linear(hidden, 2),  # twin Q heads
+        heads = 2 if networks == 1 else 1
+        self.nets = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(feature_dim + action_dim, hidden),
+                norm(),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                norm(),
+                nn.SiLU(),
+                nn.Linear(hidden, heads),
+            )
+            for _ in range(networks)
         )
 
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([features, action], dim=1))
+        inputs = torch.cat([features, action], dim=1)
+        return torch.cat([net(inputs) for net in self.nets], dim=1)
 
 
 class DsrlAgent:
@@ -188,7 +205,9 @@ class DsrlAgent:
         with torch.no_grad():
             actor.log_std_head.weight.mul_(0.01)
             actor.log_std_head.bias.fill_(config.initial_log_std)
-        self.critic = _Critic(feature_dim, self.action_dim, config.hidden, config.layer_norm)
+        self.critic = _Critic(
+            feature_dim, self.action_dim, config.hidden, config.layer_norm, config.critic_ensemble
+        )
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), requires_grad=True)
         self.target_entropy = config.target_entropy_per_dim * self.action_dim
@@ -198,6 +217,10 @@ class DsrlAgent:
         self.generator = torch.Generator().manual_seed(seed)
         self.bc_features: torch.Tensor | None = None
         self.bc_actions: torch.Tensor | None = None
+        # the trust region's centre: the actor as it was handed over (e.g. a DSBC policy)
+        self.anchor = (
+            copy.deepcopy(actor).requires_grad_(False) if config.anchor_weight > 0 else None
+        )
 
     # ---------------------------------------------------------------- acting
     def _sample(self, std_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,6 +243,13 @@ class DsrlAgent:
         return self._sample(std)[0][0].numpy()
 
     # ---------------------------------------------------------------- learning
+    def _pessimistic(self, q: torch.Tensor) -> torch.Tensor:
+        """The TD target's Q: min over the twin heads, or over a random pair of the ensemble."""
+        if q.shape[1] > 2:
+            pair = torch.randperm(q.shape[1], generator=self.generator)[:2]
+            q = q[:, pair]
+        return q.min(1).values
+
     def set_bc_data(self, features: np.ndarray, actions: np.ndarray) -> None:
         """(features, action) pairs the BC term pulls the actor toward (DSRL + FRS)."""
         if len(features):
@@ -257,7 +287,7 @@ class DsrlAgent:
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_log_prob = self._sample(next_features)
-            next_q = self.target_critic(next_features, next_action * scale).min(1).values
+            next_q = self._pessimistic(self.target_critic(next_features, next_action * scale))
             if config.backup_entropy:
                 next_q = next_q - alpha * next_log_prob
             target = batch["rewards"] + config.gamma * (1 - batch["dones"]) * next_q
@@ -270,8 +300,18 @@ class DsrlAgent:
         self.critic_optimizer.step()
 
         action, log_prob = self._sample(features)
-        q_pi = self.critic(features, action * scale).min(1).values
+        q_pi = self.critic(features, action * scale)
+        # twin heads: the min (TD3/SAC); an ensemble: its mean, pessimism lives in the targets
+        q_pi = q_pi.min(1).values if config.critic_ensemble == 1 else q_pi.mean(1)
         actor_loss = (alpha * log_prob - q_pi).mean() if actor_from_critic else torch.zeros(())
+        anchor_loss = torch.zeros(())
+        if self.anchor is not None:
+            mean, _ = self.actor.head(features)
+            with torch.no_grad():
+                anchor_mean, _ = self.anchor.head(self.anchor.standardize(batch["features"]))
+            gap = self.bound * (torch.tanh(mean) - torch.tanh(anchor_mean)).abs()
+            anchor_loss = (gap - config.anchor_radius).clamp(min=0).pow(2).mean()
+            actor_loss = actor_loss + config.anchor_weight * anchor_loss
         bc_loss = torch.zeros(())
         if config.bc_weight > 0 and self.bc_features is not None:
             index = torch.randint(
@@ -298,6 +338,7 @@ class DsrlAgent:
             "critic_loss": critic_loss.item(),
             "actor_loss": actor_loss.item(),
             "bc_loss": bc_loss.item(),
+            "anchor_loss": anchor_loss.item(),
             "alpha": alpha.item(),
             "q": q.mean().item(),
         }
