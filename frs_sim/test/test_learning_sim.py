@@ -165,6 +165,9 @@ def test_dsrl_frs_starts_as_dsbc_and_keeps_its_own_successes(dsbc_run, embed):
         dsbc_init=True,
     )
     assert history["dsbc_init"] and history["self_imitation"]
+    # the start is scored on the final evaluation's episodes (here one, so also the curve's)
+    assert history["start_success_rate"] == history["curve"][0]["success_rate"]
+    assert history["curve"][0]["env_steps"] == 0
     layout = agent.actor.config
     expected, _ = train_dsbc(successful, layout, DsbcConfig(seed=0), progress=False)
     features = torch.from_numpy(
@@ -218,5 +221,5 @@ def test_plain_dsrl_standardizes_its_inputs_even_with_dsbc_init_on(embed):
         progress=False,
         dsbc_init=True,
     )
-    assert not history["dsbc_init"]
+    assert not history["dsbc_init"] and history["start_success_rate"] is None
     assert torch.count_nonzero(agent.actor.input_mean) > 0

@@ -126,18 +126,19 @@ class NoiseActionEnv:
 
 def evaluate_actor(
     agent: DsrlAgent, env: NoiseActionEnv, task_index: int, episodes: int, seed: int = 0
-) -> float:
-    """Success rate of the deterministic actor on the benchmark's evaluation seeds."""
-    wins = 0
+) -> np.ndarray:
+    """Per-episode success of the deterministic actor on the benchmark's evaluation seeds
+    (episode ``i`` is the same scene in every call, so a prefix is a shorter evaluation)."""
+    outcomes = np.zeros(episodes, bool)
     for episode in range(episodes):
         obs = env.reset(episode_seed(seed, task_index, episode))
         while True:
             action = agent.act(flat_features(obs, agent.keys), deterministic=True)
             obs, _, success, truncated = env.step(action)
             if success or truncated:
-                wins += success
+                outcomes[episode] = success
                 break
-    return wins / episodes
+    return outcomes
 
 
 def train_dsrl(
@@ -227,8 +228,11 @@ def train_dsrl(
             agent.update(batch(), actor_from_critic=not dsbc_start)
     rng = np.random.default_rng(seed)
     curve: list[dict[str, float]] = []
-    if offline is not None:  # where the FRS pretraining left the actor
-        rate = evaluate_actor(agent, env, task_index, eval_episodes)
+    start_rate = None
+    if offline is not None:  # where the FRS pretraining left the actor, scored like the end
+        outcomes = evaluate_actor(agent, env, task_index, max(eval_episodes, final_eval_episodes))
+        start_rate = float(outcomes[:final_eval_episodes].mean())
+        rate = float(outcomes[:eval_episodes].mean())
         curve.append(
             {"env_steps": 0, "success_rate": rate, "train_episodes": 0, "train_success_rate": 0.0}
         )
@@ -266,7 +270,7 @@ def train_dsrl(
             if step % 50 == 0:
                 bar.set_postfix(q=f"{metrics['q']:.2f}", alpha=f"{metrics['alpha']:.3f}")
         if (step + 1) % eval_every == 0 or step + 1 == env_steps:
-            rate = evaluate_actor(agent, env, task_index, eval_episodes)
+            rate = float(evaluate_actor(agent, env, task_index, eval_episodes).mean())
             curve.append(
                 {
                     "env_steps": step + 1,
@@ -281,12 +285,13 @@ def train_dsrl(
             features = flat_features(obs, agent.keys)
             episode_pairs = []  # that episode was cut short: neither a success nor kept
     cpu_seconds = time.process_time() - start
-    final = evaluate_actor(agent, env, task_index, final_eval_episodes)
+    final = float(evaluate_actor(agent, env, task_index, final_eval_episodes).mean())
     if progress:
         bar.write(f"{label}: final actor {final:.0%} over {final_eval_episodes} episodes")
     history = {
         "curve": curve,
         "final_success_rate": final,
+        "start_success_rate": start_rate,  # the actor before its first environment step
         "final_eval_episodes": final_eval_episodes,
         "cpu_seconds": cpu_seconds,
         "train_episodes": episode,
@@ -462,14 +467,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     plot_curves(runs, out / "curves.png", f"{args.task}: SAC in noise space")
     lines = [
-        "| method | final actor success | episodes | curve (eval every "
-        f"{args.eval_every} steps, {args.eval_episodes} episodes) | CPU s | train episodes |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
+        "| method | final actor success | at the start, same episodes | episodes | curve (eval "
+        f"every {args.eval_every} steps, {args.eval_episodes} episodes) | CPU s | train episodes |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for label, history in runs.items():
         rates = " ".join(f"{100 * p['success_rate']:.0f}" for p in history["curve"])
+        start = history.get("start_success_rate")
         lines.append(
             f"| {label} | {100 * history['final_success_rate']:.0f}% | "
+            f"{'-' if start is None else f'{100 * start:.0f}%'} | "
             f"{history['final_eval_episodes']} | {rates} | {history['cpu_seconds']:.0f} | "
             f"{history['train_episodes']} |"
         )
