@@ -173,3 +173,17 @@ def test_trust_region_keeps_the_actor_near_its_start_against_a_pull():
             assert torch.equal(_weights(agent.anchor), anchor_weights)  # the centre never moves
     assert drift[100.0, 0.0] < 0.1 * drift[0.0, 0.0]
     assert 0.3 < drift[100.0, 0.5] < 0.7
+
+
+def test_without_the_critics_gradient_only_the_bc_term_moves_the_actor():
+    """``actor_from_critic=False`` (pretraining, filtered self-imitation): no BC data, no step."""
+    agent = _agent(bc_weight=10.0)
+    buffer = _buffer()
+    actor_before, critic_before = _weights(agent.actor), _weights(agent.critic)
+    agent.update(buffer.sample(16, agent.generator), actor_from_critic=False)
+    assert torch.equal(_weights(agent.actor), actor_before)
+    assert not torch.equal(_weights(agent.critic), critic_before)
+    rng = np.random.default_rng(7)
+    agent.set_bc_data(rng.standard_normal((8, FEATURES)), rng.standard_normal((8, DIM)))
+    agent.update(buffer.sample(16, agent.generator), actor_from_critic=False)
+    assert not torch.equal(_weights(agent.actor), actor_before)

@@ -163,6 +163,7 @@ def train_dsrl(
     critic_ensemble: int = 1,
     anchor_weight: float = 0.0,
     anchor_radius: float = 0.0,
+    actor_from_critic: bool = True,
 ) -> tuple[DsrlAgent, dict[str, Any]]:
     """SAC for ``env_steps`` chunks.
 
@@ -178,6 +179,8 @@ def train_dsrl(
     critic while the actor learns from the BC term alone; ``anchor_weight`` > 0 then keeps
     the actor in a trust region around that DSBC start (no effect without one).
     ``critic_ensemble`` > 1: that many independent critics, RLPD-style.
+    ``actor_from_critic`` False: the actor learns from the BC term alone throughout (online
+    filtered self-imitation; the critic is still fitted, to compare like with like).
     """
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
@@ -266,7 +269,7 @@ def train_dsrl(
             set_input_statistics()
         if step + 1 >= warmup_steps and len(online) + len(offline or ()) >= config.batch_size:
             for _ in range(updates_per_step):
-                metrics = agent.update(batch())
+                metrics = agent.update(batch(), actor_from_critic=actor_from_critic)
             if step % 50 == 0:
                 bar.set_postfix(q=f"{metrics['q']:.2f}", alpha=f"{metrics['alpha']:.3f}")
         if (step + 1) % eval_every == 0 or step + 1 == env_steps:
@@ -300,6 +303,7 @@ def train_dsrl(
         "pretrain_updates": pretrain_updates if offline is not None else 0,
         "self_imitation": self_imitation,
         "dsbc_init": dsbc_start,
+        "actor_from_critic": actor_from_critic,
         "bc_pairs": agent.bc_size(),
         "config": asdict(config),
     }
@@ -364,6 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="DSRL + FRS: trust-region weight toward the DSBC start's actions",
+    )
+    parser.add_argument(
+        "--actor-from-critic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="off: the actor learns only from the BC term (filtered self-imitation, no SAC)",
     )
     parser.add_argument(
         "--anchor-radius",
@@ -534,6 +544,7 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         critic_ensemble=options["critic_ensemble"],
         anchor_weight=options["anchor_weight"],
         anchor_radius=options["anchor_radius"],
+        actor_from_critic=options["actor_from_critic"],
         warmup_steps=options["warmup_steps"],
         actor_lr=options["actor_lr"],
         pretrain_updates=options["pretrain_updates"],

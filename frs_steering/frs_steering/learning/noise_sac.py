@@ -320,9 +320,10 @@ class DsrlAgent:
             mean, _ = self.actor.head(self.actor.standardize(self.bc_features[index]))
             bc_loss = (self.bound * torch.tanh(mean) - self.bc_actions[index]).pow(2).mean()
             actor_loss = actor_loss + config.bc_weight * bc_loss
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        if actor_loss.requires_grad:  # else nothing pulls the actor (no critic, no BC data)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
 
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
