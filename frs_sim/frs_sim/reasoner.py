@@ -47,6 +47,7 @@ from frs_sim.scene import CUBE_HALF_SIZE, OBJECT_NAMES, TARGET_NAMES
 from frs_sim.tasks import TaskSpec
 from frs_steering.reasoning import (
     MAGNITUDE_LESS,
+    MAGNITUDE_LITTLE,
     MAGNITUDE_MORE,
     CoarseProposal,
     Gripper,
@@ -60,6 +61,8 @@ from frs_steering.reasoning import (
 CUBE_SUFFIX = "_cube"
 MAT_SUFFIX = "_mat"
 _PUSH_WORDS = ("push", "slide", "nudge", "shove", "without lifting")
+#: The precision points where the reasoner can hand over to the policy.
+DEFER_POINTS = ("grasp", "release", "push")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ReasonerConfig:
 
     defer_radius: float = 0.05  # defer within this distance of a precision point
     slow_radius: float = 0.10  # "less" within this distance of the sub-goal, else "more"
+    fine_radius: float = 0.0  # "a little" within this distance of the sub-goal (0: never)
     align_radius: float = 0.03  # horizontal error under which the reasoner goes down, not across
     dead_band: float = 0.01  # axes with a smaller offset are not commanded
     relative_threshold: float = 0.4  # ... nor axes below this share of the largest offset
@@ -78,9 +82,28 @@ class ReasonerConfig:
     # the cube goes down is the task's global choice, so the reasoner makes it; the grasp and
     # the push contact stay deferred (local skills).
     command_release: bool = False
+    # Precision points where the policy finishes (within ``defer_radius``); at the others the
+    # reasoner steers until the offset falls inside the dead band. A hidden-pairing policy, for
+    # instance, would take the cube to its habitual mat if handed the push contact, whose side
+    # of the cube is the task's global choice.
+    defer_at: tuple[str, ...] = DEFER_POINTS
+    # Say "open the gripper" as soon as the held cube is within this horizontal distance of the
+    # mat centre, at any height (0: off): a policy that never lowers a cube over this mat is not
+    # asked to.
+    drop_radius: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("defer_radius", "slow_radius", "align_radius", "dead_band"):
+        unknown = set(self.defer_at) - set(DEFER_POINTS)
+        if unknown:
+            raise ValueError(f"defer_at: unknown points {sorted(unknown)} (known: {DEFER_POINTS})")
+        for name in (
+            "defer_radius",
+            "slow_radius",
+            "fine_radius",
+            "align_radius",
+            "dead_band",
+            "drop_radius",
+        ):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0")
         if not 0.0 <= self.relative_threshold <= 1.0:
@@ -212,6 +235,10 @@ class ScriptedReasoner:
             if task.verb == "lift":
                 return SubGoal("lift", np.array([*ee[:2], LIFT_HEIGHT]), reason="raise the cube")
             release = np.array([*mat[:2], PLACE_HEIGHT])
+            if float(np.linalg.norm(cube[:2] - mat[:2])) < self.config.drop_radius:
+                return SubGoal(
+                    "drop", release, slow=True, gripper=Gripper.OPEN, reason="let go above the mat"
+                )
             goal = self._approach(ee, release, CARRY_HEIGHT, "release", "over the mat")
             if goal.defer and self.config.command_release:
                 return SubGoal(
@@ -229,7 +256,8 @@ class ScriptedReasoner:
         """Travel above ``point`` at ``travel_height``, go down, defer near ``point``."""
         cfg = self.config
         distance = float(np.linalg.norm(point - ee))
-        if distance <= cfg.defer_radius:
+        hands_over = name in cfg.defer_at or (name == "release" and cfg.command_release)
+        if hands_over and distance <= cfg.defer_radius:
             return SubGoal(
                 name,
                 point,
@@ -314,10 +342,13 @@ class ScriptedReasoner:
         direction, note = self.corrupt(direction)
         distance = float(np.linalg.norm(offset))
         slow = goal.slow or distance < self.config.slow_radius
+        magnitude = MAGNITUDE_LESS if slow else MAGNITUDE_MORE
+        if distance < self.config.fine_radius:
+            magnitude = MAGNITUDE_LITTLE
         return CoarseProposal(
             source=Source.SCRIPTED,
             direction=direction,
-            magnitude=MAGNITUDE_LESS if slow else MAGNITUDE_MORE,
+            magnitude=magnitude,
             gripper=Gripper.KEEP,
             target=goal.point,
             reason=f"{goal.phase}: {goal.reason}, {distance:.3f} m away{note}",

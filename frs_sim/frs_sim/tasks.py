@@ -315,6 +315,29 @@ def _home_only(tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
     return tuple(t for t in unique if t.verb == "lift" or home[t.obj] == t.target)
 
 
+#: Exploration ("weighted pairs"): copies of each home pair per copy of the other seen pairs in
+#: ``pretrain_weighted`` (named, like ``pretrain``), and copies of each lift.
+WEIGHTED_HOME_COPIES = 3
+WEIGHTED_LIFT_COPIES = 2
+
+
+def _weighted_tasks() -> tuple[TaskSpec, ...]:
+    """``pretrain`` with each cube's home pair repeated: every seen pair is named and shown, but
+    the mat word usually repeats what the cube already says."""
+    tasks: list[TaskSpec] = []
+    for task in SPLITS["pretrain"]:
+        if task.verb == "lift":
+            copies = WEIGHTED_LIFT_COPIES
+        else:
+            copies = WEIGHTED_HOME_COPIES if (task.obj, task.target) in HOME_PAIRS else 1
+        tasks += [task] * copies
+    return tuple(tasks)
+
+
+SPLITS["pretrain_weighted"] = _weighted_tasks()
+SPLITS["pretrain_weighted_vocab"] = tuple(
+    t.with_vocabulary("train") for t in SPLITS["pretrain_weighted"]
+)
 SPLITS["pretrain_habit"] = _habit_tasks(PRETRAIN_TEMPLATE_IDS)
 SPLITS["pretrain_habit_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_habit"])
 SPLITS["habit_home"] = _home_only(SPLITS["pretrain_habit"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from frs_sim.env import GRASP_HEIGHT
-from frs_sim.experts import HOVER_HEIGHT, PLACE_HEIGHT, PUSH_HEIGHT
+from frs_sim.experts import HOVER_HEIGHT, PLACE_HEIGHT, PUSH_HEIGHT, PUSH_STANDOFF
 from frs_sim.reasoner import (
     ReasonerConfig,
     ScriptedReasoner,
@@ -16,7 +16,14 @@ from frs_sim.reasoner import (
     task_from_instruction,
 )
 from frs_sim.tasks import find_task, get_split
-from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, Gripper, Reasoner, Source
+from frs_steering.reasoning import (
+    MAGNITUDE_LESS,
+    MAGNITUDE_LITTLE,
+    MAGNITUDE_MORE,
+    Gripper,
+    Reasoner,
+    Source,
+)
 
 PLACE = find_task("place_red_yellow")
 PUSH = find_task("push_green_purple")
@@ -104,6 +111,47 @@ def test_command_release_opens_the_gripper_over_the_mat_and_still_defers_the_gra
     d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
     contact = np.array([*(cube[:2] - 0.045 * d), PUSH_HEIGHT + 0.01])
     assert reasoner.subgoal(PUSH, contact, cube, mat, gripper_opening=0.0).gripper is Gripper.KEEP
+
+
+def test_defer_at_steers_through_the_points_it_omits_until_the_dead_band():
+    cube, mat = np.array(CUBES[1]), np.array(MATS[1])
+    d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
+    contact = np.array([*(cube[:2] - PUSH_STANDOFF * d), PUSH_HEIGHT])
+    near_contact = contact + np.array([0.0, 0.0, 0.03])  # 3 cm above: inside the defer radius
+    default = ScriptedReasoner()
+    assert default.propose_for(env_obs(near_contact, CUBES, MATS), PUSH).defer
+    grasp_only = ScriptedReasoner(ReasonerConfig(defer_at=("grasp",)))
+    proposal = grasp_only.propose_for(env_obs(near_contact, CUBES, MATS), PUSH)
+    assert not proposal.defer and proposal.direction[2] < -0.9  # down onto the contact point
+    at_contact = grasp_only.propose_for(env_obs(contact, CUBES, MATS), PUSH)
+    assert not at_contact.defer and at_contact.reason.startswith("push_through")
+    near_grasp = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.03]
+    assert grasp_only.propose_for(env_obs(near_grasp, CUBES, MATS), PLACE).defer
+    nowhere = ScriptedReasoner(ReasonerConfig(defer_at=()))
+    assert not nowhere.propose_for(env_obs(near_grasp, CUBES, MATS), PLACE).defer
+    with pytest.raises(ValueError, match="unknown points"):
+        ReasonerConfig(defer_at=("grasp", "wave"))
+
+
+def test_drop_radius_opens_the_gripper_over_the_mat_at_any_height():
+    reasoner = ScriptedReasoner(ReasonerConfig(drop_radius=0.02))
+    high = [MATS[0][0] + 0.01, MATS[0][1], 0.15]
+    held = [[high[0], high[1], high[2] - 0.035], CUBES[1], CUBES[2]]
+    proposal = reasoner.propose_for(env_obs(high, held, MATS, opening=0.45), PLACE)
+    assert not proposal.defer and proposal.gripper is Gripper.OPEN
+    beside = [MATS[0][0] + 0.04, MATS[0][1], 0.15]
+    held = [[beside[0], beside[1], beside[2] - 0.035], CUBES[1], CUBES[2]]
+    proposal = reasoner.propose_for(env_obs(beside, held, MATS, opening=0.45), PLACE)
+    assert proposal.gripper is Gripper.KEEP and proposal.direction[0] < 0  # still carrying
+    with pytest.raises(ValueError, match="drop_radius"):
+        ReasonerConfig(drop_radius=-0.01)
+
+
+def test_fine_radius_says_a_little_near_the_sub_goal():
+    above = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.07]
+    for fine, expected in ((0.0, MAGNITUDE_LESS), (0.08, MAGNITUDE_LITTLE)):
+        reasoner = ScriptedReasoner(ReasonerConfig(fine_radius=fine))
+        assert reasoner.propose_for(env_obs(above, CUBES, MATS), PLACE).magnitude == expected
 
 
 def test_push_goes_behind_the_cube_then_through():

@@ -20,7 +20,7 @@ import torch
 from frs_sim.env import EnvConfig
 from frs_sim.evaluate.results import evaluate
 from frs_sim.evaluate.rollout import METHODS, EvalConfig, default_settings
-from frs_sim.reasoner import ReasonerConfig
+from frs_sim.reasoner import DEFER_POINTS, ReasonerConfig
 
 
 def _floats(text: str) -> list[float]:
@@ -60,6 +60,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the reasoner opens the gripper at the release point instead of deferring there",
     )
     parser.add_argument(
+        "--drop-radius",
+        type=float,
+        default=defaults.drop_radius,
+        help="the reasoner opens the gripper once the held cube is this close to the mat centre "
+        "(horizontally, any height; 0: off)",
+    )
+    parser.add_argument(
+        "--fine-radius",
+        type=float,
+        default=defaults.fine_radius,
+        help="'a little' (0.25) within this distance of the sub-goal (0: never)",
+    )
+    parser.add_argument(
+        "--defer-at",
+        default=",".join(defaults.defer_at),
+        help="precision points where the reasoner hands over to the policy "
+        f"(comma-separated subset of {','.join(DEFER_POINTS)}; empty: none)",
+    )
+    parser.add_argument(
         "--sanity-episodes-per-task",
         type=int,
         default=2,
@@ -92,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         angular_noise_deg=args.angular_noise,
         wrong_direction_rate=args.wrong_rate,
         command_release=args.command_release,
+        drop_radius=args.drop_radius,
+        fine_radius=args.fine_radius,
+        defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
     )
     if args.workers <= 1:
         torch.set_num_threads(2)

@@ -118,7 +118,9 @@ def evaluate(
         f"execute_rows={config.execute_rows}, defer_radius={config.reasoner.defer_radius} m, "
         f"slow_radius={config.reasoner.slow_radius} m, quantize={config.reasoner.quantize}, "
         f"angular_noise={config.reasoner.angular_noise_deg} deg, "
-        f"wrong_rate={config.reasoner.wrong_direction_rate}; {document['seconds']} s.\n\n"
+        f"wrong_rate={config.reasoner.wrong_direction_rate}, "
+        f"defer_at={','.join(config.reasoner.defer_at) or 'none'}, "
+        f"command_release={config.reasoner.command_release}; {document['seconds']} s.\n\n"
     )
     (out / "results.md").write_text(header + table)
     return document

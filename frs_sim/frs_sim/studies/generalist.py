@@ -151,6 +151,11 @@ PROFILES["robust_nearest"] = dataclasses.replace(
 PROFILES["robust_habit"] = dataclasses.replace(
     PROFILES["robust"], split="pretrain_habit", episodes=4500
 )
+#: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
+#: cube's home pair three times as often as its other seen pair).
+PROFILES["robust_weighted"] = dataclasses.replace(
+    PROFILES["robust"], split="pretrain_weighted", episodes=4500
+)
 
 
 def action_limit_bounds(config: EnvConfig | None = None) -> tuple[list[float], list[float]]:
