@@ -47,7 +47,6 @@ from frs_sim.scene import CUBE_HALF_SIZE, OBJECT_NAMES, TARGET_NAMES
 from frs_sim.tasks import TaskSpec
 from frs_steering.reasoning import (
     MAGNITUDE_LESS,
-    MAGNITUDE_LITTLE,
     MAGNITUDE_MORE,
     CoarseProposal,
     Gripper,
@@ -61,6 +60,8 @@ from frs_steering.reasoning import (
 CUBE_SUFFIX = "_cube"
 MAT_SUFFIX = "_mat"
 _PUSH_WORDS = ("push", "slide", "nudge", "shove", "without lifting")
+#: "A little": the scripted reasoner's last centimetres (``fine_radius``; not a VLM amount).
+MAGNITUDE_LITTLE = 0.25
 #: The precision points where the reasoner can hand over to the policy.
 DEFER_POINTS = ("grasp", "release", "push")
 

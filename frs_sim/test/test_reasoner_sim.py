@@ -10,20 +10,14 @@ import pytest
 from frs_sim.env import GRASP_HEIGHT
 from frs_sim.experts import HOVER_HEIGHT, PLACE_HEIGHT, PUSH_HEIGHT, PUSH_STANDOFF
 from frs_sim.reasoner import (
+    MAGNITUDE_LITTLE,
     ReasonerConfig,
     ScriptedReasoner,
     observation_from_env,
     task_from_instruction,
 )
 from frs_sim.tasks import find_task, get_split
-from frs_steering.reasoning import (
-    MAGNITUDE_LESS,
-    MAGNITUDE_LITTLE,
-    MAGNITUDE_MORE,
-    Gripper,
-    Reasoner,
-    Source,
-)
+from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, Gripper, Reasoner, Source
 
 PLACE = find_task("place_red_yellow")
 PUSH = find_task("push_green_purple")

@@ -22,7 +22,6 @@ BASE_FRAME = "fr3_link0"
 
 MAGNITUDE_MORE = 1.0
 MAGNITUDE_LESS = 0.5
-MAGNITUDE_LITTLE = 0.25  # the scripted reasoner's last centimetres (not a VLM amount)
 AMOUNT_MAGNITUDES: Mapping[str, float] = MappingProxyType(
     {"more": MAGNITUDE_MORE, "less": MAGNITUDE_LESS}
 )
