@@ -22,6 +22,7 @@ str and ``instruction_embeddings`` (U, 384), ``task_index`` (N,) int32 into ``ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from frs_sim.env import (
     FrankaTabletopEnv,
 )
 from frs_sim.experts import ScriptedExpert
+from frs_sim.scene import TARGET_NAMES
 from frs_sim.tasks import TaskSpec, get_split
 from frs_steering.instructions import EMBEDDING_DIM
 
@@ -111,6 +113,32 @@ class DartNoise:
         return noisy
 
 
+@dataclass(frozen=True)
+class Redirect:
+    """A change of mind: from control ``step`` on, the expert takes the cube to ``task``'s mat.
+
+    Only for mat-unnamed tasks, where any mat satisfies the instruction: the data then show
+    heading for every mat from states on the way to another, without naming a pair.
+    """
+
+    step: int
+    task: TaskSpec
+
+
+#: Control steps between which a redirected episode changes its mat (uniform).
+REDIRECT_STEPS = (10, 45)
+
+
+def draw_redirect(task: TaskSpec, rng: np.random.Generator) -> Redirect:
+    """A redirect of a mat-unnamed ``task`` to one of the other mats, at a uniform step."""
+    if task.names_target or task.target is None:
+        raise ValueError(f"only mat-unnamed place / push tasks can be redirected, not {task.name}")
+    others = [m for m in TARGET_NAMES if m != task.target]
+    target = others[int(rng.integers(len(others)))]
+    step = int(rng.integers(REDIRECT_STEPS[0], REDIRECT_STEPS[1] + 1))
+    return Redirect(step, dataclasses.replace(task, target=target))
+
+
 @dataclass
 class ExpertRollout:
     """One expert episode: per decision the observation, the expert's label and what ran."""
@@ -133,10 +161,12 @@ def expert_rollout(
     execute_rows: tuple[int, int] = (1, 1),
     noise: DartNoise | None = None,
     template_id: int | None = None,
+    redirect: Redirect | None = None,
 ) -> ExpertRollout:
     """Roll the expert out once; each chunk executes ``rng.integers(lo, hi + 1)`` rows.
 
-    With ``noise`` the executed rows are perturbed (DART) while the labels stay clean.
+    With ``noise`` the executed rows are perturbed (DART) while the labels stay clean. With
+    ``redirect`` the expert heads for ``redirect.task`` from control step ``redirect.step`` on.
     Deterministic given ``seed`` and the state of ``rng``.
     """
     low, high = execute_rows
@@ -145,7 +175,8 @@ def expert_rollout(
     out = ExpertRollout([], [], [], [], False, env.instruction, env.instruction_embedding.copy())
     step = 0
     while True:
-        label = expert(obs, task)
+        heading = redirect.task if redirect is not None and step >= redirect.step else task
+        label = expert(obs, heading)
         rows = int(rng.integers(low, high + 1))
         sent = label if noise is None else noise.apply(label, rng)
         sent = np.stack([env.validate_action(r) for r in sent[:rows]])
@@ -180,6 +211,7 @@ def generate_demos(
     noise: DartNoise | None = None,
     noisy_fraction: float = 0.0,
     phrasing_fraction: float = 0.0,
+    redirect_fraction: float = 0.0,
 ) -> DemoSet:
     """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
 
@@ -188,15 +220,19 @@ def generate_demos(
     a ``noisy_fraction`` of the episodes are DART rollouts under ``noise`` (kept whether or not
     they succeed: their labels are the expert's at every visited state); a
     ``phrasing_fraction`` of the episodes are phrased with the generated training vocabulary
-    (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates.
+    (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates; a
+    ``redirect_fraction`` of the mat-unnamed episodes change their mat mid-way
+    (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes).
     """
     high_rows = execute_rows if max_execute_rows is None else max_execute_rows
     if not 1 <= execute_rows <= high_rows <= horizon:
         raise ValueError(
             f"execute_rows must satisfy 1 <= {execute_rows} <= {high_rows} <= {horizon}"
         )
-    if not (0.0 <= noisy_fraction <= 1.0 and 0.0 <= phrasing_fraction <= 1.0):
-        raise ValueError("noisy_fraction and phrasing_fraction must be in [0, 1]")
+    if not all(0.0 <= f <= 1.0 for f in (noisy_fraction, phrasing_fraction, redirect_fraction)):
+        raise ValueError(
+            "noisy_fraction, phrasing_fraction and redirect_fraction must be in [0, 1]"
+        )
     if noisy_fraction > 0 and noise is None:
         raise ValueError("noisy_fraction > 0 needs a DartNoise")
     task_list = get_split(tasks) if isinstance(tasks, str) else tuple(tasks)
@@ -207,7 +243,7 @@ def generate_demos(
     inst_embs: list[np.ndarray] = []
     states, chunks, inst_idx, task_idx, ep_idx, step_idx = [], [], [], [], [], []
     ep_seed, ep_len, ep_task, ep_success = [], [], [], []
-    n_success = n_noisy = n_phrased = 0
+    n_success = n_noisy = n_phrased = n_redirected = 0
     bar = tqdm(range(episodes), desc="demos", disable=not progress, unit="ep")
     for episode, env_seed in zip(bar, demo_seeds(seed, episodes), strict=True):
         task = task_list[episode % len(task_list)]
@@ -219,6 +255,9 @@ def generate_demos(
         if phrased:
             task = task.with_vocabulary("train")
             template_id = int(rng.integers(task.phrasing_count()))
+        redirect = None
+        if redirect_fraction > 0 and not task.names_target and rng.random() < redirect_fraction:
+            redirect = draw_redirect(task, rng)
         rollout = expert_rollout(
             env,
             expert,
@@ -228,6 +267,7 @@ def generate_demos(
             (execute_rows, high_rows),
             noise if noisy else None,
             template_id,
+            redirect,
         )
         success = rollout.success
         n_success += success
@@ -236,9 +276,10 @@ def generate_demos(
         ep_len.append(len(rollout.labels))
         ep_task.append(task.name)
         ep_success.append(success)
-        if not success and not keep_failures and not noisy:
+        if not success and not keep_failures and not noisy and redirect is None:
             continue
         n_noisy += noisy
+        n_redirected += redirect is not None
         n_phrased += phrased
         if rollout.instruction not in instructions:
             instructions[rollout.instruction] = len(instructions)
@@ -270,6 +311,8 @@ def generate_demos(
         "phrasing_fraction": phrasing_fraction,
         "noisy_episodes_kept": n_noisy,
         "phrased_episodes_kept": n_phrased,
+        "redirect_fraction": redirect_fraction,
+        "redirected_episodes_kept": n_redirected,
         "horizon": horizon,
         "control_dt": env.config.control_dt,
         "action_layout": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad"],
@@ -318,6 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--phrasing-fraction", type=float, default=0.0, help="share phrased with the train vocab"
     )
+    parser.add_argument(
+        "--redirect-fraction",
+        type=float,
+        default=0.0,
+        help="share of mat-unnamed episodes that change their mat mid-way",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     noise = DartNoise(args.noise_std, args.noise_offset_std, args.gripper_flip)
@@ -333,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         noise=noise if args.noisy_fraction > 0 else None,
         noisy_fraction=args.noisy_fraction,
         phrasing_fraction=args.phrasing_fraction,
+        redirect_fraction=args.redirect_fraction,
     )
     path = demos.save(args.out)
     print(

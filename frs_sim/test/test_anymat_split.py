@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from test_generalist import fake_embedding  # the one MiniLM stand-in of these tests
 
+from frs_sim.demonstrations import REDIRECT_STEPS, draw_redirect, expert_rollout, generate_demos
 from frs_sim.env import FrankaTabletopEnv
 from frs_sim.experts import ScriptedExpert, run_expert_episode
 from frs_sim.phrasing import (
@@ -236,3 +237,55 @@ def test_anymat_profile() -> None:
         recipe.check_seeds()
     names = ("robust", "robust_home", "robust_anymat", "robust_nearest")
     assert len({PROFILES[p].demo_key() for p in names}) == 4
+
+
+def test_a_redirected_expert_ends_on_the_new_mat_and_labels_change_only_after_the_step() -> None:
+    """Redirect (habit follow-up): the labels head for the first mat until the step, then the
+    second; the cube ends on the second mat, so the data show turning toward any mat."""
+    task = next(t for t in UNNAMED_TASKS if t.verb == "place" and t.obj == "green")
+    env = FrankaTabletopEnv(tasks=[task], embed_fn=fake_embedding)
+    expert = ScriptedExpert()
+    rng = np.random.default_rng(3)
+    redirect = draw_redirect(task, rng)
+    assert redirect.task.target != task.target and not redirect.task.names_target
+    assert REDIRECT_STEPS[0] <= redirect.step <= REDIRECT_STEPS[1]
+    late = dataclasses.replace(redirect, step=20)
+    rollout = expert_rollout(env, expert, task, 2100, rng, redirect=late)
+    for obs, label, step in zip(rollout.observations, rollout.labels, rollout.steps, strict=True):
+        heading = late.task if step >= late.step else task
+        np.testing.assert_array_equal(label, expert(obs, heading))
+    cube = env.object_positions()[task.obj][:2]
+    new_mat = env.target_positions()[late.task.target][:2]
+    old_mat = env.target_positions()[task.target][:2]
+    env.close()
+    assert not rollout.success  # the environment still checks the first mat
+    assert np.linalg.norm(cube - new_mat) < 0.03 < np.linalg.norm(cube - old_mat)
+    with pytest.raises(ValueError, match="mat-unnamed"):
+        draw_redirect(SPLITS["pretrain"][5], rng)
+
+
+def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() -> None:
+    named = next(t for t in SPLITS["pretrain_habit"] if t.verb == "lift")
+    unnamed = next(t for t in UNNAMED_TASKS if t.verb == "push" and t.obj == "blue")
+    demos = generate_demos(
+        [named, unnamed],
+        episodes=4,
+        seed=0,
+        progress=False,
+        embed_fn=fake_embedding,
+        redirect_fraction=1.0,
+    )
+    assert demos.meta["redirected_episodes_kept"] == 2  # the two push episodes, success or not
+    assert len(set(demos.episode_index.tolist())) >= 3
+    with pytest.raises(ValueError, match="redirect_fraction"):
+        generate_demos([unnamed], episodes=1, redirect_fraction=1.5, embed_fn=fake_embedding)
+
+
+def test_redirect_profile_changes_only_the_redirect_share() -> None:
+    from frs_sim.studies.generalist import PROFILES
+
+    habit, redirect = PROFILES["robust_habit"], PROFILES["robust_habit_redirect"]
+    assert dataclasses.replace(redirect, redirect_fraction=0.0) == habit
+    assert redirect.demo_options()["redirect-fraction"] == 0.5
+    assert redirect.demo_key() != habit.demo_key()
+    redirect.check_seeds()

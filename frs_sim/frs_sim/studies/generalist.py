@@ -83,6 +83,7 @@ class GeneralistRecipe:
     noise_offset_std: float = DartNoise.chunk_offset_std
     gripper_flip: float = DartNoise.gripper_flip
     phrasing_fraction: float = 0.0  # share of episodes phrased with the training vocabulary
+    redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
 
     def demo_key(self) -> str:
         text = f"{self.split}-{self.episodes}-{self.demo_seed}-{self.execute_rows}-{CHUNK_HORIZON}"
@@ -103,6 +104,8 @@ class GeneralistRecipe:
             options["gripper-flip"] = self.gripper_flip
         if self.phrasing_fraction > 0:
             options["phrasing-fraction"] = self.phrasing_fraction
+        if self.redirect_fraction > 0:
+            options["redirect-fraction"] = self.redirect_fraction
         return options
 
     def check_seeds(self) -> None:
@@ -150,6 +153,12 @@ PROFILES["robust_nearest"] = dataclasses.replace(
 #: to its home mat in 4 of 6 place / push episodes, to each other mat in 1 of 6).
 PROFILES["robust_habit"] = dataclasses.replace(
     PROFILES["robust"], split="pretrain_habit", episodes=4500
+)
+#: ``robust_habit_redirect``: ``robust_habit`` where half the place / push episodes change their
+#: mat mid-way (``frs_sim.demonstrations.draw_redirect``): the habit stays the first choice, but
+#: heading for any mat is shown from states on the way to another.
+PROFILES["robust_habit_redirect"] = dataclasses.replace(
+    PROFILES["robust_habit"], redirect_fraction=0.5
 )
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
@@ -343,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--split", default=defaults.split)
+    parser.add_argument(
+        "--redirect-fraction",
+        type=float,
+        default=defaults.redirect_fraction,
+        help="share of mat-unnamed episodes that change their mat mid-way",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true", help="regenerate demos, write none")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -365,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_normalization=not args.no_input_normalization,
         learning_rate=args.lr,
         seed=args.seed,
+        redirect_fraction=args.redirect_fraction,
     )
     summary = build_generalist(
         args.out, recipe, None if args.no_cache else args.cache_dir, progress=not args.quiet
