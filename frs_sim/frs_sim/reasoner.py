@@ -62,6 +62,9 @@ MAT_SUFFIX = "_mat"
 _PUSH_WORDS = ("push", "slide", "nudge", "shove", "without lifting")
 #: "A little": the scripted reasoner's last centimetres (``fine_radius``; not a VLM amount).
 MAGNITUDE_LITTLE = 0.25
+#: Finger opening (0 closed .. 1 open) from which ``command_grasp`` approaches a cube: below it
+#: the gripper is reopened first, so a missed grasp is retried.
+GRIPPER_OPEN_ENOUGH = 0.9
 #: The precision points where the reasoner can hand over to the policy.
 DEFER_POINTS = ("grasp", "release", "push")
 
@@ -92,6 +95,11 @@ class ReasonerConfig:
     # mat centre, at any height (0: off): a policy that never lowers a cube over this mat is not
     # asked to.
     drop_radius: float = 0.0
+    # Steer to the grasp point and say "close the gripper" within ``close_radius`` of it, instead
+    # of handing the grasp over (``defer_at``'s grasp is then ignored). A missed grasp reopens the
+    # gripper and approaches again.
+    command_grasp: bool = False
+    close_radius: float = 0.02
 
     def __post_init__(self) -> None:
         unknown = set(self.defer_at) - set(DEFER_POINTS)
@@ -104,6 +112,7 @@ class ReasonerConfig:
             "align_radius",
             "dead_band",
             "drop_radius",
+            "close_radius",
         ):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0")
@@ -249,6 +258,13 @@ class ScriptedReasoner:
         if task.verb == "place" and _on_mat(cube, mat) and cube[2] < CUBE_HALF_SIZE + 0.01:
             return SubGoal("done", ee.copy(), defer=True, reason="cube rests on the mat")
         grasp = np.array([*cube[:2], GRASP_HEIGHT])
+        if self.config.command_grasp:
+            if gripper_opening is not None and gripper_opening < GRIPPER_OPEN_ENOUGH:
+                return SubGoal("reopen", ee.copy(), gripper=Gripper.OPEN, reason="open to grasp")
+            if float(np.linalg.norm(grasp - ee)) <= self.config.close_radius:
+                return SubGoal(
+                    "close", grasp, slow=True, gripper=Gripper.CLOSE, reason="grasp the cube"
+                )
         return self._approach(ee, grasp, HOVER_HEIGHT, "grasp", "at the cube")
 
     def _approach(
@@ -258,6 +274,7 @@ class ScriptedReasoner:
         cfg = self.config
         distance = float(np.linalg.norm(point - ee))
         hands_over = name in cfg.defer_at or (name == "release" and cfg.command_release)
+        hands_over = hands_over and not (name == "grasp" and cfg.command_grasp)
         if hands_over and distance <= cfg.defer_radius:
             return SubGoal(
                 name,

@@ -107,6 +107,24 @@ def test_command_release_opens_the_gripper_over_the_mat_and_still_defers_the_gra
     assert reasoner.subgoal(PUSH, contact, cube, mat, gripper_opening=0.0).gripper is Gripper.KEEP
 
 
+def test_command_grasp_steers_to_the_cube_closes_there_and_reopens_after_a_miss():
+    reasoner = ScriptedReasoner(ReasonerConfig(command_grasp=True))  # grasp still in defer_at
+    grasp = np.array([CUBES[0][0], CUBES[0][1], GRASP_HEIGHT])
+    near = grasp + np.array([0.0, 0.0, 0.03])  # inside the defer radius: steered, not deferred
+    down = reasoner.propose_for(env_obs(near, CUBES, MATS), PLACE)
+    assert not down.defer and down.gripper is Gripper.KEEP and down.direction[2] < 0
+    at = grasp + np.array([0.01, 0.0, 0.005])
+    close = reasoner.propose_for(env_obs(at, CUBES, MATS), PLACE)
+    assert not close.defer and close.gripper is Gripper.CLOSE and not close.direction.any()
+    # Closed on nothing (cube not between the fingers): open again before the next approach.
+    missed = reasoner.propose_for(env_obs(near, CUBES, MATS, opening=0.0), PLACE)
+    assert missed.gripper is Gripper.OPEN and not missed.direction.any()
+    # Without the knob the same point is handed over to the policy.
+    assert ScriptedReasoner().propose_for(env_obs(at, CUBES, MATS), PLACE).defer
+    with pytest.raises(ValueError, match="close_radius"):
+        ReasonerConfig(close_radius=-0.01)
+
+
 def test_defer_at_steers_through_the_points_it_omits_until_the_dead_band():
     cube, mat = np.array(CUBES[1]), np.array(MATS[1])
     d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])

@@ -73,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="'a little' (0.25) within this distance of the sub-goal (0: never)",
     )
     parser.add_argument(
+        "--command-grasp",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.command_grasp,
+        help="the reasoner steers to the grasp point and closes the gripper there instead of "
+        "handing the grasp over",
+    )
+    parser.add_argument(
         "--defer-at",
         default=",".join(defaults.defer_at),
         help="precision points where the reasoner hands over to the policy "
@@ -113,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_release=args.command_release,
         drop_radius=args.drop_radius,
         fine_radius=args.fine_radius,
+        command_grasp=args.command_grasp,
         defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
     )
     if args.workers <= 1:
