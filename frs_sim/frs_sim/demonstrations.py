@@ -212,6 +212,7 @@ def generate_demos(
     noisy_fraction: float = 0.0,
     phrasing_fraction: float = 0.0,
     redirect_fraction: float = 0.0,
+    redirect_verbs: Sequence[str] = ("place", "push"),
 ) -> DemoSet:
     """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
 
@@ -221,8 +222,8 @@ def generate_demos(
     they succeed: their labels are the expert's at every visited state); a
     ``phrasing_fraction`` of the episodes are phrased with the generated training vocabulary
     (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates; a
-    ``redirect_fraction`` of the mat-unnamed episodes change their mat mid-way
-    (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes).
+    ``redirect_fraction`` of the mat-unnamed episodes of ``redirect_verbs`` change their mat
+    mid-way (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes).
     """
     high_rows = execute_rows if max_execute_rows is None else max_execute_rows
     if not 1 <= execute_rows <= high_rows <= horizon:
@@ -256,7 +257,8 @@ def generate_demos(
             task = task.with_vocabulary("train")
             template_id = int(rng.integers(task.phrasing_count()))
         redirect = None
-        if redirect_fraction > 0 and not task.names_target and rng.random() < redirect_fraction:
+        redirectable = not task.names_target and task.verb in redirect_verbs
+        if redirect_fraction > 0 and redirectable and rng.random() < redirect_fraction:
             redirect = draw_redirect(task, rng)
         rollout = expert_rollout(
             env,
@@ -312,6 +314,7 @@ def generate_demos(
         "noisy_episodes_kept": n_noisy,
         "phrased_episodes_kept": n_phrased,
         "redirect_fraction": redirect_fraction,
+        "redirect_verbs": list(redirect_verbs),
         "redirected_episodes_kept": n_redirected,
         "horizon": horizon,
         "control_dt": env.config.control_dt,
@@ -367,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="share of mat-unnamed episodes that change their mat mid-way",
     )
+    parser.add_argument(
+        "--redirect-verbs", default="place,push", help="verbs whose episodes may be redirected"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     noise = DartNoise(args.noise_std, args.noise_offset_std, args.gripper_flip)
@@ -383,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         noisy_fraction=args.noisy_fraction,
         phrasing_fraction=args.phrasing_fraction,
         redirect_fraction=args.redirect_fraction,
+        redirect_verbs=tuple(v.strip() for v in args.redirect_verbs.split(",") if v.strip()),
     )
     path = demos.save(args.out)
     print(

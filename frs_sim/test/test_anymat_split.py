@@ -277,6 +277,16 @@ def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() ->
     )
     assert demos.meta["redirected_episodes_kept"] == 2  # the two push episodes, success or not
     assert len(set(demos.episode_index.tolist())) >= 3
+    places_only = generate_demos(
+        [named, unnamed],
+        episodes=2,
+        seed=0,
+        progress=False,
+        embed_fn=fake_embedding,
+        redirect_fraction=1.0,
+        redirect_verbs=("place",),
+    )
+    assert places_only.meta["redirected_episodes_kept"] == 0
     with pytest.raises(ValueError, match="redirect_fraction"):
         generate_demos([unnamed], episodes=1, redirect_fraction=1.5, embed_fn=fake_embedding)
 
@@ -287,5 +297,7 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     habit, redirect = PROFILES["robust_habit"], PROFILES["robust_habit_redirect"]
     assert dataclasses.replace(redirect, redirect_fraction=0.0) == habit
     assert redirect.demo_options()["redirect-fraction"] == 0.5
-    assert redirect.demo_key() != habit.demo_key()
+    push_only = PROFILES["robust_habit_redirect_push"]
+    assert push_only.demo_options()["redirect-verbs"] == "push"
+    assert len({habit.demo_key(), redirect.demo_key(), push_only.demo_key()}) == 3
     redirect.check_seeds()

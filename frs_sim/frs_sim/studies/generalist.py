@@ -84,6 +84,7 @@ class GeneralistRecipe:
     gripper_flip: float = DartNoise.gripper_flip
     phrasing_fraction: float = 0.0  # share of episodes phrased with the training vocabulary
     redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
+    redirect_verbs: str = "place,push"  # comma-separated verbs whose episodes may be redirected
 
     def demo_key(self) -> str:
         text = f"{self.split}-{self.episodes}-{self.demo_seed}-{self.execute_rows}-{CHUNK_HORIZON}"
@@ -92,9 +93,9 @@ class GeneralistRecipe:
             text += "-" + json.dumps(extra, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
-    def demo_options(self) -> dict[str, float | int]:
+    def demo_options(self) -> dict[str, float | int | str]:
         """Non-default data-generation options (``frs_sim.demonstrations`` CLI names)."""
-        options: dict[str, float | int] = {}
+        options: dict[str, float | int | str] = {}
         if self.max_execute_rows not in (None, self.execute_rows):
             options["max-execute-rows"] = self.max_execute_rows
         if self.noisy_fraction > 0:
@@ -106,6 +107,8 @@ class GeneralistRecipe:
             options["phrasing-fraction"] = self.phrasing_fraction
         if self.redirect_fraction > 0:
             options["redirect-fraction"] = self.redirect_fraction
+            if self.redirect_verbs != "place,push":
+                options["redirect-verbs"] = self.redirect_verbs
         return options
 
     def check_seeds(self) -> None:
@@ -159,6 +162,10 @@ PROFILES["robust_habit"] = dataclasses.replace(
 #: heading for any mat is shown from states on the way to another.
 PROFILES["robust_habit_redirect"] = dataclasses.replace(
     PROFILES["robust_habit"], redirect_fraction=0.5
+)
+#: ``robust_habit_redirect_push``: the same with only push episodes redirected.
+PROFILES["robust_habit_redirect_push"] = dataclasses.replace(
+    PROFILES["robust_habit_redirect"], redirect_verbs="push"
 )
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
