@@ -3,8 +3,9 @@
 Runs ``frs_control/bench/planning_gap.py`` (controller in its own process, a motionless arm in
 the bench's): a 1000-row ee_delta chunk is planned while another streams. Before planning moved
 to a worker thread, commands stopped for 0.26-0.29 s here (0.34-0.70 s in the issue); after,
-the largest gap was 11-15 ms (control period 10 ms). The bound is generous for a loaded 2-core
-machine and still far below the old stall.
+the largest gap was 11-15 ms (control period 10 ms); on a slower day of the same host
+(planning 0.26-0.61 s) it was 45-160 ms. A stalled loop's gap is the whole planning time, so
+the bound is a share of the planning time measured in the same run, not a fixed figure.
 """
 
 from __future__ import annotations
@@ -33,4 +34,4 @@ def test_commands_keep_flowing_while_a_1000_row_chunk_is_planned() -> None:
     numbers = json.loads(done.stdout.strip().splitlines()[-1])
     for run in numbers["runs"]:
         assert run["planning_s"] > 0.05  # the chunk really took a while to plan
-        assert run["max_gap_s"] < 0.1, numbers  # 10 control periods; it was ~0.27 s
+        assert run["max_gap_s"] < 0.5 * run["planning_s"], numbers  # a stall: gap ~ planning

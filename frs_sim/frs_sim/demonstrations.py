@@ -234,6 +234,8 @@ def generate_demos(
         raise ValueError(
             "noisy_fraction, phrasing_fraction and redirect_fraction must be in [0, 1]"
         )
+    if set(redirect_verbs) - {"place", "push"}:
+        raise ValueError(f"redirect_verbs must be place and / or push, got {redirect_verbs}")
     if noisy_fraction > 0 and noise is None:
         raise ValueError("noisy_fraction > 0 needs a DartNoise")
     task_list = get_split(tasks) if isinstance(tasks, str) else tuple(tasks)

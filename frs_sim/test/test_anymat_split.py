@@ -289,6 +289,8 @@ def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() ->
     assert places_only.meta["redirected_episodes_kept"] == 0
     with pytest.raises(ValueError, match="redirect_fraction"):
         generate_demos([unnamed], episodes=1, redirect_fraction=1.5, embed_fn=fake_embedding)
+    with pytest.raises(ValueError, match="redirect_verbs"):
+        generate_demos([unnamed], episodes=1, redirect_verbs=("lift",), embed_fn=fake_embedding)
 
 
 def test_redirect_profile_changes_only_the_redirect_share() -> None:
