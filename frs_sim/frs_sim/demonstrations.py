@@ -127,6 +127,8 @@ class Redirect:
 
 #: Control steps between which a redirected episode changes its mat (uniform).
 REDIRECT_STEPS = (10, 45)
+#: The verbs whose mat-unnamed episodes can be redirected (and are, by default).
+REDIRECT_VERBS = ("place", "push")
 
 
 def draw_redirect(task: TaskSpec, rng: np.random.Generator) -> Redirect:
@@ -212,7 +214,7 @@ def generate_demos(
     noisy_fraction: float = 0.0,
     phrasing_fraction: float = 0.0,
     redirect_fraction: float = 0.0,
-    redirect_verbs: Sequence[str] = ("place", "push"),
+    redirect_verbs: Sequence[str] = REDIRECT_VERBS,
 ) -> DemoSet:
     """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
 
@@ -234,7 +236,7 @@ def generate_demos(
         raise ValueError(
             "noisy_fraction, phrasing_fraction and redirect_fraction must be in [0, 1]"
         )
-    if set(redirect_verbs) - {"place", "push"}:
+    if set(redirect_verbs) - set(REDIRECT_VERBS):
         raise ValueError(f"redirect_verbs must be place and / or push, got {redirect_verbs}")
     if noisy_fraction > 0 and noise is None:
         raise ValueError("noisy_fraction > 0 needs a DartNoise")
@@ -373,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="share of mat-unnamed episodes that change their mat mid-way",
     )
     parser.add_argument(
-        "--redirect-verbs", default="place,push", help="verbs whose episodes may be redirected"
+        "--redirect-verbs",
+        default=",".join(REDIRECT_VERBS),
+        help="verbs whose episodes may be redirected",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

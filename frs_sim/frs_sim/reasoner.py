@@ -101,6 +101,14 @@ class ReasonerConfig:
     command_grasp: bool = False
     close_radius: float = 0.02
 
+    def hands_over(self, point: str) -> bool:
+        """Whether the reasoner defers to the policy near precision ``point``: the points of
+        ``defer_at``, the release also under ``command_release`` (which then says "open" there),
+        never the grasp under ``command_grasp``."""
+        if point == "grasp" and self.command_grasp:
+            return False
+        return point in self.defer_at or (point == "release" and self.command_release)
+
     def __post_init__(self) -> None:
         unknown = set(self.defer_at) - set(DEFER_POINTS)
         if unknown:
@@ -273,9 +281,7 @@ class ScriptedReasoner:
         """Travel above ``point`` at ``travel_height``, go down, defer near ``point``."""
         cfg = self.config
         distance = float(np.linalg.norm(point - ee))
-        hands_over = name in cfg.defer_at or (name == "release" and cfg.command_release)
-        hands_over = hands_over and not (name == "grasp" and cfg.command_grasp)
-        if hands_over and distance <= cfg.defer_radius:
+        if cfg.hands_over(name) and distance <= cfg.defer_radius:
             return SubGoal(
                 name,
                 point,

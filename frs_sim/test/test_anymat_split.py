@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from test_generalist import fake_embedding  # the one MiniLM stand-in of these tests
 
-from frs_sim.demonstrations import REDIRECT_STEPS, draw_redirect, expert_rollout, generate_demos
+from frs_sim.demonstrations import (
+    REDIRECT_STEPS,
+    DemoSet,
+    draw_redirect,
+    expert_rollout,
+    generate_demos,
+)
 from frs_sim.env import FrankaTabletopEnv
 from frs_sim.experts import ScriptedExpert, run_expert_episode
 from frs_sim.phrasing import (
@@ -267,25 +273,22 @@ def test_a_redirected_expert_ends_on_the_new_mat_and_labels_change_only_after_th
 def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() -> None:
     named = next(t for t in SPLITS["pretrain_habit"] if t.verb == "lift")
     unnamed = next(t for t in UNNAMED_TASKS if t.verb == "push" and t.obj == "blue")
-    demos = generate_demos(
-        [named, unnamed],
-        episodes=4,
-        seed=0,
-        progress=False,
-        embed_fn=fake_embedding,
-        redirect_fraction=1.0,
-    )
+
+    def redirected(episodes: int, **options) -> DemoSet:
+        return generate_demos(
+            [named, unnamed],
+            episodes=episodes,
+            seed=0,
+            progress=False,
+            embed_fn=fake_embedding,
+            redirect_fraction=1.0,
+            **options,
+        )
+
+    demos = redirected(4)
     assert demos.meta["redirected_episodes_kept"] == 2  # the two push episodes, success or not
     assert len(set(demos.episode_index.tolist())) >= 3
-    places_only = generate_demos(
-        [named, unnamed],
-        episodes=2,
-        seed=0,
-        progress=False,
-        embed_fn=fake_embedding,
-        redirect_fraction=1.0,
-        redirect_verbs=("place",),
-    )
+    places_only = redirected(2, redirect_verbs=("place",))
     assert places_only.meta["redirected_episodes_kept"] == 0
     with pytest.raises(ValueError, match="redirect_fraction"):
         generate_demos([unnamed], episodes=1, redirect_fraction=1.5, embed_fn=fake_embedding)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frs_sim.demonstrations import DartNoise, DemoSet, demo_seeds
+from frs_sim.demonstrations import REDIRECT_VERBS, DartNoise, DemoSet, demo_seeds
 from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
 from frs_sim.evaluate.rollout import EVAL_SEED_MIN
 from frs_sim.evaluate.workers import SOURCE_ROOT, with_source_path
@@ -84,7 +84,7 @@ class GeneralistRecipe:
     gripper_flip: float = DartNoise.gripper_flip
     phrasing_fraction: float = 0.0  # share of episodes phrased with the training vocabulary
     redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
-    redirect_verbs: str = "place,push"  # comma-separated verbs whose episodes may be redirected
+    redirect_verbs: str = ",".join(REDIRECT_VERBS)  # comma-separated verbs that may be redirected
 
     def demo_key(self) -> str:
         text = f"{self.split}-{self.episodes}-{self.demo_seed}-{self.execute_rows}-{CHUNK_HORIZON}"
@@ -107,7 +107,7 @@ class GeneralistRecipe:
             options["phrasing-fraction"] = self.phrasing_fraction
         if self.redirect_fraction > 0:
             options["redirect-fraction"] = self.redirect_fraction
-            if self.redirect_verbs != "place,push":
+            if self.redirect_verbs != ",".join(REDIRECT_VERBS):
                 options["redirect-verbs"] = self.redirect_verbs
         return options
 
