@@ -521,8 +521,11 @@ class FrankaTabletopEnv(gym.Env):
             ee_pos, _ = self._ee_world()
             near = float(np.linalg.norm(cube - ee_pos)) < 0.06
             return bool(cube[2] >= LIFT_SUCCESS_HEIGHT and near and self.cube_in_fingers(i))
-        mat = self.data.mocap_pos[self.idx.mat_mocap[task.target_index]]
-        on_mat = bool(np.all(np.abs(cube[:2] - mat[:2]) <= MAT_SUCCESS_HALF))
+        mats = self.idx.mat_mocap if task.any_mat else [self.idx.mat_mocap[task.target_index]]
+        on_mat = any(
+            bool(np.all(np.abs(cube[:2] - self.data.mocap_pos[m][:2]) <= MAT_SUCCESS_HALF))
+            for m in mats
+        )
         resting = cube[2] < sc.CUBE_HALF_SIZE + 0.005
         if task.verb == "place":
             return on_mat and resting and not self.cube_in_fingers(i)

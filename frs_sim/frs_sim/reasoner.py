@@ -25,6 +25,7 @@ comes from one seeded ``numpy`` generator.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -100,6 +101,11 @@ class ReasonerConfig:
     # gripper and approaches again.
     command_grasp: bool = False
     close_radius: float = 0.02
+    # Also say, with every motion, the gripper state of the phase: open on the way to a grasp,
+    # closed while carrying and for the whole push (the expert pushes with closed fingers), as a
+    # VLM would ("with the gripper closed, push it left"). Off: the gripper is left to the
+    # policy except at the commanded grasp / release.
+    state_gripper: bool = False
 
     def hands_over(self, point: str) -> bool:
         """Whether the reasoner defers to the policy near precision ``point``: the points of
@@ -141,7 +147,8 @@ class SubGoal:
     defer: bool = False
     slow: bool = False  # force "less" (contact phases)
     reason: str = ""
-    gripper: Gripper = Gripper.KEEP
+    gripper: Gripper = Gripper.KEEP  # a gripper command: said with no motion
+    hold: Gripper = Gripper.KEEP  # the phase's gripper state, said with the motion (state_gripper)
 
 
 def task_from_instruction(instruction: str) -> TaskSpec:
@@ -248,8 +255,22 @@ class ScriptedReasoner:
         ee, cube = np.asarray(ee, float), np.asarray(cube, float)
         mat = None if mat is None else np.asarray(mat, float)
         if task.verb == "push":
-            return self._push(ee, cube, mat)
-        if _holding(ee, cube, gripper_opening):
+            return dataclasses.replace(self._push(ee, cube, mat), hold=Gripper.CLOSE)
+        holding = _holding(ee, cube, gripper_opening)
+        goal = self._pick(task, ee, cube, mat, gripper_opening, holding)
+        return dataclasses.replace(goal, hold=Gripper.CLOSE if holding else Gripper.OPEN)
+
+    def _pick(
+        self,
+        task: TaskSpec,
+        ee: np.ndarray,
+        cube: np.ndarray,
+        mat: np.ndarray | None,
+        gripper_opening: float | None,
+        holding: bool,
+    ) -> SubGoal:
+        """Sub-goal of a lift or place: to the grasp, then up or over the mat and down."""
+        if holding:
             if task.verb == "lift":
                 return SubGoal("lift", np.array([*ee[:2], LIFT_HEIGHT]), reason="raise the cube")
             release = np.array([*mat[:2], PLACE_HEIGHT])
@@ -364,6 +385,7 @@ class ScriptedReasoner:
                 reason=f"{goal.phase}: offset within the dead band",
             )
         direction, note = self.corrupt(direction)
+        gripper = goal.hold if self.config.state_gripper else Gripper.KEEP
         distance = float(np.linalg.norm(offset))
         slow = goal.slow or distance < self.config.slow_radius
         magnitude = MAGNITUDE_LESS if slow else MAGNITUDE_MORE
@@ -373,7 +395,7 @@ class ScriptedReasoner:
             source=Source.SCRIPTED,
             direction=direction,
             magnitude=magnitude,
-            gripper=Gripper.KEEP,
+            gripper=gripper,
             target=goal.point,
             reason=f"{goal.phase}: {goal.reason}, {distance:.3f} m away{note}",
         )

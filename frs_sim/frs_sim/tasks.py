@@ -47,9 +47,10 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
 * ``pretrain_habit`` - exploration (issue 15, "habit"): lifts, and mat-unnamed ``place`` /
   ``push`` only; the expert takes each cube to its home mat in ``HABIT_HOME_WEIGHT`` of 6
   episodes and to each other mat otherwise. No training text names a mat, so the novel pairs are
-  minority modes of the policy's prior, not instructions it can read. ``habit_home`` (lifts and
-  the home-mat tasks) evaluates it on its own tasks, ``habit_home_paraphrase`` with the held-out
-  templates.
+  minority modes of the policy's prior, not instructions it can read. ``habit_own`` evaluates it
+  on its own tasks as they are phrased: lifts, and "put the red cube on a mat" succeeds on ANY
+  mat (``TaskSpec.any_mat``); ``habit_own_paraphrase`` the same with the held-out templates.
+  ``habit_home`` / ``habit_home_paraphrase`` count only the home mat (the prior's majority mode).
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ class TaskSpec:
     (``UNNAMED_TEMPLATES``, or the generated "any <mat noun>" phrasings); ``target`` is still the
     mat the expert goes to and the success check tests. ``nearest_mat`` (unnamed tasks only): the
     instruction says "the nearest mat" (``NEAREST_TEMPLATES``) and the environment makes ``target``
-    the mat nearest the cube.
+    the mat nearest the cube. ``any_mat`` (unnamed, not nearest): success on whichever mat the cube
+    ends on, as the instruction asks; ``target`` is then only where the expert and the scripted
+    reasoner go.
     """
 
     verb: str
@@ -181,6 +184,7 @@ class TaskSpec:
     vocabulary: str = "templates"
     names_target: bool = True
     nearest_mat: bool = False
+    any_mat: bool = False
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
@@ -196,6 +200,8 @@ class TaskSpec:
             raise ValueError("only place / push tasks can leave their mat unnamed")
         if self.nearest_mat and self.names_target:
             raise ValueError("nearest_mat needs names_target=False")
+        if self.any_mat and (self.names_target or self.nearest_mat):
+            raise ValueError("any_mat needs names_target=False and nearest_mat=False")
         n_templates = self.phrasing_count()
         if not self.template_ids or any(not 0 <= t < n_templates for t in self.template_ids):
             raise ValueError(f"template ids {self.template_ids} out of range 0..{n_templates - 1}")
@@ -219,7 +225,10 @@ class TaskSpec:
     @property
     def name(self) -> str:
         """Stable identifier such as ``place_red_yellow``, ``lift_blue`` or, for a mat-unnamed
-        task whose episode goes to the yellow mat, ``place_red_anymat_yellow``."""
+        task whose episode goes to the yellow mat, ``place_red_anymat_yellow``
+        (``place_red_onanymat`` when any mat succeeds)."""
+        if self.any_mat:
+            return f"{self.verb}_{self.obj}_onanymat"
         middle = None if self.names_target else "nearestmat" if self.nearest_mat else "anymat"
         return "_".join(p for p in (self.verb, self.obj, middle, self.target) if p)
 
@@ -342,6 +351,15 @@ SPLITS["pretrain_habit"] = _habit_tasks(PRETRAIN_TEMPLATE_IDS)
 SPLITS["pretrain_habit_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_habit"])
 SPLITS["habit_home"] = _home_only(SPLITS["pretrain_habit"])
 SPLITS["habit_home_paraphrase"] = _home_only(_habit_tasks(HELD_OUT_TEMPLATE_IDS))
+
+
+def _any_mat(tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+    """The tasks with every unnamed place / push succeeding on any mat."""
+    return tuple(t if t.names_target else dataclasses.replace(t, any_mat=True) for t in tasks)
+
+
+SPLITS["habit_own"] = _any_mat(SPLITS["habit_home"])
+SPLITS["habit_own_paraphrase"] = _any_mat(SPLITS["habit_home_paraphrase"])
 #: Splits whose phrasings or colour pairs no training recipe may use.
 HELD_OUT_SPLITS: tuple[str, ...] = (
     "novel",
@@ -349,6 +367,7 @@ HELD_OUT_SPLITS: tuple[str, ...] = (
     "novel_vocab",
     "paraphrase_vocab",
     "habit_home_paraphrase",
+    "habit_own_paraphrase",
 )
 
 

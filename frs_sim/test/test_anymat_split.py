@@ -19,7 +19,7 @@ from frs_sim.demonstrations import (
     expert_rollout,
     generate_demos,
 )
-from frs_sim.env import FrankaTabletopEnv
+from frs_sim.env import MAT_SUCCESS_HALF, FrankaTabletopEnv
 from frs_sim.experts import ScriptedExpert, run_expert_episode
 from frs_sim.phrasing import (
     COLOUR_WORDS,
@@ -134,6 +134,13 @@ def test_habit_names_no_mat_and_sends_each_cube_home_in_four_of_six_episodes() -
         assert all(t.verb == "lift" or home[t.obj] == t.target for t in tasks)
         assert all(t.template_ids == (ids or HELD_OUT_TEMPLATE_IDS) for t in tasks)
     assert "habit_home_paraphrase" in HELD_OUT_SPLITS and "habit_home" not in HELD_OUT_SPLITS
+    for own, home_split in (("habit_own", "habit_home"), ("habit_own_paraphrase", None)):
+        home_split = home_split or "habit_home_paraphrase"
+        pairs = zip(SPLITS[own], SPLITS[home_split], strict=True)
+        for any_task, home_task in pairs:
+            assert any_task.any_mat == (home_task.verb != "lift")
+            assert any_task.instructions() == home_task.instructions()
+    assert "habit_own_paraphrase" in HELD_OUT_SPLITS and "habit_own" not in HELD_OUT_SPLITS
 
 
 @pytest.mark.parametrize("nearest", [False, True], ids=["anymat", "nearest"])
@@ -182,6 +189,13 @@ def test_unnamed_spec_validation_and_names() -> None:
     assert near.name == "place_red_nearestmat_white"
     assert near.instruction(0) == "put the red cube on the nearest mat"
     assert near.with_vocabulary("train").nearest_mat
+    anywhere = TaskSpec("push", "red", "yellow", (0,), names_target=False, any_mat=True)
+    assert anywhere.name == "push_red_onanymat"
+    assert anywhere.instruction(0) == task.instruction(0)
+    with pytest.raises(ValueError, match="any_mat"):
+        TaskSpec("push", "red", "yellow", (0,), any_mat=True)  # a named mat is the only one
+    with pytest.raises(ValueError, match="any_mat"):
+        TaskSpec("push", "red", "yellow", (0,), names_target=False, nearest_mat=True, any_mat=True)
 
 
 def test_the_nearest_mat_is_the_tasks_mat_and_other_layouts_are_unchanged() -> None:
@@ -306,3 +320,24 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     assert push_only.demo_options()["redirect-verbs"] == "push"
     assert len({habit.demo_key(), redirect.demo_key(), push_only.demo_key()}) == 3
     redirect.check_seeds()
+
+
+@pytest.mark.parametrize("verb", ["place", "push"])
+def test_an_any_mat_task_succeeds_on_whichever_mat_the_cube_ends_on(verb: str) -> None:
+    """ "Put the green cube on a mat" names no mat: the expert heading for another mat than the
+    task's succeeds under ``any_mat`` (the same episode fails the drawn-mat check above), and
+    a cube left off every mat does not."""
+    task = next(t for t in UNNAMED_TASKS if t.verb == verb and t.obj == "green")
+    anywhere = dataclasses.replace(task, any_mat=True)
+    env = FrankaTabletopEnv(tasks=[anywhere], embed_fn=fake_embedding)
+    rng = np.random.default_rng(3)
+    redirect = dataclasses.replace(draw_redirect(task, rng), step=0)
+    rollout = expert_rollout(env, ScriptedExpert(), anywhere, 2100, rng, redirect=redirect)
+    cube = env.object_positions()[task.obj][:2]
+    mats = env.target_positions()
+    assert rollout.success and env.is_success()
+    assert np.all(np.abs(cube - mats[redirect.task.target][:2]) <= MAT_SUCCESS_HALF)
+    assert not np.all(np.abs(cube - mats[task.target][:2]) <= MAT_SUCCESS_HALF)
+    env.reset(seed=2100, options={"task": anywhere})
+    assert not env.is_success()  # the cube starts off every mat
+    env.close()

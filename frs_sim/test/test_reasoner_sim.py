@@ -125,6 +125,26 @@ def test_command_grasp_steers_to_the_cube_closes_there_and_reopens_after_a_miss(
         ReasonerConfig(close_radius=-0.01)
 
 
+def test_state_gripper_says_the_phase_gripper_state_with_every_motion():
+    """Open on the way to a grasp, closed while carrying and for the whole push; a gripper
+    command (close at the grasp) and deferrals are unchanged; off, the gripper is kept."""
+    stated = ScriptedReasoner(ReasonerConfig(state_gripper=True, command_grasp=True))
+    kept = ScriptedReasoner(ReasonerConfig(command_grasp=True))
+    far = [CUBES[0][0] + 0.1, CUBES[0][1], 0.2]
+    toward = stated.propose_for(env_obs(far, CUBES, MATS), PLACE)
+    assert toward.direction.any() and toward.gripper is Gripper.OPEN
+    assert kept.propose_for(env_obs(far, CUBES, MATS), PLACE).gripper is Gripper.KEEP
+    ee = [CUBES[0][0], CUBES[0][1], 0.10]
+    held = [[ee[0], ee[1], 0.06], CUBES[1], CUBES[2]]
+    carry = stated.propose_for(env_obs(ee, held, MATS, opening=0.45), PLACE)
+    assert carry.direction.any() and carry.gripper is Gripper.CLOSE
+    at = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.005]
+    close = stated.propose_for(env_obs(at, CUBES, MATS), PLACE)
+    assert close.gripper is Gripper.CLOSE and not close.direction.any()
+    push = stated.propose_for(env_obs(HOME, CUBES, MATS), PUSH)
+    assert push.direction.any() and push.gripper is Gripper.CLOSE
+
+
 def test_defer_at_steers_through_the_points_it_omits_until_the_dead_band():
     cube, mat = np.array(CUBES[1]), np.array(MATS[1])
     d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -49,6 +49,9 @@ class FlowPolicyConfig:
     encoder_depth: int = 0  # 0: additive state MLP + linear instruction; n: MLP over the concat
     encoder_width: int = 0  # hidden width of the concat MLP (0: ``width``)
     input_normalization: bool = False  # standardize state / instruction with stored statistics
+    # > 0: the standardized instruction is projected onto this many stored directions (e.g. the
+    # discriminant directions between tasks, ``fit_discriminant_projection``) before the encoder
+    instruction_projection_dim: int = 0
     image_keys: tuple[str, ...] = ()  # cameras, observed as ``image.<key>``
     image_size: int = 0  # square side (px) every camera image is resized to
 
@@ -65,6 +68,15 @@ class FlowPolicyConfig:
             raise ValueError("input_normalization must be a bool")
         if not isinstance(self.instruction_dim, int) or self.instruction_dim < 0:
             raise ValueError(f"instruction_dim must be an int >= 0, got {self.instruction_dim!r}")
+        projection = self.instruction_projection_dim
+        if not isinstance(projection, int) or isinstance(projection, bool) or projection < 0:
+            raise ValueError(f"instruction_projection_dim must be an int >= 0, got {projection!r}")
+        if projection and not (self.input_normalization and self.encoder_depth):
+            raise ValueError(
+                "instruction_projection_dim needs input_normalization and encoder_depth"
+            )
+        if projection > self.instruction_dim:
+            raise ValueError("instruction_projection_dim cannot exceed instruction_dim")
         object.__setattr__(self, "image_keys", tuple(str(k) for k in self.image_keys))
         if len(set(self.image_keys)) != len(self.image_keys):
             raise ValueError(f"image_keys must be distinct, got {self.image_keys}")
@@ -171,7 +183,9 @@ class FlowMatchingPolicy(nn.Module):
             else:
                 hidden = config.encoder_width or width
                 layers: list[nn.Module] = []
-                size = config.state_dim + config.instruction_dim
+                size = config.state_dim + (
+                    config.instruction_projection_dim or config.instruction_dim
+                )
                 for _ in range(config.encoder_depth):
                     layers += [nn.Linear(size, hidden), nn.SiLU()]
                     size = hidden
@@ -208,6 +222,9 @@ class FlowMatchingPolicy(nn.Module):
             ):
                 self.register_buffer(f"{name}_shift", torch.zeros(size))
                 self.register_buffer(f"{name}_scale", torch.ones(size))
+        if config.instruction_projection_dim:  # saved with the weights; set before training
+            eye = torch.eye(config.instruction_dim)[:, : config.instruction_projection_dim]
+            self.register_buffer("instruction_projection", eye.clone())
         periods = torch.logspace(
             math.log10(config.min_period), math.log10(config.max_period), config.time_frequencies
         )
@@ -235,6 +252,17 @@ class FlowMatchingPolicy(nn.Module):
             getattr(self, f"{name}_shift").copy_(values.mean(dim=0))
             getattr(self, f"{name}_scale").copy_(scale)
 
+    @torch.no_grad()
+    def set_instruction_projection(self, projection: torch.Tensor) -> None:
+        """Store the [instruction_dim, instruction_projection_dim] map applied to the
+        standardized instruction (needs ``instruction_projection_dim``)."""
+        expected = (self.config.instruction_dim, self.config.instruction_projection_dim)
+        if not self.config.instruction_projection_dim:
+            raise ValueError("set_instruction_projection needs config.instruction_projection_dim")
+        if tuple(projection.shape) != expected or not torch.isfinite(projection).all():
+            raise ValueError(f"projection must be a finite {list(expected)} matrix")
+        self.instruction_projection.copy_(projection)
+
     def _normalized(self, observation: Observation, name: str, batch: int) -> torch.Tensor:
         param = self.action_in.weight
         size = self.config.state_dim if name == "state" else self.config.instruction_dim
@@ -242,6 +270,8 @@ class FlowMatchingPolicy(nn.Module):
         value = param.new_zeros(batch, size) if value is None else value.to(param)
         if self.config.input_normalization:
             value = (value - getattr(self, f"{name}_shift")) * getattr(self, f"{name}_scale")
+        if name == "instruction" and self.config.instruction_projection_dim:
+            value = value @ self.instruction_projection
         return value
 
     def _check_observation(self, observation: Observation) -> int:
@@ -374,3 +404,34 @@ class _VelocityNetwork(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, film: torch.Tensor, token_bias: torch.Tensor
     ) -> torch.Tensor:
         return self.policy._velocity(x, t, film, token_bias)
+
+
+def fit_discriminant_projection(
+    features: torch.Tensor, labels: Sequence[Any], shrinkage: float = 0.1
+) -> torch.Tensor:
+    """Linear discriminant directions of ``features`` [N, D] between the classes of ``labels``.
+
+    Returns a [D, classes - 1] map whose outputs separate the classes relative to the spread
+    within each class (e.g. instruction embeddings: tasks apart, paraphrases together), scaled
+    to unit standard deviation over ``features``. ``shrinkage`` blends the within-class scatter
+    toward its mean eigenvalue (D is large next to the number of distinct texts).
+    """
+    x = features.double()
+    classes = sorted(set(labels), key=str)
+    if len(classes) < 2 or len(labels) != x.shape[0]:
+        raise ValueError("need one label per feature row and at least two classes")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    index = torch.tensor([classes.index(label) for label in labels])
+    means = torch.stack([x[index == k].mean(dim=0) for k in range(len(classes))])
+    centred = x - means[index]
+    within = centred.T @ centred / x.shape[0]
+    average = torch.trace(within) / within.shape[0]
+    within = (1.0 - shrinkage) * within + shrinkage * average * torch.eye(within.shape[0])
+    between = torch.cov((means - x.mean(dim=0)).T, correction=0)
+    values, vectors = torch.linalg.eigh(within)
+    whiten = vectors @ torch.diag(values.clamp_min(1e-12).rsqrt()) @ vectors.T
+    _, directions = torch.linalg.eigh(whiten @ between @ whiten)
+    projection = whiten @ directions[:, -(len(classes) - 1) :].flip(-1)
+    projection = projection / (x @ projection).std(dim=0, unbiased=False).clamp_min(1e-12)
+    return projection.to(features.dtype)

@@ -1,5 +1,6 @@
 """Built-in flow policy: contract, input checks, training, checkpoints."""
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from frs_steering.checkpoint import (
     save_policy,
     write_manifest,
 )
-from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
 from frs_steering.normalization import fit_normalizer
 from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
 from frs_steering.steer import steer
@@ -322,3 +323,49 @@ def test_input_statistics_need_the_flag_and_bad_encoder_sizes_raise():
         FlowMatchingPolicy(_config()).set_input_statistics(_dataset()[0])
     with pytest.raises(ValueError, match="encoder_depth"):
         FlowPolicyConfig(action_spec=_config().action_spec, state_dim=6, encoder_depth=-1)
+
+
+def test_discriminant_projection_keeps_tasks_apart_and_paraphrases_together(tmp_path):
+    """Three 'tasks' that differ along two axes, 'paraphrases' spread 50x wider along others:
+    the fitted map separates the tasks by far more than their spread, unlike the raw inputs,
+    and the policy applies it after standardizing, also after a checkpoint round trip."""
+    g = torch.Generator().manual_seed(0)
+    labels = [k for k in range(3) for _ in range(40)]
+    centres = torch.zeros(3, 8)
+    centres[:, :2] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    noise = torch.randn(120, 8, generator=g) * torch.tensor([0.1] * 2 + [5.0] * 6)
+    features = centres[labels] + noise
+    projection = fit_discriminant_projection(features, labels, shrinkage=0.0)
+    assert projection.shape == (8, 2)
+    projected = features @ projection
+    torch.testing.assert_close(projected.std(0, unbiased=False), torch.ones(2))
+
+    def separation(x: torch.Tensor) -> float:
+        index = torch.tensor(labels)
+        means = torch.stack([x[index == k].mean(0) for k in range(3)])
+        spread = (x - means[index]).norm(dim=1).mean()
+        return float(torch.cdist(means, means).max() / spread)
+
+    assert separation(projected) > 5.0 > 0.5 > separation(features)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_discriminant_projection(features, [0] * 120)
+
+    config = dataclasses.replace(_concat_config(), instruction_projection_dim=2)
+    policy = FlowMatchingPolicy(config, seed=3)
+    observations = {"state": torch.randn(120, 6, generator=g), "instruction": features}
+    policy.set_input_statistics(observations)
+    standardized = (features - policy.instruction_shift) * policy.instruction_scale
+    policy.set_instruction_projection(fit_discriminant_projection(standardized, labels))
+    loaded = load_policy(save_policy(policy, tmp_path / "p"))
+    torch.testing.assert_close(loaded.instruction_projection, policy.instruction_projection)
+    assert torch.equal(policy.encode(observations).film, loaded.encode(observations).film)
+    moved = {**observations, "instruction": features + 3.0 * torch.eye(8)[2]}  # a paraphrase axis
+    shifted = {**observations, "instruction": features + 3.0 * torch.eye(8)[0]}  # the task axis
+    base = policy.encode(observations).token_bias  # FiLM starts at zero; the token bias does not
+    assert (policy.encode(moved).token_bias - base).abs().mean() < (
+        policy.encode(shifted).token_bias - base
+    ).abs().mean()
+    with pytest.raises(ValueError, match="finite"):
+        policy.set_instruction_projection(torch.full((8, 2), float("nan")))
+    with pytest.raises(ValueError, match="instruction_projection_dim"):
+        dataclasses.replace(_config(), instruction_projection_dim=2)  # no standardized encoder

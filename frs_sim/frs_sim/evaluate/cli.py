@@ -80,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "handing the grasp over",
     )
     parser.add_argument(
+        "--state-gripper",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.state_gripper,
+        help="the reasoner says the gripper state of the phase with every motion (open toward "
+        "a grasp, closed while carrying or pushing)",
+    )
+    parser.add_argument(
         "--defer-at",
         default=",".join(defaults.defer_at),
         help="precision points where the reasoner hands over to the policy "
@@ -121,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drop_radius=args.drop_radius,
         fine_radius=args.fine_radius,
         command_grasp=args.command_grasp,
+        state_gripper=args.state_gripper,
         defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
     )
     if args.workers <= 1:

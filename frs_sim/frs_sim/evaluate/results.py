@@ -121,7 +121,8 @@ def evaluate(
         f"wrong_rate={config.reasoner.wrong_direction_rate}, "
         f"defer_at={','.join(config.reasoner.defer_at) or 'none'}, "
         f"command_release={config.reasoner.command_release}, "
-        f"command_grasp={config.reasoner.command_grasp}; {document['seconds']} s.\n\n"
+        f"command_grasp={config.reasoner.command_grasp}, "
+        f"state_gripper={config.reasoner.state_gripper}; {document['seconds']} s.\n\n"
     )
     (out / "results.md").write_text(header + table)
     return document

@@ -43,18 +43,19 @@ import torch
 from frs_sim.demonstrations import REDIRECT_VERBS, DartNoise, DemoSet, demo_seeds
 from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
 from frs_sim.evaluate.rollout import EVAL_SEED_MIN
-from frs_sim.evaluate.workers import SOURCE_ROOT, with_source_path
+from frs_sim.evaluate.workers import with_source_path
 from frs_sim.tasks import HELD_OUT_SPLITS
 from frs_steering.checkpoint import save_policy
 from frs_steering.instructions import EMBEDDING_DIM
-from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
+from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
 from frs_steering.normalization import QuantileNormalizer, fit_normalizer
 from frs_steering.policy import ActionSpec, TimeConvention
 from frs_steering.train import train_flow_policy
 
-REPO_ROOT = SOURCE_ROOT.parent  # SOURCE_ROOT: the folder holding the frs_sim package
-DEFAULT_CACHE = REPO_ROOT / "build" / "generalist_cache"
-DEFAULT_OUT = REPO_ROOT / "frs_steering" / "checkpoints" / "generalist"
+# Relative to the working directory (the repository root in every documented command): the
+# package may run from the venv's site-packages, where a path beside the sources is the venv.
+DEFAULT_CACHE = Path("build") / "generalist_cache"
+DEFAULT_OUT = Path("frs_steering") / "checkpoints" / "generalist"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class GeneralistRecipe:
     phrasing_fraction: float = 0.0  # share of episodes phrased with the training vocabulary
     redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
     redirect_verbs: str = ",".join(REDIRECT_VERBS)  # comma-separated verbs that may be redirected
+    # Feed the encoder the instruction's discriminant directions between the tasks the
+    # instructions name (``instruction_classes``) instead of all 384 standardized MiniLM dims:
+    # paraphrases of one task differ more in MiniLM than tasks do, and the held-out phrasings
+    # differ along the paraphrase directions.
+    instruction_lda: bool = False
 
     def demo_key(self) -> str:
         text = f"{self.split}-{self.episodes}-{self.demo_seed}-{self.execute_rows}-{CHUNK_HORIZON}"
@@ -191,7 +197,9 @@ def fit_action_normalizer(actions: torch.Tensor, config: EnvConfig | None = None
     return QuantileNormalizer(q01=q01, q99=q99)
 
 
-def make_policy(normalizer, recipe: GeneralistRecipe = GeneralistRecipe()) -> FlowMatchingPolicy:
+def make_policy(
+    normalizer, recipe: GeneralistRecipe = GeneralistRecipe(), projection_dim: int = 0
+) -> FlowMatchingPolicy:
     """Fresh generalist with the benchmark's action spec (noise at t=1, openpi style)."""
     spec = ActionSpec(
         horizon=CHUNK_HORIZON,
@@ -210,8 +218,19 @@ def make_policy(normalizer, recipe: GeneralistRecipe = GeneralistRecipe()) -> Fl
         encoder_depth=recipe.encoder_depth,
         encoder_width=recipe.encoder_width,
         input_normalization=recipe.input_normalization,
+        instruction_projection_dim=projection_dim,
     )
     return FlowMatchingPolicy(config, seed=recipe.seed)
+
+
+def instruction_classes(demos: DemoSet) -> list[str]:
+    """Per distinct instruction of ``demos``: the task it asks for, as its text can tell
+    (an unnamed place / push names no mat: ``place_red_anymat_yellow`` -> ``place_red``)."""
+    task_of_text = {}
+    for text_index, task_index in zip(demos.instruction_index, demos.task_index, strict=True):
+        name = str(demos.task_names[task_index])
+        task_of_text[int(text_index)] = name.split("_anymat_")[0].split("_nearestmat_")[0]
+    return [task_of_text[i] for i in range(len(demos.instructions))]
 
 
 def load_or_generate_demos(
@@ -258,9 +277,14 @@ def train_generalist(
     torch.manual_seed(recipe.seed)
     observations, actions = demos_to_tensors(demos)
     normalizer = fit_action_normalizer(actions)
-    policy = make_policy(normalizer, recipe)
+    classes = instruction_classes(demos) if recipe.instruction_lda else []
+    policy = make_policy(normalizer, recipe, projection_dim=max(len(set(classes)) - 1, 0))
     if recipe.input_normalization:
         policy.set_input_statistics(observations)
+    if recipe.instruction_lda:
+        texts = torch.from_numpy(np.asarray(demos.instruction_embeddings, dtype=np.float32))
+        standardized = (texts - policy.instruction_shift) * policy.instruction_scale
+        policy.set_instruction_projection(fit_discriminant_projection(standardized, classes))
     losses = train_flow_policy(
         policy,
         observations,
@@ -365,6 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.redirect_fraction,
         help="share of mat-unnamed episodes that change their mat mid-way",
     )
+    parser.add_argument(
+        "--instruction-lda",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.instruction_lda,
+        help="feed the encoder the instruction's discriminant directions between tasks",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true", help="regenerate demos, write none")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -388,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learning_rate=args.lr,
         seed=args.seed,
         redirect_fraction=args.redirect_fraction,
+        instruction_lda=args.instruction_lda,
     )
     summary = build_generalist(
         args.out, recipe, None if args.no_cache else args.cache_dir, progress=not args.quiet
