@@ -62,6 +62,17 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
         assert (dsbc_run / name).stat().st_size > 0
 
 
+def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
+    """The rollouts record the reasoner that steered them; a run asking for another refuses
+    them instead of training on the wrong teacher."""
+    data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    assert data.info["reasoner"]["defer_at"] == ["grasp", "release", "push"]
+    assert data.info["reasoner"]["command_grasp"] is False
+    with pytest.raises(SystemExit, match="collected with reasoner"):
+        dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, "--command-grasp", "--defer-at="])
+    assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
+
+
 def test_collected_noises_regenerate_the_executed_chunks(dsbc_run):
     """The dataset's labels are exact: the generalist maps each noise to its logged chunk."""
     data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")

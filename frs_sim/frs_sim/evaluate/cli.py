@@ -27,21 +27,9 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m frs_sim.evaluate", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--split", default="novel")
-    parser.add_argument("--episodes-per-task", type=int, default=5)
-    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
-    parser.add_argument("--noise-levels", default="0.3,0.5,0.7", help="partial-noising sweep")
-    parser.add_argument("--num-samples", default="4,16", help="sample-and-rank sweep")
-    parser.add_argument("--frs-steps", default="10,5", help="FRS step counts K")
-    parser.add_argument("--frs-solvers", default="euler,midpoint")
-    parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
+def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scripted reasoner's knobs as flags (defaults: ``ReasonerConfig``'s); read them back
+    with :func:`reasoner_config`."""
     defaults = ReasonerConfig()
     parser.add_argument("--defer-radius", type=float, default=defaults.defer_radius)
     parser.add_argument(
@@ -92,6 +80,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="precision points where the reasoner hands over to the policy "
         f"(comma-separated subset of {','.join(DEFER_POINTS)}; empty: none)",
     )
+
+
+def reasoner_config(args: argparse.Namespace) -> ReasonerConfig:
+    """The ``ReasonerConfig`` of flags added by :func:`add_reasoner_arguments`."""
+    return ReasonerConfig(
+        defer_radius=args.defer_radius,
+        slow_radius=args.slow_radius,
+        quantize=not args.no_quantize,
+        angular_noise_deg=args.angular_noise,
+        wrong_direction_rate=args.wrong_rate,
+        command_release=args.command_release,
+        drop_radius=args.drop_radius,
+        fine_radius=args.fine_radius,
+        command_grasp=args.command_grasp,
+        state_gripper=args.state_gripper,
+        defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m frs_sim.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--split", default="novel")
+    parser.add_argument("--episodes-per-task", type=int, default=5)
+    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    parser.add_argument("--noise-levels", default="0.3,0.5,0.7", help="partial-noising sweep")
+    parser.add_argument("--num-samples", default="4,16", help="sample-and-rank sweep")
+    parser.add_argument("--frs-steps", default="10,5", help="FRS step counts K")
+    parser.add_argument("--frs-solvers", default="euler,midpoint")
+    parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
+    add_reasoner_arguments(parser)
     parser.add_argument(
         "--sanity-episodes-per-task",
         type=int,
@@ -118,19 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frs_solvers=[s.strip() for s in args.frs_solvers.split(",") if s.strip()],
         split=args.split,
     )
-    reasoner = ReasonerConfig(
-        defer_radius=args.defer_radius,
-        slow_radius=args.slow_radius,
-        quantize=not args.no_quantize,
-        angular_noise_deg=args.angular_noise,
-        wrong_direction_rate=args.wrong_rate,
-        command_release=args.command_release,
-        drop_radius=args.drop_radius,
-        fine_radius=args.fine_radius,
-        command_grasp=args.command_grasp,
-        state_gripper=args.state_gripper,
-        defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
-    )
+    reasoner = reasoner_config(args)
     if args.workers <= 1:
         torch.set_num_threads(2)
     document = evaluate(

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from frs_sim.env import EnvConfig
+from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import plot_success, pyplot
 from frs_sim.evaluate.rollout import (
     EpisodeResult,
@@ -276,18 +277,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.4,
         help="share of --cpu-budget the first DSBC gets (the final one gets the rest)",
     )
+    add_reasoner_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t) or None
-    config = EvalConfig(tasks=tasks, env=EnvConfig(max_episode_steps=args.max_steps))
+    config = EvalConfig(
+        reasoner=reasoner_config(args),
+        tasks=tasks,
+        env=EnvConfig(max_episode_steps=args.max_steps),
+    )
     embed_fn = LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
     generalist = load_policy(args.checkpoint)
     frs = Setting("frs", num_steps=args.frs_steps, split=args.split)
 
     rollouts_path = args.out / "rollouts.safetensors"
+    reasoner_info = json.loads(json.dumps(asdict(config.reasoner)))  # as the file stores it
     if rollouts_path.is_file() and not args.recollect:
         rollouts = NoiseDataset.load(rollouts_path)
+        collected_by = rollouts.info.get("reasoner")
+        if collected_by is not None and collected_by != reasoner_info:
+            raise SystemExit(
+                f"{rollouts_path} was collected with reasoner {collected_by}, not "
+                f"{reasoner_info}: pass --recollect or another --out"
+            )
         print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
     else:
         start = time.perf_counter()
@@ -298,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint": str(args.checkpoint),
             "split": args.split,
             "method": frs.label,
+            "reasoner": reasoner_info,
             "seed": args.collect_seeds,
             "env_seeds": "learner_episode_seed (below the evaluation range)",
             "episodes": len(results),
