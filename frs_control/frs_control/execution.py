@@ -412,12 +412,14 @@ def plan_chunk(
 ) -> JointPlan:
     """Validate, schedule and plan a chunk starting from ``q_start`` measured at ``now``.
 
-    Raises ``ChunkRejected`` (nothing may move) for a chunk that cannot be made safe; ee_delta
-    chunks must be in ``base_frame`` (or leave ``frame_id`` empty).
+    Raises ``ChunkRejected`` (nothing may move) for a chunk that cannot be made safe; a chunk
+    must name ``base_frame`` or leave ``frame_id`` empty, whatever its action space (a joint
+    chunk naming another frame comes from a confused client).
     """
-    if request.action_space == "ee_delta" and request.frame_id not in ("", base_frame):
+    if request.frame_id not in ("", base_frame):
         raise ChunkRejected(
-            f"ee_delta chunk in frame {request.frame_id!r}; expected {base_frame!r}"
+            f"{request.action_space} chunk in frame {request.frame_id!r}; expected "
+            f"{base_frame!r} or none"
         )
     rows = validate_chunk(request, now, limits)
     schedule = schedule_rows(

@@ -75,6 +75,7 @@ def test_valid_chunk_passes_and_keeps_shape() -> None:
         ({"dt": 0.02}, _ee_rows(dx=0.03), "1.0 m/s"),
         ({}, np.tile([0, 0, 0, 0.9, 0, 0, 0, 0], (10, 1)), "rotation"),
         ({"frame_id": "world"}, None, "frame"),
+        ({"action_space": "joint_velocity", "frame_id": "world"}, np.zeros((10, 8)), "frame"),
         ({"action_space": "joint_velocity", "dim": 7}, np.zeros((10, 7)), "at least 8"),
     ],
 )
