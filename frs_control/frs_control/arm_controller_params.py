@@ -112,7 +112,7 @@ PARAMETERS: list[ParameterSpec] = [
     ("grasp_epsilon", 0.08, "m; franka grasp inner/outer width tolerance", float_range(0.0, 0.08)),
     ("gripper_close_above", 0.6, "franka: close at gripper >= this", float_range(0.0, 1.0)),
     ("gripper_open_below", 0.4, "franka: open at gripper <= this", float_range(0.0, 1.0)),
-    ("base_frame_id", "fr3_link0", "frame ee_delta chunks must be in (empty = this)", {}),
+    ("base_frame_id", "fr3_link0", "frame every chunk must name (or leave empty)", {}),
     (
         "max_pending_goals",
         32,

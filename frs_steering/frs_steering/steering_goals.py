@@ -12,8 +12,9 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,14 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
     ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
     ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
     ("publish_feedback", True, "action feedback during integration", False, {}),
+    (
+        "inline_max_duration",
+        0.02,
+        "s; a goal whose shape last steered within this runs on the executor thread (~0.8 ms "
+        "sooner, not cancelable mid-call); 0 = always on the worker",
+        False,
+        float_range(0, 1),
+    ),
     (
         "feedback_period",
         0.02,
@@ -139,6 +148,38 @@ class SteerRequest:
     solver: str
     generator: torch.Generator | None
     seed: int = -1
+
+    def shape(self) -> tuple:
+        """What the steering time depends on: method, steps, solver and the params' values
+        (a network param by its identity)."""
+        params = tuple(
+            (name, value if isinstance(value, int | float | str | bool) else id(value))
+            for name, value in sorted(self.params.items())
+        )
+        return (self.method, self.num_steps, self.solver, params)
+
+
+class SteeringDurations:
+    """The last steering time of the ``size`` most recently served goal shapes (a client
+    varying float settings cannot grow it)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._last: dict[Hashable, float] = {}
+        self._size = size
+        self._lock = threading.Lock()  # recorded on the worker, read on the executor
+
+    def record(self, shape: Hashable, seconds: float) -> None:
+        with self._lock:
+            self._last.pop(shape, None)  # re-inserted as the newest
+            self._last[shape] = seconds
+            while len(self._last) > self._size:
+                del self._last[next(iter(self._last))]
+
+    def at_most(self, shape: Hashable, seconds: float) -> bool:
+        """Whether the last goal of ``shape`` steered within ``seconds`` (False if none did)."""
+        with self._lock:
+            last = self._last.get(shape)
+        return last is not None and last <= seconds
 
 
 def check_goal(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
+import torch
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose
 from rclpy.action import ActionClient
@@ -38,6 +39,25 @@ OBJECTS = [("red_cube", (0.5, 0.1, 0.02)), ("green_cube", (0.55, -0.1, 0.02))]
 OBJECTS += [("blue_cube", (0.6, 0.0, 0.02)), ("yellow_mat", (0.45, -0.2, 0.0))]
 OBJECTS += [("purple_mat", (0.6, 0.2, 0.0)), ("white_mat", (0.4, 0.25, 0.0))]
 JOINT_NAMES = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
+
+
+def train_tiny_checkpoint(directory: Path) -> Path:
+    """A small generalist-shaped policy (state 46 + MiniLM 384 -> 10 x 8) on random data."""
+    from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
+    from frs_steering.checkpoint import save_policy
+    from frs_steering.train import train_flow_policy
+
+    generator = torch.Generator().manual_seed(0)
+    count, horizon, real = 256, 10, 7
+    actions = torch.rand(count, horizon, real, generator=generator) * 0.1 - 0.05
+    actions[..., 6] = (torch.rand(count, 1, generator=generator) > 0.5).float()
+    policy = make_policy(fit_action_normalizer(actions), GeneralistRecipe(width=32, depth=1))
+    observations = {
+        "state": torch.randn(count, 46, generator=generator),
+        "instruction": torch.randn(count, 384, generator=generator) * 0.05,
+    }
+    train_flow_policy(policy, observations, actions, steps=60, batch_size=64, progress=False)
+    return save_policy(policy, directory)
 
 
 def start_steering_node(

@@ -1,4 +1,5 @@
-"""``steering_goals.check_goal`` on malformed observation stamps (no ROS node needed)."""
+"""``steering_goals``: ``check_goal`` on malformed observation stamps, goal shapes and the
+steering-time memory that picks the executor thread (no ROS node needed)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import pytest
 from builtin_interfaces.msg import Time
 
 from frs_msgs.action import SteerChunk
-from frs_steering.steering_goals import GoalRejected, check_goal
+from frs_steering.steering_goals import GoalRejected, SteeringDurations, check_goal
 
 
-def _check(stamp: Time):  # noqa: ANN202
-    goal = SteerChunk.Goal(method="frs", observation_stamp=stamp, seed=1)
+def _check(stamp: Time, **fields):  # noqa: ANN003, ANN202
+    goal = SteerChunk.Goal(observation_stamp=stamp, **{"method": "frs", "seed": 1, **fields})
     return check_goal(goal, max_num_steps=1000, max_samples=64, noise_policy=None)
 
 
@@ -34,3 +35,40 @@ def test_an_invalid_time_is_refused_not_read_as_another_time(stamp: Time) -> Non
 )
 def test_valid_times_pass(stamp: Time) -> None:
     assert _check(stamp).method == "frs"
+
+
+def test_goal_shape_names_what_the_steering_time_depends_on() -> None:
+    shape = _check(Time()).shape()
+    assert _check(Time(sec=5), seed=9).shape() == shape  # stamp and seed do not matter
+    for fields in (
+        {"num_steps": 11},
+        {"solver": "rk4"},
+        {"method": "sample_rank", "num_samples": 4},
+        {"method": "partial_noising", "partial_time": 0.4},
+        {"method": "partial_noising", "partial_time": 0.5},
+    ):
+        assert _check(Time(), **fields).shape() != shape, fields
+    assert _check(Time(), method="partial_noising", partial_time=0.4).shape() == (
+        _check(Time(), method="partial_noising", partial_time=0.4).shape()
+    )
+
+
+def test_steering_durations_answer_only_for_shapes_seen_within_the_budget() -> None:
+    durations = SteeringDurations(size=3)
+    assert not durations.at_most("a", 1.0)  # never served: the worker first
+    durations.record("a", 0.010)
+    assert durations.at_most("a", 0.02) and not durations.at_most("a", 0.005)
+    durations.record("a", 0.030)  # the last call counts: a slower machine moves it back
+    assert not durations.at_most("a", 0.02)
+
+
+def test_steering_durations_stay_bounded_under_ever_new_shapes() -> None:
+    durations = SteeringDurations(size=3)
+    durations.record("kept", 0.001)
+    for i in range(100):
+        durations.record(("churn", i), 0.001)
+        if i % 2 == 0:
+            durations.record("kept", 0.001)  # recently served shapes stay
+    assert durations.at_most("kept", 0.01)
+    assert not durations.at_most(("churn", 0), 0.01)  # the oldest went
+    assert len(durations._last) == 3

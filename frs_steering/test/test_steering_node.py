@@ -21,15 +21,18 @@ import torch
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
-from steering_client import Result, TabletopRobot, start_steering_node, stop_node
+from steering_client import (
+    Result,
+    TabletopRobot,
+    start_steering_node,
+    stop_node,
+    train_tiny_checkpoint,
+)
 
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import SteerChunk
-from frs_sim.studies.generalist import GeneralistRecipe, fit_action_normalizer, make_policy
-from frs_steering.checkpoint import save_policy
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
-from frs_steering.train import train_flow_policy
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
@@ -38,25 +41,10 @@ pytestmark = pytest.mark.flaky(reruns=2)
 HORIZON, DIM, REAL = 10, 8, 7
 
 
-def _train_checkpoint(directory: Path) -> Path:
-    """A small generalist-shaped policy (state 46 + MiniLM 384 -> 10 x 8) on random data."""
-    generator = torch.Generator().manual_seed(0)
-    count = 256
-    actions = torch.rand(count, HORIZON, REAL, generator=generator) * 0.1 - 0.05
-    actions[..., 6] = (torch.rand(count, 1, generator=generator) > 0.5).float()
-    policy = make_policy(fit_action_normalizer(actions), GeneralistRecipe(width=32, depth=1))
-    observations = {
-        "state": torch.randn(count, 46, generator=generator),
-        "instruction": torch.randn(count, 384, generator=generator) * 0.05,
-    }
-    train_flow_policy(policy, observations, actions, steps=60, batch_size=64, progress=False)
-    return save_policy(policy, directory)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
-    return _train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def _noise_policy(directory: Path, state_dim: int = 46) -> Path:

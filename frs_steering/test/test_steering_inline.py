@@ -1,0 +1,100 @@
+"""Where the steering node steers a goal: on the executor thread when its shape is known to be
+short (``inline_max_duration``), else on the worker. Node in its own process, as in
+test_steering_node.py, with a budget large enough to tell the two paths apart by a cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from std_msgs.msg import String
+from steering_client import (
+    Result,
+    TabletopRobot,
+    start_steering_node,
+    stop_node,
+    train_tiny_checkpoint,
+)
+
+from frs_msgs.action import SteerChunk
+
+pytestmark = pytest.mark.flaky(reruns=2)
+
+#: ~0.3 s on the tiny policy here: well inside the 1 s budget, long enough for a cancel to land.
+STEPS, SOLVER = 400, "rk4"
+
+
+@pytest.fixture(scope="module")
+def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
+    from rclpy.context import Context
+
+    checkpoint = train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    log_path = tmp_path_factory.mktemp("steering_inline") / "node.log"
+    proc = start_steering_node(
+        log_path,
+        f"checkpoint:={checkpoint}",
+        "max_observation_age:=30.0",
+        "inline_max_duration:=1.0",
+    )
+    context = Context()
+    rclpy.init(context=context)
+    robot = TabletopRobot(context, name="steering_inline_client")
+    try:
+        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
+        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
+        robot.instruction.publish(String(data="put the red cube on the yellow mat"))
+        yield robot
+    finally:
+        robot.destroy()
+        context.try_shutdown()
+        stop_node(proc)
+
+
+def _goal(stamp: Time, num_steps: int) -> SteerChunk.Goal:
+    goal = SteerChunk.Goal(method="frs", observation_stamp=stamp, seed=3, num_steps=num_steps)
+    goal.solver = SOLVER
+    goal.reference.header.frame_id = "fr3_link0"
+    goal.reference.direction.x = 1.0
+    goal.reference.magnitude = 0.5
+    return goal
+
+
+def _steer_with_cancel(robot: TabletopRobot, goal: SteerChunk.Goal) -> Result:
+    """Send ``goal`` and cancel it as soon as it is accepted."""
+    handle = robot.send(goal)
+    handle.cancel_goal_async()
+    return robot.result(handle)
+
+
+def test_a_known_short_shape_steers_inline_with_the_workers_result(robot: TabletopRobot) -> None:
+    stamp = robot.publish_observation()
+    first = robot.steer(_goal(stamp, STEPS))
+    if first.outcome == Result.OUTCOME_REJECTED and "instruction" in first.reason:
+        robot.spin_until(lambda: False, 0.5)  # the node is embedding the instruction
+        first = robot.steer(_goal(stamp, STEPS))
+    assert first.outcome == Result.OUTCOME_SUCCEEDED, first.reason
+
+    # Same shape, now known to take < 1 s: steered in the acceptance callback, so the cancel
+    # is read only after the goal has finished, and the result is the worker's bit for bit.
+    second = _steer_with_cancel(robot, _goal(stamp, STEPS))
+    assert second.outcome == Result.OUTCOME_SUCCEEDED, second.reason
+    assert list(second.refined.data) == list(first.refined.data)
+    assert list(second.noise.data) == list(first.noise.data)
+    assert second.diagnostics.nfe == first.diagnostics.nfe == 2 * STEPS * 4
+
+    # A shape not served before goes to the worker, where the same cancel takes effect.
+    third = _steer_with_cancel(robot, _goal(stamp, STEPS + 1))
+    assert third.outcome == Result.OUTCOME_CANCELED, third.reason
+
+
+def test_a_goal_whose_samples_are_missing_is_refused_by_the_worker(robot: TabletopRobot) -> None:
+    stamp = robot.publish_observation()
+    assert robot.steer(_goal(stamp, STEPS)).outcome == Result.OUTCOME_SUCCEEDED
+    # A known-short shape whose observation never comes: the inline path declines it and the
+    # worker waits observation_wait, then words the refusal.
+    missing = Time(sec=stamp.sec + 5, nanosec=stamp.nanosec)
+    result = robot.steer(_goal(missing, STEPS))
+    assert result.outcome == Result.OUTCOME_REJECTED
+    assert "no observation at stamp" in result.reason
