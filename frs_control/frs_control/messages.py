@@ -155,6 +155,16 @@ def joint_positions(msg: Any, names: Sequence[str]) -> np.ndarray | None:
     return values if np.all(np.isfinite(values)) else None
 
 
+def gripper_opening(msg: Any, finger_joints: Sequence[str], open_sum: float) -> float | None:
+    """Gripper opening in [0, 1] (1 = open) of a ``sensor_msgs/JointState``: the finger joint
+    positions summed over their sum at a fully open gripper. None when a finger is missing or not
+    finite."""
+    fingers = joint_positions(msg, finger_joints)
+    if fingers is None:
+        return None
+    return float(np.clip(fingers.sum() / open_sum, 0.0, 1.0))
+
+
 # encoding -> (channels, channel indices that give R, G, B)
 _ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
     "rgb8": (3, (0, 1, 2)),

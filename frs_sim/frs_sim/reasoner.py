@@ -175,6 +175,7 @@ def observation_from_env(env_obs: Mapping[str, Any]) -> Observation:
         ee_position=env_obs["ee_pos"],
         image=env_obs.get("image"),
         objects=objects,
+        gripper_opening=float(np.asarray(env_obs["gripper"]).reshape(-1)[0]),
     )
 
 
@@ -221,14 +222,16 @@ class ScriptedReasoner:
 
     # ------------------------------------------------------------------ entry points
     def propose(self, observation: Observation) -> CoarseProposal:
-        """Reasoner protocol: task from the instruction, poses from ``observation.objects``."""
+        """Reasoner protocol: task from the instruction, poses from ``observation.objects``,
+        the gripper opening when the observation has one."""
         try:
             task = task_from_instruction(observation.instruction)
             cube = observation.objects[f"{task.obj}{CUBE_SUFFIX}"]
             mat = None if task.target is None else observation.objects[f"{task.target}{MAT_SUFFIX}"]
         except (KeyError, ValueError) as error:
             return defer(f"cannot reason about this scene: {error}", Source.SCRIPTED)
-        goal = self.subgoal(task, observation.ee_position, cube, mat, gripper_opening=None)
+        opening = observation.gripper_opening
+        goal = self.subgoal(task, observation.ee_position, cube, mat, gripper_opening=opening)
         return self.proposal_for(goal, observation.ee_position)
 
     def propose_for(self, env_obs: Mapping[str, Any], task: TaskSpec) -> CoarseProposal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -123,6 +124,23 @@ def test_command_grasp_steers_to_the_cube_closes_there_and_reopens_after_a_miss(
     assert ScriptedReasoner().propose_for(env_obs(at, CUBES, MATS), PLACE).defer
     with pytest.raises(ValueError, match="close_radius"):
         ReasonerConfig(close_radius=-0.01)
+
+
+def test_the_protocol_path_reads_the_gripper_so_a_commanded_grasp_moves_on():
+    """``propose`` (the ROS proposer's path) with the opening from the finger joints: once
+    the gripper has closed on the cube it carries it on, instead of saying "close" forever."""
+    reasoner = ScriptedReasoner(ReasonerConfig(command_grasp=True, defer_at=()))
+    at = np.array([CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.005])
+    closed_on_cube = observation_from_env(env_obs(at, CUBES, MATS, opening=0.3))
+    assert closed_on_cube.gripper_opening == pytest.approx(0.3)
+    carry = reasoner.propose(closed_on_cube)
+    assert carry.gripper is not Gripper.CLOSE and carry.direction.any()
+    assert "release point" in carry.reason  # carrying it to the mat
+    # Without a gripper reading the cube still rests on the table: read as not yet grasped.
+    unknown = dataclasses.replace(closed_on_cube, gripper_opening=None)
+    assert reasoner.propose(unknown).gripper is Gripper.CLOSE
+    opened = observation_from_env(env_obs(at, CUBES, MATS, opening=1.0))
+    assert reasoner.propose(opened).gripper is Gripper.CLOSE
 
 
 def test_state_gripper_says_the_phase_gripper_state_with_every_motion():

@@ -172,16 +172,23 @@ class Observation:
 
     ``image`` is an HxWx3 uint8 RGB array (or None without a camera); ``ee_position`` is the
     end-effector position in the base frame in metres; ``objects`` maps object names to their
-    ground-truth positions in the base frame (simulator only; empty on a real rig).
+    ground-truth positions in the base frame (simulator only; empty on a real rig);
+    ``gripper_opening`` is in [0, 1], 1 = fully open (None without a gripper reading).
     """
 
     instruction: str
     ee_position: np.ndarray
     image: np.ndarray | None = None
     objects: Mapping[str, np.ndarray] = field(default_factory=dict)
+    gripper_opening: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ee_position", _as_vector3(self.ee_position, "ee_position"))
+        if self.gripper_opening is not None:
+            opening = float(self.gripper_opening)
+            if not 0.0 <= opening <= 1.0:  # NaN fails too
+                raise ValueError(f"gripper_opening must be in [0, 1], got {self.gripper_opening}")
+            object.__setattr__(self, "gripper_opening", opening)
         if self.image is not None:
             image = np.asarray(self.image)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

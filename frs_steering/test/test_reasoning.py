@@ -90,6 +90,11 @@ def test_observation_validates_its_fields():
         Observation("pick", ee_position=[0, 0, 0], image=np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="3 elements"):
         Observation("pick", ee_position=[0, 0])
+    assert Observation("pick", ee_position=[0, 0, 0]).gripper_opening is None
+    assert Observation("pick", ee_position=[0, 0, 0], gripper_opening=1).gripper_opening == 1.0
+    for opening in (-0.1, 1.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="gripper_opening"):
+            Observation("pick", ee_position=[0, 0, 0], gripper_opening=opening)
 
 
 def test_steer_toward_target():

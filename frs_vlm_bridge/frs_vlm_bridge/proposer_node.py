@@ -55,6 +55,7 @@ from frs_vlm_bridge.proposer_params import (
     BACKENDS,
     PARAMETERS,
     plan_ahead_settings,
+    scripted_config,
     steer_settings,
     vlm_config,
 )
@@ -121,12 +122,9 @@ class ProposerNode(Node):
         if backend == "none":  # e.g. method noise_policy: a trained noise policy drives
             return NoReasoner()
         if backend == "scripted":  # the simulation's reasoner: imports frs_sim only here
-            from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
+            from frs_sim.reasoner import ScriptedReasoner
 
-            config = ReasonerConfig(
-                angular_noise_deg=float(self._param("scripted_angular_noise_deg")),
-                wrong_direction_rate=float(self._param("scripted_wrong_direction_rate")),
-            )
+            config = scripted_config(self._param)
             return ScriptedReasoner(config, seed=int(self._param("scripted_seed")))
         if backend == "human":
             from frs_vlm_bridge.human import HumanConfig, HumanReasoner
@@ -226,6 +224,8 @@ class ProposerNode(Node):
         latest = self._latest
         settings = ViewSettings(
             arm_joints=tuple(self._param("arm_joints")),
+            finger_joints=tuple(str(n) for n in self._param("finger_joints") if n),
+            finger_open_sum=float(self._param("finger_open_sum")),
             max_state_age_s=float(self._param("max_state_age")),
             max_image_age_s=float(self._param("max_image_age")),
             need_instruction=self._backend != "human",

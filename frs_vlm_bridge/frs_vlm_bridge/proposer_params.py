@@ -31,6 +31,17 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("start_enabled", True, "propose from start-up (else wait for enable)"),
     _spec("frame_id", BASE_FRAME, "robot base frame of directions"),
     _spec("arm_joints", [f"fr3_joint{i}" for i in range(1, 8)], "arm joint names"),
+    _spec(
+        "finger_joints",
+        ["fr3_finger_joint1", "fr3_finger_joint2"],
+        "finger joint names (the reasoner's gripper opening); empty = none",
+    ),
+    _spec(
+        "finger_open_sum",
+        0.08,
+        "m; finger joint positions summed at a fully open gripper",
+        float_range(1e-4, 1.0),
+    ),
     _spec("use_camera", False, "subscribe to camera/image_raw for the reasoner"),
     _spec(
         "max_state_age",
@@ -78,6 +89,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec(
         "scripted_wrong_direction_rate", 0.0, "scripted: reversed directions", float_range(0.0, 1.0)
     ),
+    _spec(
+        "scripted_defer_at",
+        ["grasp", "release", "push"],
+        "scripted: precision points handed to the policy, of grasp release push ([''] = none)",
+    ),
+    _spec("scripted_command_release", False, "scripted: say 'open' at the release point"),
+    _spec("scripted_command_grasp", False, "scripted: steer to the grasp, say 'close' there"),
+    _spec("scripted_state_gripper", False, "scripted: say the phase's gripper state each chunk"),
     # human
     _spec("human_max_age", 2.0, "s a human command or click stays valid", float_range(0.01, 1e6)),
     _spec("camera_frame_id", "", "frame of clicked points needing the static transform"),
@@ -111,6 +130,21 @@ def steer_settings(get: ParameterLookup) -> SteerSettings:
         partial_time=float(get("partial_time")),
         num_samples=int(get("num_samples")),
         seed=int(get("seed")),
+    )
+
+
+def scripted_config(get: ParameterLookup) -> Any:
+    """The scripted reasoner's ``frs_sim.reasoner.ReasonerConfig`` (imports the simulation: only
+    for the scripted backend); ValueError names an unknown ``scripted_defer_at`` point."""
+    from frs_sim.reasoner import ReasonerConfig
+
+    return ReasonerConfig(
+        angular_noise_deg=float(get("scripted_angular_noise_deg")),
+        wrong_direction_rate=float(get("scripted_wrong_direction_rate")),
+        defer_at=tuple(str(point) for point in get("scripted_defer_at") if point),
+        command_release=bool(get("scripted_command_release")),
+        command_grasp=bool(get("scripted_command_grasp")),
+        state_gripper=bool(get("scripted_state_gripper")),
     )
 
 

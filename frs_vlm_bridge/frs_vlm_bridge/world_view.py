@@ -1,6 +1,7 @@
 """The reasoner's view of the world for one chunk, built from the proposer's latest messages.
 
-End-effector position by forward kinematics of the arm joints in ``joint_states``, object
+End-effector position by forward kinematics of the arm joints in ``joint_states`` (and the
+gripper opening from its finger joints, when it has them), object
 positions from ``frs/object_states``, the instruction (``frs/instruction``, else the episode
 status's), and the camera image when it is fresh. Pure: no node and no clock (``now_ns`` is
 passed in), so each rule is unit-tested; the node only logs why there is no view yet.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from builtin_interfaces.msg import Time
 
-from frs_control.messages import image_msg_to_rgb, joint_positions, stamp_to_ns
+from frs_control.messages import gripper_opening, image_msg_to_rgb, joint_positions, stamp_to_ns
 from frs_steering.reasoning import Observation
 
 #: Forward kinematics: joint positions -> (EE position, EE rotation); ``ArmKinematics.forward``.
@@ -38,6 +39,8 @@ class ViewSettings:
     """What makes inputs usable (the node's ``arm_joints``, ``max_*_age`` parameters)."""
 
     arm_joints: Sequence[str]
+    finger_joints: Sequence[str] = ()  # none: the reasoner gets no gripper opening
+    finger_open_sum: float = 0.08  # m; finger joint positions summed at a fully open gripper
     max_state_age_s: float = 0.5
     max_image_age_s: float = 1.0
     need_instruction: bool = True  # the human backend proposes without one
@@ -71,6 +74,14 @@ def object_positions(msg: Any) -> dict[str, tuple[float, float, float]]:
         name: (pose.position.x, pose.position.y, pose.position.z)
         for name, pose in zip(msg.names, msg.poses, strict=True)
     }
+
+
+def _opening(joints: Any, settings: ViewSettings) -> float | None:
+    """The gripper opening of ``joints``; None without finger joints (a rig may not report
+    them: the reasoner then judges a grasp by the cube's height)."""
+    if not settings.finger_joints:
+        return None
+    return gripper_opening(joints, settings.finger_joints, settings.finger_open_sum)
 
 
 def age_s(stamp: Time, now_ns: int) -> float:
@@ -108,7 +119,11 @@ def build_view(
     try:
         objects = {} if latest.objects is None else object_positions(latest.objects)
         reasoning = Observation(
-            instruction=instruction, ee_position=forward(q)[0], image=rgb, objects=objects
+            instruction=instruction,
+            ee_position=forward(q)[0],
+            image=rgb,
+            objects=objects,
+            gripper_opening=_opening(joints, settings),
         )
     except ValueError as error:  # mismatched or non-finite object states, odd image shape
         return WorldView(None, waiting=str(error), bad_input=True, image_problem=image_problem)

@@ -17,6 +17,7 @@ from frs_vlm_bridge.goals import SteerSettings, steer_goal
 from frs_vlm_bridge.proposer_params import (
     PARAMETERS,
     plan_ahead_settings,
+    scripted_config,
     steer_settings,
     vlm_config,
 )
@@ -26,6 +27,7 @@ NOW = 5_000_000_000  # ns, node clock
 ARM = tuple(f"fr3_joint{i}" for i in range(1, 8))
 Q = np.array([0.1, -0.3, 0.05, -2.4, 0.02, 0.9, 0.3])
 SETTINGS = ViewSettings(arm_joints=ARM, max_state_age_s=0.5, max_image_age_s=1.0)
+FINGERS = ["fr3_finger_joint1", "fr3_finger_joint2"]
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +35,17 @@ def kinematics() -> ArmKinematics:
     return ArmKinematics()
 
 
-def joints(age_s: float = 0.1, order: list[int] | None = None, q: np.ndarray = Q) -> JointState:
+def joints(
+    age_s: float = 0.1,
+    order: list[int] | None = None,
+    q: np.ndarray = Q,
+    fingers: tuple[float, ...] = (0.04, 0.04),
+) -> JointState:
     """Arm joints in ``order`` (shuffled on purpose) plus fingers, stamped ``age_s`` ago."""
     order = order if order is not None else [3, 0, 6, 1, 5, 2, 4]
     msg = JointState(
-        name=[ARM[i] for i in order] + ["fr3_finger_joint1", "fr3_finger_joint2"],
-        position=[float(q[i]) for i in order] + [0.04, 0.04],
+        name=[ARM[i] for i in order] + FINGERS[: len(fingers)],
+        position=[float(q[i]) for i in order] + list(fingers),
     )
     msg.header.stamp = ns_to_stamp(NOW - int(age_s * 1e9))
     return msg
@@ -78,6 +85,30 @@ def test_view_has_fk_position_objects_instruction_and_image(kinematics: ArmKinem
     assert seen.instruction == "put the red cube on the yellow mat"
     assert seen.image.shape == (2, 3, 3) and seen.image[1, 2, 2] == 17
     assert stamp_to_ns(view.observation.stamp) == stamp_to_ns(latest.joints.header.stamp)
+
+
+@pytest.mark.parametrize(
+    ("fingers", "opening"),
+    [((0.04, 0.04), 1.0), ((0.01, 0.01), 0.25), ((0.0, -0.001), 0.0), ((0.05, 0.05), 1.0)],
+)
+def test_view_has_the_gripper_opening_of_the_finger_joints(
+    kinematics: ArmKinematics, fingers: tuple[float, float], opening: float
+) -> None:
+    settings = ViewSettings(arm_joints=ARM, finger_joints=FINGERS, finger_open_sum=0.08)
+    latest = LatestInputs(joints=joints(fingers=fingers), instruction="x")
+    seen = build_view(latest, NOW, settings, kinematics.forward).observation.reasoning
+    assert seen.gripper_opening == pytest.approx(opening)
+
+
+@pytest.mark.parametrize("fingers", [(0.04,), (0.04, math.nan)])
+def test_no_usable_finger_reading_gives_no_opening(
+    kinematics: ArmKinematics, fingers: tuple[float, ...]
+) -> None:
+    settings = ViewSettings(arm_joints=ARM, finger_joints=FINGERS)
+    for setting, msg in ((settings, joints(fingers=fingers)), (SETTINGS, joints())):
+        latest = LatestInputs(joints=msg, instruction="x")
+        view = build_view(latest, NOW, setting, kinematics.forward)
+        assert view.observation.reasoning.gripper_opening is None  # the arm's view still stands
 
 
 def test_stale_or_missing_joint_states_wait_quietly(kinematics: ArmKinematics) -> None:
@@ -163,5 +194,18 @@ def test_parameter_defaults_build_the_library_settings() -> None:
     assert (timing.enabled, timing.margin_s, timing.retry_delay_s) == (True, 0.02, 0.1)
     with pytest.raises(ValueError, match="model"):  # vlm_model must be set for the vlm backend
         vlm_config(defaults.__getitem__)
+    from frs_sim.reasoner import ReasonerConfig
+
+    assert scripted_config(defaults.__getitem__) == ReasonerConfig()
+    nothing_handed_over = {
+        **defaults,
+        "scripted_defer_at": [""],
+        "scripted_command_release": True,
+        "scripted_command_grasp": True,
+    }
+    config = scripted_config(nothing_handed_over.__getitem__)
+    assert (config.defer_at, config.command_release, config.command_grasp) == ((), True, True)
+    with pytest.raises(ValueError, match="unknown points"):
+        scripted_config({**defaults, "scripted_defer_at": ["grasp", "drop"]}.__getitem__)
     config = vlm_config({**defaults, "vlm_model": "m", "vlm_deadline_s": 0.0}.__getitem__)
     assert config.deadline_s is None and config.api_key_env is None

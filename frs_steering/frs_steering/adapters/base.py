@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from frs_control.messages import MessageError, chunk_from_msg, joint_positions, stamp_to_ns
+from frs_control.messages import (
+    MessageError,
+    chunk_from_msg,
+    gripper_opening,
+    joint_positions,
+    stamp_to_ns,
+)
 from frs_steering.policy import ActionSpec
 from frs_steering.reasoning import Gripper
 from frs_steering.reference import (
@@ -370,10 +376,9 @@ class ObservationAdapter(ABC):
     def joint_sample(self, msg: Any) -> JointSample | None:
         """Arm joints and gripper opening of a JointState; None if names are missing/not finite."""
         arm = joint_positions(msg, self.arm_joints)
-        fingers = joint_positions(msg, self.finger_joints)
-        if arm is None or fingers is None:
+        opening = gripper_opening(msg, self.finger_joints, self.finger_open_sum)
+        if arm is None or opening is None:
             return None
-        opening = float(np.clip(fingers.sum() / self.finger_open_sum, 0.0, 1.0))
         return JointSample(stamp_to_ns(msg.header.stamp), arm, opening)
 
     def stamped(
