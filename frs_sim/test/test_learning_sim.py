@@ -62,6 +62,21 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
         assert (dsbc_run / name).stat().st_size > 0
 
 
+def test_a_scaled_dsbc_multiplies_only_the_predicted_noise(dsbc_run):
+    net = load_noise_policy(dsbc_run / "dsbc")
+    data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    observations = {key: value[:5] for key, value in data.observations.items()}
+    scaled = dsbc.ScaledOutputNoisePolicy(net, 1.5)
+    with torch.no_grad():
+        plain, larger = net(observations), scaled(observations)
+    dims = list(net.config.noise_dims)
+    assert plain[..., dims].abs().max() > 0
+    torch.testing.assert_close(larger[..., dims], 1.5 * plain[..., dims])
+    others = [d for d in range(plain.shape[-1]) if d not in dims]
+    assert torch.equal(larger[..., others], plain[..., others])
+    torch.testing.assert_close(scaled.defer_logit(observations), net.defer_logit(observations))
+
+
 def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
     """The rollouts record the reasoner that steered them; a run asking for another refuses
     them instead of training on the wrong teacher."""

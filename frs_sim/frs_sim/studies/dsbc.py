@@ -53,6 +53,7 @@ from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.learning.noise_data import NoiseDataset, concatenate
 from frs_steering.learning.noise_policy import (
     DsbcConfig,
+    NoisePolicy,
     default_config,
     save_noise_policy,
     train_dsbc,
@@ -60,6 +61,19 @@ from frs_steering.learning.noise_policy import (
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.train import train_flow_policy
+
+
+class ScaledOutputNoisePolicy(NoisePolicy):
+    """A trained noise policy with its outputs multiplied by ``scale``: measures how much of
+    DSBC's gap to FRS is the regression's shrunken noise (``--output-scales``)."""
+
+    def __init__(self, net: NoisePolicy, scale: float) -> None:
+        super().__init__(net.config, seed=None)
+        self.load_state_dict(net.state_dict())
+        self.scale = float(scale)
+
+    def squash(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.scale * super().squash(pre)
 
 
 def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) -> NoiseDataset:
@@ -253,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bc-steps", type=int, default=1100)
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
+    parser.add_argument(
+        "--output-scales",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also evaluate DSBC with its outputs multiplied by each of these",
+    )
     parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
     parser.add_argument(
         "--defer-head",
@@ -362,6 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         Setting("base", split=args.split),
         frs,
         Setting("noise_policy", {"noise_policy": dsbc}, split=args.split, tag="DSBC"),
+    ]
+    settings += [
+        Setting(
+            "noise_policy",
+            {"noise_policy": ScaledOutputNoisePolicy(dsbc, scale)},
+            split=args.split,
+            tag=f"DSBC x{scale:g}",
+        )
+        for scale in args.output_scales
     ]
     bc_setting = Setting("base", split=args.split, tag="standard BC")
     jobs = make_jobs(settings, args.eval_episodes_per_task, args.eval_seeds, tasks)
