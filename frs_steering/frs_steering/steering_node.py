@@ -345,6 +345,12 @@ class SteeringNode(LifecycleNode):
             return self._prepare(goal, request, started, wait_s=0.0)
         except (GoalRejected, ObservationError, MessageError, InvalidHandle):
             return None
+        except Exception as error:  # noqa: BLE001 - never strand an accepted goal: the worker serves it
+            self.get_logger().warning(
+                f"inline preparation failed ({error!r}); the worker serves the goal",
+                throttle_duration_sec=5.0,
+            )
+            return None
 
     def _take_waiting_samples(self) -> None:
         """Run the observation callbacks of every sample already received, ahead of their turn."""
