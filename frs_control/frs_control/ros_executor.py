@@ -28,6 +28,7 @@ from rclpy.qos import (
     qos_policy_name_from_kind,
 )
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from rclpy.task import Future
 
 #: Service QoS for action goals, results and cancels that arrive in bursts. rclpy's default
@@ -137,6 +138,17 @@ def run_node(
         rclpy.try_shutdown()
     if exit_code:
         raise SystemExit(exit_code)
+
+
+def take_waiting_messages(subscriptions: Sequence[Subscription]) -> None:
+    """Run each subscription's callback on every message it has received, ahead of the
+    executor's turn (call it on the executor thread, e.g. before work that needs them)."""
+    for subscription in subscriptions:
+        with subscription.handle:
+            while (
+                taken := subscription.handle.take_message(subscription.msg_type, subscription.raw)
+            ) is not None:
+                subscription.callback(taken[0])
 
 
 def on_executor(node: Node, start: Callable[[], Future]) -> Future:

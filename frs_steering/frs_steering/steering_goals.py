@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -157,6 +157,16 @@ class SteerRequest:
             for name, value in sorted(self.params.items())
         )
         return (self.method, self.num_steps, self.solver, params)
+
+
+class Prepared(NamedTuple):
+    """A goal's checked settings and its inputs, ready to steer."""
+
+    request: SteerRequest
+    observation: Any  # frs_steering.adapters.base.StampedObservation
+    settings: Any  # frs_steering.adapters.base.ReferenceSettings
+    built: Any  # the layout's reference
+    started: float  # perf_counter when preparing began
 
 
 class SteeringDurations:

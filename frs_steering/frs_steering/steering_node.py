@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -51,6 +51,7 @@ from frs_control.ros_executor import (
     RELIABLE_QOS,
     latched_subscription_events,
     run_node,
+    take_waiting_messages,
     waking_future,
 )
 from frs_control.ros_params import RESULT_TIMEOUT, declare_described
@@ -68,6 +69,7 @@ from frs_steering.steering_goals import (
     GoalCanceled,
     GoalPreempted,
     GoalRejected,
+    Prepared,
     Served,
     SteeringDurations,
     SteerRequest,
@@ -87,16 +89,6 @@ ADAPTER_PREFIX = "adapter."
 #: arrived, result); with one of them busy in Python a hand-off waits ~2 switch intervals
 #: (measured: 0.62 ms at 0.5 ms, 0.20 ms at 0.1 ms).
 GIL_SWITCH_S = 0.0001
-
-
-class Prepared(NamedTuple):
-    """A goal's checked settings and its inputs, ready to steer."""
-
-    request: SteerRequest
-    observation: StampedObservation
-    settings: ReferenceSettings
-    built: Any
-    started: float
 
 
 class SteeringNode(LifecycleNode):
@@ -325,14 +317,8 @@ class SteeringNode(LifecycleNode):
         goal_handle.execute()
 
     def _prepare_inline(self, goal: Any) -> Prepared | None:
-        """The goal's inputs when it is to be steered right here, on the executor thread.
-
-        That is the case when the last goal of its shape steered within ``inline_max_duration``
-        and its samples have arrived: no hand-off to the worker and no second thread competing
-        for the GIL (~0.8 ms less latency; the goal cannot be canceled mid-call). Anything else
-        (a new or long shape, a sample in flight, a bad goal) goes to the worker, which waits
-        for samples and words refusals.
-        """
+        """The goal's inputs if it steers here, on the executor thread (module docstring):
+        None sends it to the worker, which waits for samples and words refusals."""
         budget = float(self._param("inline_max_duration"))
         if budget <= 0 or not self._active or self._policy is None:
             return None
@@ -341,7 +327,7 @@ class SteeringNode(LifecycleNode):
             request = self._check(goal)
             if not self._durations.at_most(self._shape(request), budget):
                 return None
-            self._take_waiting_samples()  # sent just before the goal, often queued behind it
+            take_waiting_messages(self._sample_subscriptions)  # often queued behind the goal
             return self._prepare(goal, request, started, wait_s=0.0)
         except (GoalRejected, ObservationError, MessageError, InvalidHandle):
             return None
@@ -351,17 +337,6 @@ class SteeringNode(LifecycleNode):
                 throttle_duration_sec=5.0,
             )
             return None
-
-    def _take_waiting_samples(self) -> None:
-        """Run the observation callbacks of every sample already received, ahead of their turn."""
-        for subscription in self._sample_subscriptions:
-            with subscription.handle:
-                while (
-                    taken := subscription.handle.take_message(
-                        subscription.msg_type, subscription.raw
-                    )
-                ) is not None:
-                    subscription.callback(taken[0])
 
     async def _execute(self, goal_handle: ServerGoalHandle) -> Any:
         """Wait for the goal's steering (started on acceptance) without holding the executor.
@@ -517,9 +492,8 @@ class SteeringNode(LifecycleNode):
         if self._param("publish_record"):
             unsteered, sha = bool(self._param("include_unsteered")), self._checkpoint_sha256
             topics = [stream.topic for stream in self._adapter.streams()]
-            outputs["record"].publish(
-                record_msg(goal, request, observation, msg, settings, unsteered, sha, topics)
-            )
+            record = record_msg(goal, request, observation, msg, settings, unsteered, sha, topics)
+            outputs["record"].publish(record)
 
 
 def main(args: list[str] | None = None) -> None:
