@@ -26,7 +26,7 @@ from frs_control.ros_params import float_range, int_range
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
 from frs_steering.observation import ObservationError, method_and_params
-from frs_steering.steer import SteerResult, available_methods
+from frs_steering.steer import SteerResult, available_methods, steer
 
 METHOD_NOISE_POLICY = "noise_policy"
 
@@ -112,11 +112,15 @@ class StepMonitor:
         self._quiet_until = clock() + period
         self._last_phase, self._last_time = "", -math.inf
 
-    def __call__(self, phase: str, step: int, total: int) -> None:
+    def check(self) -> None:
+        """Raise GoalCanceled or GoalPreempted if the goal must stop now."""
         if self._canceled():
             raise GoalCanceled
         if not self._current():
             raise GoalPreempted
+
+    def __call__(self, phase: str, step: int, total: int) -> None:
+        self.check()
         if self._publish is None:
             return
         now = self._clock()
@@ -314,6 +318,41 @@ def bound_output(
         chunk_real=clip_gripper(result.chunk_real, gripper_index),
         base_chunk_real=clip_gripper(result.base_chunk_real, gripper_index),
     )
+
+
+def steer_prepared(
+    policy: Any,
+    prepared: Prepared,
+    monitor: StepMonitor,
+    *,
+    include_unsteered: bool,
+    round_trip: bool,
+    gripper_index: int | None,
+    limit: float,
+) -> tuple[SteerResult, float]:
+    """Steer a prepared goal, stoppable between integration steps by ``monitor``, and bound
+    its output (:func:`bound_output`). Also returns the seconds the steering call took: what
+    decides whether the goal's shape steers inline next time."""
+    monitor.check()  # canceled or preempted while it waited: no work
+    request, observation, _, built, _ = prepared
+    started = time.perf_counter()
+    result = steer(
+        policy,
+        built.chunk,
+        observation=observation.policy_input,
+        method=request.method,
+        params=request.params,
+        mask=built.mask,
+        reference_normalized=built.normalized,
+        generator=request.generator,
+        num_steps=request.num_steps,
+        solver=request.solver,
+        include_base_sample=include_unsteered,
+        round_trip=round_trip,
+        step_callback=monitor,
+    )
+    seconds = time.perf_counter() - started
+    return bound_output(result, gripper_index, limit), seconds
 
 
 def clip_gripper(chunk: torch.Tensor | None, gripper_index: int | None) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ from frs_steering.observation import padded_real, reference_cosine
 from frs_steering.policy import ActionSpec
 from frs_steering.ros_messages import path_markers
 from frs_steering.steer import SteerResult
-from frs_steering.steering_goals import SteerRequest
+from frs_steering.steering_goals import GoalCanceled, GoalPreempted, Served, SteerRequest
 
 MARKER_COLOURS = {  # namespace -> RGBA
     "reference": (1.0, 0.75, 0.0, 1.0),
@@ -42,6 +42,28 @@ def _chunk(rows: np.ndarray, layout: ActionLayout, stamp_ns: int, normalized: bo
         dim_names=layout.dim_names,
         normalized=normalized,
     )
+
+
+def refused(reason: str) -> Served:
+    """A goal refused before steering (bad goal, no observation): aborted with the reason."""
+    return Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=reason))
+
+
+def stopped(error: Exception, *, active: bool, cancel_requested: bool) -> Served:
+    """How a goal whose steering raised ``error`` ends: canceled by the client or by the node
+    stopping, preempted by a newer goal, or failed (``ValueError`` / ``RuntimeError``; a node
+    that stopped mid-call reports it as stopped, not as a steering failure)."""
+    if isinstance(error, GoalCanceled):
+        reason = "canceled by the client" if active else "node deactivated"
+        transition = "canceled" if cancel_requested else "abort"
+        return Served(transition, Result(outcome=Result.OUTCOME_CANCELED, reason=reason))
+    if isinstance(error, GoalPreempted):
+        reason = "preempted by a newer goal"
+        return Served("abort", Result(outcome=Result.OUTCOME_PREEMPTED, reason=reason))
+    if not active:
+        return Served("abort", Result(outcome=Result.OUTCOME_CANCELED, reason="stopped"))
+    reason = f"steering failed: {error}"
+    return Served("abort", Result(outcome=Result.OUTCOME_FAILED, reason=reason))
 
 
 def result_msg(

@@ -63,7 +63,7 @@ from frs_steering.checkpoint import CheckpointError
 from frs_steering.model import FlowMatchingPolicy
 from frs_steering.observation import InputBuffers, ObservationError
 from frs_steering.policies import load_checkpoint_parameter
-from frs_steering.steer import available_methods, steer
+from frs_steering.steer import available_methods
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
     GoalCanceled,
@@ -74,13 +74,19 @@ from frs_steering.steering_goals import (
     SteeringDurations,
     SteerRequest,
     StepMonitor,
-    bound_output,
     check_goal,
     check_reference,
     load_checked_noise_policy,
+    steer_prepared,
     weights_sha256,
 )
-from frs_steering.steering_messages import markers_msg, record_msg, result_msg
+from frs_steering.steering_messages import (
+    markers_msg,
+    record_msg,
+    refused,
+    result_msg,
+    stopped,
+)
 
 Result = SteerChunk.Result
 ADAPTER_PREFIX = "adapter."
@@ -298,11 +304,11 @@ class SteeringNode(LifecycleNode):
             # Steering starts here, not in ``_execute``: that runs one executor pass later.
             done = waking_future(self)
             self._running[bytes(goal_handle.goal_id.uuid)] = done
-            prepared = self._prepare_inline(goal_handle.request)
+            request, prepared = self._prepare_inline(goal_handle.request)
 
             def job() -> None:
                 try:
-                    done.set_result(self._serve(goal_handle, prepared))
+                    done.set_result(self._serve(goal_handle, request, prepared))
                 except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
                     done.set_exception(error)
 
@@ -316,27 +322,28 @@ class SteeringNode(LifecycleNode):
                 return
         goal_handle.execute()
 
-    def _prepare_inline(self, goal: Any) -> Prepared | None:
-        """The goal's inputs if it steers here, on the executor thread (module docstring):
-        None sends it to the worker, which waits for samples and words refusals."""
+    def _prepare_inline(self, goal: Any) -> tuple[SteerRequest | None, Prepared | None]:
+        """The goal's checked settings, and its inputs if it steers here, on the executor
+        thread (module docstring). Without inputs the worker serves it: it waits for samples
+        and words refusals (a goal that failed its check is checked again there)."""
         budget = float(self._param("inline_max_duration"))
         if budget <= 0 or not self._active or self._policy is None:
-            return None
-        started = time.perf_counter()
+            return None, None
+        started, request = time.perf_counter(), None
         try:
             request = self._check(goal)
             if not self._durations.at_most(self._shape(request), budget):
-                return None
+                return request, None
             take_waiting_messages(self._sample_subscriptions)  # often queued behind the goal
-            return self._prepare(goal, request, started, wait_s=0.0)
+            return request, self._prepare(goal, request, started, wait_s=0.0)
         except (GoalRejected, ObservationError, MessageError, InvalidHandle):
-            return None
+            return request, None
         except Exception as error:  # noqa: BLE001 - never strand an accepted goal: the worker serves it
             self.get_logger().warning(
                 f"inline preparation failed ({error!r}); the worker serves the goal",
                 throttle_duration_sec=5.0,
             )
-            return None
+            return None, None
 
     async def _execute(self, goal_handle: ServerGoalHandle) -> Any:
         """Wait for the goal's steering (started on acceptance) without holding the executor.
@@ -402,74 +409,64 @@ class SteeringNode(LifecycleNode):
         check_reference(self._policy.spec, built, float(self._param("max_normalized")))
         return Prepared(request, observation, settings, built, started)
 
-    def _serve(self, goal_handle: ServerGoalHandle, prepared: Prepared | None) -> Served:
+    def _serve(
+        self, goal_handle: ServerGoalHandle, request: SteerRequest | None, prepared: Prepared | None
+    ) -> Served:
         """Steer one goal: on the worker, or on the executor with ``prepared`` inputs."""
         goal = goal_handle.request
         if prepared is None:
             try:
                 started = time.perf_counter()
-                request = self._check(goal)
-                wait_s = float(self._param("observation_wait"))
-                prepared = self._prepare(goal, request, started, wait_s)
+                request = request or self._check(goal)
+                prepared = self._prepare(
+                    goal, request, started, float(self._param("observation_wait"))
+                )
             except (GoalRejected, ObservationError, MessageError) as error:
-                return Served("abort", Result(outcome=Result.OUTCOME_REJECTED, reason=str(error)))
+                return refused(str(error))
         request, observation, settings, built, started = prepared
         prepare_s = time.perf_counter() - started
-        layout, spec = self._adapter.layout, self._policy.spec
-        limit = float(self._param("max_normalized"))
-
-        def publish_feedback(phase: str, step: int, total: int) -> None:
-            if not self.context.ok():
-                raise GoalCanceled  # shutting down: the publisher is gone
-            feedback = SteerChunk.Feedback(phase=phase, step=step, total_steps=total)
-            goal_handle.publish_feedback(feedback)
-
-        on_step = StepMonitor(
+        layout = self._adapter.layout
+        monitor = StepMonitor(
             canceled=lambda: goal_handle.is_cancel_requested or not self._active,
             current=lambda: self._current_goal is goal_handle,
-            publish=publish_feedback if self._param("publish_feedback") else None,
+            publish=functools.partial(self._publish_feedback, goal_handle)
+            if self._param("publish_feedback")
+            else None,
             period=float(self._param("feedback_period")),
         )
         try:
-            if self._current_goal is not goal_handle:
-                raise GoalPreempted
-            steering_started = time.perf_counter()
-            result = steer(
+            result, seconds = steer_prepared(
                 self._policy,
-                built.chunk,
-                observation=observation.policy_input,
-                method=request.method,
-                params=request.params,
-                mask=built.mask,
-                reference_normalized=built.normalized,
-                generator=request.generator,
-                num_steps=request.num_steps,
-                solver=request.solver,
-                include_base_sample=bool(self._param("include_unsteered")),
+                prepared,
+                monitor,
+                include_unsteered=bool(self._param("include_unsteered")),
                 round_trip=bool(self._param("round_trip")),
-                step_callback=on_step,
+                gripper_index=layout.gripper_index(),
+                limit=float(self._param("max_normalized")),
             )
-            self._durations.record(self._shape(request), time.perf_counter() - steering_started)
-            result = bound_output(result, layout.gripper_index(), limit)
-        except GoalCanceled:
-            reason = "canceled by the client" if self._active else "node deactivated"
-            transition = "canceled" if goal_handle.is_cancel_requested else "abort"
-            return Served(transition, Result(outcome=Result.OUTCOME_CANCELED, reason=reason))
-        except GoalPreempted:
-            reason = "preempted by a newer goal"
-            return Served("abort", Result(outcome=Result.OUTCOME_PREEMPTED, reason=reason))
-        except (ValueError, RuntimeError) as error:
-            if not self._active:  # stopped mid-call (e.g. shutdown): not a steering failure
-                return Served("abort", Result(outcome=Result.OUTCOME_CANCELED, reason="stopped"))
-            self.get_logger().error(f"steering failed: {error}")
-            reason = f"steering failed: {error}"
-            return Served("abort", Result(outcome=Result.OUTCOME_FAILED, reason=reason))
-
-        msg = result_msg(result, spec, layout, observation, built.real, prepare_s, started)
+        except (GoalCanceled, GoalPreempted, ValueError, RuntimeError) as error:
+            served = stopped(
+                error, active=self._active, cancel_requested=goal_handle.is_cancel_requested
+            )
+            if served.result.outcome == Result.OUTCOME_FAILED:
+                self.get_logger().error(served.result.reason)
+            return served
+        self._durations.record(self._shape(request), seconds)
+        msg = result_msg(
+            result, self._policy.spec, layout, observation, built.real, prepare_s, started
+        )
         publish = functools.partial(
             self._publish_extras, goal, request, observation, result, built.real, msg, settings
         )
         return Served("succeed", msg, publish)
+
+    def _publish_feedback(
+        self, goal_handle: ServerGoalHandle, phase: str, step: int, total: int
+    ) -> None:
+        if not self.context.ok():
+            raise GoalCanceled  # shutting down: the publisher is gone
+        feedback = SteerChunk.Feedback(phase=phase, step=step, total_steps=total)
+        goal_handle.publish_feedback(feedback)
 
     def _publish_extras(
         self,

@@ -1,5 +1,6 @@
-"""``steering_goals``: ``check_goal`` on malformed observation stamps, goal shapes and the
-steering-time memory that picks the executor thread (no ROS node needed)."""
+"""``steering_goals``: ``check_goal`` on malformed observation stamps, goal shapes, the
+steering-time memory that picks the executor thread, and how a goal ends when steering stops
+(no ROS node needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import pytest
 from builtin_interfaces.msg import Time
 
 from frs_msgs.action import SteerChunk
-from frs_steering.steering_goals import GoalRejected, SteeringDurations, check_goal
+from frs_steering.steering_goals import (
+    GoalCanceled,
+    GoalPreempted,
+    GoalRejected,
+    Prepared,
+    SteeringDurations,
+    StepMonitor,
+    check_goal,
+    steer_prepared,
+)
+from frs_steering.steering_messages import refused, stopped
+
+Result = SteerChunk.Result
 
 
 def _check(stamp: Time, **fields):  # noqa: ANN003, ANN202
@@ -72,3 +85,66 @@ def test_steering_durations_stay_bounded_under_ever_new_shapes() -> None:
     assert durations.at_most("kept", 0.01)
     assert not durations.at_most(("churn", 0), 0.01)  # the oldest went
     assert len(durations._last) == 3
+
+
+@pytest.mark.parametrize(
+    ("error", "active", "cancel_requested", "transition", "outcome", "reason"),
+    [
+        (GoalCanceled(), True, True, "canceled", Result.OUTCOME_CANCELED, "canceled by the client"),
+        (GoalCanceled(), False, False, "abort", Result.OUTCOME_CANCELED, "node deactivated"),
+        (GoalPreempted(), True, False, "abort", Result.OUTCOME_PREEMPTED, "preempted"),
+        (
+            RuntimeError("boom"),
+            True,
+            False,
+            "abort",
+            Result.OUTCOME_FAILED,
+            "steering failed: boom",
+        ),
+        (ValueError("non-finite"), True, False, "abort", Result.OUTCOME_FAILED, "non-finite"),
+        (RuntimeError("boom"), False, False, "abort", Result.OUTCOME_CANCELED, "stopped"),
+    ],
+)
+def test_a_stopped_goal_ends_with_the_outcome_that_names_why(  # noqa: PLR0913
+    error: Exception,
+    active: bool,
+    cancel_requested: bool,
+    transition: str,
+    outcome: int,
+    reason: str,
+) -> None:
+    served = stopped(error, active=active, cancel_requested=cancel_requested)
+    assert served.transition == transition and served.publish is None
+    assert served.result.outcome == outcome and reason in served.result.reason
+
+
+def test_a_refused_goal_is_aborted_with_its_reason() -> None:
+    served = refused("no joint_states within 0.05 s")
+    assert served.transition == "abort" and served.result.outcome == Result.OUTCOME_REJECTED
+    assert served.result.reason == "no joint_states within 0.05 s"
+
+
+@pytest.mark.parametrize(
+    ("canceled", "current", "error"), [(True, True, GoalCanceled), (False, False, GoalPreempted)]
+)
+def test_a_goal_stopped_while_it_waited_does_no_work(
+    canceled: bool, current: bool, error: type[Exception]
+) -> None:
+    class Untouchable:  # any use of the policy or the inputs would raise AttributeError
+        pass
+
+    nothing = Untouchable()
+    prepared = Prepared(nothing, nothing, nothing, nothing, 0.0)  # type: ignore[arg-type]
+    monitor = StepMonitor(
+        canceled=lambda: canceled, current=lambda: current, publish=None, period=0.0
+    )
+    with pytest.raises(error):
+        steer_prepared(
+            nothing,
+            prepared,
+            monitor,
+            include_unsteered=True,
+            round_trip=False,
+            gripper_index=7,
+            limit=5.0,
+        )
