@@ -474,6 +474,10 @@ class VlmReasoner:
             f"Instruction: {observation.instruction}",
             f"Gripper position in the base frame (metres): {position}",
         ]
+        if observation.gripper_opening is not None:  # a closed gripper can still hold a cube
+            lines.append(
+                f"Gripper opening: {observation.gripper_opening:.2f} (0 = closed, 1 = fully open)."
+            )
         factor = 1
         content: list[dict[str, Any]] = []
         if observation.image is not None:

@@ -344,6 +344,16 @@ def test_json_modes_and_text_only_observation(server):
         VlmConfig(model="m", json_mode="yes")
 
 
+def test_the_gripper_opening_reaches_the_vlm_only_when_read(server):
+    server.answer(json.dumps(VALID))
+    reasoner = make_reasoner(server.url)
+    reasoner.propose(Observation("lift the cube", ee_position=[0.3, 0.1, 0.4], gripper_opening=0.0))
+    reasoner.propose(Observation("lift the cube", ee_position=[0.3, 0.1, 0.4]))
+    texts = [r["body"]["messages"][1]["content"][0]["text"] for r in server.requests]
+    assert "Gripper opening: 0.00 (0 = closed, 1 = fully open)." in texts[0]
+    assert "Gripper opening" not in texts[1]  # no finger joints: nothing made up
+
+
 def test_downscaled_image_point_maps_back_to_observation_pixels(server):
     server.answer(json.dumps({**VALID, "point": [1, 1]}))
     proposal = make_reasoner(server.url, max_image_side=4).propose(OBS)
