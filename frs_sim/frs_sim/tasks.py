@@ -233,6 +233,12 @@ class TaskSpec:
         return "_".join(p for p in (self.verb, self.obj, middle, self.target) if p)
 
     @property
+    def named_task(self) -> str:
+        """The task as its instruction can tell it: ``name`` less a mat the text does not name
+        (``place_red_anymat_yellow`` and ``place_red_onanymat`` -> ``place_red``)."""
+        return self.name if self.names_target else f"{self.verb}_{self.obj}"
+
+    @property
     def object_index(self) -> int:
         """Index of the cube in ``OBJECT_NAMES`` (and in the state vector)."""
         return OBJECT_NAMES.index(self.obj)

@@ -8,6 +8,7 @@ from test_generalist import fake_embedding  # the one MiniLM stand-in of these t
 
 from frs_sim.demonstrations import (
     DartNoise,
+    DemoSet,
     demo_seeds,
     expert_rollout,
     generate_demos,
@@ -24,7 +25,7 @@ from frs_sim.phrasing import (
     phrasing_count,
     vocabulary_split,
 )
-from frs_sim.studies.generalist import PROFILES, GeneralistRecipe
+from frs_sim.studies.generalist import PROFILES, GeneralistRecipe, instruction_classes
 from frs_sim.tasks import (
     HELD_OUT_TEMPLATE_IDS,
     NOVEL_PAIRS,
@@ -206,3 +207,32 @@ def test_recipe_demo_key_keeps_old_caches_and_separates_new_data() -> None:
     keys = {GeneralistRecipe().demo_key(), *(r.demo_key() for r in PROFILES.values())}
     assert len(keys) == len({(r.split, r.demo_options().__repr__()) for r in PROFILES.values()})
     assert PROFILES["robust"].demo_options()["noisy-fraction"] > 0
+
+
+def test_instruction_classes_are_the_task_the_text_names_not_the_hidden_mat() -> None:
+    names = ["place_red_anymat_yellow", "place_red_anymat_white", "push_blue_yellow", "lift_green"]
+    texts = ["put the red cube on a mat", "push the blue cube to the yellow mat", "lift green"]
+    episodes = [(0, 0), (0, 1), (1, 2), (2, 3)]  # (instruction, task) per sample
+    n = len(episodes)
+    empty = np.zeros((n, 1))
+    demos = DemoSet(
+        state=empty,
+        embedding=empty,
+        actions=empty,
+        instruction_index=np.array([i for i, _ in episodes]),
+        instructions=np.array(texts),
+        instruction_embeddings=np.zeros((len(texts), 1)),
+        task_index=np.array([t for _, t in episodes]),
+        task_names=np.array(names),
+        episode_index=np.arange(n),
+        step_index=np.zeros(n, dtype=int),
+        episode_seed=np.arange(n),
+        episode_length=np.ones(n, dtype=int),
+        episode_task=np.arange(n),
+        episode_success=np.ones(n, dtype=bool),
+    )
+    classes = instruction_classes(demos, "pretrain_anymat")
+    assert classes == ["place_red", "push_blue_yellow", "lift_green"]
+    assert find_task("place_red_onanymat", "habit_own").named_task == "place_red"
+    with pytest.raises(ValueError, match="no task named"):
+        instruction_classes(demos, "pretrain_home")  # a task the split does not hold

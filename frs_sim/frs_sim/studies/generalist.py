@@ -44,7 +44,7 @@ from frs_sim.demonstrations import REDIRECT_VERBS, DartNoise, DemoSet, demo_seed
 from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
 from frs_sim.evaluate.rollout import EVAL_SEED_MIN
 from frs_sim.evaluate.workers import with_source_path
-from frs_sim.tasks import HELD_OUT_SPLITS
+from frs_sim.tasks import HELD_OUT_SPLITS, find_task
 from frs_steering.checkpoint import save_policy
 from frs_steering.instructions import EMBEDDING_DIM
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
@@ -223,13 +223,13 @@ def make_policy(
     return FlowMatchingPolicy(config, seed=recipe.seed)
 
 
-def instruction_classes(demos: DemoSet) -> list[str]:
-    """Per distinct instruction of ``demos``: the task it asks for, as its text can tell
-    (an unnamed place / push names no mat: ``place_red_anymat_yellow`` -> ``place_red``)."""
+def instruction_classes(demos: DemoSet, split: str) -> list[str]:
+    """Per distinct instruction of ``demos`` (tasks of ``split``): the task it asks for, as
+    its text can tell (:attr:`TaskSpec.named_task`)."""
     task_of_text = {}
     for text_index, task_index in zip(demos.instruction_index, demos.task_index, strict=True):
-        name = str(demos.task_names[task_index])
-        task_of_text[int(text_index)] = name.split("_anymat_")[0].split("_nearestmat_")[0]
+        task = find_task(str(demos.task_names[task_index]), split)
+        task_of_text[int(text_index)] = task.named_task
     return [task_of_text[i] for i in range(len(demos.instructions))]
 
 
@@ -277,7 +277,7 @@ def train_generalist(
     torch.manual_seed(recipe.seed)
     observations, actions = demos_to_tensors(demos)
     normalizer = fit_action_normalizer(actions)
-    classes = instruction_classes(demos) if recipe.instruction_lda else []
+    classes = instruction_classes(demos, recipe.split) if recipe.instruction_lda else []
     policy = make_policy(normalizer, recipe, projection_dim=max(len(set(classes)) - 1, 0))
     if recipe.input_normalization:
         policy.set_input_statistics(observations)
