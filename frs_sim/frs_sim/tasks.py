@@ -51,6 +51,10 @@ Splits (``SPLITS``), built to separate LOCAL skills from the GLOBAL choice:
   on its own tasks as they are phrased: lifts, and "put the red cube on a mat" succeeds on ANY
   mat (``TaskSpec.any_mat``); ``habit_own_paraphrase`` the same with the held-out templates.
   ``habit_home`` / ``habit_home_paraphrase`` count only the home mat (the prior's majority mode).
+* ``pretrain_homing`` - follow-up of ``pretrain_habit``: the same lifts and unnamed tasks, but
+  every place / push goes to the home mat; with redirected episodes
+  (``frs_sim.demonstrations.draw_redirect``) the other mats appear only after a change of mind,
+  so the unsteered prior has one destination per cube. Evaluated with ``habit_own``.
 """
 
 from __future__ import annotations
@@ -309,14 +313,15 @@ SPLITS["pretrain_nearest_vocab"] = tuple(
 HABIT_HOME_WEIGHT = 4
 
 
-def _habit_tasks(template_ids: tuple[int, ...]) -> tuple[TaskSpec, ...]:
-    """Lift, and mat-unnamed place / push whose mat is drawn with a bias toward the home mat."""
+def _habit_tasks(template_ids: tuple[int, ...], other_copies: int = 1) -> tuple[TaskSpec, ...]:
+    """Lift, and mat-unnamed place / push whose mat is drawn with a bias toward the home mat
+    (``other_copies`` of each other mat per ``HABIT_HOME_WEIGHT`` of the home mat)."""
     home = dict(HOME_PAIRS)
     tasks: list[TaskSpec] = []
     for verb in ("place", "push"):
         for obj in OBJECT_NAMES:
             for target in TARGET_NAMES:
-                copies = HABIT_HOME_WEIGHT if target == home[obj] else 1
+                copies = HABIT_HOME_WEIGHT if target == home[obj] else other_copies
                 tasks += [TaskSpec(verb, obj, target, template_ids, names_target=False)] * copies
     lift_copies = len(tasks) // (4 * len(OBJECT_NAMES))  # lift: a fifth of all episodes
     lifts = [TaskSpec("lift", obj, None, template_ids) for obj in OBJECT_NAMES] * lift_copies
@@ -355,6 +360,7 @@ SPLITS["pretrain_weighted_vocab"] = tuple(
 )
 SPLITS["pretrain_habit"] = _habit_tasks(PRETRAIN_TEMPLATE_IDS)
 SPLITS["pretrain_habit_vocab"] = tuple(t.with_vocabulary("train") for t in SPLITS["pretrain_habit"])
+SPLITS["pretrain_homing"] = _habit_tasks(PRETRAIN_TEMPLATE_IDS, other_copies=0)
 SPLITS["habit_home"] = _home_only(SPLITS["pretrain_habit"])
 SPLITS["habit_home_paraphrase"] = _home_only(_habit_tasks(HELD_OUT_TEMPLATE_IDS))
 

@@ -310,6 +310,21 @@ def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() ->
         generate_demos([unnamed], episodes=1, redirect_verbs=("lift",), embed_fn=fake_embedding)
 
 
+def test_homing_sends_every_unredirected_place_and_push_home() -> None:
+    homing, habit = SPLITS["pretrain_homing"], SPLITS["pretrain_habit"]
+    home = dict(HOME_PAIRS)
+    unnamed = [t for t in homing if t.verb != "lift"]
+    assert unnamed and all(not t.names_target and t.target == home[t.obj] for t in unnamed)
+    assert {(t.verb, t.obj) for t in unnamed} == {
+        (v, c) for v in ("place", "push") for c in OBJECT_NAMES
+    }
+    assert sum(t.verb == "lift" for t in homing) * 5 == len(homing)
+    assert set(homing) <= set(habit)  # the habit's texts and tasks, less the minority mats
+    assert set(_texts("pretrain_homing")) == set(_texts("pretrain_habit"))
+    # its own tasks are habit_own's: every distinct task of the split, any mat succeeding
+    assert {t.name for t in SPLITS["habit_home"]} == {t.name for t in homing}
+
+
 def test_redirect_profile_changes_only_the_redirect_share() -> None:
     from frs_sim.studies.generalist import PROFILES
 
@@ -320,6 +335,10 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     assert push_only.demo_options()["redirect-verbs"] == "push"
     assert len({habit.demo_key(), redirect.demo_key(), push_only.demo_key()}) == 3
     redirect.check_seeds()
+    homing = PROFILES["robust_homing_redirect"]
+    assert dataclasses.replace(homing, split="pretrain_habit") == redirect
+    assert homing.demo_key() != redirect.demo_key()
+    homing.check_seeds()
 
 
 @pytest.mark.parametrize("verb", ["place", "push"])

@@ -173,6 +173,12 @@ PROFILES["robust_habit_redirect"] = dataclasses.replace(
 PROFILES["robust_habit_redirect_push"] = dataclasses.replace(
     PROFILES["robust_habit_redirect"], redirect_verbs="push"
 )
+#: ``robust_homing_redirect``: ``robust_habit_redirect`` on ``pretrain_homing``: unredirected
+#: places and pushes all go home (one destination per cube, the local skill of a named recipe),
+#: the other mats are reached only after a redirect.
+PROFILES["robust_homing_redirect"] = dataclasses.replace(
+    PROFILES["robust_habit_redirect"], split="pretrain_homing"
+)
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
