@@ -123,22 +123,42 @@ class Redirect:
 
     step: int
     task: TaskSpec
+    #: Change only while the cube is in transit (:func:`in_transit`), at the first such step
+    #: from ``step`` on; a cube that reaches the first mat's neighbourhood first is not redirected.
+    in_transit: bool = False
 
 
 #: Control steps between which a redirected episode changes its mat (uniform).
 REDIRECT_STEPS = (10, 45)
+#: The same for in-transit redirects: drawn early, they take effect when the transit starts.
+REDIRECT_TRANSIT_STEPS = (0, 15)
+#: In transit: the cube has moved this far from where it started (m) ...
+TRANSIT_MIN_MOVE = 0.02
+#: ... and is still this far from the first mat's centre, horizontally (m).
+TRANSIT_MIN_DISTANCE = 0.10
 #: The verbs whose mat-unnamed episodes can be redirected (and are, by default).
 REDIRECT_VERBS = ("place", "push")
 
 
-def draw_redirect(task: TaskSpec, rng: np.random.Generator) -> Redirect:
+def draw_redirect(task: TaskSpec, rng: np.random.Generator, in_transit: bool = False) -> Redirect:
     """A redirect of a mat-unnamed ``task`` to one of the other mats, at a uniform step."""
     if task.names_target or task.target is None:
         raise ValueError(f"only mat-unnamed place / push tasks can be redirected, not {task.name}")
     others = [m for m in TARGET_NAMES if m != task.target]
     target = others[int(rng.integers(len(others)))]
-    step = int(rng.integers(REDIRECT_STEPS[0], REDIRECT_STEPS[1] + 1))
-    return Redirect(step, dataclasses.replace(task, target=target))
+    low, high = REDIRECT_TRANSIT_STEPS if in_transit else REDIRECT_STEPS
+    step = int(rng.integers(low, high + 1))
+    return Redirect(step, dataclasses.replace(task, target=target), in_transit)
+
+
+def in_transit(obs: dict, task: TaskSpec, start: np.ndarray) -> bool | None:
+    """Whether ``task``'s cube is on its way: moved from ``start`` and still far from the mat
+    (True), not moved yet (False), or already near the mat (None: too late to change)."""
+    cube = np.asarray(obs["object_pos"][task.object_index], dtype=float)
+    if np.linalg.norm(cube - start) < TRANSIT_MIN_MOVE:
+        return False
+    mat = np.asarray(obs["target_pos"][task.target_index], dtype=float)
+    return True if np.linalg.norm(cube[:2] - mat[:2]) > TRANSIT_MIN_DISTANCE else None
 
 
 @dataclass
@@ -152,6 +172,7 @@ class ExpertRollout:
     success: bool
     instruction: str
     instruction_embedding: np.ndarray
+    redirected_at: int | None = None  # control step of the change of mind, if it happened
 
 
 def expert_rollout(
@@ -168,16 +189,24 @@ def expert_rollout(
     """Roll the expert out once; each chunk executes ``rng.integers(lo, hi + 1)`` rows.
 
     With ``noise`` the executed rows are perturbed (DART) while the labels stay clean. With
-    ``redirect`` the expert heads for ``redirect.task`` from control step ``redirect.step`` on.
+    ``redirect`` the expert heads for ``redirect.task`` from control step ``redirect.step`` on
+    (in transit: from the first step after it at which the cube is in transit, or never).
     Deterministic given ``seed`` and the state of ``rng``.
     """
     low, high = execute_rows
     options = {"task": task} if template_id is None else {"task": task, "template_id": template_id}
     obs, _ = env.reset(seed=seed, options=options)
     out = ExpertRollout([], [], [], [], False, env.instruction, env.instruction_embedding.copy())
+    start = np.asarray(obs["object_pos"][task.object_index], dtype=float).copy()
     step = 0
     while True:
-        heading = redirect.task if redirect is not None and step >= redirect.step else task
+        if redirect is not None and out.redirected_at is None and step >= redirect.step:
+            moving = in_transit(obs, task, start) if redirect.in_transit else True
+            if moving is None:
+                redirect = None  # reached the first mat's neighbourhood: no change of mind
+            elif moving:
+                out.redirected_at = step
+        heading = redirect.task if out.redirected_at is not None else task
         label = expert(obs, heading)
         rows = int(rng.integers(low, high + 1))
         sent = label if noise is None else noise.apply(label, rng)
@@ -215,6 +244,7 @@ def generate_demos(
     phrasing_fraction: float = 0.0,
     redirect_fraction: float = 0.0,
     redirect_verbs: Sequence[str] = REDIRECT_VERBS,
+    redirect_in_transit: bool = False,
 ) -> DemoSet:
     """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
 
@@ -225,7 +255,8 @@ def generate_demos(
     ``phrasing_fraction`` of the episodes are phrased with the generated training vocabulary
     (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates; a
     ``redirect_fraction`` of the mat-unnamed episodes of ``redirect_verbs`` change their mat
-    mid-way (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes).
+    mid-way (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes);
+    with ``redirect_in_transit`` only while the cube is on its way, never near the first mat.
     """
     high_rows = execute_rows if max_execute_rows is None else max_execute_rows
     if not 1 <= execute_rows <= high_rows <= horizon:
@@ -248,7 +279,7 @@ def generate_demos(
     inst_embs: list[np.ndarray] = []
     states, chunks, inst_idx, task_idx, ep_idx, step_idx = [], [], [], [], [], []
     ep_seed, ep_len, ep_task, ep_success = [], [], [], []
-    n_success = n_noisy = n_phrased = n_redirected = 0
+    n_success = n_noisy = n_phrased = n_redirected = n_changed = 0
     bar = tqdm(range(episodes), desc="demos", disable=not progress, unit="ep")
     for episode, env_seed in zip(bar, demo_seeds(seed, episodes), strict=True):
         task = task_list[episode % len(task_list)]
@@ -263,7 +294,7 @@ def generate_demos(
         redirect = None
         redirectable = not task.names_target and task.verb in redirect_verbs
         if redirect_fraction > 0 and redirectable and rng.random() < redirect_fraction:
-            redirect = draw_redirect(task, rng)
+            redirect = draw_redirect(task, rng, redirect_in_transit)
         rollout = expert_rollout(
             env,
             expert,
@@ -286,6 +317,7 @@ def generate_demos(
             continue
         n_noisy += noisy
         n_redirected += redirect is not None
+        n_changed += rollout.redirected_at is not None
         n_phrased += phrased
         if rollout.instruction not in instructions:
             instructions[rollout.instruction] = len(instructions)
@@ -319,7 +351,8 @@ def generate_demos(
         "phrased_episodes_kept": n_phrased,
         "redirect_fraction": redirect_fraction,
         "redirect_verbs": list(redirect_verbs),
-        "redirected_episodes_kept": n_redirected,
+        "redirected_episodes_kept": n_redirected,  # drawn a redirect, kept
+        "redirected_episodes_changed": n_changed,  # of which the mat did change
         "horizon": horizon,
         "control_dt": env.config.control_dt,
         "action_layout": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper", "pad"],
@@ -379,6 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(REDIRECT_VERBS),
         help="verbs whose episodes may be redirected",
     )
+    parser.add_argument(
+        "--redirect-in-transit",
+        action="store_true",
+        help="redirect only while the cube is on its way, never near the first mat",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     noise = DartNoise(args.noise_std, args.noise_offset_std, args.gripper_flip)
@@ -396,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phrasing_fraction=args.phrasing_fraction,
         redirect_fraction=args.redirect_fraction,
         redirect_verbs=tuple(v.strip() for v in args.redirect_verbs.split(",") if v.strip()),
+        redirect_in_transit=args.redirect_in_transit,
     )
     path = demos.save(args.out)
     print(

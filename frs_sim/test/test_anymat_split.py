@@ -14,6 +14,9 @@ from test_generalist import fake_embedding  # the one MiniLM stand-in of these t
 
 from frs_sim.demonstrations import (
     REDIRECT_STEPS,
+    REDIRECT_TRANSIT_STEPS,
+    TRANSIT_MIN_DISTANCE,
+    TRANSIT_MIN_MOVE,
     DemoSet,
     draw_redirect,
     expert_rollout,
@@ -284,6 +287,41 @@ def test_a_redirected_expert_ends_on_the_new_mat_and_labels_change_only_after_th
         draw_redirect(SPLITS["pretrain"][5], rng)
 
 
+@pytest.mark.parametrize("verb", ["place", "push"])
+def test_an_in_transit_redirect_changes_the_mat_only_while_the_cube_is_on_its_way(
+    verb: str,
+) -> None:
+    """In transit: never before the cube moves, never once it is near the first mat; episodes
+    whose cube starts near that mat are not redirected at all."""
+    task = next(t for t in UNNAMED_TASKS if t.verb == verb and t.obj == "red")
+    env = FrankaTabletopEnv(tasks=[task], embed_fn=fake_embedding)
+    expert = ScriptedExpert()
+    rng = np.random.default_rng(5)
+    assert REDIRECT_TRANSIT_STEPS[0] <= draw_redirect(task, rng, True).step
+    outcomes = []
+    for seed in range(3000, 3012):
+        redirect = dataclasses.replace(draw_redirect(task, rng, in_transit=True), step=0)
+        rollout = expert_rollout(env, expert, task, seed, rng, (1, 3), redirect=redirect)
+        first = rollout.observations[0]
+        start = np.asarray(first["object_pos"][task.object_index])
+        mat = np.asarray(first["target_pos"][task.target_index])[:2]
+        at = rollout.redirected_at
+        outcomes.append(at is not None)
+        for obs, label, step in zip(
+            rollout.observations, rollout.labels, rollout.steps, strict=True
+        ):
+            heading = redirect.task if at is not None and step >= at else task
+            np.testing.assert_array_equal(label, expert(obs, heading))
+            if at is not None and step == at:
+                cube = np.asarray(obs["object_pos"][task.object_index])
+                assert np.linalg.norm(cube - start) >= TRANSIT_MIN_MOVE
+                assert np.linalg.norm(cube[:2] - mat) > TRANSIT_MIN_DISTANCE
+        if np.linalg.norm(start[:2] - mat) <= TRANSIT_MIN_DISTANCE:
+            assert at is None  # never far from the first mat once moving
+    env.close()
+    assert any(outcomes) and sum(outcomes) >= len(outcomes) // 2
+
+
 def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() -> None:
     named = next(t for t in SPLITS["pretrain_habit"] if t.verb == "lift")
     unnamed = next(t for t in UNNAMED_TASKS if t.verb == "push" and t.obj == "blue")
@@ -301,6 +339,7 @@ def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() ->
 
     demos = redirected(4)
     assert demos.meta["redirected_episodes_kept"] == 2  # the two push episodes, success or not
+    assert demos.meta["redirected_episodes_changed"] <= 2
     assert len(set(demos.episode_index.tolist())) >= 3
     places_only = redirected(2, redirect_verbs=("place",))
     assert places_only.meta["redirected_episodes_kept"] == 0
@@ -339,6 +378,10 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     assert dataclasses.replace(homing, split="pretrain_habit") == redirect
     assert homing.demo_key() != redirect.demo_key()
     homing.check_seeds()
+    transit = PROFILES["robust_homing_transit"]
+    assert transit.demo_options()["redirect-in-transit"] is True
+    assert dataclasses.replace(transit, redirect_in_transit=False) == homing
+    assert transit.demo_key() != homing.demo_key()
 
 
 @pytest.mark.parametrize("verb", ["place", "push"])

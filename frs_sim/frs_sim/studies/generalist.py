@@ -86,6 +86,7 @@ class GeneralistRecipe:
     phrasing_fraction: float = 0.0  # share of episodes phrased with the training vocabulary
     redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
     redirect_verbs: str = ",".join(REDIRECT_VERBS)  # comma-separated verbs that may be redirected
+    redirect_in_transit: bool = False  # redirect only while the cube is on its way
     # Feed the encoder the instruction's discriminant directions between the tasks the
     # instructions name (``instruction_classes``) instead of all 384 standardized MiniLM dims:
     # paraphrases of one task differ more in MiniLM than tasks do, and the held-out phrasings
@@ -99,9 +100,9 @@ class GeneralistRecipe:
             text += "-" + json.dumps(extra, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
-    def demo_options(self) -> dict[str, float | int | str]:
+    def demo_options(self) -> dict[str, float | int | str | bool]:
         """Non-default data-generation options (``frs_sim.demonstrations`` CLI names)."""
-        options: dict[str, float | int | str] = {}
+        options: dict[str, float | int | str | bool] = {}
         if self.max_execute_rows not in (None, self.execute_rows):
             options["max-execute-rows"] = self.max_execute_rows
         if self.noisy_fraction > 0:
@@ -115,6 +116,8 @@ class GeneralistRecipe:
             options["redirect-fraction"] = self.redirect_fraction
             if self.redirect_verbs != ",".join(REDIRECT_VERBS):
                 options["redirect-verbs"] = self.redirect_verbs
+            if self.redirect_in_transit:
+                options["redirect-in-transit"] = True  # a bare flag
         return options
 
     def check_seeds(self) -> None:
@@ -178,6 +181,11 @@ PROFILES["robust_habit_redirect_push"] = dataclasses.replace(
 #: the other mats are reached only after a redirect.
 PROFILES["robust_homing_redirect"] = dataclasses.replace(
     PROFILES["robust_habit_redirect"], split="pretrain_homing"
+)
+#: ``robust_homing_transit``: the same, redirected only while the cube is on its way (never
+#: near the home mat: the data never show a cube set toward a mat and then taken elsewhere).
+PROFILES["robust_homing_transit"] = dataclasses.replace(
+    PROFILES["robust_homing_redirect"], redirect_in_transit=True
 )
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
@@ -259,7 +267,11 @@ def load_or_generate_demos(
             *("--seed", str(recipe.demo_seed), "--execute-rows", str(recipe.execute_rows)),
             *("--out", str(path)),
             *(() if progress else ("--quiet",)),
-            *(arg for k, v in recipe.demo_options().items() for arg in (f"--{k}", str(v))),
+            *(
+                arg
+                for k, v in recipe.demo_options().items()
+                for arg in ((f"--{k}",) if v is True else (f"--{k}", str(v)))
+            ),
         ]
         env = with_source_path({**os.environ, "HF_HUB_OFFLINE": "1"})
         subprocess.run(command, check=True, env=env)
