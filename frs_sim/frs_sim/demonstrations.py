@@ -125,6 +125,8 @@ class Redirect:
     task: TaskSpec
     #: Change only while the cube is in transit (:func:`in_transit`), at the first such step
     #: from ``step`` on; a cube that reaches the first mat's neighbourhood first is not redirected.
+    #: The change is then the episode's task: it ends once the new mat's task succeeds (a
+    #: window redirect runs to the step limit, idling over the new mat once there).
     in_transit: bool = False
 
 
@@ -206,6 +208,8 @@ def expert_rollout(
                 redirect = None  # reached the first mat's neighbourhood: no change of mind
             elif moving:
                 out.redirected_at = step
+                if redirect.in_transit:
+                    env.task = redirect.task  # success (and the episode's end) at the new mat
         heading = redirect.task if out.redirected_at is not None else task
         label = expert(obs, heading)
         rows = int(rng.integers(low, high + 1))

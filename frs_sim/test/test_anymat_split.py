@@ -298,7 +298,7 @@ def test_an_in_transit_redirect_changes_the_mat_only_while_the_cube_is_on_its_wa
     expert = ScriptedExpert()
     rng = np.random.default_rng(5)
     assert REDIRECT_TRANSIT_STEPS[0] <= draw_redirect(task, rng, True).step
-    outcomes = []
+    outcomes, changed_and_done = [], []
     for seed in range(3000, 3012):
         redirect = dataclasses.replace(draw_redirect(task, rng, in_transit=True), step=0)
         rollout = expert_rollout(env, expert, task, seed, rng, (1, 3), redirect=redirect)
@@ -318,8 +318,14 @@ def test_an_in_transit_redirect_changes_the_mat_only_while_the_cube_is_on_its_wa
                 assert np.linalg.norm(cube[:2] - mat) > TRANSIT_MIN_DISTANCE
         if np.linalg.norm(start[:2] - mat) <= TRANSIT_MIN_DISTANCE:
             assert at is None  # never far from the first mat once moving
+        if at is not None and rollout.success:  # it ended there: no idling over the new mat
+            cube = env.object_positions()[task.obj][:2]
+            new_mat = env.target_positions()[redirect.task.target][:2]
+            assert np.all(np.abs(cube - new_mat) <= MAT_SUCCESS_HALF)
+            changed_and_done.append(rollout.steps[-1])
     env.close()
     assert any(outcomes) and sum(outcomes) >= len(outcomes) // 2
+    assert changed_and_done and max(changed_and_done) < 60
 
 
 def test_redirected_episodes_are_kept_and_only_unnamed_tasks_are_redirected() -> None:
