@@ -125,9 +125,11 @@ class Redirect:
     task: TaskSpec
     #: Change only while the cube is in transit (:func:`in_transit`), at the first such step
     #: from ``step`` on; a cube that reaches the first mat's neighbourhood first is not redirected.
-    #: The change is then the episode's task: it ends once the new mat's task succeeds (a
-    #: window redirect runs to the step limit, idling over the new mat once there).
     in_transit: bool = False
+    #: The change becomes the episode's task: it ends once the new mat's task succeeds. Without
+    #: it the environment still checks the first mat, and the episode idles over the new mat
+    #: until the step limit (the window redirects' original data).
+    ends_at_new_mat: bool = False
 
 
 #: Control steps between which a redirected episode changes its mat (uniform).
@@ -142,15 +144,22 @@ TRANSIT_MIN_DISTANCE = 0.10
 REDIRECT_VERBS = ("place", "push")
 
 
-def draw_redirect(task: TaskSpec, rng: np.random.Generator, in_transit: bool = False) -> Redirect:
-    """A redirect of a mat-unnamed ``task`` to one of the other mats, at a uniform step."""
+def draw_redirect(
+    task: TaskSpec,
+    rng: np.random.Generator,
+    in_transit: bool = False,
+    ends_at_new_mat: bool | None = None,
+) -> Redirect:
+    """A redirect of a mat-unnamed ``task`` to one of the other mats, at a uniform step (an
+    in-transit redirect always ends at the new mat)."""
     if task.names_target or task.target is None:
         raise ValueError(f"only mat-unnamed place / push tasks can be redirected, not {task.name}")
     others = [m for m in TARGET_NAMES if m != task.target]
     target = others[int(rng.integers(len(others)))]
     low, high = REDIRECT_TRANSIT_STEPS if in_transit else REDIRECT_STEPS
     step = int(rng.integers(low, high + 1))
-    return Redirect(step, dataclasses.replace(task, target=target), in_transit)
+    ends = in_transit if ends_at_new_mat is None else ends_at_new_mat or in_transit
+    return Redirect(step, dataclasses.replace(task, target=target), in_transit, ends)
 
 
 def in_transit(obs: dict, task: TaskSpec, start: np.ndarray) -> bool | None:
@@ -208,7 +217,7 @@ def expert_rollout(
                 redirect = None  # reached the first mat's neighbourhood: no change of mind
             elif moving:
                 out.redirected_at = step
-                if redirect.in_transit:
+                if redirect.ends_at_new_mat:
                     env.task = redirect.task  # success (and the episode's end) at the new mat
         heading = redirect.task if out.redirected_at is not None else task
         label = expert(obs, heading)
@@ -249,6 +258,7 @@ def generate_demos(
     redirect_fraction: float = 0.0,
     redirect_verbs: Sequence[str] = REDIRECT_VERBS,
     redirect_in_transit: bool = False,
+    redirect_ends_at_new_mat: bool = False,
 ) -> DemoSet:
     """Roll the scripted expert out and collect per-step (state, embedding, chunk) samples.
 
@@ -260,7 +270,8 @@ def generate_demos(
     (``TaskSpec.with_vocabulary("train")``) instead of the task's own templates; a
     ``redirect_fraction`` of the mat-unnamed episodes of ``redirect_verbs`` change their mat
     mid-way (:func:`draw_redirect`; kept whether or not they succeed, like DART episodes);
-    with ``redirect_in_transit`` only while the cube is on its way, never near the first mat.
+    with ``redirect_in_transit`` only while the cube is on its way, never near the first mat;
+    ``redirect_ends_at_new_mat`` (implied in transit) ends a redirected episode at the new mat.
     """
     high_rows = execute_rows if max_execute_rows is None else max_execute_rows
     if not 1 <= execute_rows <= high_rows <= horizon:
@@ -298,7 +309,7 @@ def generate_demos(
         redirect = None
         redirectable = not task.names_target and task.verb in redirect_verbs
         if redirect_fraction > 0 and redirectable and rng.random() < redirect_fraction:
-            redirect = draw_redirect(task, rng, redirect_in_transit)
+            redirect = draw_redirect(task, rng, redirect_in_transit, redirect_ends_at_new_mat)
         rollout = expert_rollout(
             env,
             expert,
@@ -421,6 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="redirect only while the cube is on its way, never near the first mat",
     )
+    parser.add_argument(
+        "--redirect-ends-at-new-mat",
+        action="store_true",
+        help="a redirected episode ends once the cube is on the new mat (no idling there)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     noise = DartNoise(args.noise_std, args.noise_offset_std, args.gripper_flip)
@@ -439,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redirect_fraction=args.redirect_fraction,
         redirect_verbs=tuple(v.strip() for v in args.redirect_verbs.split(",") if v.strip()),
         redirect_in_transit=args.redirect_in_transit,
+        redirect_ends_at_new_mat=args.redirect_ends_at_new_mat,
     )
     path = demos.save(args.out)
     print(

@@ -280,9 +280,16 @@ def test_a_redirected_expert_ends_on_the_new_mat_and_labels_change_only_after_th
     cube = env.object_positions()[task.obj][:2]
     new_mat = env.target_positions()[late.task.target][:2]
     old_mat = env.target_positions()[task.target][:2]
-    env.close()
-    assert not rollout.success  # the environment still checks the first mat
+    assert not rollout.success  # the environment still checks the first mat ...
     assert np.linalg.norm(cube - new_mat) < 0.03 < np.linalg.norm(cube - old_mat)
+    assert rollout.steps[-1] >= 70  # ... so the episode idled there until the step limit
+    ending = dataclasses.replace(late, ends_at_new_mat=True)
+    ended = expert_rollout(env, expert, task, 2100, np.random.default_rng(3), redirect=ending)
+    env.close()
+    assert ended.success and ended.redirected_at == rollout.redirected_at
+    assert ended.steps[-1] < 60 and len(ended.labels) < len(rollout.labels)
+    assert draw_redirect(task, rng, in_transit=True).ends_at_new_mat
+    assert draw_redirect(task, rng, ends_at_new_mat=True).ends_at_new_mat
     with pytest.raises(ValueError, match="mat-unnamed"):
         draw_redirect(SPLITS["pretrain"][5], rng)
 
@@ -384,6 +391,9 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     assert dataclasses.replace(homing, split="pretrain_habit") == redirect
     assert homing.demo_key() != redirect.demo_key()
     homing.check_seeds()
+    ends = PROFILES["robust_habit_redirect_push_ends"]
+    assert dataclasses.replace(ends, redirect_ends_at_new_mat=False) == push_only
+    assert ends.demo_options()["redirect-ends-at-new-mat"] is True
     transit = PROFILES["robust_homing_transit"]
     assert transit.demo_options()["redirect-in-transit"] is True
     assert dataclasses.replace(transit, redirect_in_transit=False) == homing

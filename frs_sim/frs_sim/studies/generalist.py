@@ -87,6 +87,7 @@ class GeneralistRecipe:
     redirect_fraction: float = 0.0  # share of mat-unnamed episodes that change their mat mid-way
     redirect_verbs: str = ",".join(REDIRECT_VERBS)  # comma-separated verbs that may be redirected
     redirect_in_transit: bool = False  # redirect only while the cube is on its way
+    redirect_ends_at_new_mat: bool = False  # a redirected episode ends on the new mat
     # Feed the encoder the instruction's discriminant directions between the tasks the
     # instructions name (``instruction_classes``) instead of all 384 standardized MiniLM dims:
     # paraphrases of one task differ more in MiniLM than tasks do, and the held-out phrasings
@@ -118,6 +119,8 @@ class GeneralistRecipe:
                 options["redirect-verbs"] = self.redirect_verbs
             if self.redirect_in_transit:
                 options["redirect-in-transit"] = True  # a bare flag
+            if self.redirect_ends_at_new_mat:
+                options["redirect-ends-at-new-mat"] = True
         return options
 
     def check_seeds(self) -> None:
@@ -175,6 +178,11 @@ PROFILES["robust_habit_redirect"] = dataclasses.replace(
 #: ``robust_habit_redirect_push``: the same with only push episodes redirected.
 PROFILES["robust_habit_redirect_push"] = dataclasses.replace(
     PROFILES["robust_habit_redirect"], redirect_verbs="push"
+)
+#: ``robust_habit_redirect_push_ends``: the same, each redirected episode ending once the cube is
+#: on the new mat (the window redirect otherwise idles there until the step limit).
+PROFILES["robust_habit_redirect_push_ends"] = dataclasses.replace(
+    PROFILES["robust_habit_redirect_push"], redirect_ends_at_new_mat=True
 )
 #: ``robust_homing_redirect``: ``robust_habit_redirect`` on ``pretrain_homing``: unredirected
 #: places and pushes all go home (one destination per cube, the local skill of a named recipe),
