@@ -148,7 +148,7 @@ def draw_redirect(
     task: TaskSpec,
     rng: np.random.Generator,
     in_transit: bool = False,
-    ends_at_new_mat: bool | None = None,
+    ends_at_new_mat: bool = False,
 ) -> Redirect:
     """A redirect of a mat-unnamed ``task`` to one of the other mats, at a uniform step (an
     in-transit redirect always ends at the new mat)."""
@@ -158,8 +158,8 @@ def draw_redirect(
     target = others[int(rng.integers(len(others)))]
     low, high = REDIRECT_TRANSIT_STEPS if in_transit else REDIRECT_STEPS
     step = int(rng.integers(low, high + 1))
-    ends = in_transit if ends_at_new_mat is None else ends_at_new_mat or in_transit
-    return Redirect(step, dataclasses.replace(task, target=target), in_transit, ends)
+    new_task = dataclasses.replace(task, target=target)
+    return Redirect(step, new_task, in_transit, ends_at_new_mat or in_transit)
 
 
 def in_transit(obs: dict, task: TaskSpec, start: np.ndarray) -> bool | None:

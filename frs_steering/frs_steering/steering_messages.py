@@ -7,7 +7,7 @@ the rviz EE paths (reference vs refined vs unsteered). Stamps are the observatio
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,20 @@ def _chunk(rows: np.ndarray, layout: ActionLayout, stamp_ns: int, normalized: bo
         dim_names=layout.dim_names,
         normalized=normalized,
     )
+
+
+def goal_feedback(
+    goal_handle: Any, context_ok: Callable[[], bool]
+) -> Callable[[str, int, int], None]:
+    """A :class:`StepMonitor` feedback publisher for one goal; stops the goal (GoalCanceled) once
+    the node is shutting down and its publisher is gone."""
+
+    def publish(phase: str, step: int, total: int) -> None:
+        if not context_ok():
+            raise GoalCanceled
+        goal_handle.publish_feedback(SteerChunk.Feedback(phase=phase, step=step, total_steps=total))
+
+    return publish
 
 
 def refused(reason: str) -> Served:

@@ -1,22 +1,17 @@
 """Steering node: the ``frs/steer_chunk`` action server in front of ``steer.steer``.
 
-A lifecycle node: ``configure`` loads a flow policy + an observation adapter (``checkpoint``,
-``observation_adapter``, the adapter's options as ``adapter.<name>``) and opens the topics and
-the action server; ``activate`` serves goals; ``deactivate`` stops a running goal. The node
-knows no robot: it buffers ``joint_states`` and the adapter's topics
-(:class:`frs_steering.observation.InputBuffers`) and the adapter turns the samples matched to a
-goal's ``observation_stamp`` (zero = latest) into the policy's observation.
+A lifecycle node: ``configure`` loads a flow policy and an observation adapter (``checkpoint``,
+``observation_adapter``, options ``adapter.<name>``) and opens topics and the action server;
+``activate`` serves goals; ``deactivate`` stops a running goal. It knows no robot: it buffers
+``joint_states`` and the adapter's topics, and the adapter turns the samples matched to a goal's
+``observation_stamp`` (zero = latest) into the policy's observation. Every goal is accepted; a
+bad one is aborted with ``OUTCOME_REJECTED`` and a ``reason``. A newer goal preempts an older
+one; cancel and preemption act between integration steps.
 
-rclpy's ``goal_callback`` can only accept or reject without a reason, so every goal is accepted
-and a bad one is *aborted* with ``OUTCOME_REJECTED`` and a ``reason``. A newer goal preempts an
-older one; cancel and preemption take effect between integration steps.
-
-Goals steer on one compute worker thread, so the executor stays free for samples, cancel
-requests and newer goals, except short ones: a goal whose shape (method, steps, solver, params)
-last steered within ``inline_max_duration`` and whose samples have arrived steers right on the
-executor thread, in the acceptance callback. That saves the hand-offs and the two threads'
-competition for the GIL (~0.8 ms of ~5 ms ROS overhead); such a goal ends before any cancel or
-newer goal is read.
+Goals steer on one worker thread, so the executor stays free for samples, cancels and newer
+goals, except short ones: a goal whose shape last steered within ``inline_max_duration`` and
+whose samples have arrived steers on the executor thread when accepted (no hand-off, no GIL
+contest: ~0.8 ms of ~5 ms overhead), and ends before any cancel or newer goal is read.
 """
 
 from __future__ import annotations
@@ -34,9 +29,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import (
-    qos_profile_sensor_data,
-)
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -63,7 +56,7 @@ from frs_steering.checkpoint import CheckpointError
 from frs_steering.model import FlowMatchingPolicy
 from frs_steering.observation import InputBuffers, ObservationError
 from frs_steering.policies import load_checkpoint_parameter
-from frs_steering.steer import available_methods
+from frs_steering.steer import SteerResult, available_methods
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
     GoalCanceled,
@@ -81,6 +74,7 @@ from frs_steering.steering_goals import (
     weights_sha256,
 )
 from frs_steering.steering_messages import (
+    goal_feedback,
     markers_msg,
     record_msg,
     refused,
@@ -429,7 +423,7 @@ class SteeringNode(LifecycleNode):
         monitor = StepMonitor(
             canceled=lambda: goal_handle.is_cancel_requested or not self._active,
             current=lambda: self._current_goal is goal_handle,
-            publish=functools.partial(self._publish_feedback, goal_handle)
+            publish=goal_feedback(goal_handle, self.context.ok)
             if self._param("publish_feedback")
             else None,
             period=float(self._param("feedback_period")),
@@ -455,37 +449,18 @@ class SteeringNode(LifecycleNode):
         msg = result_msg(
             result, self._policy.spec, layout, observation, built.real, prepare_s, started
         )
-        publish = functools.partial(
-            self._publish_extras, goal, request, observation, result, built.real, msg, settings
-        )
+        publish = functools.partial(self._publish_extras, goal, prepared, result, msg)
         return Served("succeed", msg, publish)
 
-    def _publish_feedback(
-        self, goal_handle: ServerGoalHandle, phase: str, step: int, total: int
-    ) -> None:
-        if not self.context.ok():
-            raise GoalCanceled  # shutting down: the publisher is gone
-        feedback = SteerChunk.Feedback(phase=phase, step=step, total_steps=total)
-        goal_handle.publish_feedback(feedback)
-
-    def _publish_extras(
-        self,
-        goal: Any,
-        request: SteerRequest,
-        observation: StampedObservation,
-        result: Any,
-        reference_real: torch.Tensor | None,
-        msg: Any,
-        settings: ReferenceSettings,
-    ) -> None:
+    def _publish_extras(self, goal: Any, prepared: Prepared, result: SteerResult, msg: Any) -> None:
         """Diagnostics, rviz markers and the replay record: after the result, off its path."""
-        outputs = self._outputs
+        outputs, (request, observation, settings, built, _) = self._outputs, prepared
         if not self._active or not outputs:
             return
         outputs["diagnostics"].publish(msg.diagnostics)
         if self._param("publish_markers"):
             layout = self._adapter.layout
-            outputs["markers"].publish(markers_msg(result, layout, observation, reference_real))
+            outputs["markers"].publish(markers_msg(result, layout, observation, built.real))
         if self._param("publish_record"):
             unsteered, sha = bool(self._param("include_unsteered")), self._checkpoint_sha256
             topics = [stream.topic for stream in self._adapter.streams()]

@@ -248,11 +248,11 @@ def make_policy(
 def instruction_classes(demos: DemoSet, split: str) -> list[str]:
     """Per distinct instruction of ``demos`` (tasks of ``split``): the task it asks for, as
     its text can tell (:attr:`TaskSpec.named_task`)."""
-    task_of_text = {}
-    for text_index, task_index in zip(demos.instruction_index, demos.task_index, strict=True):
-        task = find_task(str(demos.task_names[task_index]), split)
-        task_of_text[int(text_index)] = task.named_task
-    return [task_of_text[i] for i in range(len(demos.instructions))]
+    named = [find_task(str(name), split).named_task for name in demos.task_names]
+    task_of_text = dict(
+        zip(demos.instruction_index.tolist(), demos.task_index.tolist(), strict=True)
+    )
+    return [named[task_of_text[i]] for i in range(len(demos.instructions))]
 
 
 def load_or_generate_demos(
