@@ -147,12 +147,23 @@ def joint_positions(msg: Any, names: Sequence[str]) -> np.ndarray | None:
 
     None when a name is missing or a value is not finite: the caller decides how loudly to skip.
     """
+    return _named_values(msg, names, msg.position)
+
+
+def joint_velocities(msg: Any, names: Sequence[str]) -> np.ndarray | None:
+    """Velocities of the named joints of a ``sensor_msgs/JointState`` (rad/s); None when the
+    message carries no velocities (the field is optional), a name is missing or a value is not
+    finite."""
+    return _named_values(msg, names, msg.velocity)
+
+
+def _named_values(msg: Any, names: Sequence[str], values: Sequence[float]) -> np.ndarray | None:
     index = {name: i for i, name in enumerate(msg.name)}
     try:
-        values = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+        picked = np.array([values[index[n]] for n in names], dtype=np.float64)
     except (KeyError, IndexError):
         return None
-    return values if np.all(np.isfinite(values)) else None
+    return picked if np.all(np.isfinite(picked)) else None
 
 
 def gripper_opening(msg: Any, finger_joints: Sequence[str], open_sum: float) -> float | None:

@@ -13,6 +13,7 @@ from frs_control.messages import (
     chunk_to_msg,
     joint_positions,
     joint_trajectory_msg,
+    joint_velocities,
     ns_to_stamp,
     stamp_to_seconds,
 )
@@ -102,3 +103,15 @@ def test_joint_positions_reorders_and_refuses_missing_or_non_finite() -> None:
     assert joint_positions(JointState(name=names[:6], position=[0.0] * 6), names) is None
     bad = JointState(name=names, position=[0.0] * 6 + [float("inf")])
     assert joint_positions(bad, names) is None
+
+
+def test_joint_velocities_are_optional_reordered_and_finite() -> None:
+    names = [f"fr3_joint{i}" for i in range(1, 8)]
+    order = ["finger", *reversed(names)]
+    msg = JointState(name=order, position=[0.0] * 8, velocity=[9.0, *range(7, 0, -1)])
+    np.testing.assert_array_equal(joint_velocities(msg, names), np.arange(1, 8))
+    assert joint_velocities(JointState(name=order, position=[0.0] * 8), names) is None  # none sent
+    short = JointState(name=order, position=[0.0] * 8, velocity=[0.0] * 5)
+    assert joint_velocities(short, names) is None
+    bad = JointState(name=order, position=[0.0] * 8, velocity=[0.0] * 7 + [float("nan")])
+    assert joint_velocities(bad, names) is None

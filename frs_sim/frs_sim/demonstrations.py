@@ -12,7 +12,7 @@ set. Recovery data (DART): a share of the episodes execute perturbed expert chun
 (:class:`DartNoise`) while recording the expert's clean chunk at every visited state.
 
 Arrays in the file (N samples, E episodes, U distinct instructions, T tasks), no pickles:
-``state`` (N, 46) float32 (see ``env.STATE_LAYOUT``), ``embedding`` (N, 384) float32,
+``state`` (N, 49) float32 (see ``env.STATE_LAYOUT``), ``embedding`` (N, 384) float32,
 ``actions`` (N, horizon, 8) float32, ``instruction_index`` (N,) int32 into ``instructions`` (U,)
 str and ``instruction_embeddings`` (U, 384), ``task_index`` (N,) int32 into ``task_names`` (T,),
 ``episode_index`` / ``step_index`` (N,) int32, ``episode_seed`` / ``episode_length`` (E,) int32,

@@ -77,6 +77,9 @@ def _state_layout() -> dict[str, slice]:
         ("object_yaw", 2 * N_OBJECTS),  # sin, cos of 4*yaw per cube (cubes repeat every 90 deg)
         ("object_rel", 3 * N_OBJECTS),  # cube centre minus EE position per cube, m
         ("target_pos", 3 * N_TARGETS),  # mat centres (yellow, purple, white), m
+        # Motion, last so that a policy reading positions only takes the first
+        # POSITION_STATE_DIM floats (``policy_state``):
+        ("ee_velocity", 3),  # EE-site linear velocity, base frame, m/s
     ]
     layout, start = {}, 0
     for name, size in sizes:
@@ -85,9 +88,14 @@ def _state_layout() -> dict[str, slice]:
     return layout
 
 
-#: Named slices of the flat ``state`` vector (46 floats for 3 cubes and 3 mats).
+#: Named slices of the flat ``state`` vector (49 floats for 3 cubes and 3 mats).
 STATE_LAYOUT: dict[str, slice] = _state_layout()
 STATE_DIM: int = max(s.stop for s in STATE_LAYOUT.values())
+#: The positions-only prefix of ``state`` (everything but ``ee_velocity``): what policies that do
+#: not read the arm's motion (the shipped generalist) condition on.
+POSITION_STATE_DIM: int = STATE_LAYOUT["ee_velocity"].start
+#: The state sizes a tabletop policy may read: positions only, or positions and motion.
+POLICY_STATE_DIMS: tuple[int, ...] = (POSITION_STATE_DIM, STATE_DIM)
 
 _POSITION_BOUND = 5.0  # metres; finite observation bounds (a dropped cube ends the episode)
 _RAMP_SEGMENTS = 5  # joint targets are interpolated in this many pieces per control period
@@ -484,6 +492,13 @@ class FrankaTabletopEnv(gym.Env):
         mujoco.mju_mat2Quat(quat, (base_rot.T @ ee_rot).reshape(-1))
         return self._to_base(ee_pos), quat
 
+    def ee_velocity_in_base(self) -> np.ndarray:
+        """EE-site linear velocity (m/s) in the base frame, from the arm's joint velocities."""
+        jacp = np.zeros((3, self.model.nv))
+        mujoco.mj_jacSite(self.model, self.data, jacp, None, self.idx.ee_site)
+        _, base_rot = self._base_world()
+        return base_rot.T @ (jacp @ self.data.qvel)
+
     def _cube_positions(self) -> np.ndarray:
         return self.data.xpos[self.idx.cube_bodies].copy()
 
@@ -544,9 +559,10 @@ class FrankaTabletopEnv(gym.Env):
         mats = self._to_base(self.data.mocap_pos[self.idx.mat_mocap])
         joints = self.data.qpos[self.idx.arm_qpos].copy()
         grip = self.gripper_opening()
+        velocity = self.ee_velocity_in_base()
 
         obs: dict[str, Any] = {
-            "state": tabletop_state(ee_pos, yaw, grip, joints, cubes, cube_yaws, mats),
+            "state": tabletop_state(ee_pos, yaw, grip, joints, cubes, cube_yaws, mats, velocity),
             "ee_pos": ee_pos.astype(np.float32),
             "ee_quat": np.clip(ee_quat, -1.0, 1.0).astype(np.float32),
             "gripper": np.array([grip], dtype=np.float32),
@@ -622,11 +638,13 @@ def tabletop_state(
     object_pos: np.ndarray,
     object_yaw: np.ndarray,
     target_pos: np.ndarray,
+    ee_velocity: np.ndarray,
 ) -> np.ndarray:
-    """The policy's flat ``state`` vector (``STATE_LAYOUT``) from measurements in the base frame.
+    """The flat ``state`` vector (``STATE_LAYOUT``) from measurements in the base frame.
 
     One place for the layout: the environment and the ROS steering node (which measures the
-    same quantities from joint states and object ground truth) both build states here.
+    same quantities from joint states and object ground truth) both build states here; a
+    policy takes its prefix (``policy_state``).
     """
     state = np.empty(STATE_DIM, dtype=np.float64)
     lay = STATE_LAYOUT
@@ -642,7 +660,22 @@ def tabletop_state(
     ).reshape(-1)
     state[lay["object_rel"]] = (object_pos - np.asarray(ee_pos)).reshape(-1)
     state[lay["target_pos"]] = np.asarray(target_pos, dtype=np.float64).reshape(-1)
+    state[lay["ee_velocity"]] = ee_velocity
     return np.clip(state, -_POSITION_BOUND, _POSITION_BOUND).astype(np.float32)
+
+
+def policy_state(state: np.ndarray, state_dim: int) -> np.ndarray:
+    """The part of a tabletop ``state`` (``[..., STATE_DIM]``) a policy of ``state_dim`` reads.
+
+    Positions-only policies (``POSITION_STATE_DIM``) predate the motion features, which is why
+    those come last.
+    """
+    if state_dim not in POLICY_STATE_DIMS:
+        raise ValueError(
+            f"a tabletop policy reads a {POSITION_STATE_DIM}-d (positions) or {STATE_DIM}-d "
+            f"(positions and EE velocity) state, not {state_dim}-d"
+        )
+    return state[..., :state_dim]
 
 
 def _norm_clip(vec: np.ndarray, limit: float) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The simulated tabletop's observation adapter (``observation_adapter: tabletop``).
 
-Observation: the 46-d tabletop state (:func:`frs_sim.env.tabletop_state`: EE pose by forward
+Observation: the tabletop state (:func:`frs_sim.env.tabletop_state`: EE pose by forward
 kinematics of ``joint_states``, gripper opening, joints, cube and mat poses from
-``frs/object_states``) plus the MiniLM embedding of the instruction. Actions: end-effector deltas
-in the base frame (``dx dy dz droll dpitch dyaw gripper`` + one padding dim), 10 rows per second.
+``frs/object_states``; for policies that read motion, the EE velocity from the Jacobian and the
+joint velocities of ``joint_states``) plus the MiniLM embedding of the instruction. Actions:
+end-effector deltas in the base frame (``dx dy dz droll dpitch dyaw gripper`` + one padding
+dim), 10 rows per second.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import numpy as np
 import torch
 
 from frs_sim import scene
-from frs_sim.env import STATE_DIM, tabletop_state, yaw_of_quaternion, yaw_of_rotation
+from frs_sim.env import (
+    POLICY_STATE_DIMS,
+    POSITION_STATE_DIM,
+    STATE_DIM,
+    policy_state,
+    tabletop_state,
+    yaw_of_quaternion,
+    yaw_of_rotation,
+)
 from frs_steering.adapters.base import (
     JointSample,
     ObservationAdapter,
@@ -62,6 +72,7 @@ class TabletopAdapter(ObservationAdapter):
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
+        self.state_dim = POSITION_STATE_DIM  # set by bind() from the policy
         self.object_names = tuple(str(n) for n in self.options["object_names"])
         self.target_names = tuple(str(n) for n in self.options["target_names"])
         if len(self.object_names) != len(scene.OBJECT_NAMES) or len(self.target_names) != len(
@@ -82,12 +93,19 @@ class TabletopAdapter(ObservationAdapter):
     def check_policy(self, policy: Any) -> None:
         config = getattr(policy, "config", None)
         state_dim = getattr(config, "state_dim", None)
-        if state_dim != STATE_DIM:
+        if state_dim not in POLICY_STATE_DIMS:
             raise ValueError(
-                f"the policy expects state_dim {state_dim}; the tabletop state is {STATE_DIM}-d"
+                f"the policy expects state_dim {state_dim}; the tabletop state is "
+                f"{POSITION_STATE_DIM}-d (positions) or {STATE_DIM}-d (positions and EE velocity)"
             )
         if getattr(config, "image_keys", ()):
             raise ValueError("the tabletop adapter provides no camera images")
+        self.state_dim = int(state_dim)
+
+    @property
+    def reads_motion(self) -> bool:
+        """Whether the bound policy reads the EE velocity (joint_states must carry velocities)."""
+        return self.state_dim > POSITION_STATE_DIM
 
     def parse(self, key: str, msg: Any) -> SceneSample:
         """Cube and mat poses of an ObjectStates message, in the adapter's frame."""
@@ -128,7 +146,16 @@ class TabletopAdapter(ObservationAdapter):
         require_streams(samples, (OBJECTS,))
         scene_sample: SceneSample = samples[OBJECTS].value
         pose = self.arm_pose(joints)
-        position, rotation, _ = pose
+        position, rotation, jacobian = pose
+        if joints.arm_velocity is not None:
+            ee_velocity = jacobian[:3] @ joints.arm_velocity
+        elif self.reads_motion:
+            raise ObservationError(
+                "no observation: joint_states carry no arm velocities, and the policy reads the "
+                "EE velocity"
+            )
+        else:  # not read: the positions-only prefix is all the policy gets
+            ee_velocity = np.zeros(3)
         state = tabletop_state(
             position,
             yaw_of_rotation(rotation),
@@ -137,7 +164,9 @@ class TabletopAdapter(ObservationAdapter):
             scene_sample.objects,
             scene_sample.object_yaws,
             scene_sample.targets,
+            ee_velocity,
         )
+        state = policy_state(state, self.state_dim)
         policy_input = {"state": torch.from_numpy(state).reshape(1, -1)}
         self.add_instruction(policy_input, instruction)
         return self.stamped(joints, policy_input, samples, instruction_text, pose)

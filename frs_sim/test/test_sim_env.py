@@ -9,10 +9,12 @@ from gymnasium.utils.env_checker import check_env
 from frs_sim.env import (
     ACTION_DIM,
     HOME_EE_ROT,
+    POSITION_STATE_DIM,
     STATE_DIM,
     STATE_LAYOUT,
     EnvConfig,
     FrankaTabletopEnv,
+    policy_state,
 )
 from frs_sim.scene import OBJECT_NAMES, TARGET_NAMES
 from frs_sim.tasks import find_task
@@ -152,3 +154,21 @@ def test_layout_keeps_cubes_off_mats(env: FrankaTabletopEnv) -> None:
         cheb = np.abs(cubes[:, None, :] - mats[None, :, :]).max(-1)
         assert cheb.min() >= 0.0999
         assert not env.is_success()
+
+
+def test_state_ends_with_the_ee_velocity_of_the_executed_motion(env: FrankaTabletopEnv) -> None:
+    """At rest the motion features are zero; moving 3 cm per 0.1 s row along +x (and 2 cm along
+    -y) reads as ~(0.3, -0.2, 0) m/s, and the positions-only prefix is what policy_state keeps."""
+    obs, _ = env.reset(seed=7)
+    assert POSITION_STATE_DIM == STATE_LAYOUT["ee_velocity"].start == STATE_DIM - 3
+    np.testing.assert_allclose(obs["state"][STATE_LAYOUT["ee_velocity"]], 0.0, atol=1e-6)
+    rows = np.zeros((10, ACTION_DIM))
+    rows[:, 0], rows[:, 1] = 0.03, -0.02
+    rollout = env.execute_chunk(rows, n_rows=4)
+    velocity = rollout.last_observation["state"][STATE_LAYOUT["ee_velocity"]]
+    np.testing.assert_allclose(velocity, [0.3, -0.2, 0.0], atol=0.06)
+    state = rollout.last_observation["state"]
+    np.testing.assert_array_equal(policy_state(state, POSITION_STATE_DIM), state[:46])
+    assert policy_state(state, STATE_DIM).shape == (49,)
+    with pytest.raises(ValueError, match="46-d .* or 49-d"):
+        policy_state(state, 47)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
+from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv, policy_state
 from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 from frs_sim.tasks import TaskSpec, get_split
 from frs_steering.reference import CartesianLayout, cartesian_reference
@@ -211,9 +211,12 @@ class ChunkSample:
     chunk: np.ndarray  # [horizon, dim] the generated chunk (normalized, padded)
 
 
-def policy_observation(obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def policy_observation(obs: Mapping[str, Any], state_dim: int) -> dict[str, torch.Tensor]:
+    """The batch-of-one policy input of an environment observation, for a policy whose state
+    is ``state_dim`` floats (:func:`frs_sim.env.policy_state`)."""
+    state = policy_state(np.asarray(obs["state"], dtype=np.float32), state_dim)
     return {
-        "state": torch.as_tensor(np.asarray(obs["state"], dtype=np.float32)).unsqueeze(0),
+        "state": torch.as_tensor(state).unsqueeze(0),
         "instruction": torch.as_tensor(
             np.asarray(obs["instruction_embedding"], dtype=np.float32)
         ).unsqueeze(0),
@@ -313,7 +316,7 @@ def run_episode(
         label_generator = torch.Generator().manual_seed(seed + 1)  # acting draws stay as they are
     success = False
     while True:
-        policy_obs = policy_observation(obs)
+        policy_obs = policy_observation(obs, policy.config.state_dim)
         with torch.inference_mode():
             cache = policy.encode(policy_obs)
 

@@ -98,7 +98,7 @@ class NoiseActionEnv:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         obs, _ = self.env.reset(seed=seed, options={"task": self.task})
         self.generator.manual_seed(seed)
-        self.observation = policy_observation(obs)
+        self.observation = policy_observation(obs, self.policy.config.state_dim)
         return {k: v[0].numpy() for k, v in self.observation.items()}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
@@ -117,7 +117,9 @@ class NoiseActionEnv:
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
         rollout = self.env.execute_chunk(rows, n_rows=self.execute_rows)
-        self.observation = policy_observation(rollout.last_observation)
+        self.observation = policy_observation(
+            rollout.last_observation, self.policy.config.state_dim
+        )
         success = bool(rollout.infos[-1]["success"])
         truncated = rollout.done and not success
         next_obs = {k: v[0].numpy() for k, v in self.observation.items()}

@@ -3,9 +3,10 @@
 ``python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist`` runs the whole
 recipe: scripted-expert demonstrations on the pretraining split (cached as .npz under
 ``build/generalist_cache/``), the action normalizer, flow-matching training of
-:class:`~frs_steering.model.FlowMatchingPolicy` (chunk 10 x 8, real dims 7, observation = state 46
-+ MiniLM instruction embedding 384) and a safetensors + JSON checkpoint with a loss-curve PNG and
-a ``training.json`` summary next to it. Deterministic for a given seed on one machine.
+:class:`~frs_steering.model.FlowMatchingPolicy` (chunk 10 x 8, real dims 7, observation = state 46,
+or 49 with ``--motion-state``, + MiniLM instruction embedding 384) and a safetensors + JSON
+checkpoint with a loss-curve PNG and a ``training.json`` summary next to it. Deterministic for a
+given seed on one machine.
 
 Normalizer choice: a quantile fit per dim is degenerate on this data (droll/dpitch are always 0
 and dyaw is nonzero on ~3% of rows, so its 1-99% spread is ~4 mrad and the rare 0.2 rad yaw steps
@@ -41,7 +42,15 @@ import numpy as np
 import torch
 
 from frs_sim.demonstrations import REDIRECT_VERBS, DartNoise, DemoSet, demo_seeds
-from frs_sim.env import ACTION_DIM, ACTION_REAL_DIM, CHUNK_HORIZON, STATE_DIM, EnvConfig
+from frs_sim.env import (
+    ACTION_DIM,
+    ACTION_REAL_DIM,
+    CHUNK_HORIZON,
+    POSITION_STATE_DIM,
+    STATE_DIM,
+    EnvConfig,
+    policy_state,
+)
 from frs_sim.evaluate.rollout import EVAL_SEED_MIN
 from frs_sim.evaluate.workers import with_source_path
 from frs_sim.tasks import HELD_OUT_SPLITS, find_task
@@ -93,12 +102,22 @@ class GeneralistRecipe:
     # paraphrases of one task differ more in MiniLM than tasks do, and the held-out phrasings
     # differ along the paraphrase directions.
     instruction_lda: bool = False
+    # Condition on the arm's motion too (the EE velocity, ``STATE_LAYOUT["ee_velocity"]``): a
+    # carry toward one mat and one that has turned toward another differ only in motion.
+    motion_state: bool = False
+
+    @property
+    def state_dim(self) -> int:
+        """How much of the tabletop state the policy reads (``frs_sim.env.policy_state``)."""
+        return STATE_DIM if self.motion_state else POSITION_STATE_DIM
 
     def demo_key(self) -> str:
         text = f"{self.split}-{self.episodes}-{self.demo_seed}-{self.execute_rows}-{CHUNK_HORIZON}"
         extra = self.demo_options()
         if extra:  # only recipes that use the new knobs get a longer key: old caches stay valid
             text += "-" + json.dumps(extra, sort_keys=True)
+        if self.motion_state:  # caches written before the state had motion lack it
+            text += f"-state{STATE_DIM}"
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     def demo_options(self) -> dict[str, float | int | str | bool]:
@@ -195,6 +214,11 @@ PROFILES["robust_homing_redirect"] = dataclasses.replace(
 PROFILES["robust_homing_transit"] = dataclasses.replace(
     PROFILES["robust_homing_redirect"], redirect_in_transit=True
 )
+#: ``robust_homing_transit_motion``: the same conditioned on the EE velocity as well, so a carry
+#: that has turned toward another mat is told apart from one still heading home.
+PROFILES["robust_homing_transit_motion"] = dataclasses.replace(
+    PROFILES["robust_homing_transit"], motion_state=True
+)
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
@@ -233,7 +257,7 @@ def make_policy(
     )
     config = FlowPolicyConfig(
         action_spec=spec,
-        state_dim=STATE_DIM,
+        state_dim=recipe.state_dim,
         instruction_dim=EMBEDDING_DIM,
         width=recipe.width,
         depth=recipe.depth,
@@ -286,10 +310,14 @@ def load_or_generate_demos(
     return DemoSet.load(path)
 
 
-def demos_to_tensors(demos: DemoSet) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(observations {state, instruction}, real-unit actions [N, 10, 7]) from a demo set."""
+def demos_to_tensors(
+    demos: DemoSet, state_dim: int = POSITION_STATE_DIM
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(observations {state, instruction}, real-unit actions [N, 10, 7]) from a demo set, the
+    state cut to what a policy of ``state_dim`` reads."""
+    state = policy_state(demos.state, state_dim)
     observations = {
-        "state": torch.from_numpy(np.ascontiguousarray(demos.state, dtype=np.float32)),
+        "state": torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)),
         "instruction": torch.from_numpy(np.ascontiguousarray(demos.embedding, dtype=np.float32)),
     }
     actions = torch.from_numpy(np.ascontiguousarray(demos.actions[..., :ACTION_REAL_DIM]))
@@ -301,7 +329,7 @@ def train_generalist(
 ) -> tuple[FlowMatchingPolicy, list[float]]:
     """Fit the normalizer and train a fresh generalist on ``demos``; returns (policy, losses)."""
     torch.manual_seed(recipe.seed)
-    observations, actions = demos_to_tensors(demos)
+    observations, actions = demos_to_tensors(demos, recipe.state_dim)
     normalizer = fit_action_normalizer(actions)
     classes = instruction_classes(demos, recipe.split) if recipe.instruction_lda else []
     policy = make_policy(normalizer, recipe, projection_dim=max(len(set(classes)) - 1, 0))
@@ -421,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.instruction_lda,
         help="feed the encoder the instruction's discriminant directions between tasks",
     )
+    parser.add_argument(
+        "--motion-state",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.motion_state,
+        help="condition on the EE velocity too (a 49-d state instead of 46-d)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true", help="regenerate demos, write none")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -445,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         redirect_fraction=args.redirect_fraction,
         instruction_lda=args.instruction_lda,
+        motion_state=args.motion_state,
     )
     summary = build_generalist(
         args.out, recipe, None if args.no_cache else args.cache_dir, progress=not args.quiet

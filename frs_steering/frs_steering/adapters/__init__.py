@@ -1,11 +1,11 @@
 """Observation adapters by name: the steering node and the bag replay load one by parameter.
 
-``tabletop`` is the simulated tabletop's (46-d state from FK + cubes and mats, MiniLM instruction;
-in ``frs_sim``), ``droid`` a DROID-style rig's (two exterior cameras and a wrist camera, 7 joint
-positions + gripper, joint-velocity actions at 15 Hz), ``lerobot_droid`` the same rig for a
-LeRobot pi0 / pi0.5 checkpoint (the checkpoint's preprocessor and tokenizer). Any other
-``module:Class`` path names an adapter class of the user's; nothing is imported until it is
-asked for.
+``tabletop`` is the simulated tabletop's (46-d state from FK + cubes and mats, plus the EE velocity
+for policies that read motion; MiniLM instruction; in ``frs_sim``), ``droid`` a DROID-style rig's
+(two exterior cameras and a wrist camera, 7 joint positions + gripper, joint-velocity actions at 15
+Hz), ``lerobot_droid`` the same rig for a LeRobot pi0 / pi0.5 checkpoint (the checkpoint's
+preprocessor and tokenizer). Any other ``module:Class`` path names an adapter class of the user's;
+nothing is imported until it is asked for.
 """
 
 from __future__ import annotations

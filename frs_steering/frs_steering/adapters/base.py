@@ -28,6 +28,7 @@ from frs_control.messages import (
     chunk_from_msg,
     gripper_opening,
     joint_positions,
+    joint_velocities,
     stamp_to_ns,
 )
 from frs_steering.policy import ActionSpec
@@ -79,6 +80,7 @@ class JointSample:
     stamp_ns: int
     arm: np.ndarray  # (n,) rad
     gripper_opening: float  # [0, 1], 1 = open
+    arm_velocity: np.ndarray | None = None  # (n,) rad/s; None: the message carried none
 
 
 @dataclass(frozen=True)
@@ -374,12 +376,14 @@ class ObservationAdapter(ABC):
         policy_input["instruction"] = instruction
 
     def joint_sample(self, msg: Any) -> JointSample | None:
-        """Arm joints and gripper opening of a JointState; None if names are missing/not finite."""
+        """Arm joints, gripper opening and (when present) arm joint velocities of a JointState;
+        None if names are missing / not finite."""
         arm = joint_positions(msg, self.arm_joints)
         opening = gripper_opening(msg, self.finger_joints, self.finger_open_sum)
         if arm is None or opening is None:
             return None
-        return JointSample(stamp_to_ns(msg.header.stamp), arm, opening)
+        velocity = joint_velocities(msg, self.arm_joints)
+        return JointSample(stamp_to_ns(msg.header.stamp), arm, opening, velocity)
 
     def stamped(
         self,
