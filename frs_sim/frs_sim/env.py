@@ -675,6 +675,8 @@ def policy_state(state: np.ndarray, state_dim: int) -> np.ndarray:
             f"a tabletop policy reads a {POSITION_STATE_DIM}-d (positions) or {STATE_DIM}-d "
             f"(positions and EE velocity) state, not {state_dim}-d"
         )
+    if state.shape[-1] < state_dim:
+        raise ValueError(f"a {state_dim}-d policy state cannot come from {state.shape[-1]} floats")
     return state[..., :state_dim]
 
 

@@ -172,3 +172,5 @@ def test_state_ends_with_the_ee_velocity_of_the_executed_motion(env: FrankaTable
     assert policy_state(state, STATE_DIM).shape == (49,)
     with pytest.raises(ValueError, match="46-d .* or 49-d"):
         policy_state(state, 47)
+    with pytest.raises(ValueError, match="cannot come from 46 floats"):
+        policy_state(state[:46], STATE_DIM)  # e.g. demonstrations recorded before the velocity
