@@ -72,6 +72,10 @@ def test_tiny_training_lowers_the_loss_and_round_trips(tiny_demos, tmp_path):
     assert (tmp_path / "ckpt" / "loss.png").stat().st_size > 1000
     loaded = load_policy(tmp_path / "ckpt")
     observations, _ = demos_to_tensors(tiny_demos)
+    assert observations["state"].shape[1] == 46  # the positions-only prefix
+    moving, _ = demos_to_tensors(tiny_demos, 49)
+    torch.testing.assert_close(moving["state"][:, :46], observations["state"])
+    assert moving["state"][:, 46:].abs().max() > 0.1  # the expert's EE velocity, m/s
     obs = {k: v[:3] for k, v in observations.items()}
     x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0))
     t = torch.full((3,), 0.5)
