@@ -85,6 +85,9 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
     assert data.info["reasoner"]["command_grasp"] is False
     with pytest.raises(SystemExit, match="collected with reasoner"):
         dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, "--command-grasp", "--defer-at="])
+    assert data.info["execute_rows"] == 5  # nor re-planned at another rate
+    with pytest.raises(SystemExit, match="re-planning every 5 rows, not 3"):
+        dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, "--execute-rows", "3"])
     assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
 
 

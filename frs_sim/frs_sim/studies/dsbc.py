@@ -282,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="learn when the reasoner deferred (fresh noise there, as FRS does)",
     )
     parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
+    parser.add_argument(
+        "--execute-rows",
+        type=int,
+        default=EvalConfig.execute_rows,
+        help="rows of each chunk executed before re-planning (collection and evaluation)",
+    )
     parser.add_argument("--tasks", default="", help="comma-separated task names (all: empty)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -304,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t) or None
     config = EvalConfig(
+        execute_rows=args.execute_rows,
         reasoner=reasoner_config(args),
         tasks=tasks,
         env=EnvConfig(max_episode_steps=args.max_steps),
@@ -322,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{rollouts_path} was collected with reasoner {collected_by}, not "
                 f"{reasoner_info}: pass --recollect or another --out"
             )
+        rows = rollouts.info.get("execute_rows", EvalConfig.execute_rows)
+        if rows != config.execute_rows:
+            raise SystemExit(
+                f"{rollouts_path} was collected re-planning every {rows} rows, not "
+                f"{config.execute_rows}: pass --recollect or another --out"
+            )
         print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
     else:
         start = time.perf_counter()
@@ -333,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "split": args.split,
             "method": frs.label,
             "reasoner": reasoner_info,
+            "execute_rows": config.execute_rows,
             "seed": args.collect_seeds,
             "env_seeds": "learner_episode_seed (below the evaluation range)",
             "episodes": len(results),
