@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from frs_control.messages import MessageError, check_time
+from frs_control.messages import MessageError, check_time, stamp_to_ns
 from frs_control.ros_params import float_range, int_range
+from frs_steering.adapters.base import ReferenceSettings
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
 from frs_steering.observation import ObservationError, method_and_params
@@ -75,6 +76,100 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
     ("publish_markers", True, "EE paths on frs/markers", False, {}),
     ("publish_record", True, "SteeringRecord per goal on frs/steering/record", False, {}),
 ]
+
+
+@dataclass(frozen=True)
+class GoalParameters:
+    """The node parameters one goal is served with, read once when it arrives: they may change
+    between goals, never during one."""
+
+    device: str
+    max_translation: float
+    stamp_tolerance: float
+    max_observation_age: float
+    observation_wait: float
+    commanded_rows: int
+    command_rotation: bool
+    max_num_steps: int
+    max_samples: int
+    max_normalized: float
+    include_unsteered: bool
+    round_trip: bool
+    publish_feedback: bool
+    inline_max_duration: float
+    feedback_period: float
+    publish_markers: bool
+    publish_record: bool
+
+    @classmethod
+    def read(cls, value: Callable[[str], Any]) -> GoalParameters:
+        """Each field from ``value(name)`` (a node's parameter lookup), as its declared type."""
+        cast = {"str": str, "float": float, "int": int, "bool": bool}
+        return cls(**{f.name: cast[f.type](value(f.name)) for f in dataclasses.fields(cls)})
+
+    def reference_settings(self, layout: Any) -> ReferenceSettings:
+        """How a goal's coarse reference is built in ``layout`` (the adapter's ActionLayout)."""
+        return ReferenceSettings(
+            frame_id=layout.frame_id,
+            action_space=layout.action_space,
+            max_translation=self.max_translation,
+            commanded_rows=self.commanded_rows,
+            command_rotation=self.command_rotation,
+        )
+
+    def shape(self, request: SteerRequest) -> tuple:
+        """What a goal's steering time depends on: its settings and the node's extra passes."""
+        return (request.shape(), (self.include_unsteered, self.round_trip))
+
+
+@dataclass(frozen=True)
+class GoalInputs:
+    """What goals are checked and prepared against: the bound policy and adapter, the node's
+    sample buffers (``frs_steering.observation.InputBuffers``), its noise policy, its clock
+    (ns) and its latest instruction, (text, encoded) or None."""
+
+    policy: Any
+    adapter: Any
+    buffers: Any
+    noise_policy: Any
+    now_ns: Callable[[], int]
+    instruction: Callable[[], tuple[str, Any] | None]
+
+    def check(self, goal: Any, params: GoalParameters) -> SteerRequest:
+        """The goal's steering settings; GoalRejected names a bad one."""
+        return check_goal(
+            goal,
+            max_num_steps=params.max_num_steps,
+            max_samples=params.max_samples,
+            noise_policy=self.noise_policy,
+            device=params.device,
+        )
+
+    def prepare(
+        self,
+        goal: Any,
+        params: GoalParameters,
+        request: SteerRequest,
+        started: float,
+        wait_s: float,
+    ) -> Prepared:
+        """The goal's observation (matched to its stamp, 0 = latest, waiting up to ``wait_s``;
+        ObservationError if none fits) and checked reference."""
+        joints, samples = self.buffers.match(
+            stamp_to_ns(goal.observation_stamp),
+            int(params.stamp_tolerance * 1e9),
+            wait_s,
+            now_ns=self.now_ns(),
+            max_age_s=params.max_observation_age,
+        )
+        text, encoded = self.instruction() or ("", None)
+        observation = self.adapter.observation(joints, samples, encoded, text)
+        settings = params.reference_settings(self.adapter.layout)
+        built = self.adapter.layout.reference(
+            self.policy.spec, settings, goal.reference, observation
+        )
+        check_reference(self.policy.spec, built, params.max_normalized)
+        return Prepared(request, observation, settings, built, started)
 
 
 class GoalRejected(Exception):

@@ -35,7 +35,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from frs_control.messages import MessageError, message_class, stamp_to_ns
+from frs_control.messages import MessageError, message_class
 from frs_control.ros_executor import (
     ACTION_BURST_QOS,
     LATCHED_QOS,
@@ -51,7 +51,6 @@ from frs_control.ros_params import RESULT_TIMEOUT, declare_described
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import SteeringDiagnostics, SteeringRecord
 from frs_steering.adapters import ObservationAdapter, adapter_class
-from frs_steering.adapters.base import ReferenceSettings, StampedObservation
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.model import FlowMatchingPolicy
 from frs_steering.observation import InputBuffers, ObservationError
@@ -60,6 +59,8 @@ from frs_steering.steer import SteerResult, available_methods
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
     GoalCanceled,
+    GoalInputs,
+    GoalParameters,
     GoalPreempted,
     GoalRejected,
     Prepared,
@@ -67,8 +68,6 @@ from frs_steering.steering_goals import (
     SteeringDurations,
     SteerRequest,
     StepMonitor,
-    check_goal,
-    check_reference,
     load_checked_noise_policy,
     steer_prepared,
     weights_sha256,
@@ -115,6 +114,7 @@ class SteeringNode(LifecycleNode):
         self._policy = None
         self._adapter: ObservationAdapter | None = None
         self._inputs: InputBuffers | None = None
+        self._goals: GoalInputs | None = None  # made in configure
         self._instruction: tuple[str, Any] | None = None
         self._entities: list = []  # subscriptions and the action server made in configure
         self._sample_subscriptions: list = []  # those of joint_states and the adapter's streams
@@ -166,6 +166,14 @@ class SteeringNode(LifecycleNode):
     def _open_interfaces(self) -> None:
         adapter = self._adapter
         self._inputs = InputBuffers(adapter, int(self._param("buffer_size")))
+        self._goals = GoalInputs(
+            self._policy,
+            adapter,
+            self._inputs,
+            self._noise_policy,
+            now_ns=lambda: self.get_clock().now().nanoseconds,
+            instruction=lambda: self._instruction,
+        )
         self._jobs = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="frs_steer",
@@ -253,7 +261,7 @@ class SteeringNode(LifecycleNode):
         for publisher in self._outputs.values():
             self.destroy_lifecycle_publisher(publisher)
         self._outputs = {}
-        self._policy = self._instruction = None
+        self._policy = self._instruction = self._goals = None
 
     # ------------------------------------------------------------------ topics
     def _on_joints(self, msg: JointState) -> None:
@@ -277,18 +285,6 @@ class SteeringNode(LifecycleNode):
             self._instruction = (text, self._adapter.encode_instruction(text) if needs else None)
             self.get_logger().info(f"instruction: {text!r}")
 
-    def _observation(self, stamp_ns: int, wait_s: float) -> StampedObservation:
-        """The matched observation for ``stamp_ns`` (0 = latest); ObservationError if none fits."""
-        joints, samples = self._inputs.match(
-            stamp_ns,
-            int(float(self._param("stamp_tolerance")) * 1e9),
-            wait_s,
-            now_ns=self.get_clock().now().nanoseconds,
-            max_age_s=float(self._param("max_observation_age")),
-        )
-        text, encoded = self._instruction or ("", None)
-        return self._adapter.observation(joints, samples, encoded, text)
-
     # ------------------------------------------------------------------ goals
     def _on_accepted(self, goal_handle: ServerGoalHandle) -> None:
         with self._goal_lock:
@@ -298,11 +294,12 @@ class SteeringNode(LifecycleNode):
             # Steering starts here, not in ``_execute``: that runs one executor pass later.
             done = waking_future(self)
             self._running[bytes(goal_handle.goal_id.uuid)] = done
-            request, prepared = self._prepare_inline(goal_handle.request)
+            params = GoalParameters.read(self._param)
+            request, prepared = self._prepare_inline(goal_handle.request, params)
 
             def job() -> None:
                 try:
-                    done.set_result(self._serve(goal_handle, request, prepared))
+                    done.set_result(self._serve(goal_handle, params, request, prepared))
                 except BaseException as error:  # noqa: BLE001 - raised again by ``await done``
                     done.set_exception(error)
 
@@ -316,20 +313,22 @@ class SteeringNode(LifecycleNode):
                 return
         goal_handle.execute()
 
-    def _prepare_inline(self, goal: Any) -> tuple[SteerRequest | None, Prepared | None]:
+    def _prepare_inline(
+        self, goal: Any, params: GoalParameters
+    ) -> tuple[SteerRequest | None, Prepared | None]:
         """The goal's checked settings, and its inputs if it steers here, on the executor
         thread (module docstring). Without inputs the worker serves it: it waits for samples
         and words refusals (a goal that failed its check is checked again there)."""
-        budget = float(self._param("inline_max_duration"))
+        budget = params.inline_max_duration
         if budget <= 0 or not self._active or self._policy is None:
             return None, None
         started, request = time.perf_counter(), None
         try:
-            request = self._check(goal)
-            if not self._durations.at_most(self._shape(request), budget):
+            request = self._check(goal, params)
+            if not self._durations.at_most(params.shape(request), budget):
                 return request, None
             take_waiting_messages(self._sample_subscriptions)  # often queued behind the goal
-            return request, self._prepare(goal, request, started, wait_s=0.0)
+            return request, self._goals.prepare(goal, params, request, started, wait_s=0.0)
         except (GoalRejected, ObservationError, MessageError, InvalidHandle):
             return request, None
         except Exception as error:  # noqa: BLE001 - never strand an accepted goal: the worker serves it
@@ -340,11 +339,8 @@ class SteeringNode(LifecycleNode):
             return None, None
 
     async def _execute(self, goal_handle: ServerGoalHandle) -> Any:
-        """Wait for the goal's steering (started on acceptance) without holding the executor.
-
-        The executor thread stays free for joint states, cancel requests and newer goals while
-        the worker steers; the goal's state transition happens back here, on the executor.
-        """
+        """Wait for the goal's steering (started on acceptance) without holding the executor,
+        which stays free for samples, cancels and newer goals; the transition happens here."""
         done = self._running.pop(bytes(goal_handle.goal_id.uuid), None)
         if done is None:  # accepted while the node had no worker (not configured)
             goal_handle.abort()
@@ -367,76 +363,48 @@ class SteeringNode(LifecycleNode):
         if self._jobs is not None:
             self._jobs.submit(work)
 
-    def _settings(self) -> ReferenceSettings:
-        return ReferenceSettings(
-            frame_id=self._adapter.layout.frame_id,
-            action_space=self._adapter.layout.action_space,
-            max_translation=float(self._param("max_translation")),
-            commanded_rows=int(self._param("commanded_rows")),
-            command_rotation=bool(self._param("command_rotation")),
-        )
-
-    def _check(self, goal: Any) -> SteerRequest:
+    def _check(self, goal: Any, params: GoalParameters) -> SteerRequest:
         """The goal's steering settings; GoalRejected names a bad one."""
-        if not self._active or self._policy is None:
+        if not self._active or self._goals is None:
             raise GoalRejected("the steering node is not active")
-        return check_goal(
-            goal,
-            max_num_steps=int(self._param("max_num_steps")),
-            max_samples=int(self._param("max_samples")),
-            noise_policy=self._noise_policy,
-            device=str(self._param("device")),
-        )
-
-    def _shape(self, request: SteerRequest) -> tuple:
-        """What a goal's steering time depends on: its settings and the node's extra passes."""
-        extras = (bool(self._param("include_unsteered")), bool(self._param("round_trip")))
-        return (request.shape(), extras)
-
-    def _prepare(self, goal: Any, request: SteerRequest, started: float, wait_s: float) -> Prepared:
-        """The goal's observation (waiting up to ``wait_s`` for it) and checked reference."""
-        observation = self._observation(stamp_to_ns(goal.observation_stamp), wait_s)
-        settings = self._settings()
-        built = self._adapter.layout.reference(
-            self._policy.spec, settings, goal.reference, observation
-        )
-        check_reference(self._policy.spec, built, float(self._param("max_normalized")))
-        return Prepared(request, observation, settings, built, started)
+        return self._goals.check(goal, params)
 
     def _serve(
-        self, goal_handle: ServerGoalHandle, request: SteerRequest | None, prepared: Prepared | None
+        self,
+        goal_handle: ServerGoalHandle,
+        params: GoalParameters,
+        request: SteerRequest | None,
+        prepared: Prepared | None,
     ) -> Served:
         """Steer one goal: on the worker, or on the executor with ``prepared`` inputs."""
         goal = goal_handle.request
         if prepared is None:
             try:
                 started = time.perf_counter()
-                request = request or self._check(goal)
-                prepared = self._prepare(
-                    goal, request, started, float(self._param("observation_wait"))
-                )
+                request = request or self._check(goal, params)
+                wait_s = params.observation_wait
+                prepared = self._goals.prepare(goal, params, request, started, wait_s)
             except (GoalRejected, ObservationError, MessageError) as error:
                 return refused(str(error))
         request, observation, settings, built, started = prepared
         prepare_s = time.perf_counter() - started
         layout = self._adapter.layout
+        feedback = goal_feedback(goal_handle, self.context.ok) if params.publish_feedback else None
         monitor = StepMonitor(
             canceled=lambda: goal_handle.is_cancel_requested or not self._active,
             current=lambda: self._current_goal is goal_handle,
-            publish=goal_feedback(goal_handle, self.context.ok)
-            if self._param("publish_feedback")
-            else None,
-            period=float(self._param("feedback_period")),
+            publish=feedback,
+            period=params.feedback_period,
         )
         try:
             result, seconds = steer_prepared(
                 self._policy,
                 prepared,
                 monitor,
-                include_unsteered=bool(self._param("include_unsteered")),
-                round_trip=bool(self._param("round_trip")),
+                include_unsteered=params.include_unsteered,
+                round_trip=params.round_trip,
                 gripper_index=layout.gripper_index(),
-                limit=float(self._param("max_normalized")),
+                limit=params.max_normalized,
             )
         except (GoalCanceled, GoalPreempted, ValueError, RuntimeError) as error:
             served = stopped(
@@ -445,25 +413,27 @@ class SteeringNode(LifecycleNode):
             if served.result.outcome == Result.OUTCOME_FAILED:
                 self.get_logger().error(served.result.reason)
             return served
-        self._durations.record(self._shape(request), seconds)
+        self._durations.record(params.shape(request), seconds)
         msg = result_msg(
             result, self._policy.spec, layout, observation, built.real, prepare_s, started
         )
-        publish = functools.partial(self._publish_extras, goal, prepared, result, msg)
+        publish = functools.partial(self._publish_extras, goal, params, prepared, result, msg)
         return Served("succeed", msg, publish)
 
-    def _publish_extras(self, goal: Any, prepared: Prepared, result: SteerResult, msg: Any) -> None:
+    def _publish_extras(
+        self, goal: Any, params: GoalParameters, prepared: Prepared, result: SteerResult, msg: Any
+    ) -> None:
         """Diagnostics, rviz markers and the replay record: after the result, off its path."""
         outputs, (request, observation, settings, built, _) = self._outputs, prepared
         if not self._active or not outputs:
             return
         outputs["diagnostics"].publish(msg.diagnostics)
-        if self._param("publish_markers"):
+        if params.publish_markers:
             layout = self._adapter.layout
             outputs["markers"].publish(markers_msg(result, layout, observation, built.real))
-        if self._param("publish_record"):
-            unsteered, sha = bool(self._param("include_unsteered")), self._checkpoint_sha256
+        if params.publish_record:
             topics = [stream.topic for stream in self._adapter.streams()]
+            unsteered, sha = params.include_unsteered, self._checkpoint_sha256
             record = record_msg(goal, request, observation, msg, settings, unsteered, sha, topics)
             outputs["record"].publish(record)
 

@@ -4,12 +4,18 @@ steering-time memory that picks the executor thread, and how a goal ends when st
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 from builtin_interfaces.msg import Time
 
 from frs_msgs.action import SteerChunk
+from frs_steering.adapters.base import ReferenceSettings
 from frs_steering.steering_goals import (
+    NODE_PARAMETERS,
     GoalCanceled,
+    GoalParameters,
     GoalPreempted,
     GoalRejected,
     Prepared,
@@ -64,6 +70,23 @@ def test_goal_shape_names_what_the_steering_time_depends_on() -> None:
     assert _check(Time(), method="partial_noising", partial_time=0.4).shape() == (
         _check(Time(), method="partial_noising", partial_time=0.4).shape()
     )
+
+
+def test_goal_parameters_are_node_parameters_read_once_each_as_their_types() -> None:
+    defaults = {name: default for name, default, *_ in NODE_PARAMETERS}
+    asked: list[str] = []
+    params = GoalParameters.read(lambda name: asked.append(name) or defaults[name])
+    assert sorted(asked) == sorted(f.name for f in dataclasses.fields(GoalParameters))
+    assert params.max_normalized == 5.0 and params.include_unsteered is True
+    whole = GoalParameters.read(lambda name: 2 if name == "max_normalized" else defaults[name])
+    assert type(whole.max_normalized) is float  # an integer-valued parameter still reads as float
+    layout = SimpleNamespace(frame_id="base", action_space="joint_velocity")
+    assert params.reference_settings(layout) == ReferenceSettings(
+        "base", "joint_velocity", 0.05, 0, False
+    )
+    request = _check(Time())
+    assert params.shape(request) == params.shape(_check(Time(sec=3)))
+    assert params.shape(request) != dataclasses.replace(params, round_trip=True).shape(request)
 
 
 def test_steering_durations_answer_only_for_shapes_seen_within_the_budget() -> None:
