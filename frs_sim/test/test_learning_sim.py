@@ -91,6 +91,15 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
     assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
 
 
+def test_dsrl_refuses_rollouts_re_planned_at_another_rate(dsbc_run, tmp_path):
+    """DSRL + FRS learns from FRS chunks executed for as many rows as its own steps run."""
+    rollouts = str(dsbc_run / "rollouts.safetensors")
+    arguments = ["--task", TASK, "--rollouts", rollouts, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="re-planning every 5 rows, not 3"):
+        dsrl.main([*arguments, "--execute-rows", "3"])
+    assert not (tmp_path / TASK / "results.json").exists()
+
+
 def test_collected_noises_regenerate_the_executed_chunks(dsbc_run):
     """The dataset's labels are exact: the generalist maps each noise to its logged chunk."""
     data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
@@ -230,6 +239,7 @@ def test_methods_trained_in_separate_invocations_share_one_results_file(tmp_path
     assert kept == {"DSRL + FRS": {"command": earlier["command"], "final_success_rate": 0.5}}
     assert dsrl._comparable_runs(path, {**setting, "env_steps": 10}) == {}
     assert dsrl._comparable_runs(path, {**setting, "seed": 1}) == {}
+    assert dsrl._comparable_runs(path, {**setting, "execute_rows": 3}) == {}
     path.write_text("{not json")
     assert dsrl._comparable_runs(path, setting) == {}
 

@@ -356,9 +356,14 @@ def direct_method(ctx: SteeringContext) -> MethodOutput:
     return MethodOutput(chunk=ctx.reference.clone(), base_chunk=base)
 
 
-def base_method(ctx: SteeringContext) -> MethodOutput:
-    """Plain sampling from the policy; the reference is ignored (except for diagnostics)."""
-    noise = ctx.noise()
+def base_method(ctx: SteeringContext, *, temperature: float = 1.0) -> MethodOutput:
+    """Plain sampling from the policy; the reference is ignored (except for diagnostics).
+
+    ``temperature`` scales the starting noise (< 1 samples nearer the flow's modes, as
+    low-temperature sampling does for diffusion and flow policies).
+    """
+    _check_number("temperature", temperature, 0.0, 2.0)
+    noise = temperature * ctx.noise()
     chunk = ctx.generate(noise)
     return MethodOutput(chunk=chunk, noise=noise, base_chunk=chunk)
 

@@ -12,6 +12,7 @@ from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
 from frs_steering.steer import (
     MethodOutput,
     available_methods,
+    generate_from_noise,
     get_method,
     register_method,
     steer,
@@ -146,6 +147,26 @@ def test_frs_uses_fresh_noise_on_unsteered_elements_shared_with_the_base_sample(
     base_noise = steer(policy, _refs(), observation=_obs(), method="base", generator=_gen(3))
     assert torch.equal(results[0].noise[~steered], base_noise.noise[~steered])
     assert torch.equal(results[0].base_chunk, base_noise.chunk)
+
+
+def test_base_temperature_scales_the_starting_noise():
+    policy = _policy()
+    plain = steer(policy, _refs(), observation=_obs(), method="base", generator=_gen(3))
+    cooled = steer(
+        policy,
+        _refs(),
+        observation=_obs(),
+        method="base",
+        generator=_gen(3),
+        params={"temperature": 0.5},
+    )
+    torch.testing.assert_close(cooled.noise, 0.5 * plain.noise)
+    regenerated = generate_from_noise(policy, cooled.noise, observation=_obs())
+    torch.testing.assert_close(cooled.chunk, regenerated, rtol=0, atol=1e-6)
+    assert not torch.allclose(cooled.chunk, plain.chunk)
+    for bad in (-0.1, float("nan"), 2.5):
+        with pytest.raises(ValueError, match="temperature"):
+            steer(policy, _refs(), observation=_obs(), method="base", params={"temperature": bad})
 
 
 def test_frs_extra_noise_scale_moves_only_steered_noise():

@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-samples", default="4,16", help="sample-and-rank sweep")
     parser.add_argument("--frs-steps", default="10,5", help="FRS step counts K")
     parser.add_argument("--frs-solvers", default="euler,midpoint")
+    parser.add_argument(
+        "--base-temperatures", default="1", help="base policy's noise scales (1: plain sampling)"
+    )
     parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
     add_reasoner_arguments(parser)
     parser.add_argument(
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frs_steps=[int(v) for v in _floats(args.frs_steps)],
         frs_solvers=[s.strip() for s in args.frs_solvers.split(",") if s.strip()],
         split=args.split,
+        base_temperatures=_floats(args.base_temperatures),
     )
     reasoner = reasoner_config(args)
     if args.workers <= 1:

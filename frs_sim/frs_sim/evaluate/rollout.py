@@ -61,6 +61,8 @@ class Setting:
         if self.method == "frs":
             k = "K" if self.num_steps is None else f"K={self.num_steps}"
             return f"frs ({self.solver}, {k})"
+        if self.method == "base" and "temperature" in self.params:
+            return f"base (temperature {self.params['temperature']:g})"
         return self.method
 
     @property
@@ -94,6 +96,7 @@ def default_settings(
     frs_steps: Sequence[int] = (10, 5),
     frs_solvers: Sequence[str] = ("euler", "midpoint"),
     split: str = "novel",
+    base_temperatures: Sequence[float] = (1.0,),
 ) -> list[Setting]:
     """The comparison grid of the issue (sweeps per baseline, FRS per K x solver)."""
     unknown = set(methods) - set(METHODS)
@@ -107,6 +110,11 @@ def default_settings(
             out += [Setting(method, {"noise_level": float(n)}, split=split) for n in noise_levels]
         elif method == "sample_rank":
             out += [Setting(method, {"num_samples": int(n)}, split=split) for n in num_samples]
+        elif method == "base":
+            out += [
+                Setting(method, {} if t == 1.0 else {"temperature": float(t)}, split=split)
+                for t in base_temperatures
+            ]
         elif method == "frs":
             out += [
                 Setting(method, {}, num_steps=int(k), solver=s, split=split)

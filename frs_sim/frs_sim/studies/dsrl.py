@@ -85,7 +85,7 @@ class NoiseActionEnv:
         task: TaskSpec,
         layout: NoisePolicyConfig,
         *,
-        execute_rows: int = 5,
+        execute_rows: int = EvalConfig.execute_rows,
         num_steps: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -390,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--noise-dims", default="translation", help="action dims the actor sets (comma list)"
     )
+    parser.add_argument(
+        "--execute-rows",
+        type=int,
+        default=EvalConfig.execute_rows,
+        help="rows of each chunk executed per environment step (FRS rollouts must match)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="train the methods side by side")
     parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
@@ -411,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dsrl_frs" in methods:
         if args.rollouts is not None:
             prefill = NoiseDataset.load(args.rollouts)
+            rows = prefill.info.get("execute_rows", EvalConfig.execute_rows)
+            if rows != args.execute_rows:
+                raise SystemExit(
+                    f"{args.rollouts} was collected re-planning every {rows} rows, not "
+                    f"{args.execute_rows}: pass --execute-rows {rows} or other rollouts"
+                )
             keep = _task_mask(prefill, task, embed_fn)
             prefill = prefill.select(keep)
         else:
@@ -427,10 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs,
                 checkpoint=args.checkpoint,
                 embed_fn=embed_fn,
-                config=EvalConfig(),
+                config=EvalConfig(execute_rows=args.execute_rows),
                 collect=True,
             )
-            prefill = episodes_to_dataset(results, {"source": "frs_rollouts", "task": args.task})
+            info = {"source": "frs_rollouts", "task": args.task, "execute_rows": args.execute_rows}
+            prefill = episodes_to_dataset(results, info)
         print(
             f"FRS prefill: {len(prefill)} chunks, {prefill.episodes()} episodes, "
             f"{float(prefill.success.float().mean()):.0%} of chunks from successful ones"
@@ -469,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task": args.task,
         "split": args.split,
         "env_steps": args.env_steps,
+        "execute_rows": args.execute_rows,
         "seed": args.seed,
     }
     runs = _comparable_runs(out / "results.json", document)
@@ -494,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(
-        f"Task {args.task}, {args.env_steps} env steps, seed {args.seed}.\n\n" + table
+        f"Task {args.task}, {args.env_steps} env steps of {args.execute_rows} rows, "
+        f"seed {args.seed}.\n\n" + table
     )
     print(table)
     return 0
@@ -530,6 +545,7 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         policy,
         tasks[task_index],
         layout,
+        execute_rows=options["execute_rows"],
         seed=options["seed"],
     )
     label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
