@@ -70,9 +70,16 @@ def test_default_grid_covers_every_method_and_sweep():
     assert sum(label.startswith("frs") for label in labels) == 4
     with pytest.raises(ValueError, match="unknown methods"):
         rollout.default_settings(["magic"])
-    cooled = rollout.default_settings(["base"], base_temperatures=(1.0, 0.5))
-    assert [s.label for s in cooled] == ["base", "base (temperature 0.5)"]
-    assert [s.params for s in cooled] == [{}, {"temperature": 0.5}]
+    cooled = rollout.default_settings(
+        ["base", "frs"], frs_steps=[10], frs_solvers=["euler"], temperatures=(1.0, 0.5)
+    )
+    assert [s.label for s in cooled] == [
+        "base",
+        "base (temperature 0.5)",
+        "frs (euler, K=10)",
+        "frs (euler, K=10, temperature 0.5)",
+    ]
+    assert [s.temperature for s in cooled] == [1.0, 0.5, 1.0, 0.5]
 
 
 @pytest.mark.skipif(

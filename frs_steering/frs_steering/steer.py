@@ -66,6 +66,7 @@ class SteeringContext:
         solver: Solver,
         include_base_sample: bool,
         step_callback: StepCallback | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.policy = policy
         self.spec: ActionSpec = policy.spec
@@ -77,6 +78,7 @@ class SteeringContext:
         self.solver = solver
         self.include_base_sample = include_base_sample
         self.step_callback = step_callback
+        self.temperature = temperature
         self.nfe = 0
         self.encode_calls = 0
         self.timings: dict[str, float] = {}
@@ -108,10 +110,11 @@ class SteeringContext:
         return self._caches[repeats]
 
     def noise(self, *samples: int) -> torch.Tensor:
-        """Fresh N(0, I) noise of shape ``[B, *samples, horizon, dim]``."""
+        """Fresh N(0, temperature^2 I) noise of shape ``[B, *samples, horizon, dim]``."""
         shape = (self.batch_size, *samples, *self.spec.chunk_shape)
         ref = self.reference
-        return torch.randn(shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
+        fresh = torch.randn(shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
+        return fresh if self.temperature == 1.0 else self.temperature * fresh
 
     def _run(
         self,
@@ -356,14 +359,9 @@ def direct_method(ctx: SteeringContext) -> MethodOutput:
     return MethodOutput(chunk=ctx.reference.clone(), base_chunk=base)
 
 
-def base_method(ctx: SteeringContext, *, temperature: float = 1.0) -> MethodOutput:
-    """Plain sampling from the policy; the reference is ignored (except for diagnostics).
-
-    ``temperature`` scales the starting noise (< 1 samples nearer the flow's modes, as
-    low-temperature sampling does for diffusion and flow policies).
-    """
-    _check_number("temperature", temperature, 0.0, 2.0)
-    noise = temperature * ctx.noise()
+def base_method(ctx: SteeringContext) -> MethodOutput:
+    """Plain sampling from the policy; the reference is ignored (except for diagnostics)."""
+    noise = ctx.noise()
     chunk = ctx.generate(noise)
     return MethodOutput(chunk=chunk, noise=noise, base_chunk=chunk)
 
@@ -456,6 +454,7 @@ def steer(
     include_base_sample: bool = True,
     round_trip: bool = False,
     step_callback: StepCallback | None = None,
+    temperature: float = 1.0,
 ) -> SteerResult:
     """Refine a coarse reference chunk into an in-distribution one with ``method``.
 
@@ -469,6 +468,9 @@ def steer(
     ``include_base_sample`` also returns an unsteered sample for comparison. Work happens in
     float32 under ``torch.inference_mode`` (``.clone()`` outputs outside inference mode before
     autograd use). Each velocity call sees batch B (or B * samples), never mixed observations.
+    ``temperature`` scales every fresh noise draw (the base sample, unsteered elements, the
+    baselines' samples; not FRS's inverted noise): below 1 the policy samples nearer its modes,
+    which makes its own skills more precise (low-temperature sampling, docs/benchmarks.md).
     ``step_callback`` (see :data:`StepCallback`) reports progress between integration steps;
     an exception it raises propagates out of ``steer`` with no partial result.
     """
@@ -481,6 +483,7 @@ def steer(
         raise ValueError(f"bad params {sorted(params)} for method {method!r}: {error}") from None
     if observation is None and cache is None:
         raise ValueError("give an observation or a cache")
+    _check_number("temperature", temperature, 0.0, 2.0)
     spec = policy.spec
     steps = spec.num_steps if num_steps is None else _check_count("num_steps", num_steps)
     solver = as_solver(solver)
@@ -498,6 +501,7 @@ def steer(
             solver=solver,
             include_base_sample=include_base_sample,
             step_callback=step_callback,
+            temperature=float(temperature),
         )
         out = run_method(ctx, **params)
         base = out.base_chunk

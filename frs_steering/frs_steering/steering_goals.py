@@ -57,6 +57,14 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
     ),
     ("include_unsteered", True, "also sample an unsteered chunk", False, {}),
     ("round_trip", False, "measure the reversal round-trip error (+K NFE)", False, {}),
+    (
+        "temperature",
+        1.0,
+        "scale of the policy's fresh noise (its own chunks, unsteered elements); < 1 samples "
+        "nearer its modes",
+        False,
+        float_range(0, 2),
+    ),
     ("publish_feedback", True, "action feedback during integration", False, {}),
     (
         "inline_max_duration",
@@ -95,6 +103,7 @@ class GoalParameters:
     max_normalized: float
     include_unsteered: bool
     round_trip: bool
+    temperature: float
     publish_feedback: bool
     inline_max_duration: float
     feedback_period: float
@@ -424,6 +433,7 @@ def steer_prepared(
     round_trip: bool,
     gripper_index: int | None,
     limit: float,
+    temperature: float = 1.0,
 ) -> tuple[SteerResult, float]:
     """Steer a prepared goal, stoppable between integration steps by ``monitor``, and bound
     its output (:func:`bound_output`). Also returns the seconds the steering call took: what
@@ -445,6 +455,7 @@ def steer_prepared(
         include_base_sample=include_unsteered,
         round_trip=round_trip,
         step_callback=monitor,
+        temperature=temperature,
     )
     seconds = time.perf_counter() - started
     return bound_output(result, gripper_index, limit), seconds

@@ -405,6 +405,7 @@ class SteeringNode(LifecycleNode):
                 round_trip=params.round_trip,
                 gripper_index=layout.gripper_index(),
                 limit=params.max_normalized,
+                temperature=params.temperature,
             )
         except (GoalCanceled, GoalPreempted, ValueError, RuntimeError) as error:
             served = stopped(

@@ -149,24 +149,40 @@ def test_frs_uses_fresh_noise_on_unsteered_elements_shared_with_the_base_sample(
     assert torch.equal(results[0].base_chunk, base_noise.chunk)
 
 
-def test_base_temperature_scales_the_starting_noise():
+def test_temperature_scales_the_base_sample_noise():
     policy = _policy()
     plain = steer(policy, _refs(), observation=_obs(), method="base", generator=_gen(3))
     cooled = steer(
-        policy,
-        _refs(),
-        observation=_obs(),
-        method="base",
-        generator=_gen(3),
-        params={"temperature": 0.5},
+        policy, _refs(), observation=_obs(), method="base", generator=_gen(3), temperature=0.5
     )
     torch.testing.assert_close(cooled.noise, 0.5 * plain.noise)
     regenerated = generate_from_noise(policy, cooled.noise, observation=_obs())
     torch.testing.assert_close(cooled.chunk, regenerated, rtol=0, atol=1e-6)
     assert not torch.allclose(cooled.chunk, plain.chunk)
-    for bad in (-0.1, float("nan"), 2.5):
+    for bad in (-0.1, float("nan"), 2.5, True):
         with pytest.raises(ValueError, match="temperature"):
-            steer(policy, _refs(), observation=_obs(), method="base", params={"temperature": bad})
+            steer(policy, _refs(), observation=_obs(), method="base", temperature=bad)
+
+
+def test_temperature_scales_frs_fresh_noise_but_not_the_inverted_noise():
+    policy = _policy()
+    mask = torch.zeros(5, 2, dtype=torch.bool)
+    mask[:2] = True
+    plain = steer(policy, _refs(), observation=_obs(), mask=mask, generator=_gen(3))
+    cooled = steer(
+        policy, _refs(), observation=_obs(), mask=mask, generator=_gen(3), temperature=0.25
+    )
+    steered = plain.steered
+    assert torch.equal(cooled.noise[steered], plain.noise[steered])
+    torch.testing.assert_close(cooled.noise[~steered], 0.25 * plain.noise[~steered])
+    torch.testing.assert_close(
+        cooled.base_chunk,
+        generate_from_noise(
+            policy, 0.25 * torch.randn(2, 5, 2, generator=_gen(3)), observation=_obs()
+        ),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_frs_extra_noise_scale_moves_only_steered_noise():

@@ -98,3 +98,43 @@ def test_a_goal_whose_samples_are_missing_is_refused_by_the_worker(robot: Tablet
     result = robot.steer(_goal(missing, STEPS))
     assert result.outcome == Result.OUTCOME_REJECTED
     assert "no observation at stamp" in result.reason
+
+
+def _set_temperature(robot: TabletopRobot, value: float) -> None:
+    """Set the node's ``temperature`` through its parameter service, as ``ros2 param set``."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    client = robot.node.create_client(SetParameters, "/steering/set_parameters")
+    try:
+        assert robot.spin_until(client.service_is_ready, 10.0), "no parameter service"
+        request = SetParameters.Request()
+        value_msg = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        request.parameters = [Parameter(name="temperature", value=value_msg)]
+        future = client.call_async(request)
+        assert robot.spin_until(future.done, 10.0), "set_parameters did not answer"
+        assert future.result().results[0].successful, future.result().results[0].reason
+    finally:
+        robot.node.destroy_client(client)
+
+
+def test_temperature_scales_the_policys_own_noise_from_the_next_goal(robot: TabletopRobot) -> None:
+    """A deferring goal is the policy's own sample: at temperature 0 it starts from zero noise,
+    so goals with different seeds agree; at 1 they differ again."""
+
+    def own_sample(seed: int) -> Result:
+        goal = _goal(robot.publish_observation(), 10)
+        goal.method, goal.seed = "base", seed
+        result = robot.steer(goal)
+        assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+        return result
+
+    try:
+        _set_temperature(robot, 0.0)
+        cold = [own_sample(seed) for seed in (1, 2)]
+        assert not any(cold[0].noise.data) and list(cold[0].noise.data) == list(cold[1].noise.data)
+        assert list(cold[0].refined.data) == list(cold[1].refined.data)
+    finally:
+        _set_temperature(robot, 1.0)
+    warm = [own_sample(seed) for seed in (1, 2)]
+    assert list(warm[0].refined.data) != list(warm[1].refined.data)

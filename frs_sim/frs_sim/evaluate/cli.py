@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frs-steps", default="10,5", help="FRS step counts K")
     parser.add_argument("--frs-solvers", default="euler,midpoint")
     parser.add_argument(
-        "--base-temperatures", default="1", help="base policy's noise scales (1: plain sampling)"
+        "--temperatures",
+        default="1",
+        help="sampling temperatures (scale of the policy's fresh noise; 1: plain sampling), "
+        "every method at each",
     )
     parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
     add_reasoner_arguments(parser)
@@ -143,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frs_steps=[int(v) for v in _floats(args.frs_steps)],
         frs_solvers=[s.strip() for s in args.frs_solvers.split(",") if s.strip()],
         split=args.split,
-        base_temperatures=_floats(args.base_temperatures),
+        temperatures=_floats(args.temperatures),
     )
     reasoner = reasoner_config(args)
     if args.workers <= 1:

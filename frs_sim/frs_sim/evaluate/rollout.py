@@ -41,6 +41,7 @@ class Setting:
     solver: str = "euler"
     split: str = "novel"
     tag: str = ""  # names a learned component, e.g. "DSBC" or "standard BC"
+    temperature: float = 1.0  # scale of the policy's fresh noise draws (steer's temperature)
     # With ``collect``: store what this method (with the reasoner, same K and solver) would have
     # generated at each visited state instead of what was executed (DAgger-style labels).
     label_method: str = ""
@@ -52,18 +53,17 @@ class Setting:
 
     @property
     def label(self) -> str:
+        cooled = "" if self.temperature == 1.0 else f", temperature {self.temperature:g}"
         if self.tag:
-            return f"{self.method} ({self.tag})"
+            return f"{self.method} ({self.tag}{cooled})"
         if self.method == "partial_noising":
-            return f"partial_noising (noise {self.params['noise_level']:g})"
+            return f"partial_noising (noise {self.params['noise_level']:g}{cooled})"
         if self.method == "sample_rank":
-            return f"sample_rank (N={self.params['num_samples']})"
+            return f"sample_rank (N={self.params['num_samples']}{cooled})"
         if self.method == "frs":
             k = "K" if self.num_steps is None else f"K={self.num_steps}"
-            return f"frs ({self.solver}, {k})"
-        if self.method == "base" and "temperature" in self.params:
-            return f"base (temperature {self.params['temperature']:g})"
-        return self.method
+            return f"frs ({self.solver}, {k}{cooled})"
+        return f"{self.method} ({cooled[2:]})" if cooled else self.method
 
     @property
     def uses_reasoner(self) -> bool:
@@ -96,9 +96,10 @@ def default_settings(
     frs_steps: Sequence[int] = (10, 5),
     frs_solvers: Sequence[str] = ("euler", "midpoint"),
     split: str = "novel",
-    base_temperatures: Sequence[float] = (1.0,),
+    temperatures: Sequence[float] = (1.0,),
 ) -> list[Setting]:
-    """The comparison grid of the issue (sweeps per baseline, FRS per K x solver)."""
+    """The comparison grid of the issue (sweeps per baseline, FRS per K x solver), each
+    setting at every sampling temperature."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
@@ -110,11 +111,6 @@ def default_settings(
             out += [Setting(method, {"noise_level": float(n)}, split=split) for n in noise_levels]
         elif method == "sample_rank":
             out += [Setting(method, {"num_samples": int(n)}, split=split) for n in num_samples]
-        elif method == "base":
-            out += [
-                Setting(method, {} if t == 1.0 else {"temperature": float(t)}, split=split)
-                for t in base_temperatures
-            ]
         elif method == "frs":
             out += [
                 Setting(method, {}, num_steps=int(k), solver=s, split=split)
@@ -123,7 +119,7 @@ def default_settings(
             ]
         else:
             out.append(Setting(method, split=split))
-    return out
+    return [replace(s, temperature=float(t)) for s in out for t in temperatures]
 
 
 #: Every evaluation episode's environment seed is at least this; training data stays below it
@@ -262,6 +258,7 @@ def _generate_chunk(
             reference_normalized=True,
             generator=draws,
             include_base_sample=False,
+            temperature=setting.temperature,
         )
         return result, None, proposal is not None
     ref = cartesian_reference(spec, at.layout, proposal, current_gripper=at.gripper_cmd)
@@ -277,6 +274,7 @@ def _generate_chunk(
         num_steps=setting.num_steps,
         solver=setting.solver,
         include_base_sample=at.record,
+        temperature=setting.temperature,
     )
     return result, ref, False
 
