@@ -469,8 +469,8 @@ def steer(
     float32 under ``torch.inference_mode`` (``.clone()`` outputs outside inference mode before
     autograd use). Each velocity call sees batch B (or B * samples), never mixed observations.
     ``temperature`` scales every fresh noise draw (the base sample, unsteered elements, the
-    baselines' samples; not FRS's inverted noise): below 1 the policy samples nearer its modes,
-    which makes its own skills more precise (low-temperature sampling, docs/benchmarks.md).
+    baselines' samples; not FRS's inverted noise): below 1 the policy samples nearer its modes
+    (low-temperature sampling; its effect on the simulated tasks: docs/benchmarks.md).
     ``step_callback`` (see :data:`StepCallback`) reports progress between integration steps;
     an exception it raises propagates out of ``steer`` with no partial result.
     """
