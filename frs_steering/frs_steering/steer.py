@@ -114,7 +114,7 @@ class SteeringContext:
         shape = (self.batch_size, *samples, *self.spec.chunk_shape)
         ref = self.reference
         fresh = torch.randn(shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
-        return fresh if self.temperature == 1.0 else self.temperature * fresh
+        return self.temperature * fresh
 
     def _run(
         self,

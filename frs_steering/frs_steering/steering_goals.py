@@ -433,7 +433,7 @@ def steer_prepared(
     round_trip: bool,
     gripper_index: int | None,
     limit: float,
-    temperature: float = 1.0,
+    temperature: float,
 ) -> tuple[SteerResult, float]:
     """Steer a prepared goal, stoppable between integration steps by ``monitor``, and bound
     its output (:func:`bound_output`). Also returns the seconds the steering call took: what

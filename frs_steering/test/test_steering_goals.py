@@ -170,4 +170,5 @@ def test_a_goal_stopped_while_it_waited_does_no_work(
             round_trip=False,
             gripper_index=7,
             limit=5.0,
+            temperature=1.0,
         )

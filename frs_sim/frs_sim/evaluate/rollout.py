@@ -53,17 +53,19 @@ class Setting:
 
     @property
     def label(self) -> str:
-        cooled = "" if self.temperature == 1.0 else f", temperature {self.temperature:g}"
         if self.tag:
-            return f"{self.method} ({self.tag}{cooled})"
-        if self.method == "partial_noising":
-            return f"partial_noising (noise {self.params['noise_level']:g}{cooled})"
-        if self.method == "sample_rank":
-            return f"sample_rank (N={self.params['num_samples']}{cooled})"
-        if self.method == "frs":
-            k = "K" if self.num_steps is None else f"K={self.num_steps}"
-            return f"frs ({self.solver}, {k}{cooled})"
-        return f"{self.method} ({cooled[2:]})" if cooled else self.method
+            details = [self.tag]
+        elif self.method == "partial_noising":
+            details = [f"noise {self.params['noise_level']:g}"]
+        elif self.method == "sample_rank":
+            details = [f"N={self.params['num_samples']}"]
+        elif self.method == "frs":
+            details = [self.solver, "K" if self.num_steps is None else f"K={self.num_steps}"]
+        else:
+            details = []
+        if self.temperature != 1.0:
+            details.append(f"temperature {self.temperature:g}")
+        return f"{self.method} ({', '.join(details)})" if details else self.method
 
     @property
     def uses_reasoner(self) -> bool:
