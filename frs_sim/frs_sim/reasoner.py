@@ -106,6 +106,12 @@ class ReasonerConfig:
     # VLM would ("with the gripper closed, push it left"). Off: the gripper is left to the
     # policy except at the commanded grasp / release.
     state_gripper: bool = False
+    # Where the reasoner thinks each cube and mat is: every episode it perceives each one this
+    # far (metres) off its true centre, horizontally, in a random direction, as a VLM pointing
+    # at objects in an image is off by a few centimetres. It aims every motion at the perceived
+    # positions; what it sees as a relation (a cube held in the gripper, a cube resting on a
+    # mat) it judges right. Re-planning cannot correct this error; a policy's local skill can.
+    aim_error: float = 0.0
 
     def hands_over(self, point: str) -> bool:
         """Whether the reasoner defers to the policy near precision ``point``: the points of
@@ -127,6 +133,7 @@ class ReasonerConfig:
             "dead_band",
             "drop_radius",
             "close_radius",
+            "aim_error",
         ):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0")
@@ -192,6 +199,12 @@ def _on_mat(cube: np.ndarray, mat: np.ndarray) -> bool:
     return bool(np.all(np.abs(cube[:2] - mat[:2]) <= MAT_SUCCESS_HALF))
 
 
+def _push_done(cube: np.ndarray, mat: np.ndarray) -> bool:
+    """The pushed cube sits on the mat centre (what the reasoner stops pushing at)."""
+    dist = float(np.linalg.norm(mat[:2] - cube[:2]))
+    return dist < 0.012 or (_on_mat(cube, mat) and cube[2] < CUBE_HALF_SIZE + 0.01 and dist < 0.02)
+
+
 def _rotate_random(direction: np.ndarray, max_angle: float, rng: np.random.Generator):
     """Rotate a unit vector by an angle uniform in [0, max_angle] about a random perpendicular."""
     helper = rng.normal(size=3)
@@ -214,11 +227,28 @@ class ScriptedReasoner:
 
     def __init__(self, config: ReasonerConfig | None = None, seed: int | None = 0) -> None:
         self.config = config or ReasonerConfig()
-        self.rng = np.random.default_rng(seed)
+        self.reset(seed)
 
     def reset(self, seed: int | None) -> None:
-        """Reseed the noise generator (call at every episode start for repeatable runs)."""
+        """Reseed the noise generator and draw the episode's perception errors (call at every
+        episode start for repeatable runs)."""
         self.rng = np.random.default_rng(seed)
+        self.aim_offsets = self._draw_aim_offsets(seed)
+
+    def _draw_aim_offsets(self, seed: int | None) -> dict[str, np.ndarray]:
+        """Per object name (``<colour>_cube``, ``<colour>_mat``): the (3,) offset between where
+        the reasoner perceives it and where it is; all zero without ``aim_error``. Drawn from
+        a generator of their own, so the other knobs' draws do not change with it."""
+        names = [f"{n}{CUBE_SUFFIX}" for n in OBJECT_NAMES]
+        names += [f"{n}{MAT_SUFFIX}" for n in TARGET_NAMES]
+        if self.config.aim_error == 0.0:
+            return {name: np.zeros(3) for name in names}
+        rng = np.random.default_rng(None if seed is None else [seed, 1])
+        angles = rng.uniform(0.0, 2.0 * math.pi, size=len(names))
+        return {
+            name: self.config.aim_error * np.array([math.cos(a), math.sin(a), 0.0])
+            for name, a in zip(names, angles, strict=True)
+        }
 
     # ------------------------------------------------------------------ entry points
     def propose(self, observation: Observation) -> CoarseProposal:
@@ -254,13 +284,32 @@ class ScriptedReasoner:
         mat: np.ndarray | None,
         gripper_opening: float | None = None,
     ) -> SubGoal:
-        """Current phase and sub-goal of ``task`` (pure geometry, no randomness)."""
+        """Current phase and sub-goal of ``task`` from the true poses (geometry, no randomness
+        beyond the episode's perception errors: relations are judged on the true poses, the
+        sub-goal is aimed at the perceived ones)."""
         ee, cube = np.asarray(ee, float), np.asarray(cube, float)
         mat = None if mat is None else np.asarray(mat, float)
+        seen_mat = None if mat is None else mat + self.aim_offsets[f"{task.target}{MAT_SUFFIX}"]
         if task.verb == "push":
-            return dataclasses.replace(self._push(ee, cube, mat), hold=Gripper.CLOSE)
+            if _push_done(cube, mat):
+                return SubGoal(
+                    "done", ee.copy(), defer=True, hold=Gripper.CLOSE, reason="cube sits on the mat"
+                )
+            seen_cube = cube + self.aim_offsets[f"{task.obj}{CUBE_SUFFIX}"]
+            return dataclasses.replace(self._push(ee, seen_cube, seen_mat), hold=Gripper.CLOSE)
         holding = _holding(ee, cube, gripper_opening)
-        goal = self._pick(task, ee, cube, mat, gripper_opening, holding)
+        if (
+            not holding
+            and task.verb == "place"
+            and _on_mat(cube, mat)
+            and cube[2] < CUBE_HALF_SIZE + 0.01
+        ):
+            return SubGoal(
+                "done", ee.copy(), defer=True, hold=Gripper.OPEN, reason="cube rests on the mat"
+            )
+        # a held cube is seen in the gripper: no perception error while carrying it
+        seen_cube = cube if holding else cube + self.aim_offsets[f"{task.obj}{CUBE_SUFFIX}"]
+        goal = self._pick(task, ee, seen_cube, seen_mat, gripper_opening, holding)
         return dataclasses.replace(goal, hold=Gripper.CLOSE if holding else Gripper.OPEN)
 
     def _pick(
@@ -287,8 +336,6 @@ class ScriptedReasoner:
                     "open", release, slow=True, gripper=Gripper.OPEN, reason="let go over the mat"
                 )
             return goal
-        if task.verb == "place" and _on_mat(cube, mat) and cube[2] < CUBE_HALF_SIZE + 0.01:
-            return SubGoal("done", ee.copy(), defer=True, reason="cube rests on the mat")
         grasp = np.array([*cube[:2], GRASP_HEIGHT])
         if self.config.command_grasp:
             if gripper_opening is not None and gripper_opening < GRIPPER_OPEN_ENOUGH:
@@ -319,12 +366,10 @@ class ScriptedReasoner:
         return SubGoal(f"above_{name}", above, reason=f"above the {name} point {where}")
 
     def _push(self, ee: np.ndarray, cube: np.ndarray, mat: np.ndarray) -> SubGoal:
+        """Sub-goal of a push not yet done (``cube`` and ``mat`` as perceived)."""
         cfg = self.config
         to_mat = mat[:2] - cube[:2]
-        dist = float(np.linalg.norm(to_mat))
-        if dist < 0.012 or (_on_mat(cube, mat) and cube[2] < CUBE_HALF_SIZE + 0.01 and dist < 0.02):
-            return SubGoal("done", ee.copy(), defer=True, reason="cube sits on the mat")
-        d = to_mat / max(dist, 1e-9)
+        d = to_mat / max(float(np.linalg.norm(to_mat)), 1e-9)
         perp = np.array([-d[1], d[0]])
         rel = ee[:2] - cube[:2]
         along, lateral = float(rel @ d), float(rel @ perp)

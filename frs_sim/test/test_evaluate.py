@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from frs_sim.env import EnvConfig, FrankaTabletopEnv
 from frs_sim.evaluate import cli, compare, rollout, statistics
+from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
-from frs_steering.checkpoint import save_policy
+from frs_sim.tasks import find_task
+from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.normalization import QuantileNormalizer
+from frs_steering.reasoning import CoarseProposal, Source
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +116,80 @@ def test_cli_runs_end_to_end(tiny_checkpoint, tmp_path):
     assert "| novel | frs | frs (euler, K=4) |" in table and "95% CI" in table
     for picture in ("success.png", "episode.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class CountingReasoner(ScriptedReasoner):
+    """The scripted reasoner, counting its answers."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__(config)
+        self.asked = 0
+
+    def propose_for(self, env_obs, task):  # noqa: ANN001, ANN201
+        self.asked += 1
+        return super().propose_for(env_obs, task)
+
+
+class FixedProposer:
+    """A learned reasoner's interface: one proposal for every observation."""
+
+    def __init__(self) -> None:
+        self.seen: list[set[str]] = []
+
+    def propose(self, observation):  # noqa: ANN001, ANN201
+        self.seen.append(set(observation))
+        return CoarseProposal(source=Source.LEARNED, direction=np.array([1.0, 0.0, 0.0]))
+
+
+def _episode(tiny_checkpoint, setting, config, reasoner):  # noqa: ANN001, ANN202
+    env = FrankaTabletopEnv(tasks="novel", config=config.env, embed_fn=lambda text: np.zeros(384))
+    try:
+        task = find_task("place_red_yellow")
+        policy = load_policy(str(tiny_checkpoint))
+        return rollout.run_episode(
+            env, policy, reasoner, task, setting, 10000, config, collect=True
+        )
+    finally:
+        env.close()
+
+
+def test_a_slower_reasoner_answers_every_few_chunks_and_its_proposal_steers_between(
+    tiny_checkpoint,
+) -> None:
+    """``reasoner_every``: the reasoner is asked at chunks 0, 2, 4, ...; every chunk records
+    the proposal it was steered toward (the last answer)."""
+    config = rollout.EvalConfig(
+        execute_rows=5, reasoner_every=2, env=EnvConfig(max_episode_steps=30)
+    )
+    reasoner = CountingReasoner(config.reasoner)
+    setting = rollout.Setting("direct", split="novel")
+    result = _episode(tiny_checkpoint, setting, config, reasoner)
+    assert result.chunks == 6 and reasoner.asked == 3
+    proposals = [sample.proposal for sample in result.samples]
+    for first, second in zip(proposals[::2], proposals[1::2], strict=True):
+        assert second is first
+    every = CountingReasoner(config.reasoner)
+    _episode(tiny_checkpoint, setting, dataclasses.replace(config, reasoner_every=1), every)
+    assert every.asked == 6
+    with pytest.raises(ValueError, match="reasoner_every"):
+        rollout.EvalConfig(reasoner_every=0)
+
+
+def test_a_learned_proposer_replaces_the_scripted_reasoner(tiny_checkpoint) -> None:
+    """A setting's ``proposer`` proposes from the policy observation; the scripted reasoner is
+    not asked; the label and the results document name it by its tag and type."""
+    config = rollout.EvalConfig(execute_rows=5, env=EnvConfig(max_episode_steps=20))
+    proposer = FixedProposer()
+    setting = rollout.Setting("frs", num_steps=4, split="novel", tag="cloned", proposer=proposer)
+    reasoner = CountingReasoner(config.reasoner)
+    result = _episode(tiny_checkpoint, setting, config, reasoner)
+    assert reasoner.asked == 0 and len(proposer.seen) == result.chunks == 4
+    assert proposer.seen[0] == {"state", "instruction"}
+    assert all(sample.proposal.source is Source.LEARNED for sample in result.samples)
+    assert all(sample.steered[:, :3].all() for sample in result.samples)
+    assert setting.label == "frs (cloned)"
+    assert setting.to_dict()["proposer"] == "FixedProposer"
+    json.dumps(setting.to_dict())
 
 
 def test_success_plot_takes_rows_at_0_and_100_percent(tmp_path) -> None:  # noqa: ANN001

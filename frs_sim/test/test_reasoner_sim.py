@@ -244,6 +244,47 @@ def test_angular_noise_is_bounded_and_seeded():
     )
 
 
+def test_aim_error_displaces_every_target_by_its_size_and_keeps_seen_relations():
+    """Each cube and mat is perceived ``aim_error`` off (fixed per episode, seeded); sub-goals
+    aim at the perceived poses, a held cube and a finished task are judged on the true ones."""
+    error = 0.03
+    reasoner = ScriptedReasoner(ReasonerConfig(aim_error=error, command_grasp=True), seed=5)
+    offsets = dict(reasoner.aim_offsets)
+    assert len(offsets) == 6
+    for offset in offsets.values():
+        assert offset[2] == 0.0 and np.linalg.norm(offset) == pytest.approx(error)
+    assert len({tuple(np.round(o, 9)) for o in offsets.values()}) == 6
+    cube, mat = np.array(CUBES[0]), np.array(MATS[0])
+    seen_cube = cube + offsets["red_cube"]
+    goal = reasoner.subgoal(PLACE, HOME, cube, mat, gripper_opening=1.0)
+    np.testing.assert_allclose(goal.point, [*seen_cube[:2], HOVER_HEIGHT])
+    # closes where it thinks the cube is (within close_radius of the perceived grasp point)
+    at_seen = np.array([*seen_cube[:2], GRASP_HEIGHT])
+    assert reasoner.subgoal(PLACE, at_seen, cube, mat, gripper_opening=1.0).phase == "close"
+    # the held cube is seen in the gripper and carried to the perceived mat
+    ee = np.array([cube[0], cube[1], 0.10])
+    held = np.array([ee[0], ee[1], 0.06])
+    carry = reasoner.subgoal(PLACE, ee, held, mat, gripper_opening=0.45)
+    assert carry.hold is Gripper.CLOSE
+    np.testing.assert_allclose(carry.point[:2], (mat + offsets["yellow_mat"])[:2])
+    # a cube resting on its true mat is done, whatever the perception error
+    resting = np.array([mat[0], mat[1], 0.02])
+    assert reasoner.subgoal(PLACE, HOME, resting, mat, gripper_opening=1.0).phase == "done"
+    # seeded per episode; the error does not shift the other knobs' draws
+    again = ScriptedReasoner(ReasonerConfig(aim_error=error), seed=5)
+    for name, offset in offsets.items():
+        np.testing.assert_allclose(again.aim_offsets[name], offset)
+    again.reset(6)
+    assert not np.allclose(again.aim_offsets["red_cube"], offsets["red_cube"])
+    plain = ScriptedReasoner(ReasonerConfig(), seed=5)
+    assert all(not o.any() for o in plain.aim_offsets.values())
+    assert (
+        plain.rng.random() == ScriptedReasoner(ReasonerConfig(aim_error=error), seed=5).rng.random()
+    )
+    with pytest.raises(ValueError, match="aim_error"):
+        ReasonerConfig(aim_error=-0.01)
+
+
 def test_quantize_off_gives_the_exact_direction():
     reasoner = ScriptedReasoner(ReasonerConfig(quantize=False))
     proposal = reasoner.propose_for(env_obs(HOME, CUBES, MATS), PLACE)

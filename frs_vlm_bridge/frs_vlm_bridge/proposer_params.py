@@ -97,6 +97,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("scripted_command_release", False, "scripted: say 'open' at the release point"),
     _spec("scripted_command_grasp", False, "scripted: steer to the grasp, say 'close' there"),
     _spec("scripted_state_gripper", False, "scripted: say the phase's gripper state each chunk"),
+    _spec(
+        "scripted_aim_error",
+        0.0,
+        "scripted: m each cube and mat is perceived off its centre (per episode)",
+        float_range(0.0, 1.0),
+    ),
     # human
     _spec("human_max_age", 2.0, "s a human command or click stays valid", float_range(0.01, 1e6)),
     _spec("camera_frame_id", "", "frame of clicked points needing the static transform"),
@@ -145,6 +151,7 @@ def scripted_config(get: ParameterLookup) -> Any:
         command_release=bool(get("scripted_command_release")),
         command_grasp=bool(get("scripted_command_grasp")),
         state_gripper=bool(get("scripted_state_gripper")),
+        aim_error=float(get("scripted_aim_error")),
     )
 
 

@@ -202,9 +202,11 @@ def test_parameter_defaults_build_the_library_settings() -> None:
         "scripted_defer_at": [""],
         "scripted_command_release": True,
         "scripted_command_grasp": True,
+        "scripted_aim_error": 0.03,
     }
     config = scripted_config(nothing_handed_over.__getitem__)
     assert (config.defer_at, config.command_release, config.command_grasp) == ((), True, True)
+    assert config.aim_error == 0.03
     with pytest.raises(ValueError, match="unknown points"):
         scripted_config({**defaults, "scripted_defer_at": ["grasp", "drop"]}.__getitem__)
     config = vlm_config({**defaults, "vlm_model": "m", "vlm_deadline_s": 0.0}.__getitem__)

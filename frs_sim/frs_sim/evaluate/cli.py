@@ -75,6 +75,13 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
         "a grasp, closed while carrying or pushing)",
     )
     parser.add_argument(
+        "--aim-error",
+        type=float,
+        default=defaults.aim_error,
+        help="metres: every episode the reasoner perceives each cube and mat this far off its "
+        "centre (a random horizontal direction) and aims there",
+    )
+    parser.add_argument(
         "--defer-at",
         default=",".join(defaults.defer_at),
         help="precision points where the reasoner hands over to the policy "
@@ -95,6 +102,7 @@ def reasoner_config(args: argparse.Namespace) -> ReasonerConfig:
         fine_radius=args.fine_radius,
         command_grasp=args.command_grasp,
         state_gripper=args.state_gripper,
+        aim_error=args.aim_error,
         defer_at=tuple(p.strip() for p in args.defer_at.split(",") if p.strip()),
     )
 
@@ -120,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "every method at each",
     )
     parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
+    parser.add_argument(
+        "--reasoner-every",
+        type=int,
+        default=EvalConfig.reasoner_every,
+        help="the reasoner answers every N chunks; the chunks between re-use its last proposal",
+    )
     add_reasoner_arguments(parser)
     parser.add_argument(
         "--sanity-episodes-per-task",
@@ -159,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds=[int(v) for v in _floats(args.seeds)],
         config=EvalConfig(
             execute_rows=args.execute_rows,
+            reasoner_every=args.reasoner_every,
             reasoner=reasoner,
             env=EnvConfig(max_episode_steps=args.max_steps),
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) or None,

@@ -89,6 +89,7 @@ def evaluate(
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "config": {
             "execute_rows": config.execute_rows,
+            "reasoner_every": config.reasoner_every,
             "max_translation": config.max_translation,
             "reasoner": asdict(config.reasoner),
             "episodes_per_task": episodes_per_task,
@@ -115,14 +116,16 @@ def evaluate(
     (out / "results.json").write_text(results_json(document))
     header = (
         f"Closed-loop success, {episodes_per_task} episodes per task x seeds {list(seeds)}; "
-        f"execute_rows={config.execute_rows}, defer_radius={config.reasoner.defer_radius} m, "
+        f"execute_rows={config.execute_rows}, reasoner_every={config.reasoner_every}, "
+        f"defer_radius={config.reasoner.defer_radius} m, "
         f"slow_radius={config.reasoner.slow_radius} m, quantize={config.reasoner.quantize}, "
         f"angular_noise={config.reasoner.angular_noise_deg} deg, "
         f"wrong_rate={config.reasoner.wrong_direction_rate}, "
         f"defer_at={','.join(config.reasoner.defer_at) or 'none'}, "
         f"command_release={config.reasoner.command_release}, "
         f"command_grasp={config.reasoner.command_grasp}, "
-        f"state_gripper={config.reasoner.state_gripper}; {document['seconds']} s.\n\n"
+        f"state_gripper={config.reasoner.state_gripper}, "
+        f"aim_error={config.reasoner.aim_error} m; {document['seconds']} s.\n\n"
     )
     (out / "results.md").write_text(header + table)
     return document

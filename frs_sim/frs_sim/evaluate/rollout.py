@@ -4,7 +4,9 @@ Every chunk: observation -> policy encode (once) -> scripted reasoner proposal -
 the base policy samples the chunk; otherwise the proposal becomes a reference chunk in the
 policy's normalized action space (:func:`frs_steering.reference.cartesian_reference`) and the
 method under test (:func:`frs_steering.steer.steer`) turns it into the chunk -> the first
-``execute_rows`` rows run in the environment -> repeat until success or timeout.
+``execute_rows`` rows run in the environment -> repeat until success or timeout. A reasoner
+slower than the re-planning (``reasoner_every`` > 1) answers every few chunks; the chunks
+between are steered toward its last proposal, rebuilt from the current state.
 
 Episodes use environment seeds ``10000 * (seed + 1) + 100 * task_index + episode`` (disjoint
 from the demonstration seeds), the same for every method, so comparisons are paired.
@@ -12,9 +14,10 @@ from the demonstration seeds), the same for every method, so comparisons are pai
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ import torch
 from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv, policy_state
 from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 from frs_sim.tasks import TaskSpec, get_split
+from frs_steering.reasoning import CoarseProposal
 from frs_steering.reference import CartesianLayout, cartesian_reference
 from frs_steering.steer import steer
 
@@ -45,6 +49,9 @@ class Setting:
     # With ``collect``: store what this method (with the reasoner, same K and solver) would have
     # generated at each visited state instead of what was executed (DAgger-style labels).
     label_method: str = ""
+    # A learned reasoner (``ReferencePolicy``: ``propose(policy observation)``) that proposes
+    # instead of the scripted one; name it with ``tag``.
+    proposer: Any = None
 
     def __post_init__(self) -> None:
         if self.label_method and self.uses_reasoner:
@@ -72,12 +79,16 @@ class Setting:
         return self.method not in REASONER_FREE_METHODS
 
     def to_dict(self) -> dict[str, Any]:
-        params = {
-            k: v if isinstance(v, (int, float, str, bool)) else type(v).__name__
-            for k, v in self.params.items()
+        def plain(value: Any) -> Any:
+            return value if isinstance(value, (int, float, str, bool)) else type(value).__name__
+
+        params = {k: plain(v) for k, v in self.params.items()}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields |= {
+            "params": params,
+            "proposer": None if self.proposer is None else plain(self.proposer),
         }
-        fields = {k: v for k, v in asdict(self).items() if k != "params"}
-        return {**fields, "params": params, "label": self.label}
+        return {**fields, "label": self.label}
 
 
 @dataclass(frozen=True)
@@ -85,10 +96,19 @@ class EvalConfig:
     """What every episode shares (written to results.json)."""
 
     execute_rows: int = 5
+    # The reasoner answers every ``reasoner_every`` chunks; the chunks between re-use its last
+    # proposal (a reasoner slower than the policy's re-planning, as a VLM is).
+    reasoner_every: int = 1
     reasoner: ReasonerConfig = ReasonerConfig()
     max_translation: float = 0.05  # metres per row for magnitude 1.0 ("more")
     env: EnvConfig = EnvConfig()
     tasks: tuple[str, ...] | None = None  # restrict to these task names (None: whole split)
+
+    def __post_init__(self) -> None:
+        if self.execute_rows < 1:
+            raise ValueError(f"execute_rows must be >= 1, got {self.execute_rows}")
+        if self.reasoner_every < 1:
+            raise ValueError(f"reasoner_every must be >= 1, got {self.reasoner_every}")
 
 
 def default_settings(
@@ -215,6 +235,7 @@ class ChunkSample:
     noise: np.ndarray  # [horizon, dim] noise the chunk was generated from (policy space)
     steered: np.ndarray  # [horizon, dim] bool: from steering rather than a fresh draw
     chunk: np.ndarray  # [horizon, dim] the generated chunk (normalized, padded)
+    proposal: CoarseProposal | None = None  # what the reasoner proposed (None: not asked)
 
 
 def policy_observation(obs: Mapping[str, Any], state_dim: int) -> dict[str, torch.Tensor]:
@@ -243,11 +264,11 @@ class _ChunkSituation:
 
 
 def _generate_chunk(
-    policy, reasoner: ScriptedReasoner, setting: Setting, at: _ChunkSituation, draws
+    policy, proposal: CoarseProposal | None, setting: Setting, at: _ChunkSituation, draws
 ) -> tuple[Any, Any, bool]:
-    """(steering result, reference or None, deferred) of ``setting`` for one chunk."""
+    """(steering result, reference or None, deferred) of ``setting`` for one chunk, steered
+    by the reasoner's ``proposal`` (None for a method that acts without the reasoner)."""
     spec = policy.spec
-    proposal = reasoner.propose_for(at.obs, at.task) if setting.uses_reasoner else None
     if proposal is None or proposal.defer:
         reasoner_free = not setting.uses_reasoner
         result = steer(
@@ -323,18 +344,24 @@ def run_episode(
         labeller = replace(setting, method=setting.label_method, params={}, label_method="")
         label_generator = torch.Generator().manual_seed(seed + 1)  # acting draws stay as they are
     success = False
+    proposal: CoarseProposal | None = None
     while True:
         policy_obs = policy_observation(obs, policy.config.state_dim)
         with torch.inference_mode():
             cache = policy.encode(policy_obs)
 
+        if setting.uses_reasoner and chunks % config.reasoner_every == 0:
+            if setting.proposer is not None:
+                proposal = setting.proposer.propose(policy_obs)
+            else:
+                proposal = reasoner.propose_for(obs, task)
         situation = _ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
-        result, ref, was_deferred = _generate_chunk(policy, reasoner, setting, situation, generator)
+        result, ref, was_deferred = _generate_chunk(policy, proposal, setting, situation, generator)
         deferred += was_deferred
         label, label_ref = result, ref
         if labeller is not None:
             label, label_ref, _ = _generate_chunk(
-                policy, reasoner, labeller, situation, label_generator
+                policy, None, labeller, situation, label_generator
             )
         if collect and label.noise is not None:
             samples.append(
@@ -343,6 +370,7 @@ def run_episode(
                     noise=label.noise[0].numpy(),
                     steered=(label.steered[0] & (label_ref is not None)).numpy(),
                     chunk=label.chunk[0].numpy(),
+                    proposal=proposal if labeller is None else None,
                 )
             )
         rows = np.zeros((spec.horizon, ACTION_DIM))
