@@ -99,8 +99,10 @@ def export(args: argparse.Namespace) -> dict:
         from frs_control.messages import chunk_from_msg
         from frs_steering.checkpoint import load_policy
         from frs_steering.learning.noise_data import NoiseDataset
+        from frs_steering.learning.reference_policy import encode_proposal
         from frs_steering.observation import ObservationError
         from frs_steering.package_data import resolve_checkpoint
+        from frs_steering.ros_messages import MessageError, proposal_from_msg
         from frs_steering.steer import generate_from_noise, steer
         from frs_steering.steering_goals import clip_gripper, weights_sha256
 
@@ -124,6 +126,17 @@ def export(args: argparse.Namespace) -> dict:
                 solver=args.solver,
             )
             return clip_gripper(spec.from_policy(chunk)[0], gripper_index)
+
+        def recorded_proposal(record: Any) -> np.ndarray | None:
+            """The reasoner's proposal a steering record was asked with (None: not a record,
+            a full-chunk reference, or an unreadable one)."""
+            reference = getattr(record, "reference", None)
+            if reference is None or len(reference.chunk.data) or len(reference.mask):
+                return None
+            try:
+                return encode_proposal(proposal_from_msg(reference))
+            except (MessageError, ValueError):
+                return None
 
         def rms(a: torch.Tensor, b: torch.Tensor) -> float:
             return float((a - b).pow(2).mean().sqrt())
@@ -155,6 +168,7 @@ def export(args: argparse.Namespace) -> dict:
         status_times, status_episodes, outcome = episode_outcomes(bag, window)
         generator = torch.Generator().manual_seed(args.seed)
         states, instructions, noises, steered, episodes, errors = [], [], [], [], [], []
+        proposals: list[np.ndarray | None] = []
         sources = {"logged": 0, "reversed": 0}
         skipped = Skipped()
         for chunk in iter_chunks(
@@ -202,6 +216,7 @@ def export(args: argparse.Namespace) -> dict:
             errors.append(error)
             noises.append(noise)
             steered.append(label_steered)
+            proposals.append(recorded_proposal(chunk.record))
             states.append(obs["state"][0].float())
             if "instruction" in obs:
                 instructions.append(obs["instruction"][0].float())
@@ -238,7 +253,11 @@ def export(args: argparse.Namespace) -> dict:
             episode=episode,
             success=success,
             info=info,
+            proposals=None
+            if any(p is None for p in proposals)
+            else torch.from_numpy(np.stack(proposals)),
         )
+        info["proposals"] = dataset.proposals is not None
         if args.only_success:
             dataset = dataset.select(dataset.success)
             if len(dataset) == 0:

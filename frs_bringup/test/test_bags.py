@@ -196,6 +196,14 @@ def test_noise_export_regenerates_executed_chunks(session: Path, tmp_path: Path)
     for record, steered in zip(records, data.steered, strict=True):
         assert bool(steered.any()) == (record.method == "frs"), record.method
         assert not steered[:, -1].any()
+    # ... and the reasoner's proposal each chunk was asked with (what reference cloning learns)
+    assert data.info["proposals"] and data.proposals is not None
+    for record, proposal in zip(records, data.proposals.numpy(), strict=True):
+        reference = record.reference
+        assert bool(proposal[0]) == reference.defer == (record.method != "frs")
+        direction = [reference.direction.x, reference.direction.y, reference.direction.z]
+        np.testing.assert_allclose(proposal[1:4], 0.0 if reference.defer else direction, atol=1e-6)
+        assert proposal[5] == reference.gripper
     np.testing.assert_allclose(
         data.noise.numpy().reshape(len(records), -1),
         np.stack([np.asarray(r.noise.data) for r in records]),

@@ -192,6 +192,40 @@ def test_a_learned_proposer_replaces_the_scripted_reasoner(tiny_checkpoint) -> N
     json.dumps(setting.to_dict())
 
 
+def test_cli_adds_a_reference_policy_row_per_frs_setting(tiny_checkpoint, tmp_path) -> None:
+    """``--reference-policy``: each FRS setting also runs with the checkpoint's proposals."""
+    from frs_steering.learning.reference_policy import (
+        ReferencePolicy,
+        ReferencePolicyConfig,
+        save_reference_policy,
+    )
+
+    state_dim = load_policy(str(tiny_checkpoint)).config.state_dim
+    net = ReferencePolicy(ReferencePolicyConfig({"state": state_dim, "instruction": 384}))
+    cloned = save_reference_policy(net, tmp_path / "cloned")
+    out = tmp_path / "eval"
+    code = cli.main(
+        [
+            *("--checkpoint", str(tiny_checkpoint), "--split", "novel"),
+            *("--episodes-per-task", "1", "--seeds", "0", "--out", str(out)),
+            *("--methods", "base,frs", "--frs-steps", "4", "--frs-solvers", "euler"),
+            *(
+                "--tasks",
+                "place_red_yellow",
+                "--max-steps",
+                "10",
+                "--reference-policy",
+                str(cloned),
+            ),
+            *("--sanity-episodes-per-task", "0", "--workers", "1", "--quiet"),
+        ]
+    )
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["label"] for row in rows] == ["base", "frs (euler, K=4)", "frs (reference cloning)"]
+    assert rows[2]["episodes"] == 1
+
+
 def test_success_plot_takes_rows_at_0_and_100_percent(tmp_path) -> None:  # noqa: ANN001
     """The Wilson bound at 0 % / 100 % can sit a rounding error inside the rate; the error bar
     is clipped, not refused (a 100 % row used to crash an evaluation before results.json)."""

@@ -21,7 +21,9 @@ from frs_steering.learning.noise_policy import (
     load_noise_policy,
     train_dsbc,
 )
+from frs_steering.learning.reference_policy import load_reference_policy
 from frs_steering.package_data import shipped_checkpoint
+from frs_steering.reasoning import Source
 from frs_steering.steer import generate_from_noise
 
 pytestmark = pytest.mark.skipif(
@@ -39,7 +41,7 @@ def dsbc_run(tmp_path_factory):
             *("--collect-episodes-per-task", "3", "--collect-seeds", "0"),
             *("--eval-episodes-per-task", "1"),
             *("--eval-seeds", "0"),
-            *("--dsbc-steps", "40", "--bc-steps", "10"),
+            *("--dsbc-steps", "40", "--bc-steps", "10", "--reference-steps", "40"),
             *("--dagger-episodes-per-task", "1"),
         ]
     )
@@ -50,9 +52,19 @@ def dsbc_run(tmp_path_factory):
 def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     document = json.loads((dsbc_run / "results.json").read_text())
     labels = [row["label"] for row in document["rows"]]
-    assert labels == ["base", "frs (euler, K=10)", "noise_policy (DSBC)", "base (standard BC)"]
+    assert labels == [
+        "base",
+        "frs (euler, K=10)",
+        "noise_policy (DSBC)",
+        "frs (reference cloning)",
+        "base (standard BC)",
+    ]
     assert all(row["episodes"] == 1 for row in document["rows"])
     assert document["dsbc"]["steps"] == 40 and document["dsbc"]["cpu_seconds"] < 60
+    cloning = document["reference_cloning"]
+    assert cloning["steps"] == 40 and cloning["chunks"] > 0
+    assert set(cloning["agreement_training"]) >= {"defer", "gripper", "axes"}
+    assert "reference_cloning_minus_frs" in document["gaps"]
     # the two learners are sized alike (within 25%)
     ratio = document["standard_bc"]["params"] / document["dsbc"]["params"]
     assert 0.75 < ratio < 1.25
@@ -60,6 +72,21 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     assert net.config.noise_dims == (0, 1, 2)  # the dims FRS steered in these rollouts
     for name in ("learning_curves.png", "success.png", "results.md"):
         assert (dsbc_run / name).stat().st_size > 0
+
+
+def test_rollouts_record_the_proposal_that_steered_each_chunk(dsbc_run):
+    """A deferral steered nothing and a motion steered the translation: the recorded
+    proposals agree chunk by chunk with what FRS did; the reference policy proposes from them."""
+    data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    assert data.proposals is not None and len(data.proposals) == len(data)
+    deferred = data.proposals[:, 0] == 1
+    assert deferred.any() and (~deferred).any()
+    assert torch.equal(deferred, ~data.steered.flatten(1).any(1))
+    moved = data.proposals[:, 1:4].norm(dim=1) > 0
+    assert torch.equal(moved, data.steered[:, 0, :3].all(1))
+    net = load_reference_policy(dsbc_run / "reference_policy")
+    proposal = net.propose({k: v[:1].float() for k, v in data.observations.items()})
+    assert proposal.source is Source.LEARNED
 
 
 def test_a_scaled_dsbc_multiplies_only_the_predicted_noise(dsbc_run):

@@ -35,6 +35,7 @@ class Source(enum.IntEnum):
     SCRIPTED = 0
     HUMAN = 1
     VLM = 2
+    LEARNED = 3  # a reference policy cloned from recorded proposals
 
 
 class Gripper(enum.IntEnum):

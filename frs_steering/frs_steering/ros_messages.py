@@ -63,7 +63,8 @@ def proposal_from_msg(msg: CoarseReference) -> CoarseProposal:
     try:
         source = Source(msg.source)
     except ValueError:
-        raise MessageError(f"reference.source {msg.source} is not one of 0, 1, 2") from None
+        known = ", ".join(str(int(v)) for v in Source)
+        raise MessageError(f"reference.source {msg.source} is not one of {known}") from None
     try:
         gripper = Gripper(msg.gripper)
     except ValueError:

@@ -27,15 +27,25 @@ from frs_steering.adapters.base import ReferenceSettings
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
 from frs_steering.observation import ObservationError, method_and_params
+from frs_steering.ros_messages import proposal_to_msg
 from frs_steering.steer import SteerResult, available_methods, steer
 
 METHOD_NOISE_POLICY = "noise_policy"
+#: FRS toward the proposal of the node's reference policy instead of the goal's reference.
+METHOD_REFERENCE_POLICY = "reference_policy"
 
 #: The steering node's parameters: (name, default, description, read_only, descriptor extras).
 NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
     ("checkpoint", "", "dir, shipped name or lerobot:<dir>; empty = generalist", True, {}),
     ("observation_adapter", "tabletop", "tabletop | droid | module:Class", True, {}),
     ("noise_policy", "", "noise-policy checkpoint for method noise_policy", True, {}),
+    (
+        "reference_policy",
+        "",
+        "reference-policy checkpoint for method reference_policy (FRS toward its proposals)",
+        True,
+        {},
+    ),
     ("device", "cpu", "torch device of the policy", True, {}),
     ("torch_threads", 1, "torch intra-op threads", True, int_range(1, 64)),
     ("autostart", True, "configure and activate on start-up", True, {}),
@@ -143,6 +153,7 @@ class GoalInputs:
     noise_policy: Any
     now_ns: Callable[[], int]
     instruction: Callable[[], tuple[str, Any] | None]
+    reference_policy: Any = None
 
     def check(self, goal: Any, params: GoalParameters) -> SteerRequest:
         """The goal's steering settings; GoalRejected names a bad one."""
@@ -151,8 +162,30 @@ class GoalInputs:
             max_num_steps=params.max_num_steps,
             max_samples=params.max_samples,
             noise_policy=self.noise_policy,
+            reference_policy=self.reference_policy,
             device=params.device,
         )
+
+    def proposed(
+        self, goal: Any, request: SteerRequest, observation: Any
+    ) -> tuple[SteerRequest, Any]:
+        """(request, CoarseReference) of the reference policy's proposal for ``observation``:
+        FRS toward it, the policy's own sample where it defers."""
+        proposal = self.reference_policy.propose(observation.policy_input)
+        reference = proposal_to_msg(
+            proposal,
+            stamp=goal.observation_stamp,
+            frame_id=self.adapter.layout.frame_id,
+            instruction=observation.instruction,
+        )
+        method, params = method_and_params(
+            "frs",
+            defer=proposal.defer,
+            noise_scale=goal.noise_scale,
+            partial_time=goal.partial_time,
+            num_samples=goal.num_samples,
+        )
+        return dataclasses.replace(request, method=method, params=params), reference
 
     def prepare(
         self,
@@ -173,12 +206,13 @@ class GoalInputs:
         )
         text, encoded = self.instruction() or ("", None)
         observation = self.adapter.observation(joints, samples, encoded, text)
+        reference = goal.reference
+        if request.method == METHOD_REFERENCE_POLICY:
+            request, reference = self.proposed(goal, request, observation)
         settings = params.reference_settings(self.adapter.layout)
-        built = self.adapter.layout.reference(
-            self.policy.spec, settings, goal.reference, observation
-        )
+        built = self.adapter.layout.reference(self.policy.spec, settings, reference, observation)
         check_reference(self.policy.spec, built, params.max_normalized)
-        return Prepared(request, observation, settings, built, started)
+        return Prepared(request, observation, settings, built, started, reference)
 
 
 class GoalRejected(Exception):
@@ -275,6 +309,7 @@ class Prepared(NamedTuple):
     settings: Any  # frs_steering.adapters.base.ReferenceSettings
     built: Any  # the layout's reference
     started: float  # perf_counter when preparing began
+    reference: Any  # the CoarseReference steered toward: the goal's, or the reference policy's
 
 
 class SteeringDurations:
@@ -306,23 +341,35 @@ def check_goal(
     max_num_steps: int,
     max_samples: int,
     noise_policy: Any | None,
+    reference_policy: Any | None = None,
     device: str = "cpu",
 ) -> SteerRequest:
-    """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one."""
+    """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one.
+
+    ``reference_policy`` stays the request's method: what runs (FRS, or the policy's own
+    sample on a predicted deferral) is decided from the observation (``GoalInputs.proposed``).
+    """
     try:
         check_time(goal.observation_stamp, "observation_stamp")
     except MessageError as error:
         raise GoalRejected(str(error)) from None
     method = goal.method or "frs"
-    if method not in available_methods():
-        raise GoalRejected(f"unknown method {method!r}; available: {list(available_methods())}")
+    cloned = method == METHOD_REFERENCE_POLICY
+    if cloned and reference_policy is None:
+        raise GoalRejected(
+            "method reference_policy needs a reference-policy checkpoint: set the "
+            "reference_policy parameter (trained by frs_sim.studies.dsbc)"
+        )
+    available = [*available_methods(), METHOD_REFERENCE_POLICY]
+    if method not in available:
+        raise GoalRejected(f"unknown method {method!r}; available: {available}")
     if goal.num_steps > max_num_steps:
         raise GoalRejected(f"num_steps {goal.num_steps} exceeds max_num_steps {max_num_steps}")
     try:
         solver = as_solver(goal.solver or "euler")
         method, params = method_and_params(
-            method,
-            defer=goal.reference.defer,
+            "frs" if cloned else method,
+            defer=goal.reference.defer and not cloned,
             noise_scale=goal.noise_scale,
             partial_time=goal.partial_time,
             num_samples=goal.num_samples,
@@ -337,6 +384,8 @@ def check_goal(
                 "parameter (trained by frs_sim.studies.dsbc or frs_sim.studies.dsrl)"
             )
         params["noise_policy"] = noise_policy
+    if cloned:
+        method = METHOD_REFERENCE_POLICY
     # A negative seed draws one here, so the call is still random but can be replayed.
     seed = int(goal.seed) if goal.seed >= 0 else int.from_bytes(os.urandom(7), "little")
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -350,20 +399,34 @@ def check_goal(
     )
 
 
-def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
-    """The noise policy at ``path``, checked against the flow policy's inputs and chunk shape."""
-    from frs_steering.learning.noise_policy import load_noise_policy
-
-    net = load_noise_policy(path, device=device)
+def _check_reads_the_policy_observation(kind: str, path: str, net: Any, policy: Any) -> None:
+    """CheckpointError unless ``net`` reads the flow policy's observation keys and widths."""
     config = policy.config
     wanted = {"state": config.state_dim}
     if config.instruction_dim:
         wanted["instruction"] = config.instruction_dim
     if dict(net.config.observation_dims) != wanted:
         raise CheckpointError(
-            f"noise policy {path} reads {dict(net.config.observation_dims)}; the flow policy "
+            f"{kind} {path} reads {dict(net.config.observation_dims)}; the flow policy "
             f"observes {wanted}"
         )
+
+
+def load_checked_reference_policy(path: str, policy: Any, device: str = "cpu") -> Any:
+    """The reference policy at ``path``, checked against the flow policy's inputs."""
+    from frs_steering.learning.reference_policy import load_reference_policy
+
+    net = load_reference_policy(path, device=device)
+    _check_reads_the_policy_observation("reference policy", path, net, policy)
+    return net
+
+
+def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
+    """The noise policy at ``path``, checked against the flow policy's inputs and chunk shape."""
+    from frs_steering.learning.noise_policy import load_noise_policy
+
+    net = load_noise_policy(path, device=device)
+    _check_reads_the_policy_observation("noise policy", path, net, policy)
     if (net.config.horizon, net.config.dim) != tuple(policy.spec.chunk_shape):
         raise CheckpointError(
             f"noise policy {path} makes {net.config.horizon}x{net.config.dim} noise; the flow "
@@ -439,7 +502,7 @@ def steer_prepared(
     its output (:func:`bound_output`). Also returns the seconds the steering call took: what
     decides whether the goal's shape steers inline next time."""
     monitor.check()  # canceled or preempted while it waited: no work
-    request, observation, _, built, _ = prepared
+    request, observation, built = prepared.request, prepared.observation, prepared.built
     started = time.perf_counter()
     result = steer(
         policy,

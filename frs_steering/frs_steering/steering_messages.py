@@ -150,11 +150,13 @@ def record_msg(
     include_unsteered: bool,
     checkpoint_sha256: str,
     input_topics: Sequence[str] = (),
+    reference: Any | None = None,
 ) -> SteeringRecord:
     """Everything needed to replay this call offline (see frs_msgs/SteeringRecord).
 
     ``input_topics`` name the adapter's streams in ``observation.input_stamps`` order;
-    ``scene_stamp`` is the stamp of the first (0 when there is none).
+    ``scene_stamp`` is the stamp of the first (0 when there is none). ``reference`` is the
+    CoarseReference steered toward when it was not the goal's (a reference policy's proposal).
     """
     stream_stamps = list(observation.input_stamps.values())
     msg = SteeringRecord(
@@ -167,7 +169,7 @@ def record_msg(
         partial_time=goal.partial_time,
         num_samples=goal.num_samples,
         requested_seed=goal.seed,
-        reference=goal.reference,
+        reference=goal.reference if reference is None else reference,
         method=request.method,
         seed=request.seed,
         scene_stamp=ns_to_stamp(stream_stamps[0] if stream_stamps else 0),

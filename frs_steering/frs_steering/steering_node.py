@@ -69,6 +69,7 @@ from frs_steering.steering_goals import (
     SteerRequest,
     StepMonitor,
     load_checked_noise_policy,
+    load_checked_reference_policy,
     steer_prepared,
     weights_sha256,
 )
@@ -160,6 +161,10 @@ class SteeringNode(LifecycleNode):
             adapter.encode_instruction("warm-up")  # load the encoder now, not on first use
         path = str(self._param("noise_policy"))
         self._noise_policy = load_checked_noise_policy(path, policy, device) if path else None
+        path = str(self._param("reference_policy"))
+        self._reference_policy = (
+            load_checked_reference_policy(path, policy, device) if path else None
+        )
         self._checkpoint, self._checkpoint_sha256 = checkpoint, weights_sha256(checkpoint)
         self._adapter, self._policy = adapter, policy
 
@@ -173,6 +178,7 @@ class SteeringNode(LifecycleNode):
             self._noise_policy,
             now_ns=lambda: self.get_clock().now().nanoseconds,
             instruction=lambda: self._instruction,
+            reference_policy=self._reference_policy,
         )
         self._jobs = ThreadPoolExecutor(
             max_workers=1,
@@ -386,7 +392,12 @@ class SteeringNode(LifecycleNode):
                 prepared = self._goals.prepare(goal, params, request, started, wait_s)
             except (GoalRejected, ObservationError, MessageError) as error:
                 return refused(str(error))
-        request, observation, settings, built, started = prepared
+        request, observation, built, started = (
+            prepared.request,
+            prepared.observation,
+            prepared.built,
+            prepared.started,
+        )
         prepare_s = time.perf_counter() - started
         layout = self._adapter.layout
         feedback = goal_feedback(goal_handle, self.context.ok) if params.publish_feedback else None
@@ -425,7 +436,8 @@ class SteeringNode(LifecycleNode):
         self, goal: Any, params: GoalParameters, prepared: Prepared, result: SteerResult, msg: Any
     ) -> None:
         """Diagnostics, rviz markers and the replay record: after the result, off its path."""
-        outputs, (request, observation, settings, built, _) = self._outputs, prepared
+        outputs, request, observation = self._outputs, prepared.request, prepared.observation
+        settings, built = prepared.settings, prepared.built
         if not self._active or not outputs:
             return
         outputs["diagnostics"].publish(msg.diagnostics)
@@ -435,7 +447,17 @@ class SteeringNode(LifecycleNode):
         if params.publish_record:
             topics = [stream.topic for stream in self._adapter.streams()]
             unsteered, sha = params.include_unsteered, self._checkpoint_sha256
-            record = record_msg(goal, request, observation, msg, settings, unsteered, sha, topics)
+            record = record_msg(
+                goal,
+                request,
+                observation,
+                msg,
+                settings,
+                unsteered,
+                sha,
+                topics,
+                prepared.reference,
+            )
             outputs["record"].publish(record)
 
 

@@ -18,6 +18,16 @@ def _dataset(n: int = 6, seed: int = 0) -> NoiseDataset:
         success=torch.tensor([True, True, False, False, True, True])[:n],
         info={"source": "test", "num_steps": 10},
         chunks=torch.randn(n, 4, 2, generator=g),
+        proposals=torch.tensor(
+            [
+                [0.0, 1.0, 0.0, 0.0, 1.0, 0.0],  # move +x, "more"
+                [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # defer
+                [0.0, 0.0, 0.0, 0.0, 0.5, 2.0],  # close the gripper, no motion
+                [0.0, 0.0, 0.6, -0.8, 0.5, 1.0],  # move, open
+                [0.0, 0.0, 0.0, -1.0, 0.5, 0.0],
+                [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            ]
+        )[:n],
     )
 
 
@@ -30,6 +40,7 @@ def test_round_trip_keeps_every_tensor_and_info(tmp_path):
     assert set(loaded.observations) == {"state", "instruction"}
     assert torch.equal(loaded.observations["state"], data.observations["state"])
     assert torch.equal(loaded.chunks, data.chunks)
+    assert torch.equal(loaded.proposals, data.proposals)
     assert not list((tmp_path / "d").glob("*.partial"))
 
 
@@ -38,8 +49,12 @@ def test_select_and_concatenate_keep_samples_aligned():
     good = data.select(data.success)
     assert len(good) == 4 and good.episodes() == 2
     assert torch.equal(good.noise, data.noise[data.success])
+    assert torch.equal(good.proposals, data.proposals[data.success])
     both = concatenate([good, good])
     assert len(both) == 8 and both.episodes() == 4  # episode ids stay distinct
+    assert torch.equal(both.proposals[4:], good.proposals)
+    without = NoiseDataset(**{**vars(good), "proposals": None})
+    assert concatenate([good, without]).proposals is None  # only where every part has them
 
 
 @pytest.mark.parametrize(
@@ -49,6 +64,12 @@ def test_select_and_concatenate_keep_samples_aligned():
         (lambda d: setattr(d, "steered", d.steered[:, :3]), "steered"),
         (lambda d: setattr(d, "episode", d.episode[:2]), "episode"),
         (lambda d: setattr(d, "chunks", d.chunks[:, :2]), "chunks"),
+        (lambda d: setattr(d, "proposals", d.proposals[:, :5]), "proposals must be float"),
+        (lambda d: d.proposals.__setitem__((0, 4), float("inf")), "proposals contain"),
+        (lambda d: d.proposals.__setitem__((1, 1), 1.0), "proposal 1 is not"),  # defer + motion
+        (lambda d: d.proposals.__setitem__((0, 1), 0.5), "proposal 0 is not"),  # not unit
+        (lambda d: d.proposals.__setitem__((2, 5), 3.0), "proposal 2 is not"),  # no such gripper
+        (lambda d: d.proposals.__setitem__((4, 4), 1.5), "proposal 4 is not"),  # magnitude > 1
         (lambda d: setattr(d, "observations", {"state": torch.zeros(2, 5)}), "samples"),
     ],
 )

@@ -56,6 +56,18 @@ def test_valid_times_pass(stamp: Time) -> None:
     assert _check(stamp).method == "frs"
 
 
+def test_method_reference_policy_needs_a_loaded_reference_policy() -> None:
+    goal = SteerChunk.Goal(method="reference_policy", observation_stamp=Time(sec=1), seed=1)
+    goal.reference.defer = True  # the proposer's reasoner "none"
+    limits = {"max_num_steps": 1000, "max_samples": 64, "noise_policy": None}
+    with pytest.raises(GoalRejected, match="reference_policy parameter"):
+        check_goal(goal, **limits)
+    request = check_goal(goal, **limits, reference_policy=object())
+    assert request.method == "reference_policy" and request.params == {"noise_scale": 0.0}
+    with pytest.raises(GoalRejected, match="'reference_policy'"):  # among the available ones
+        _check(Time(sec=1), method="no_such_method")
+
+
 def test_goal_shape_names_what_the_steering_time_depends_on() -> None:
     shape = _check(Time()).shape()
     assert _check(Time(sec=5), seed=9).shape() == shape  # stamp and seed do not matter
@@ -157,7 +169,7 @@ def test_a_goal_stopped_while_it_waited_does_no_work(
         pass
 
     nothing = Untouchable()
-    prepared = Prepared(nothing, nothing, nothing, nothing, 0.0)  # type: ignore[arg-type]
+    prepared = Prepared(nothing, nothing, nothing, nothing, 0.0, nothing)  # type: ignore[arg-type]
     monitor = StepMonitor(
         canceled=lambda: canceled, current=lambda: current, publish=None, period=0.0
     )

@@ -32,7 +32,13 @@ from steering_client import (
 from frs_control.kinematics import ArmKinematics
 from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import SteerChunk
+from frs_msgs.msg import CoarseReference
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
+from frs_steering.learning.reference_policy import (
+    ReferencePolicy,
+    ReferencePolicyConfig,
+    save_reference_policy,
+)
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
@@ -55,17 +61,32 @@ def _noise_policy(directory: Path, state_dim: int = 46) -> Path:
     return save_noise_policy(NoisePolicy(config, seed=0), directory)
 
 
+def _reference_policy(directory: Path, state_dim: int = 46) -> Path:
+    """A reference policy that always proposes "+x, less, gripper kept" (output = its bias)."""
+    net = ReferencePolicy(ReferencePolicyConfig({"state": state_dim, "instruction": 384}))
+    bias = torch.zeros(net.output.out_features)
+    bias[0] = -5.0  # do not defer
+    bias[1] = 5.0  # gripper: keep
+    bias[4:13] = torch.tensor([0, 0, 5.0, 0, 5.0, 0, 0, 5.0, 0])  # x: +1, y: 0, z: 0
+    with torch.no_grad():
+        net.output.weight.zero_()
+        net.output.bias.copy_(bias)  # magnitude logit 0: 0.5, "less"
+    return save_reference_policy(net, directory)
+
+
 @pytest.fixture(scope="module")
 def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     from rclpy.context import Context
 
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
     noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
+    reference_policy = _reference_policy(tmp_path_factory.mktemp("rp") / "cloned")
     proc = start_steering_node(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=2.0",
         f"noise_policy:={noise_policy}",
+        f"reference_policy:={reference_policy}",
     )
     context = Context()
     rclpy.init(context=context)
@@ -165,6 +186,31 @@ def test_noise_policy_method_needs_no_reference(robot: TabletopRobot) -> None:
     assert np.allclose(chunks[0][0][:, :3], chunks[2][0][:, :3], atol=0.2)
     assert not np.allclose(chunks[0][0][:, 3:], chunks[2][0][:, 3:])
     assert np.array_equal(chunks[0][0][:, 3:], chunks[1][0][:, 3:])
+
+
+def test_reference_policy_method_steers_toward_the_cloned_proposal(robot: TabletopRobot) -> None:
+    """Method reference_policy ignores the goal's (deferring) reference: FRS steers toward
+    what the loaded reference policy proposes from the observation, and the record holds that
+    proposal, so a replay of the record reruns the same call."""
+    goal = frs_goal(robot.publish_observation())
+    goal.method = "reference_policy"
+    goal.reference.defer = True
+    goal.reference.direction.y = 0.0
+    before = len(robot.records)
+    result = robot.steer(goal)
+    assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
+    assert result.diagnostics.method == "frs" and result.diagnostics.nfe == 20
+    assert robot.spin_until(lambda: len(robot.records) > before, 5.0)
+    record = robot.records[-1]
+    assert record.requested_method == "reference_policy" and record.method == "frs"
+    reference = record.reference
+    assert reference.source == CoarseReference.SOURCE_LEARNED and not reference.defer
+    direction = [reference.direction.x, reference.direction.y, reference.direction.z]
+    assert direction == [1.0, 0.0, 0.0] and reference.magnitude == pytest.approx(0.5)
+    markers = {m.ns: m for m in robot.markers[-1].markers}
+    ee, _ = ArmKinematics().forward(robot.q)
+    end = markers["reference"].points[-1]
+    np.testing.assert_allclose(end.x - ee[0], HORIZON * 0.05 * 0.5, atol=1e-5)  # 10 x 2.5 cm
 
 
 def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
@@ -290,9 +336,14 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
         for path in cases
     }
     mismatched = _noise_policy(tmp_path / "np_mismatch", state_dim=12)
-    cases[mismatched] = "reads {'state': 12"
+    cases[mismatched] = "noise policy"
     procs[mismatched] = start_steering_node(
         tmp_path / f"{mismatched.name}.log", f"noise_policy:={mismatched}"
+    )
+    cloned = _reference_policy(tmp_path / "rp_mismatch", state_dim=12)
+    cases[cloned] = "reference policy"
+    procs[cloned] = start_steering_node(
+        tmp_path / f"{cloned.name}.log", f"reference_policy:={cloned}"
     )
     try:
         for path, expected in cases.items():
@@ -300,6 +351,8 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
             log = (tmp_path / f"{path.name}.log").read_text()
             assert code == 1, log
             assert "configure failed" in log and expected in log, log
+            if path in (mismatched, cloned):
+                assert "reads {'state': 12" in log, log
     finally:
         for proc in procs.values():
             stop_node(proc)

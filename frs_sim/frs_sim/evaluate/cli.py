@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -127,6 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sampling temperatures (scale of the policy's fresh noise; 1: plain sampling), "
         "every method at each",
     )
+    parser.add_argument(
+        "--reference-policy",
+        type=Path,
+        default=None,
+        help="a reference-policy checkpoint: also run each FRS setting with its proposals in "
+        "place of the scripted reasoner ('frs (reference cloning)')",
+    )
     parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
     parser.add_argument(
         "--reasoner-every",
@@ -162,6 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split,
         temperatures=_floats(args.temperatures),
     )
+    if args.reference_policy is not None:
+        from frs_steering.learning.reference_policy import load_reference_policy
+
+        proposer = load_reference_policy(args.reference_policy)
+        settings += [
+            replace(s, tag="reference cloning", proposer=proposer)
+            for s in settings
+            if s.method == "frs"
+        ]
     reasoner = reasoner_config(args)
     if args.workers <= 1:
         torch.set_num_threads(2)

@@ -10,12 +10,16 @@
    about the same size trained on the *actions* of the same chunks, with the same budget.
    With ``--dagger-episodes-per-task``, one DAgger round first: a DSBC trained on part of the
    budget acts on unused training seeds, FRS labels every state it visits, and the final DSBC
-   trains on both (measured: no gain, docs/learning.md).
+   trains on both (measured: no gain, docs/learning.md). Reference cloning, a reference policy
+   obs -> the reasoner's coarse proposal, trains on every chunk's recorded proposal with the
+   same budget (:mod:`frs_steering.learning.reference_policy`).
 3. **evaluate** on the evaluation seeds (the same as ``frs_sim.evaluate``): zero-shot
-   FRS, DSBC (noise policy -> generalist, no reasoner), standard BC and the base policy.
+   FRS, DSBC (noise policy -> generalist, no reasoner), FRS steered by the reference policy's
+   proposals (no reasoner), standard BC and the base policy.
 
-Writes ``results.json``, ``results.md``, ``learning_curves.png``, ``success.png`` and the
-trained ``dsbc/`` noise policy (a checkpoint the steering node loads as ``noise_policy``).
+Writes ``results.json``, ``results.md``, ``learning_curves.png``, ``success.png``, the trained
+``dsbc/`` noise policy (a checkpoint the steering node loads as ``noise_policy``) and the
+``reference_policy/``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ from frs_steering.learning.noise_policy import (
     save_noise_policy,
     train_dsbc,
 )
+from frs_steering.learning.reference_policy import (
+    ReferenceCloningConfig,
+    encode_proposal,
+    proposal_accuracy,
+    save_reference_policy,
+    train_reference_policy,
+)
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.train import train_flow_policy
@@ -77,9 +88,10 @@ class ScaledOutputNoisePolicy(NoisePolicy):
 
 
 def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) -> NoiseDataset:
-    """Stack the per-chunk samples of collected episodes (episode id = position in results)."""
+    """Stack the per-chunk samples of collected episodes (episode id = position in results);
+    the reasoner's proposals too when every chunk has one."""
     observations: dict[str, list[np.ndarray]] = {}
-    noise, steered, chunks, episode, success = [], [], [], [], []
+    noise, steered, chunks, episode, success, proposals = [], [], [], [], [], []
     for index, result in enumerate(results):
         if result.samples is None:
             raise ValueError("episodes were run without collect=True")
@@ -89,6 +101,7 @@ def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) 
             noise.append(sample.noise)
             steered.append(sample.steered)
             chunks.append(sample.chunk)
+            proposals.append(None if sample.proposal is None else encode_proposal(sample.proposal))
             episode.append(index)
             success.append(result.success)
     if not noise:
@@ -101,6 +114,9 @@ def episodes_to_dataset(results: Sequence[EpisodeResult], info: dict[str, Any]) 
         success=torch.tensor(success, dtype=torch.bool),
         info=info,
         chunks=torch.from_numpy(np.stack(chunks)).float(),
+        proposals=None
+        if any(p is None for p in proposals)
+        else torch.from_numpy(np.stack(proposals)),
     )
 
 
@@ -247,6 +263,36 @@ def dagger_round(
     return merged, info
 
 
+def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train a reference policy on every chunk's recorded proposal (None: skipped, or the
+    rollouts predate recorded proposals); held-out agreement from a model trained without a
+    tenth of the episodes, then the final model on all of them."""
+    if args.reference_steps <= 0:
+        return None
+    if rollouts.proposals is None:
+        print("reference cloning skipped: these rollouts hold no proposals (--recollect)")
+        return None
+    config = ReferenceCloningConfig(
+        steps=args.reference_steps, max_seconds=args.cpu_budget, seed=args.seed
+    )
+    held_out = rollouts.episode % 10 == 0
+    probe, _ = train_reference_policy(rollouts.select(~held_out), config=config)
+    net, history = train_reference_policy(rollouts, config=config)
+    save_reference_policy(net, args.out / "reference_policy")
+    return {
+        "net": net,
+        "history": history,
+        "training": asdict(config),
+        "chunks": len(rollouts),
+        "params": sum(p.numel() for p in net.parameters()),
+        "cpu_seconds": history["cpu_seconds"],
+        "steps": history["steps"],
+        "final_loss": float(np.mean(history["loss"][-50:])),
+        "agreement_held_out_episodes": proposal_accuracy(probe, rollouts.select(held_out)),
+        "agreement_training": proposal_accuracy(net, rollouts),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(shipped_checkpoint()))
@@ -265,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
     parser.add_argument("--dsbc-steps", type=int, default=3000)
     parser.add_argument("--bc-steps", type=int, default=1100)
+    parser.add_argument(
+        "--reference-steps",
+        type=int,
+        default=ReferenceCloningConfig.steps,
+        help="reference cloning's optimizer steps (0: skip reference cloning)",
+    )
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
     parser.add_argument(
@@ -388,10 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"DSBC: {dsbc_params} params, {dsbc_history['cpu_seconds']:.1f} s CPU; "
         f"standard BC: {bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU"
     )
-    plot_learning_curves(
-        {"DSBC (noise policy)": dsbc_history, "standard BC (flow policy)": bc_history},
-        args.out / "learning_curves.png",
-    )
+    curves = {"DSBC (noise policy)": dsbc_history, "standard BC (flow policy)": bc_history}
+    reference = reference_cloning(rollouts, args)
+    if reference is not None:
+        curves["reference cloning (reference policy)"] = reference["history"]
+    plot_learning_curves(curves, args.out / "learning_curves.png")
 
     settings = [
         Setting("base", split=args.split),
@@ -407,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for scale in args.output_scales
     ]
+    if reference is not None:
+        settings.append(replace(frs, tag="reference cloning", proposer=reference["net"]))
     bc_setting = Setting("base", split=args.split, tag="standard BC")
     jobs = make_jobs(settings, args.eval_episodes_per_task, args.eval_seeds, tasks)
     start = time.perf_counter()
@@ -439,13 +494,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": bc_history["steps"],
             "final_loss": float(np.mean(bc_history["loss"][-50:])),
         },
+        "reference_cloning": None
+        if reference is None
+        else {k: v for k, v in reference.items() if k not in ("net", "history")},
         "dagger": dagger_info,
         "evaluation_seconds": time.perf_counter() - start,
         "rows": rows,
         "gaps": {
             "dsbc_minus_frs": by_label[settings[2].label] - by_label[frs.label],
             "dsbc_minus_standard_bc": by_label[settings[2].label] - by_label[bc_setting.label],
-        },
+        }
+        | (
+            {}
+            if reference is None
+            else {"reference_cloning_minus_frs": by_label[settings[-1].label] - by_label[frs.label]}
+        ),
     }
     (args.out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     table = markdown_table(rows)
@@ -457,7 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.eval_episodes_per_task} episodes per task and seed, evaluation seeds "
         f"{' '.join(map(str, args.eval_seeds))}.\n"
         f"DSBC {dsbc_params} params, {dsbc_history['cpu_seconds']:.1f} s CPU; standard BC "
-        f"{bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU.\n\n"
+        f"{bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU"
+        + (
+            "."
+            if reference is None
+            else f"; reference cloning {reference['params']} params, "
+            f"{reference['cpu_seconds']:.1f} s CPU, trained on all {reference['chunks']} chunks."
+        )
+        + "\n\n"
     )
     (args.out / "results.md").write_text(header + table)
     plot_success(rows, args.out / "success.png")

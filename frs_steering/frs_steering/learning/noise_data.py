@@ -4,13 +4,15 @@ Each sample is one action chunk: the policy observation it was computed from, th
 flow policy generated it from (``[horizon, dim]`` in the policy's normalized, padded space),
 which elements of that noise came from steering (reversal) rather than a fresh draw, the
 episode it belongs to with that episode's outcome, and optionally the chunk the noise generated
-(normalized, padded; what standard behaviour cloning trains on). Sources: closed-loop FRS
-rollouts in the simulation, and demonstrations reversed into noise (teleoperated chunks).
+(normalized, padded; what standard behaviour cloning trains on) and the reasoner's coarse
+proposal the chunk was steered toward (``proposals``, :data:`PROPOSAL_FIELDS`; what reference
+cloning trains on). Sources: closed-loop FRS rollouts in the simulation, and demonstrations
+reversed into noise (teleoperated chunks).
 
 Stored as one safetensors file: tensors ``obs.<key>``, ``noise``, ``steered``, ``episode``,
-``success``, optional ``chunks``, and a JSON ``info`` string in the header (checkpoint, method,
-solver, steps, source). No pickle. Anything malformed raises :class:`NoiseDatasetError`
-naming the problem.
+``success``, optional ``chunks`` and ``proposals``, and a JSON ``info`` string in the header
+(checkpoint, method, solver, steps, source). No pickle. Anything malformed raises
+:class:`NoiseDatasetError` naming the problem.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from safetensors.torch import load_file, save_file
 FORMAT = "frs_steering.noise_dataset"
 FORMAT_VERSION = 1
 _OBS_PREFIX = "obs."
+#: Columns of ``NoiseDataset.proposals``: a reasoner's :class:`~frs_steering.reasoning.
+#: CoarseProposal` per chunk (defer 0/1, the unit direction, magnitude, gripper as its int value).
+PROPOSAL_FIELDS = ("defer", "direction_x", "direction_y", "direction_z", "magnitude", "gripper")
 
 
 class NoiseDatasetError(ValueError):
@@ -45,6 +50,7 @@ class NoiseDataset:
     success: torch.Tensor  # [N] bool: the episode succeeded
     info: dict[str, Any] = field(default_factory=dict)
     chunks: torch.Tensor | None = None  # [N, horizon, dim] what the noise generated (optional)
+    proposals: torch.Tensor | None = None  # [N, len(PROPOSAL_FIELDS)] the reasoner's (optional)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +94,37 @@ class NoiseDataset:
                 f"chunks must be finite {tuple(self.noise.shape)} like noise, got "
                 f"{tuple(self.chunks.shape)}"
             )
+        if self.proposals is not None:
+            self._validate_proposals(n)
+
+    def _validate_proposals(self, n: int) -> None:
+        shape = (n, len(PROPOSAL_FIELDS))
+        if tuple(self.proposals.shape) != shape or not self.proposals.is_floating_point():
+            raise NoiseDatasetError(
+                f"proposals must be float {shape}, got {self.proposals.dtype} "
+                f"{tuple(self.proposals.shape)}"
+            )
+        if not torch.isfinite(self.proposals).all():
+            raise NoiseDatasetError("proposals contain NaN or Inf")
+        defer, direction = self.proposals[:, 0], self.proposals[:, 1:4]
+        magnitude, gripper = self.proposals[:, 4], self.proposals[:, 5]
+        norm = direction.norm(dim=1)
+        bad = (
+            ~((defer == 0) | (defer == 1))
+            | ~((norm < 1e-6) | ((norm - 1).abs() < 1e-3))
+            | ((defer == 1) & (norm >= 1e-6))
+            | (magnitude < 0)
+            | (magnitude > 1)
+            | ~((gripper == 0) | (gripper == 1) | (gripper == 2))
+        )
+        if bad.any():
+            row = int(torch.nonzero(bad)[0])
+            values = dict(zip(PROPOSAL_FIELDS, self.proposals[row].tolist(), strict=True))
+            raise NoiseDatasetError(
+                f"proposal {row} is not a coarse proposal: {values} (want defer 0/1, a unit "
+                "direction or a zero one (always zero on a deferral), magnitude in [0, 1], "
+                "gripper 0/1/2)"
+            )
 
     @property
     def chunk_shape(self) -> tuple[int, int]:
@@ -109,6 +146,7 @@ class NoiseDataset:
             success=self.success[keep],
             info=dict(self.info),
             chunks=None if self.chunks is None else self.chunks[keep],
+            proposals=None if self.proposals is None else self.proposals[keep],
         )
 
     def episodes(self) -> int:
@@ -127,6 +165,8 @@ class NoiseDataset:
         )
         if self.chunks is not None:
             tensors["chunks"] = self.chunks.float().contiguous().cpu()
+        if self.proposals is not None:
+            tensors["proposals"] = self.proposals.float().contiguous().cpu()
         metadata = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
@@ -176,6 +216,7 @@ class NoiseDataset:
             success=tensors["success"],
             info=info,
             chunks=tensors.get("chunks"),
+            proposals=tensors.get("proposals"),
         )
 
 
@@ -187,6 +228,7 @@ def concatenate(datasets: Sequence[NoiseDataset], info: Mapping[str, Any] | None
     if any(set(d.observations) != keys for d in datasets):
         raise NoiseDatasetError("datasets have different observation keys")
     with_chunks = all(d.chunks is not None for d in datasets)
+    with_proposals = all(d.proposals is not None for d in datasets)
     offset, episodes = 0, []
     for dataset in datasets:
         episodes.append(dataset.episode + offset)
@@ -199,4 +241,5 @@ def concatenate(datasets: Sequence[NoiseDataset], info: Mapping[str, Any] | None
         success=torch.cat([d.success for d in datasets]),
         info=dict(info if info is not None else datasets[0].info),
         chunks=torch.cat([d.chunks for d in datasets]) if with_chunks else None,
+        proposals=torch.cat([d.proposals for d in datasets]) if with_proposals else None,
     )

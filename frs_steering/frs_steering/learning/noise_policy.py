@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import build_model, read_checkpoint, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
 
 #: On-disk format id of noise-policy checkpoints: a stable name, not the module path (the module
@@ -106,7 +107,7 @@ class NoisePolicyConfig:
         return cls(**data)
 
 
-class NoisePolicy(nn.Module):
+class NoisePolicy(StandardizedInput):
     """Standardized observation -> MLP -> Gaussian over the pre-squash noise.
 
     ``forward`` gives the deterministic noise ``bound * tanh(mean)`` as ``[B, horizon, dim]``;
@@ -114,57 +115,14 @@ class NoisePolicy(nn.Module):
     """
 
     def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
-        super().__init__()
-        self.config = config
         if seed is not None:
             torch.manual_seed(seed)
-        width = sum(config.observation_dims.values())
-        layers: list[nn.Module] = []
-        for _ in range(config.depth):
-            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
-            width = config.hidden
-        self.trunk = nn.Sequential(*layers)
-        self.mean_head = nn.Linear(width, config.output_dim)
-        self.log_std_head = nn.Linear(width, config.output_dim)
-        self.defer_head = nn.Linear(width, 1) if config.defer_head else None
-        total = sum(config.observation_dims.values())
-        self.register_buffer("input_mean", torch.zeros(total))
-        self.register_buffer("input_std", torch.ones(total))
-
-    def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
-        """Standardize inputs with the data's mean and std (see :meth:`set_flat_statistics`)."""
-        self.set_flat_statistics(self.flatten(observations, standardize=False))
-
-    def set_flat_statistics(self, flat: torch.Tensor, min_std: float = 1e-2) -> None:
-        """Mean and std per feature of ``[N, features]``; features that hardly vary in the data
-        (std <= ``min_std``: metres, radians, embedding units) are only centred, so a later
-        small change (a cube nudged that never moved in the data) stays a small input."""
-        std = flat.std(0) if len(flat) > 1 else torch.zeros_like(flat[0])
-        self.input_mean.copy_(flat.mean(0))
-        self.input_std.copy_(torch.where(std > min_std, std, torch.ones_like(std)))
-
-    def flatten(
-        self, observations: Mapping[str, torch.Tensor], standardize: bool = True
-    ) -> torch.Tensor:
-        """``[B, sum(observation_dims)]`` in the config's key order."""
-        parts = []
-        for key, width in self.config.observation_dims.items():
-            if key not in observations:
-                raise ValueError(
-                    f"observation lacks {key!r}; needs {list(self.config.observation_dims)}"
-                )
-            value = observations[key].reshape(observations[key].shape[0], -1).float()
-            if value.shape[1] != width:
-                raise ValueError(
-                    f"observation {key!r} has width {value.shape[1]}, expected {width}"
-                )
-            parts.append(value)
-        flat = torch.cat(parts, dim=1)
-        return self.standardize(flat) if standardize else flat
-
-    def standardize(self, flat: torch.Tensor) -> torch.Tensor:
-        """Flat features -> the network's standardized input."""
-        return (flat - self.input_mean) / self.input_std
+        super().__init__(config.observation_dims)
+        self.config = config
+        self.trunk = mlp_trunk(self.input_width, config.hidden, config.depth)
+        self.mean_head = nn.Linear(config.hidden, config.output_dim)
+        self.log_std_head = nn.Linear(config.hidden, config.output_dim)
+        self.defer_head = nn.Linear(config.hidden, 1) if config.defer_head else None
 
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean and clamped log-std from standardized features."""

@@ -1,0 +1,283 @@
+"""Reference policies: small networks obs -> the reasoner's coarse proposal (reference cloning).
+
+A reference policy replaces the reasoner, not the steering. It clones the coarse proposals a
+reasoner made in recorded rollouts (defer or not, a gripper command, per-axis signs of the
+direction, the magnitude) and FRS turns its proposal into the chunk exactly as it turns the
+reasoner's. A noise policy (DSBC) instead regresses the continuous noise FRS found, which on the
+hidden-pairing generalist does not generalize to unseen episodes (docs/learning.md); a proposal
+is a few discrete choices per chunk.
+
+The direction is cloned per axis, as a coarse reasoner states it ("left and down"): each axis
+is -1, 0 or +1 (an axis counts when its component is at least :data:`AXIS_THRESHOLD`), and the
+proposal's direction is the unit vector of the predicted signs. A predicted proposal that
+neither moves nor commands the gripper defers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from frs_steering.checkpoint import build_model, read_checkpoint, write_checkpoint
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
+from frs_steering.reasoning import CoarseProposal, Gripper, Source
+
+#: On-disk format id of reference-policy checkpoints.
+FORMAT = "frs_steering.reference_policy"
+#: A direction component at least this large (in magnitude) counts as a commanded axis.
+AXIS_THRESHOLD = 0.25
+_GRIPPERS = len(Gripper)
+
+
+def encode_proposal(proposal: CoarseProposal) -> np.ndarray:
+    """One row of ``NoiseDataset.proposals`` (:data:`PROPOSAL_FIELDS`)."""
+    row = [float(proposal.defer), *proposal.direction.tolist(), proposal.magnitude]
+    return np.asarray([*row, float(int(proposal.gripper))], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ReferencePolicyConfig:
+    """Architecture of a :class:`ReferencePolicy` (saved with its checkpoint)."""
+
+    observation_dims: dict[str, int]  # observation key -> flattened width
+    hidden: int = 256
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.observation_dims:
+            raise ValueError("observation_dims is empty")
+        for name in ("hidden", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(
+                    f"ReferencePolicyConfig.{name} must be a positive int, got {value!r}"
+                )
+        object.__setattr__(
+            self, "observation_dims", {str(k): int(v) for k, v in self.observation_dims.items()}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReferencePolicyConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ReferencePolicyConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class ProposalLogits:
+    """The heads of a :class:`ReferencePolicy` for a batch (logits; magnitude in [0, 1])."""
+
+    defer: torch.Tensor  # [B]
+    gripper: torch.Tensor  # [B, 3] (Gripper order)
+    axes: torch.Tensor  # [B, 3, 3] (per axis: -1, 0, +1)
+    magnitude: torch.Tensor  # [B]
+
+
+class ReferencePolicy(StandardizedInput):
+    """Standardized observation -> MLP -> the heads of a coarse proposal."""
+
+    def __init__(self, config: ReferencePolicyConfig, seed: int | None = 0) -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        super().__init__(config.observation_dims)
+        self.config = config
+        self.trunk = mlp_trunk(self.input_width, config.hidden, config.depth)
+        self.output = nn.Linear(config.hidden, 1 + _GRIPPERS + 9 + 1)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> ProposalLogits:
+        out = self.output(self.trunk(self.flatten(observations)))
+        return ProposalLogits(
+            defer=out[:, 0],
+            gripper=out[:, 1 : 1 + _GRIPPERS],
+            axes=out[:, 1 + _GRIPPERS : 10 + _GRIPPERS].reshape(-1, 3, 3),
+            magnitude=torch.sigmoid(out[:, -1]),
+        )
+
+    @torch.no_grad()
+    def propose(self, observation: dict[str, torch.Tensor]) -> CoarseProposal:
+        """The proposal for a batch-of-one observation (the policy's own observation dict)."""
+        batch = {k: torch.as_tensor(v) for k, v in observation.items()}
+        if any(v.shape[0] != 1 for v in batch.values()):
+            raise ValueError("propose takes a batch of one observation")
+        if any(v.is_floating_point() and not torch.isfinite(v).all() for v in batch.values()):
+            return CoarseProposal(
+                source=Source.LEARNED, defer=True, reason="non-finite observation"
+            )
+        logits = self(batch)
+        if float(logits.defer[0]) > 0.0:
+            return CoarseProposal(source=Source.LEARNED, defer=True, reason="cloned: defer")
+        signs = logits.axes[0].argmax(-1).float() - 1.0
+        norm = float(signs.norm())
+        gripper = Gripper(int(logits.gripper[0].argmax()))
+        if norm == 0.0 and gripper is Gripper.KEEP:
+            return CoarseProposal(source=Source.LEARNED, defer=True, reason="cloned: no motion")
+        magnitude = float(logits.magnitude[0])
+        return CoarseProposal(
+            source=Source.LEARNED,
+            direction=(signs / norm).numpy() if norm else np.zeros(3),
+            magnitude=min(max(magnitude, 0.0), 1.0) if math.isfinite(magnitude) else 0.5,
+            gripper=gripper,
+            reason="cloned",
+        )
+
+
+@dataclass(frozen=True)
+class ProposalTargets:
+    """Training targets of a batch of recorded proposals."""
+
+    defer: torch.Tensor  # [N] float 0/1
+    gripper: torch.Tensor  # [N] long
+    axes: torch.Tensor  # [N, 3] long in {0, 1, 2} (sign + 1)
+    magnitude: torch.Tensor  # [N] float
+    moves: torch.Tensor  # [N] bool: a non-deferring proposal with a direction
+
+
+def proposal_targets(proposals: torch.Tensor) -> ProposalTargets:
+    """Per-head targets of ``NoiseDataset.proposals`` rows."""
+    direction = proposals[:, 1:4]
+    axes = torch.where(direction.abs() >= AXIS_THRESHOLD, direction.sign(), 0.0).long() + 1
+    defer = proposals[:, 0]
+    return ProposalTargets(
+        defer=defer,
+        gripper=proposals[:, 5].long(),
+        axes=axes,
+        magnitude=proposals[:, 4],
+        moves=(defer == 0) & (direction.norm(dim=1) > 0),
+    )
+
+
+def proposal_loss(logits: ProposalLogits, targets: ProposalTargets) -> torch.Tensor:
+    """Defer BCE on every sample; gripper and axes CE where the reasoner did not defer;
+    magnitude MSE where it moved."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.defer, targets.defer)
+    acted = targets.defer == 0
+    if acted.any():
+        loss = loss + nn.functional.cross_entropy(logits.gripper[acted], targets.gripper[acted])
+        axes = logits.axes[acted].reshape(-1, 3)
+        loss = loss + 3 * nn.functional.cross_entropy(axes, targets.axes[acted].reshape(-1))
+    if targets.moves.any():
+        error = logits.magnitude[targets.moves] - targets.magnitude[targets.moves]
+        loss = loss + error.pow(2).mean()
+    return loss
+
+
+@dataclass(frozen=True)
+class ReferenceCloningConfig:
+    """Optimizer settings of :func:`train_reference_policy`."""
+
+    steps: int = 10000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("steps, batch_size and learning_rate must be positive")
+
+
+def train_reference_policy(
+    dataset: NoiseDataset,
+    network: ReferencePolicyConfig | None = None,
+    config: ReferenceCloningConfig = ReferenceCloningConfig(),
+    *,
+    progress: bool = True,
+) -> tuple[ReferencePolicy, dict[str, Any]]:
+    """Fit a reference policy to the recorded proposals of ``dataset`` (every chunk: the
+    reasoner's proposal is a label whether or not the episode succeeded).
+
+    Returns the policy (eval mode) and a history: per-step ``loss``, ``cpu_seconds``, ``steps``.
+    """
+    if dataset.proposals is None:
+        raise ValueError("the dataset has no recorded proposals (collected before they were kept?)")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    if network is None:
+        network = ReferencePolicyConfig(
+            {k: int(v[0].numel()) for k, v in dataset.observations.items()}
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    net = ReferencePolicy(network, seed=config.seed)
+    observations = {k: v.float() for k, v in dataset.observations.items()}
+    net.set_input_statistics(observations)
+    targets = proposal_targets(dataset.proposals.float())
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
+    losses: list[float] = []
+    start = time.process_time()
+    net.train()
+    bar = tqdm(range(config.steps), desc="reference cloning", disable=not progress, leave=False)
+    for _ in bar:
+        index = torch.randint(
+            len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
+        )
+        batch_targets = ProposalTargets(
+            *(getattr(targets, f)[index] for f in targets.__dataclass_fields__)
+        )
+        loss = proposal_loss(net({k: v[index] for k, v in observations.items()}), batch_targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if progress and len(losses) % 100 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
+        if time.process_time() - start > config.max_seconds:
+            break
+    net.eval()
+    history = {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
+    return net, history
+
+
+@torch.no_grad()
+def proposal_accuracy(net: ReferencePolicy, dataset: NoiseDataset) -> dict[str, float]:
+    """Agreement with the recorded proposals: defer decisions, gripper commands (where the
+    reasoner acted) and all three axis signs (where it moved)."""
+    if dataset.proposals is None or len(dataset) == 0:
+        raise ValueError("the dataset has no recorded proposals")
+    logits = net({k: v.float() for k, v in dataset.observations.items()})
+    targets = proposal_targets(dataset.proposals.float())
+    acted = targets.defer == 0
+    result = {"defer": float(((logits.defer > 0).float() == targets.defer).float().mean())}
+    if acted.any():
+        gripper = logits.gripper[acted].argmax(-1) == targets.gripper[acted]
+        result["gripper"] = float(gripper.float().mean())
+    if targets.moves.any():
+        axes = logits.axes[targets.moves].argmax(-1) == targets.axes[targets.moves]
+        result["axes"] = float(axes.all(-1).float().mean())
+    return result
+
+
+def save_reference_policy(net: ReferencePolicy, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (same layout as flow-policy checkpoints)."""
+    return write_checkpoint(directory, FORMAT, net.config.to_dict(), net.state_dict())
+
+
+def load_reference_policy(directory: str | Path, *, device: str = "cpu") -> ReferencePolicy:
+    """Rebuild a reference policy saved by :func:`save_reference_policy`, in eval mode."""
+    directory = Path(directory)
+    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
+    return build_model(
+        directory,
+        config_data,
+        tensors,
+        ReferencePolicyConfig.from_dict,
+        lambda config: ReferencePolicy(config, seed=None),
+        device=device,
+    )

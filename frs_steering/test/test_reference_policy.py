@@ -1,0 +1,139 @@
+"""Reference policies: cloning a reasoner's coarse proposals (training, proposing, checkpoints)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frs_steering.checkpoint import CheckpointError
+from frs_steering.learning.noise_data import NoiseDataset
+from frs_steering.learning.reference_policy import (
+    ReferenceCloningConfig,
+    ReferencePolicy,
+    ReferencePolicyConfig,
+    encode_proposal,
+    load_reference_policy,
+    proposal_accuracy,
+    save_reference_policy,
+    train_reference_policy,
+)
+from frs_steering.reasoning import CoarseProposal, Gripper, Source
+
+
+def teacher(state: np.ndarray) -> CoarseProposal:
+    """A reasoner whose proposal is a function of the state: toward the goal in state[3:6]
+    from the position in state[0:3], per-axis; defer once there; close when state[6] > 0.8."""
+    if state[6] > 0.8:
+        return CoarseProposal(source=Source.SCRIPTED, magnitude=0.5, gripper=Gripper.CLOSE)
+    offset = state[3:6] - state[0:3]
+    signs = np.where(np.abs(offset) > 0.1, np.sign(offset), 0.0)
+    if not signs.any():
+        return CoarseProposal(source=Source.SCRIPTED, defer=True)
+    magnitude = 1.0 if np.abs(offset).max() > 0.5 else 0.5
+    return CoarseProposal(
+        source=Source.SCRIPTED, direction=signs / np.linalg.norm(signs), magnitude=magnitude
+    )
+
+
+def teacher_dataset(n: int, seed: int) -> NoiseDataset:
+    rng = np.random.default_rng(seed)
+    state = rng.uniform(-1, 1, size=(n, 7)).astype(np.float32)
+    proposals = np.stack([encode_proposal(teacher(s)) for s in state])
+    return NoiseDataset(
+        observations={"state": torch.from_numpy(state), "instruction": torch.zeros(n, 4)},
+        noise=torch.zeros(n, 2, 3),
+        steered=torch.zeros(n, 2, 3, dtype=torch.bool),
+        episode=torch.arange(n) // 10,
+        success=torch.ones(n, dtype=torch.bool),
+        proposals=torch.from_numpy(proposals),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = teacher_dataset(4000, seed=0)
+    config = ReferenceCloningConfig(steps=1500, max_seconds=60.0)
+    net, history = train_reference_policy(data, config=config, progress=False)
+    return net, history
+
+
+def test_encode_keeps_every_field_of_a_proposal():
+    row = encode_proposal(
+        CoarseProposal(
+            source=Source.VLM,
+            direction=np.array([0.0, 0.6, -0.8]),
+            magnitude=0.5,
+            gripper=Gripper.OPEN,
+        )
+    )
+    np.testing.assert_allclose(row, [0.0, 0.0, 0.6, -0.8, 0.5, 1.0], atol=1e-7)
+    deferral = encode_proposal(CoarseProposal(source=Source.HUMAN, defer=True))
+    assert deferral[0] == 1.0 and not deferral[1:4].any()
+
+
+def test_a_reference_policy_learns_the_teachers_proposals_on_unseen_states(trained):
+    net, history = trained
+    assert history["steps"] == 1500 and history["cpu_seconds"] < 60
+    assert np.mean(history["loss"][-100:]) < 0.5 * np.mean(history["loss"][:100])
+    fresh = teacher_dataset(1000, seed=1)
+    agreement = proposal_accuracy(net, fresh)
+    assert agreement["defer"] > 0.9 and agreement["gripper"] > 0.95 and agreement["axes"] > 0.7
+    # proposals one at a time: the same kind of answer as the teacher, from the learned source
+    agree = 0
+    for i in range(200):
+        observation = {k: v[i : i + 1] for k, v in fresh.observations.items()}
+        got = net.propose(observation)
+        want = teacher(fresh.observations["state"][i].numpy())
+        assert got.source is Source.LEARNED
+        assert (
+            got.defer
+            or got.gripper is not Gripper.KEEP
+            or abs(np.linalg.norm(got.direction) - 1) < 1e-6
+        )
+        agree += got.defer == want.defer and got.gripper is want.gripper
+    assert agree > 180
+
+
+def test_proposals_from_bad_observations_defer_or_refuse(trained):
+    net, _ = trained
+    observation = {"state": torch.full((1, 7), float("nan")), "instruction": torch.zeros(1, 4)}
+    assert net.propose(observation).defer
+    observation["state"] = torch.zeros(2, 7)
+    with pytest.raises(ValueError, match="batch of one"):
+        net.propose({"state": torch.zeros(2, 7), "instruction": torch.zeros(2, 4)})
+    with pytest.raises(ValueError, match="lacks 'instruction'"):
+        net.propose({"state": torch.zeros(1, 7)})
+    with pytest.raises(ValueError, match="width 5"):
+        net.propose({"state": torch.zeros(1, 5), "instruction": torch.zeros(1, 4)})
+
+
+def test_training_needs_recorded_proposals():
+    data = teacher_dataset(20, seed=0)
+    with pytest.raises(ValueError, match="no recorded proposals"):
+        train_reference_policy(NoiseDataset(**{**vars(data), "proposals": None}), progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        ReferenceCloningConfig(steps=0)
+    with pytest.raises(ValueError, match="hidden"):
+        ReferencePolicyConfig({"state": 7}, hidden=0)
+
+
+def test_checkpoint_round_trip_and_tampering(trained, tmp_path):
+    net, _ = trained
+    save_reference_policy(net, tmp_path / "ref")
+    loaded = load_reference_policy(tmp_path / "ref")
+    assert isinstance(loaded, ReferencePolicy) and not loaded.training
+    data = teacher_dataset(50, seed=2)
+    observations = {k: v.float() for k, v in data.observations.items()}
+    with torch.no_grad():
+        a, b = net(observations), loaded(observations)
+    for field in ("defer", "gripper", "axes", "magnitude"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    weights = tmp_path / "ref" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        load_reference_policy(tmp_path / "ref")
+    with pytest.raises(CheckpointError):
+        load_reference_policy(tmp_path / "missing")
