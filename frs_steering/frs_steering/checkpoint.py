@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -348,6 +349,21 @@ def build_model(
     return model.to(device).eval()
 
 
+def load_model(
+    directory: str | Path,
+    format_name: str,
+    parse: Callable[[dict], Any],
+    build: Callable[[Any], ModelT],
+    *,
+    device: str | torch.device = "cpu",
+) -> ModelT:
+    """The model of a checkpoint written by :func:`write_checkpoint` with ``format_name``:
+    verified (:func:`read_checkpoint`), then built as :func:`build_model` builds it."""
+    directory = Path(directory)
+    config_data, tensors = read_checkpoint(directory, format_name, device=device)
+    return build_model(directory, config_data, tensors, parse, build, device=device)
+
+
 def save_policy(policy: FlowMatchingPolicy, directory: str | Path) -> Path:
     """Write ``policy`` to ``directory`` (created if needed); returns the directory."""
     return write_checkpoint(directory, FORMAT, policy.config.to_dict(), policy.state_dict())
@@ -366,16 +382,8 @@ def read_config(directory: str | Path) -> FlowPolicyConfig:
 
 def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") -> FlowMatchingPolicy:
     """Rebuild a policy saved by :func:`save_policy`, in eval mode."""
-    directory = Path(directory)
-    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
-    return build_model(
-        directory,
-        config_data,
-        tensors,
-        FlowPolicyConfig.from_dict,
-        lambda config: FlowMatchingPolicy(config, seed=None),
-        device=device,
-    )
+    build = functools.partial(FlowMatchingPolicy, seed=None)
+    return load_model(directory, FORMAT, FlowPolicyConfig.from_dict, build, device=device)
 
 
 # ---------------------------------------------------------------------------- command line

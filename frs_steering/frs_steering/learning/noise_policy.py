@@ -14,6 +14,7 @@ observation=obs)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from frs_steering.checkpoint import build_model, read_checkpoint, write_checkpoint
+from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
@@ -332,13 +333,5 @@ def save_noise_policy(net: NoisePolicy, directory: str | Path) -> Path:
 
 def load_noise_policy(directory: str | Path, *, device: str = "cpu") -> NoisePolicy:
     """Rebuild a noise policy saved by :func:`save_noise_policy`, in eval mode."""
-    directory = Path(directory)
-    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
-    return build_model(
-        directory,
-        config_data,
-        tensors,
-        NoisePolicyConfig.from_dict,
-        lambda config: NoisePolicy(config, seed=None),
-        device=device,
-    )
+    build = functools.partial(NoisePolicy, seed=None)
+    return load_model(directory, FORMAT, NoisePolicyConfig.from_dict, build, device=device)

@@ -15,6 +15,7 @@ neither moves nor commands the gripper defers.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from frs_steering.checkpoint import build_model, read_checkpoint, write_checkpoint
+from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -271,13 +272,5 @@ def save_reference_policy(net: ReferencePolicy, directory: str | Path) -> Path:
 
 def load_reference_policy(directory: str | Path, *, device: str = "cpu") -> ReferencePolicy:
     """Rebuild a reference policy saved by :func:`save_reference_policy`, in eval mode."""
-    directory = Path(directory)
-    config_data, tensors = read_checkpoint(directory, FORMAT, device=device)
-    return build_model(
-        directory,
-        config_data,
-        tensors,
-        ReferencePolicyConfig.from_dict,
-        lambda config: ReferencePolicy(config, seed=None),
-        device=device,
-    )
+    build = functools.partial(ReferencePolicy, seed=None)
+    return load_model(directory, FORMAT, ReferencePolicyConfig.from_dict, build, device=device)
