@@ -358,10 +358,11 @@ def run_episode(
         situation = _ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
         result, ref, was_deferred = _generate_chunk(policy, proposal, setting, situation, generator)
         deferred += was_deferred
-        label, label_ref = result, ref
-        if labeller is not None:
+        label, label_ref, label_proposal = result, ref, proposal
+        if labeller is not None:  # the acting setting never asks the reasoner (Setting checks)
+            label_proposal = reasoner.propose_for(obs, task)
             label, label_ref, _ = _generate_chunk(
-                policy, None, labeller, situation, label_generator
+                policy, label_proposal, labeller, situation, label_generator
             )
         if collect and label.noise is not None:
             samples.append(
@@ -370,7 +371,7 @@ def run_episode(
                     noise=label.noise[0].numpy(),
                     steered=(label.steered[0] & (label_ref is not None)).numpy(),
                     chunk=label.chunk[0].numpy(),
-                    proposal=proposal if labeller is None else None,
+                    proposal=label_proposal,
                 )
             )
         rows = np.zeros((spec.horizon, ACTION_DIM))
