@@ -171,7 +171,10 @@ class GoalInputs:
     ) -> tuple[SteerRequest, Any]:
         """(request, CoarseReference) of the reference policy's proposal for ``observation``:
         FRS toward it, the policy's own sample where it defers."""
-        proposal = self.reference_policy.propose(observation.policy_input)
+        try:
+            proposal = self.reference_policy.propose(observation.policy_input)
+        except ValueError as error:  # an input it cannot read: refuse the goal, move nothing
+            raise ObservationError(f"the reference policy cannot propose: {error}") from None
         reference = proposal_to_msg(
             proposal,
             stamp=goal.observation_stamp,

@@ -7,14 +7,19 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 
 from frs_msgs.action import SteerChunk
+from frs_msgs.msg import CoarseReference
 from frs_steering.adapters.base import ReferenceSettings
+from frs_steering.observation import ObservationError
+from frs_steering.reasoning import CoarseProposal, Source
 from frs_steering.steering_goals import (
     NODE_PARAMETERS,
     GoalCanceled,
+    GoalInputs,
     GoalParameters,
     GoalPreempted,
     GoalRejected,
@@ -66,6 +71,41 @@ def test_method_reference_policy_needs_a_loaded_reference_policy() -> None:
     assert request.method == "reference_policy" and request.params == {"noise_scale": 0.0}
     with pytest.raises(GoalRejected, match="'reference_policy'"):  # among the available ones
         _check(Time(sec=1), method="no_such_method")
+
+
+def test_a_reference_policys_proposal_decides_the_method_and_a_bad_input_refuses() -> None:
+    """Its deferral runs the policy's own sample, its motion FRS; an observation it cannot
+    read refuses the goal (ObservationError) instead of failing the worker."""
+
+    class Fixed:
+        def __init__(self, proposal: CoarseProposal | Exception) -> None:
+            self.proposal = proposal
+
+        def propose(self, observation: dict) -> CoarseProposal:
+            if isinstance(self.proposal, Exception):
+                raise self.proposal
+            return self.proposal
+
+    goal = SteerChunk.Goal(method="reference_policy", observation_stamp=Time(sec=1), seed=1)
+    observation = SimpleNamespace(policy_input={}, instruction="push it")
+    adapter = SimpleNamespace(layout=SimpleNamespace(frame_id="fr3_link0"))
+
+    def proposed(proposal: CoarseProposal | Exception):  # noqa: ANN202
+        inputs = GoalInputs(None, adapter, None, None, int, lambda: None, Fixed(proposal))
+        request = check_goal(
+            goal, max_num_steps=10, max_samples=4, noise_policy=None, reference_policy=Fixed(None)
+        )
+        return inputs.proposed(goal, request, observation)
+
+    move = CoarseProposal(source=Source.LEARNED, direction=np.array([0.0, 1.0, 0.0]))
+    request, reference = proposed(move)
+    assert request.method == "frs" and reference.source == CoarseReference.SOURCE_LEARNED
+    assert (reference.direction.y, reference.header.frame_id) == (1.0, "fr3_link0")
+    assert reference.instruction == "push it" and not reference.defer
+    request, reference = proposed(CoarseProposal(source=Source.LEARNED, defer=True))
+    assert request.method == "base" and reference.defer
+    with pytest.raises(ObservationError, match="cannot propose: width"):
+        proposed(ValueError("width 5, expected 46"))
 
 
 def test_goal_shape_names_what_the_steering_time_depends_on() -> None:
