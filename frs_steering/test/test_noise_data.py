@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from frs_steering.learning.noise_data import NoiseDataset, NoiseDatasetError, concatenate
 
@@ -37,7 +38,7 @@ def test_round_trip_keeps_every_tensor_and_info(tmp_path):
     assert loaded.info == data.info
     assert torch.equal(loaded.noise, data.noise) and torch.equal(loaded.steered, data.steered)
     assert torch.equal(loaded.episode, data.episode) and torch.equal(loaded.success, data.success)
-    assert set(loaded.observations) == {"state", "instruction"}
+    assert list(loaded.observations) == ["state", "instruction"]  # the order, not the file's
     assert torch.equal(loaded.observations["state"], data.observations["state"])
     assert torch.equal(loaded.chunks, data.chunks)
     assert torch.equal(loaded.proposals, data.proposals)
@@ -93,3 +94,15 @@ def test_corrupt_truncated_and_foreign_files_give_clear_errors(tmp_path):
     save_file({"noise": torch.zeros(1, 2, 2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(NoiseDatasetError, match="is not a"):
         NoiseDataset.load(tmp_path / "other.safetensors")
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    for order, message in (('["state", "image"]', "does not name"), ("[state", "unreadable")):
+        save_file(
+            load_file(str(path)),
+            str(tmp_path / "order.safetensors"),
+            metadata={**metadata, "observation_keys": order},
+        )
+        with pytest.raises(NoiseDatasetError, match=message):
+            NoiseDataset.load(tmp_path / "order.safetensors")

@@ -9,6 +9,7 @@ import torch
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.reference_policy import (
+    HEADS,
     ReferenceCloningConfig,
     ReferencePolicy,
     ReferencePolicyConfig,
@@ -50,12 +51,14 @@ def teacher_dataset(n: int, seed: int) -> NoiseDataset:
     )
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=HEADS)
+def trained(request):
     torch.set_num_threads(1)
     data = teacher_dataset(4000, seed=0)
     config = ReferenceCloningConfig(steps=800, max_seconds=600.0)  # the cap never binds here
-    net, history = train_reference_policy(data, config=config, progress=False)
+    network = ReferencePolicyConfig({"state": 7, "instruction": 4}, head=request.param)
+    net, history = train_reference_policy(data, network, config, progress=False)
+    assert net.config.head == request.param
     return net, history
 
 
@@ -117,6 +120,8 @@ def test_training_needs_recorded_proposals():
         ReferenceCloningConfig(steps=0)
     with pytest.raises(ValueError, match="hidden"):
         ReferencePolicyConfig({"state": 7}, hidden=0)
+    with pytest.raises(ValueError, match="head must be one of"):
+        ReferencePolicyConfig({"state": 7}, head="joint")
 
 
 def test_checkpoint_round_trip_and_tampering(trained, tmp_path):
@@ -128,8 +133,10 @@ def test_checkpoint_round_trip_and_tampering(trained, tmp_path):
     observations = {k: v.float() for k, v in data.observations.items()}
     with torch.no_grad():
         a, b = net(observations), loaded(observations)
-    for field in ("defer", "gripper", "axes", "magnitude"):
-        assert torch.equal(getattr(a, field), getattr(b, field))
+    for field in ("defer", "gripper", "kind", "axes", "magnitude"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None and y is None) or torch.equal(x, y), field
+    assert loaded.config == net.config
     weights = tmp_path / "ref" / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0xFF

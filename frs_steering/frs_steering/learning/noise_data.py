@@ -171,6 +171,9 @@ class NoiseDataset:
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
             "info": json.dumps(self.info, sort_keys=True),
+            # safetensors stores tensors by sorted name; the observation order is part of the
+            # data (a policy trained on it flattens its inputs in this order)
+            "observation_keys": json.dumps(list(self.observations)),
         }
         tmp = path.with_name(path.name + ".partial")
         save_file(tensors, str(tmp), metadata=metadata)
@@ -208,6 +211,19 @@ class NoiseDataset:
         observations = {
             k[len(_OBS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_OBS_PREFIX)
         }
+        try:
+            order = json.loads(metadata.get("observation_keys", "[]"))
+        except json.JSONDecodeError as error:
+            raise NoiseDatasetError(
+                f"{path} has an unreadable observation order: {error}"
+            ) from error
+        if order:  # files written before the order was kept load in the file's (sorted) order
+            if not isinstance(order, list) or sorted(map(str, order)) != sorted(observations):
+                raise NoiseDatasetError(
+                    f"{path}: observation order {order} does not name its observation tensors "
+                    f"{sorted(observations)}"
+                )
+            observations = {key: observations[key] for key in order}
         return cls(
             observations=observations,
             noise=tensors["noise"],

@@ -11,6 +11,11 @@ The direction is cloned per axis, as a coarse reasoner states it ("left and down
 is -1, 0 or +1 (an axis counts when its component is at least :data:`AXIS_THRESHOLD`), and the
 proposal's direction is the unit vector of the predicted signs. A predicted proposal that
 neither moves nor commands the gripper defers.
+
+Two heads (``ReferencePolicyConfig.head``): ``fields`` predicts each field on its own (defer,
+gripper, axes), so a motion and a gripper command can combine where the reasoner never combined
+them; ``kinds`` predicts the kind of proposal jointly (:data:`KINDS`: defer, a gripper command
+without motion, or a motion with the gripper kept, opened or closed), then the axes of a motion.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ FORMAT = "frs_steering.reference_policy"
 #: A direction component at least this large (in magnitude) counts as a commanded axis.
 AXIS_THRESHOLD = 0.25
 _GRIPPERS = len(Gripper)
+HEADS = ("fields", "kinds")
+#: The proposal kinds of the ``kinds`` head: index 0 defers; 1 + gripper: no motion (1, no
+#: motion with the gripper kept, is read as a deferral); 1 + GRIPPERS + gripper: a motion.
+KINDS = (
+    "defer",
+    *(f"still_{g.name.lower()}" for g in Gripper),
+    *(f"move_{g.name.lower()}" for g in Gripper),
+)
 
 
 def encode_proposal(proposal: CoarseProposal) -> np.ndarray:
@@ -52,10 +65,13 @@ class ReferencePolicyConfig:
     observation_dims: dict[str, int]  # observation key -> flattened width
     hidden: int = 256
     depth: int = 2
+    head: str = "fields"  # one of HEADS
 
     def __post_init__(self) -> None:
         if not self.observation_dims:
             raise ValueError("observation_dims is empty")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         for name in ("hidden", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -65,6 +81,11 @@ class ReferencePolicyConfig:
         object.__setattr__(
             self, "observation_dims", {str(k): int(v) for k, v in self.observation_dims.items()}
         )
+
+    @property
+    def output_dim(self) -> int:
+        decisions = 1 + _GRIPPERS if self.head == "fields" else len(KINDS)
+        return decisions + 9 + 1  # + three axes of three signs + the magnitude
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,12 +100,24 @@ class ReferencePolicyConfig:
 
 @dataclass
 class ProposalLogits:
-    """The heads of a :class:`ReferencePolicy` for a batch (logits; magnitude in [0, 1])."""
+    """The heads of a :class:`ReferencePolicy` for a batch (logits; magnitude in [0, 1]):
+    ``defer`` and ``gripper`` for the ``fields`` head, ``kind`` for the ``kinds`` head."""
 
-    defer: torch.Tensor  # [B]
-    gripper: torch.Tensor  # [B, 3] (Gripper order)
     axes: torch.Tensor  # [B, 3, 3] (per axis: -1, 0, +1)
     magnitude: torch.Tensor  # [B]
+    defer: torch.Tensor | None = None  # [B]
+    gripper: torch.Tensor | None = None  # [B, 3] (Gripper order)
+    kind: torch.Tensor | None = None  # [B, len(KINDS)]
+
+    def decisions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(defer [B] bool, gripper [B] long, moves [B] bool or None for the fields head, whose
+        axes alone say whether it moves)."""
+        if self.kind is None:
+            return self.defer > 0, self.gripper.argmax(-1), None
+        kind = self.kind.argmax(-1)
+        moves = kind > _GRIPPERS
+        gripper = torch.where(moves, kind - 1 - _GRIPPERS, kind - 1).clamp_min(0)
+        return kind <= 1, gripper, moves
 
 
 class ReferencePolicy(StandardizedInput):
@@ -96,16 +129,14 @@ class ReferencePolicy(StandardizedInput):
         super().__init__(config.observation_dims)
         self.config = config
         self.trunk = mlp_trunk(self.input_width, config.hidden, config.depth)
-        self.output = nn.Linear(config.hidden, 1 + _GRIPPERS + 9 + 1)
+        self.output = nn.Linear(config.hidden, config.output_dim)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> ProposalLogits:
         out = self.output(self.trunk(self.flatten(observations)))
-        return ProposalLogits(
-            defer=out[:, 0],
-            gripper=out[:, 1 : 1 + _GRIPPERS],
-            axes=out[:, 1 + _GRIPPERS : 10 + _GRIPPERS].reshape(-1, 3, 3),
-            magnitude=torch.sigmoid(out[:, -1]),
-        )
+        common = {"axes": out[:, -10:-1].reshape(-1, 3, 3), "magnitude": torch.sigmoid(out[:, -1])}
+        if self.config.head == "kinds":
+            return ProposalLogits(kind=out[:, : len(KINDS)], **common)
+        return ProposalLogits(defer=out[:, 0], gripper=out[:, 1 : 1 + _GRIPPERS], **common)
 
     @torch.no_grad()
     def propose(self, observation: dict[str, torch.Tensor]) -> CoarseProposal:
@@ -118,11 +149,18 @@ class ReferencePolicy(StandardizedInput):
                 source=Source.LEARNED, defer=True, reason="non-finite observation"
             )
         logits = self(batch)
-        if float(logits.defer[0]) > 0.0:
+        defer, gripper_index, moves = logits.decisions()
+        if bool(defer[0]):
             return CoarseProposal(source=Source.LEARNED, defer=True, reason="cloned: defer")
         signs = logits.axes[0].argmax(-1).float() - 1.0
+        if moves is not None and not bool(moves[0]):
+            signs = torch.zeros(3)
+        elif moves is not None and not signs.any():  # a motion: its likeliest axis and sign
+            moving = logits.axes[0].softmax(-1)[:, [0, 2]]
+            axis, side = divmod(int(moving.argmax()), 2)
+            signs[axis] = 1.0 if side else -1.0
         norm = float(signs.norm())
-        gripper = Gripper(int(logits.gripper[0].argmax()))
+        gripper = Gripper(int(gripper_index[0]))
         if norm == 0.0 and gripper is Gripper.KEEP:
             return CoarseProposal(source=Source.LEARNED, defer=True, reason="cloned: no motion")
         magnitude = float(logits.magnitude[0])
@@ -144,6 +182,7 @@ class ProposalTargets:
     axes: torch.Tensor  # [N, 3] long in {0, 1, 2} (sign + 1)
     magnitude: torch.Tensor  # [N] float
     moves: torch.Tensor  # [N] bool: a non-deferring proposal with a direction
+    kind: torch.Tensor  # [N] long: the index in KINDS
 
 
 def proposal_targets(proposals: torch.Tensor) -> ProposalTargets:
@@ -151,24 +190,30 @@ def proposal_targets(proposals: torch.Tensor) -> ProposalTargets:
     direction = proposals[:, 1:4]
     axes = torch.where(direction.abs() >= AXIS_THRESHOLD, direction.sign(), 0.0).long() + 1
     defer = proposals[:, 0]
+    gripper = proposals[:, 5].long()
+    moves = (defer == 0) & (direction.norm(dim=1) > 0)
+    kind = torch.where(defer == 1, 0, 1 + gripper + _GRIPPERS * moves.long())
     return ProposalTargets(
-        defer=defer,
-        gripper=proposals[:, 5].long(),
-        axes=axes,
-        magnitude=proposals[:, 4],
-        moves=(defer == 0) & (direction.norm(dim=1) > 0),
+        defer=defer, gripper=gripper, axes=axes, magnitude=proposals[:, 4], moves=moves, kind=kind
     )
 
 
 def proposal_loss(logits: ProposalLogits, targets: ProposalTargets) -> torch.Tensor:
-    """Defer BCE on every sample; gripper and axes CE where the reasoner did not defer;
-    magnitude MSE where it moved."""
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.defer, targets.defer)
-    acted = targets.defer == 0
-    if acted.any():
-        loss = loss + nn.functional.cross_entropy(logits.gripper[acted], targets.gripper[acted])
-        axes = logits.axes[acted].reshape(-1, 3)
-        loss = loss + 3 * nn.functional.cross_entropy(axes, targets.axes[acted].reshape(-1))
+    """The fields head: defer BCE on every sample, gripper and axes CE where the reasoner did
+    not defer. The kinds head: kind CE on every sample, axes CE where it moved. Both: magnitude
+    MSE where it moved."""
+    if logits.kind is not None:
+        loss = nn.functional.cross_entropy(logits.kind, targets.kind)
+        axes_on = targets.moves
+    else:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.defer, targets.defer)
+        axes_on = targets.defer == 0
+        if axes_on.any():
+            gripper = nn.functional.cross_entropy(logits.gripper[axes_on], targets.gripper[axes_on])
+            loss = loss + gripper
+    if axes_on.any():
+        axes = logits.axes[axes_on].reshape(-1, 3)
+        loss = loss + 3 * nn.functional.cross_entropy(axes, targets.axes[axes_on].reshape(-1))
     if targets.moves.any():
         error = logits.magnitude[targets.moves] - targets.magnitude[targets.moves]
         loss = loss + error.pow(2).mean()
@@ -254,11 +299,11 @@ def proposal_accuracy(net: ReferencePolicy, dataset: NoiseDataset) -> dict[str, 
         raise ValueError("the dataset has no recorded proposals")
     logits = net({k: v.float() for k, v in dataset.observations.items()})
     targets = proposal_targets(dataset.proposals.float())
+    defer, gripper, _ = logits.decisions()
     acted = targets.defer == 0
-    result = {"defer": float(((logits.defer > 0).float() == targets.defer).float().mean())}
+    result = {"defer": float((defer.float() == targets.defer).float().mean())}
     if acted.any():
-        gripper = logits.gripper[acted].argmax(-1) == targets.gripper[acted]
-        result["gripper"] = float(gripper.float().mean())
+        result["gripper"] = float((gripper[acted] == targets.gripper[acted]).float().mean())
     if targets.moves.any():
         axes = logits.axes[targets.moves].argmax(-1) == targets.axes[targets.moves]
         result["axes"] = float(axes.all(-1).float().mean())
