@@ -63,7 +63,9 @@ from frs_steering.learning.noise_policy import (
     train_dsbc,
 )
 from frs_steering.learning.reference_policy import (
+    HEADS,
     ReferenceCloningConfig,
+    ReferencePolicyConfig,
     encode_proposal,
     proposal_accuracy,
     save_reference_policy,
@@ -276,13 +278,16 @@ def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[
         steps=args.reference_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
     held_out = rollouts.episode % 10 == 0
-    probe, _ = train_reference_policy(rollouts.select(~held_out), config=config)
-    net, history = train_reference_policy(rollouts, config=config)
+    dims = {k: int(v[0].numel()) for k, v in rollouts.observations.items()}
+    network = ReferencePolicyConfig(dims, head=args.reference_head)
+    probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
+    net, history = train_reference_policy(rollouts, network, config)
     save_reference_policy(net, args.out / "reference_policy")
     return {
         "net": net,
         "history": history,
         "training": asdict(config),
+        "network": network.to_dict(),
         "chunks": len(rollouts),
         "params": sum(p.numel() for p in net.parameters()),
         "cpu_seconds": history["cpu_seconds"],
@@ -316,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=ReferenceCloningConfig.steps,
         help="reference cloning's optimizer steps (0: skip reference cloning)",
+    )
+    parser.add_argument(
+        "--reference-head",
+        choices=HEADS,
+        default="fields",
+        help="the reference policy's head: each field on its own, or the proposal's kind jointly",
     )
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument("--objective", choices=("mse", "nll"), default="mse")
