@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +23,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
-from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
+from frs_steering.learning.observation_input import (
+    StandardizedInput,
+    mlp_trunk,
+    train_within_budget,
+)
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
 
 #: On-disk format id of noise-policy checkpoints: a stable name, not the module path (the module
@@ -279,47 +281,34 @@ def train_dsbc(
         raise ValueError("the noise dataset is empty")
     if noise_policy_config is None:
         noise_policy_config = default_config(dataset)
-    generator = torch.Generator().manual_seed(config.seed)
     net = NoisePolicy(noise_policy_config, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     target = net.target_of(dataset.noise.float())
     steered_only = config.steered_only or net.config.defer_head  # deferrals: the head's job
     weights = net.target_of(dataset.steered.float()) if steered_only else None
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
-    losses: list[float] = []
-    start = time.process_time()
-    net.train()
-    bar = tqdm(range(config.steps), desc="DSBC", disable=not progress, leave=False)
-    for _ in bar:
-        index = torch.randint(
-            len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
-        )
-        loss = dsbc_loss(
-            net,
-            {k: v[index] for k, v in observations.items()},
-            target[index],
-            config.objective,
-            None if weights is None else weights[index],
-        )
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        batch = {k: v[index] for k, v in observations.items()}
+        weight = None if weights is None else weights[index]
+        loss = dsbc_loss(net, batch, target[index], config.objective, weight)
         if net.defer_head is not None:
-            loss = loss + defer_loss(
-                net, {k: v[index] for k, v in observations.items()}, dataset.steered[index]
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if progress and len(losses) % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-        if time.process_time() - start > config.max_seconds:
-            break
-    net.eval()
-    history = {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
+            loss = loss + defer_loss(net, batch, dataset.steered[index])
+        return loss
+
+    history = train_within_budget(
+        net,
+        loss_of,
+        len(dataset),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        max_seconds=config.max_seconds,
+        seed=config.seed,
+        desc="DSBC",
+        progress=progress,
+    )
     return net, history
 
 

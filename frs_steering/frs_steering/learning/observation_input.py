@@ -1,16 +1,20 @@
-"""The input layer the small learned policies share: observation dict -> standardized features.
+"""What the small learned policies share: their input layer and their training loop.
 
 Noise policies (DSBC, DSRL) and reference policies read the same flow-policy observation (a dict
 of tensors, e.g. ``state`` and ``instruction``), flattened in a fixed key order and standardized
-with statistics stored as buffers, so a checkpoint carries its own normalization.
+with statistics stored as buffers, so a checkpoint carries its own normalization. They are
+trained the same way: seeded minibatches, AdamW with a cosine schedule, inside a CPU budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class StandardizedInput(nn.Module):
@@ -69,3 +73,46 @@ def mlp_trunk(width: int, hidden: int, depth: int) -> nn.Sequential:
         layers += [nn.Linear(width, hidden), nn.SiLU()]
         width = hidden
     return nn.Sequential(*layers)
+
+
+def train_within_budget(
+    net: nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    samples: int,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    max_seconds: float,
+    seed: int,
+    desc: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Minimize ``loss_of(sample indices)`` over seeded minibatches of ``samples`` (AdamW,
+    cosine schedule over ``steps``), stopping early once ``max_seconds`` of CPU time are spent.
+
+    Leaves ``net`` in eval mode; returns the history: per-step ``loss``, ``cpu_seconds``,
+    ``steps`` run. Seeded: the same data and settings give the same weights.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    losses: list[float] = []
+    start = time.process_time()
+    net.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        index = torch.randint(samples, (min(batch_size, samples),), generator=generator)
+        loss = loss_of(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if progress and len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+        if time.process_time() - start > max_seconds:
+            break
+    net.eval()
+    return {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}

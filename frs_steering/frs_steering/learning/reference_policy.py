@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
-from frs_steering.learning.observation_input import StandardizedInput, mlp_trunk
+from frs_steering.learning.observation_input import (
+    StandardizedInput,
+    mlp_trunk,
+    train_within_budget,
+)
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
 
 #: On-disk format id of reference-policy checkpoints.
@@ -256,38 +258,28 @@ def train_reference_policy(
         network = ReferencePolicyConfig(
             {k: int(v[0].numel()) for k, v in dataset.observations.items()}
         )
-    generator = torch.Generator().manual_seed(config.seed)
     net = ReferencePolicy(network, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     targets = proposal_targets(dataset.proposals.float())
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        batch = ProposalTargets(*(getattr(targets, f)[index] for f in targets.__dataclass_fields__))
+        return proposal_loss(net({k: v[index] for k, v in observations.items()}), batch)
+
+    history = train_within_budget(
+        net,
+        loss_of,
+        len(dataset),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        max_seconds=config.max_seconds,
+        seed=config.seed,
+        desc="reference cloning",
+        progress=progress,
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
-    losses: list[float] = []
-    start = time.process_time()
-    net.train()
-    bar = tqdm(range(config.steps), desc="reference cloning", disable=not progress, leave=False)
-    for _ in bar:
-        index = torch.randint(
-            len(dataset), (min(config.batch_size, len(dataset)),), generator=generator
-        )
-        batch_targets = ProposalTargets(
-            *(getattr(targets, f)[index] for f in targets.__dataclass_fields__)
-        )
-        loss = proposal_loss(net({k: v[index] for k, v in observations.items()}), batch_targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if progress and len(losses) % 100 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
-        if time.process_time() - start > config.max_seconds:
-            break
-    net.eval()
-    history = {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
     return net, history
 
 
