@@ -402,6 +402,18 @@ def check_goal(
     )
 
 
+def load_learned_policies(
+    param: Callable[[str], Any], policy: Any, device: str = "cpu"
+) -> tuple[Any | None, Any | None]:
+    """(noise policy, reference policy) named by the node parameters ``noise_policy`` and
+    ``reference_policy`` (None where empty), each checked against the flow policy."""
+    noise, reference = str(param("noise_policy")), str(param("reference_policy"))
+    return (
+        load_checked_noise_policy(noise, policy, device) if noise else None,
+        load_checked_reference_policy(reference, policy, device) if reference else None,
+    )
+
+
 def _check_reads_the_policy_observation(kind: str, path: str, net: Any, policy: Any) -> None:
     """CheckpointError unless ``net`` reads the flow policy's observation keys and widths."""
     config = policy.config

@@ -17,12 +17,12 @@ from visualization_msgs.msg import MarkerArray
 from frs_control.messages import chunk_to_msg, ns_to_stamp
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import ActionChunk, PhaseTiming, SteeringDiagnostics, SteeringRecord
-from frs_steering.adapters.base import ActionLayout, ReferenceSettings, StampedObservation
+from frs_steering.adapters.base import ActionLayout, StampedObservation
 from frs_steering.observation import padded_real, reference_cosine
 from frs_steering.policy import ActionSpec
 from frs_steering.ros_messages import path_markers
 from frs_steering.steer import SteerResult
-from frs_steering.steering_goals import GoalCanceled, GoalPreempted, Served, SteerRequest
+from frs_steering.steering_goals import GoalCanceled, GoalPreempted, Prepared, Served
 
 MARKER_COLOURS = {  # namespace -> RGBA
     "reference": (1.0, 0.75, 0.0, 1.0),
@@ -143,21 +143,20 @@ def diagnostics_msg(
 
 def record_msg(
     goal: Any,
-    request: SteerRequest,
-    observation: StampedObservation,
+    prepared: Prepared,
     result: Any,
-    settings: ReferenceSettings,
     include_unsteered: bool,
     checkpoint_sha256: str,
     input_topics: Sequence[str] = (),
-    reference: Any | None = None,
 ) -> SteeringRecord:
-    """Everything needed to replay this call offline (see frs_msgs/SteeringRecord).
+    """Everything needed to replay this call offline (see frs_msgs/SteeringRecord): the goal as
+    asked, and what was prepared from it (the request, the observation, the reference steered
+    toward: the goal's or a reference policy's).
 
     ``input_topics`` name the adapter's streams in ``observation.input_stamps`` order;
-    ``scene_stamp`` is the stamp of the first (0 when there is none). ``reference`` is the
-    CoarseReference steered toward when it was not the goal's (a reference policy's proposal).
+    ``scene_stamp`` is the stamp of the first (0 when there is none).
     """
+    request, observation, settings = prepared.request, prepared.observation, prepared.settings
     stream_stamps = list(observation.input_stamps.values())
     msg = SteeringRecord(
         input_topics=list(input_topics),
@@ -169,7 +168,7 @@ def record_msg(
         partial_time=goal.partial_time,
         num_samples=goal.num_samples,
         requested_seed=goal.seed,
-        reference=goal.reference if reference is None else reference,
+        reference=prepared.reference,
         method=request.method,
         seed=request.seed,
         scene_stamp=ns_to_stamp(stream_stamps[0] if stream_stamps else 0),

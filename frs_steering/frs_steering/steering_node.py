@@ -68,8 +68,7 @@ from frs_steering.steering_goals import (
     SteeringDurations,
     SteerRequest,
     StepMonitor,
-    load_checked_noise_policy,
-    load_checked_reference_policy,
+    load_learned_policies,
     steer_prepared,
     weights_sha256,
 )
@@ -159,11 +158,8 @@ class SteeringNode(LifecycleNode):
         adapter.bind(policy)
         if adapter.needs_instruction:
             adapter.encode_instruction("warm-up")  # load the encoder now, not on first use
-        path = str(self._param("noise_policy"))
-        self._noise_policy = load_checked_noise_policy(path, policy, device) if path else None
-        path = str(self._param("reference_policy"))
-        self._reference_policy = (
-            load_checked_reference_policy(path, policy, device) if path else None
+        self._noise_policy, self._reference_policy = load_learned_policies(
+            self._param, policy, device
         )
         self._checkpoint, self._checkpoint_sha256 = checkpoint, weights_sha256(checkpoint)
         self._adapter, self._policy = adapter, policy
@@ -392,13 +388,7 @@ class SteeringNode(LifecycleNode):
                 prepared = self._goals.prepare(goal, params, request, started, wait_s)
             except (GoalRejected, ObservationError, MessageError) as error:
                 return refused(str(error))
-        request, observation, built, started = (
-            prepared.request,
-            prepared.observation,
-            prepared.built,
-            prepared.started,
-        )
-        prepare_s = time.perf_counter() - started
+        prepare_s = time.perf_counter() - prepared.started
         layout = self._adapter.layout
         feedback = goal_feedback(goal_handle, self.context.ok) if params.publish_feedback else None
         monitor = StepMonitor(
@@ -425,9 +415,10 @@ class SteeringNode(LifecycleNode):
             if served.result.outcome == Result.OUTCOME_FAILED:
                 self.get_logger().error(served.result.reason)
             return served
-        self._durations.record(params.shape(request), seconds)
+        self._durations.record(params.shape(prepared.request), seconds)
+        observation, reference = prepared.observation, prepared.built.real
         msg = result_msg(
-            result, self._policy.spec, layout, observation, built.real, prepare_s, started
+            result, self._policy.spec, layout, observation, reference, prepare_s, prepared.started
         )
         publish = functools.partial(self._publish_extras, goal, params, prepared, result, msg)
         return Served("succeed", msg, publish)
@@ -436,29 +427,17 @@ class SteeringNode(LifecycleNode):
         self, goal: Any, params: GoalParameters, prepared: Prepared, result: SteerResult, msg: Any
     ) -> None:
         """Diagnostics, rviz markers and the replay record: after the result, off its path."""
-        outputs, request, observation = self._outputs, prepared.request, prepared.observation
-        settings, built = prepared.settings, prepared.built
+        outputs = self._outputs
         if not self._active or not outputs:
             return
         outputs["diagnostics"].publish(msg.diagnostics)
         if params.publish_markers:
-            layout = self._adapter.layout
+            layout, observation, built = self._adapter.layout, prepared.observation, prepared.built
             outputs["markers"].publish(markers_msg(result, layout, observation, built.real))
         if params.publish_record:
             topics = [stream.topic for stream in self._adapter.streams()]
             unsteered, sha = params.include_unsteered, self._checkpoint_sha256
-            record = record_msg(
-                goal,
-                request,
-                observation,
-                msg,
-                settings,
-                unsteered,
-                sha,
-                topics,
-                prepared.reference,
-            )
-            outputs["record"].publish(record)
+            outputs["record"].publish(record_msg(goal, prepared, msg, unsteered, sha, topics))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -39,6 +39,7 @@ def test_round_trip_keeps_every_tensor_and_info(tmp_path):
     assert torch.equal(loaded.noise, data.noise) and torch.equal(loaded.steered, data.steered)
     assert torch.equal(loaded.episode, data.episode) and torch.equal(loaded.success, data.success)
     assert list(loaded.observations) == ["state", "instruction"]  # the order, not the file's
+    assert loaded.observation_dims == {"state": 5, "instruction": 3}
     assert torch.equal(loaded.observations["state"], data.observations["state"])
     assert torch.equal(loaded.chunks, data.chunks)
     assert torch.equal(loaded.proposals, data.proposals)

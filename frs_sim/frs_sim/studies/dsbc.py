@@ -278,8 +278,7 @@ def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[
         steps=args.reference_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
     held_out = rollouts.episode % 10 == 0
-    dims = {k: int(v[0].numel()) for k, v in rollouts.observations.items()}
-    network = ReferencePolicyConfig(dims, head=args.reference_head)
+    network = ReferencePolicyConfig(rollouts.observation_dims, head=args.reference_head)
     probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
     net, history = train_reference_policy(rollouts, network, config)
     save_reference_policy(net, args.out / "reference_policy")
@@ -325,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reference-head",
         choices=HEADS,
-        default="fields",
+        default=ReferencePolicyConfig.head,
         help="the reference policy's head: each field on its own, or the proposal's kind jointly",
     )
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")

@@ -127,6 +127,12 @@ class NoiseDataset:
             )
 
     @property
+    def observation_dims(self) -> dict[str, int]:
+        """Observation key -> flattened width of one sample, in the dataset's key order (what
+        a policy learning from it reads)."""
+        return {key: int(tensor[0].numel()) for key, tensor in self.observations.items()}
+
+    @property
     def chunk_shape(self) -> tuple[int, int]:
         return int(self.noise.shape[1]), int(self.noise.shape[2])
 

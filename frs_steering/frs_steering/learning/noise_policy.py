@@ -27,8 +27,8 @@ from torch import nn
 from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
-    StandardizedInput,
-    mlp_trunk,
+    ObservationMlp,
+    TrainingBudget,
     train_within_budget,
 )
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
@@ -110,7 +110,7 @@ class NoisePolicyConfig:
         return cls(**data)
 
 
-class NoisePolicy(StandardizedInput):
+class NoisePolicy(ObservationMlp):
     """Standardized observation -> MLP -> Gaussian over the pre-squash noise.
 
     ``forward`` gives the deterministic noise ``bound * tanh(mean)`` as ``[B, horizon, dim]``;
@@ -118,11 +118,8 @@ class NoisePolicy(StandardizedInput):
     """
 
     def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
-        if seed is not None:
-            torch.manual_seed(seed)
-        super().__init__(config.observation_dims)
+        super().__init__(config.observation_dims, config.hidden, config.depth, seed)
         self.config = config
-        self.trunk = mlp_trunk(self.input_width, config.hidden, config.depth)
         self.mean_head = nn.Linear(config.hidden, config.output_dim)
         self.log_std_head = nn.Linear(config.hidden, config.output_dim)
         self.defer_head = nn.Linear(config.hidden, 1) if config.defer_head else None
@@ -203,23 +200,16 @@ register_method("noise_policy", noise_policy_method)
 
 
 @dataclass(frozen=True)
-class DsbcConfig:
-    """Behaviour cloning of noises (DSBC): objective and optimizer settings."""
+class DsbcConfig(TrainingBudget):
+    """Behaviour cloning of noises (DSBC): objective, and the optimizer and CPU budget."""
 
     objective: str = "mse"
-    steps: int = 3000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
-    seed: int = 0
     steered_only: bool = False  # fit only elements that came from steering (skip fresh draws)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("steps, batch_size and learning_rate must be positive")
 
 
 def dsbc_loss(
@@ -257,7 +247,7 @@ def default_config(dataset: NoiseDataset, **overrides: Any) -> NoisePolicyConfig
     horizon, dim = dataset.chunk_shape
     steered_dims = torch.nonzero(dataset.steered.any(dim=(0, 1))).flatten().tolist()
     fields: dict[str, Any] = {
-        "observation_dims": {k: int(v[0].numel()) for k, v in dataset.observations.items()},
+        "observation_dims": dataset.observation_dims,
         "horizon": horizon,
         "dim": dim,
         "noise_dims": tuple(steered_dims) if steered_dims else None,
@@ -297,17 +287,7 @@ def train_dsbc(
         return loss
 
     history = train_within_budget(
-        net,
-        loss_of,
-        len(dataset),
-        steps=config.steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        max_seconds=config.max_seconds,
-        seed=config.seed,
-        desc="DSBC",
-        progress=progress,
+        net, loss_of, len(dataset), config, desc="DSBC", progress=progress
     )
     return net, history
 

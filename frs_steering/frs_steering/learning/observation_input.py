@@ -1,4 +1,4 @@
-"""What the small learned policies share: their input layer and their training loop.
+"""What the small learned policies share: their input layer, trunk and training loop.
 
 Noise policies (DSBC, DSRL) and reference policies read the same flow-policy observation (a dict
 of tensors, e.g. ``state`` and ``instruction``), flattened in a fixed key order and standardized
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,20 +18,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
-class StandardizedInput(nn.Module):
-    """Flattens ``observation_dims``' keys in order and standardizes them (buffers
-    ``input_mean`` / ``input_std``, identity until statistics are set)."""
+class ObservationMlp(nn.Module):
+    """Flattens ``observation_dims``' keys in order, standardizes them (buffers
+    ``input_mean`` / ``input_std``, identity until statistics are set) and runs an MLP
+    ``trunk`` of ``depth`` x ``hidden``; subclasses add their heads on ``hidden`` features."""
 
-    def __init__(self, observation_dims: Mapping[str, int]) -> None:
+    def __init__(
+        self, observation_dims: Mapping[str, int], hidden: int, depth: int, seed: int | None
+    ) -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
         super().__init__()
         self.observation_dims = dict(observation_dims)
         total = sum(self.observation_dims.values())
         self.register_buffer("input_mean", torch.zeros(total))
         self.register_buffer("input_std", torch.ones(total))
-
-    @property
-    def input_width(self) -> int:
-        return sum(self.observation_dims.values())
+        layers: list[nn.Module] = []
+        for width in (total, *[hidden] * (depth - 1)):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+        self.trunk = nn.Sequential(*layers)
 
     def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
         """Standardize inputs with the data's mean and std (see :meth:`set_flat_statistics`)."""
@@ -66,44 +72,49 @@ class StandardizedInput(nn.Module):
         return (flat - self.input_mean) / self.input_std
 
 
-def mlp_trunk(width: int, hidden: int, depth: int) -> nn.Sequential:
-    """``depth`` x (Linear -> SiLU) from ``width`` to ``hidden`` features."""
-    layers: list[nn.Module] = []
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    return nn.Sequential(*layers)
+@dataclass(frozen=True)
+class TrainingBudget:
+    """Optimizer settings and the CPU budget of :func:`train_within_budget`."""
+
+    steps: int = 3000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("steps, batch_size and learning_rate must be positive")
 
 
 def train_within_budget(
     net: nn.Module,
     loss_of: Callable[[torch.Tensor], torch.Tensor],
     samples: int,
+    budget: TrainingBudget,
     *,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    max_seconds: float,
-    seed: int,
     desc: str,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Minimize ``loss_of(sample indices)`` over seeded minibatches of ``samples`` (AdamW,
-    cosine schedule over ``steps``), stopping early once ``max_seconds`` of CPU time are spent.
+    cosine schedule over ``budget.steps``), stopping early once ``budget.max_seconds`` of CPU
+    time are spent.
 
     Leaves ``net`` in eval mode; returns the history: per-step ``loss``, ``cpu_seconds``,
     ``steps`` run. Seeded: the same data and settings give the same weights.
     """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(budget.seed)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=budget.learning_rate, weight_decay=budget.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, budget.steps)
     losses: list[float] = []
     start = time.process_time()
     net.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
     for _ in bar:
-        index = torch.randint(samples, (min(batch_size, samples),), generator=generator)
+        index = torch.randint(samples, (min(budget.batch_size, samples),), generator=generator)
         loss = loss_of(index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,7 +123,7 @@ def train_within_budget(
         losses.append(loss.item())
         if progress and len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-        if time.process_time() - start > max_seconds:
+        if time.process_time() - start > budget.max_seconds:
             break
     net.eval()
     return {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}

@@ -20,6 +20,7 @@ without motion, or a motion with the gripper kept, opened or closed), then the a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import asdict, dataclass
@@ -33,8 +34,8 @@ from torch import nn
 from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
-    StandardizedInput,
-    mlp_trunk,
+    ObservationMlp,
+    TrainingBudget,
     train_within_budget,
 )
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -122,15 +123,12 @@ class ProposalLogits:
         return kind <= 1, gripper, moves
 
 
-class ReferencePolicy(StandardizedInput):
+class ReferencePolicy(ObservationMlp):
     """Standardized observation -> MLP -> the heads of a coarse proposal."""
 
     def __init__(self, config: ReferencePolicyConfig, seed: int | None = 0) -> None:
-        if seed is not None:
-            torch.manual_seed(seed)
-        super().__init__(config.observation_dims)
+        super().__init__(config.observation_dims, config.hidden, config.depth, seed)
         self.config = config
-        self.trunk = mlp_trunk(self.input_width, config.hidden, config.depth)
         self.output = nn.Linear(config.hidden, config.output_dim)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> ProposalLogits:
@@ -186,6 +184,11 @@ class ProposalTargets:
     moves: torch.Tensor  # [N] bool: a non-deferring proposal with a direction
     kind: torch.Tensor  # [N] long: the index in KINDS
 
+    def select(self, index: torch.Tensor) -> ProposalTargets:
+        """The targets of the samples at ``index``."""
+        fields = dataclasses.fields(self)
+        return ProposalTargets(**{f.name: getattr(self, f.name)[index] for f in fields})
+
 
 def proposal_targets(proposals: torch.Tensor) -> ProposalTargets:
     """Per-head targets of ``NoiseDataset.proposals`` rows."""
@@ -223,19 +226,10 @@ def proposal_loss(logits: ProposalLogits, targets: ProposalTargets) -> torch.Ten
 
 
 @dataclass(frozen=True)
-class ReferenceCloningConfig:
-    """Optimizer settings of :func:`train_reference_policy`."""
+class ReferenceCloningConfig(TrainingBudget):
+    """The optimizer and CPU budget of :func:`train_reference_policy`."""
 
     steps: int = 10000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("steps, batch_size and learning_rate must be positive")
 
 
 def train_reference_policy(
@@ -255,30 +249,18 @@ def train_reference_policy(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     if network is None:
-        network = ReferencePolicyConfig(
-            {k: int(v[0].numel()) for k, v in dataset.observations.items()}
-        )
+        network = ReferencePolicyConfig(dataset.observation_dims)
     net = ReferencePolicy(network, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     targets = proposal_targets(dataset.proposals.float())
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        batch = ProposalTargets(*(getattr(targets, f)[index] for f in targets.__dataclass_fields__))
-        return proposal_loss(net({k: v[index] for k, v in observations.items()}), batch)
+        batch = {k: v[index] for k, v in observations.items()}
+        return proposal_loss(net(batch), targets.select(index))
 
     history = train_within_budget(
-        net,
-        loss_of,
-        len(dataset),
-        steps=config.steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        max_seconds=config.max_seconds,
-        seed=config.seed,
-        desc="reference cloning",
-        progress=progress,
+        net, loss_of, len(dataset), config, desc="reference cloning", progress=progress
     )
     return net, history
 
