@@ -252,3 +252,44 @@ def test_labels_come_only_from_settings_that_act_without_the_reasoner() -> None:
     with pytest.raises(ValueError, match="without the reasoner"):
         rollout.Setting("frs", label_method="frs")
     assert rollout.Setting("noise_policy", label_method="frs").label_method == "frs"
+
+
+@pytest.mark.parametrize("withhold", [False, True])
+def test_withholding_the_instruction_gives_the_policy_the_zero_vector(
+    tiny_checkpoint, tmp_path, withhold
+) -> None:
+    """``withhold_instruction``: every chunk reads the zero vector in place of the embedding
+    (the instruction-free input of a policy trained with instruction dropout), recorded in the
+    results' config."""
+    from frs_sim.evaluate.results import evaluate
+    from frs_sim.evaluate.workers import split_instructions
+
+    policy = load_policy(str(tiny_checkpoint))
+    seen: list[torch.Tensor] = []
+    encode = policy.encode
+
+    def recording_encode(observation):  # noqa: ANN001, ANN202
+        seen.append(observation["instruction"].clone())
+        return encode(observation)
+
+    policy.encode = recording_encode
+    table = {text: np.full(384, 0.5, np.float32) for text in split_instructions("novel")}
+    config = rollout.EvalConfig(
+        env=EnvConfig(max_episode_steps=6),
+        tasks=("push_red_yellow",),
+        withhold_instruction=withhold,
+    )
+    document = evaluate(
+        tmp_path / "eval",
+        policy=policy,
+        settings=[rollout.Setting("frs", split="novel", num_steps=4)],
+        config=config,
+        embeddings=table,
+        sanity_episodes_per_task=0,
+        progress=False,
+        plots=False,
+    )
+    assert document["config"]["withhold_instruction"] is withhold
+    assert seen
+    expected = 0.0 if withhold else 0.5
+    assert all(torch.all(instruction == expected) for instruction in seen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -91,3 +92,12 @@ def test_training_is_deterministic(tiny_demos):
     _, first = train_generalist(tiny_demos, recipe, progress=False)
     _, second = train_generalist(tiny_demos, recipe, progress=False)
     assert first == second
+
+
+def test_instruction_dropout_changes_training_not_the_demonstrations(tiny_demos):
+    recipe = GeneralistRecipe(width=16, depth=1, steps=20, batch_size=16)
+    dropped = dataclasses.replace(recipe, instruction_dropout=0.5)
+    assert dropped.demo_key() == recipe.demo_key()  # the same cached demonstrations
+    _, plain = train_generalist(tiny_demos, recipe, progress=False)
+    _, with_dropout = train_generalist(tiny_demos, dropped, progress=False)
+    assert with_dropout != plain

@@ -59,6 +59,7 @@ def train_flow_policy(
     grad_clip: float = 1.0,
     seed: int = 0,
     actions_normalized: bool = False,
+    instruction_dropout: float = 0.0,
     progress: bool = True,
 ) -> list[float]:
     """Train ``policy`` in place by flow matching; returns the per-step loss history.
@@ -67,9 +68,17 @@ def train_flow_policy(
     are ``[N, horizon, num_real]`` real-unit chunks (or ``[N, horizon, dim]`` normalized with
     ``actions_normalized``). AdamW with linear warmup and cosine decay; batches, noise and
     times come from one generator seeded with ``seed``, so CPU runs repeat exactly.
+
+    ``instruction_dropout``: the share of samples per batch whose ``instruction`` is replaced by
+    the zero vector, the input a policy reads when an observation carries no instruction; the
+    policy then also learns its instruction-free behaviour (classifier-free-guidance style).
     """
     if steps < 1 or batch_size < 1 or learning_rate <= 0:
         raise ValueError("steps, batch_size and learning_rate must be positive")
+    if not 0.0 <= instruction_dropout < 1.0:
+        raise ValueError(f"instruction_dropout must be in [0, 1), got {instruction_dropout}")
+    if instruction_dropout and "instruction" not in observations:
+        raise ValueError("instruction_dropout needs observations with an 'instruction' tensor")
     spec = policy.spec
     count = _check_data(observations, actions)
     with torch.no_grad():
@@ -92,6 +101,9 @@ def train_flow_policy(
     for _ in bar:
         index = torch.randint(count, (min(batch_size, count),), generator=generator)
         batch_obs = {key: value[index] for key, value in observations.items()}
+        if instruction_dropout:  # no draw otherwise: runs without dropout repeat exactly
+            keep = torch.rand(len(index), generator=generator) >= instruction_dropout
+            batch_obs["instruction"] = batch_obs["instruction"] * keep.unsqueeze(1)
         loss = flow_matching_loss(policy, batch_obs, chunks[index], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -16,7 +16,7 @@ from frs_steering.checkpoint import (
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
 from frs_steering.normalization import fit_normalizer
 from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
-from frs_steering.steer import steer
+from frs_steering.steer import generate_from_noise, steer
 from frs_steering.train import train_flow_policy
 
 HORIZON, REAL_DIMS, PADDED = 4, 3, 5
@@ -369,3 +369,80 @@ def test_discriminant_projection_keeps_tasks_apart_and_paraphrases_together(tmp_
         policy.set_instruction_projection(torch.full((8, 2), float("nan")))
     with pytest.raises(ValueError, match="instruction_projection_dim"):
         dataclasses.replace(_config(), instruction_projection_dim=2)  # no standardized encoder
+
+
+def _two_task_data(count: int = 512):
+    """Two instructions, each with its own sign of the chunk; the state says nothing."""
+    g = torch.Generator().manual_seed(11)
+    task = torch.rand(count, generator=g) < 0.5
+    instruction = torch.zeros(count, 8)
+    instruction[task, 0] = 1.0
+    instruction[~task, 1] = 1.0
+    sign = torch.where(task, 1.0, -1.0)
+    actions = sign[:, None, None] * torch.ones(count, HORIZON, REAL_DIMS)
+    actions = actions + 0.05 * torch.randn(count, HORIZON, REAL_DIMS, generator=g)
+    return {"state": torch.zeros(count, 6), "instruction": instruction}, actions
+
+
+def test_instruction_dropout_teaches_an_instruction_free_mode():
+    """With instruction dropout the policy keeps each instruction's task and, given no
+    instruction (the zero vector), samples both tasks; the checks on the share are loose."""
+    observations, actions = _two_task_data()
+    policy = FlowMatchingPolicy(_config(actions=actions), seed=3)
+    train_flow_policy(
+        policy,
+        observations,
+        actions,
+        steps=400,
+        batch_size=64,
+        seed=4,
+        instruction_dropout=0.3,
+        progress=False,
+    )
+    count = 200
+    noise = torch.randn(count, HORIZON, PADDED, generator=torch.Generator().manual_seed(5))
+    state = torch.zeros(count, 6)
+
+    def mean_sign(instruction: torch.Tensor | None) -> torch.Tensor:
+        observation = {"state": state}
+        if instruction is not None:
+            observation["instruction"] = instruction.expand(count, 8)
+        chunk = policy.spec.from_policy(generate_from_noise(policy, noise, observation=observation))
+        return torch.sign(chunk.mean(dim=(1, 2)))
+
+    first, second = torch.eye(8)[:1], torch.eye(8)[1:2]
+    assert (mean_sign(first) > 0).float().mean() > 0.9
+    assert (mean_sign(second) < 0).float().mean() > 0.9
+    withheld = (mean_sign(None) > 0).float().mean()
+    assert 0.15 < withheld < 0.85, withheld
+
+
+def test_instruction_dropout_is_checked_and_off_by_default():
+    observations, actions = _dataset(64)
+    policy = FlowMatchingPolicy(_config(), seed=3)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="instruction_dropout"):
+            train_flow_policy(
+                policy, observations, actions, steps=1, instruction_dropout=bad, progress=False
+            )
+    with pytest.raises(ValueError, match="instruction"):
+        train_flow_policy(
+            policy,
+            {"state": observations["state"]},
+            actions,
+            steps=1,
+            instruction_dropout=0.2,
+            progress=False,
+        )
+    _, default = _trained(steps=5)
+    explicit = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
+    history = train_flow_policy(
+        explicit,
+        *_dataset(),
+        steps=5,
+        batch_size=32,
+        seed=4,
+        instruction_dropout=0.0,
+        progress=False,
+    )
+    assert history == default

@@ -156,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=EnvConfig.max_episode_steps,
         help="control steps before an episode times out",
     )
+    parser.add_argument(
+        "--withhold-instruction",
+        action="store_true",
+        help="give the policy no instruction (the zero vector; for policies trained with "
+        "instruction dropout): what it does on the reasoner alone",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -194,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reasoner=reasoner,
             env=EnvConfig(max_episode_steps=args.max_steps),
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) or None,
+            withhold_instruction=args.withhold_instruction,
         ),
         sanity_episodes_per_task=args.sanity_episodes_per_task,
         workers=args.workers,

@@ -29,6 +29,7 @@ from frs_sim.evaluate.workers import (
 from frs_sim.reasoner import ScriptedReasoner
 from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
+from frs_steering.instructions import EMBEDDING_DIM
 
 
 def results_json(document: dict) -> str:
@@ -67,8 +68,11 @@ def evaluate(
     if sanity_episodes_per_task > 0:
         all_settings.append(Setting("base", split="pretrain"))
     splits = sorted({s.split for s in all_settings})
-    if embeddings is None:
-        embeddings = embed_texts_subprocess([t for s in splits for t in split_instructions(s)])
+    texts = [t for s in splits for t in split_instructions(s)]
+    if config.withhold_instruction:
+        embeddings = {t: np.zeros(EMBEDDING_DIM, dtype=np.float32) for t in texts}
+    elif embeddings is None:
+        embeddings = embed_texts_subprocess(texts)
     embed_fn = LookupEmbedding(embeddings)
     jobs = make_jobs(settings, episodes_per_task, seeds, config.tasks)
     if sanity_episodes_per_task > 0:
@@ -97,6 +101,7 @@ def evaluate(
             "sanity_episodes_per_task": sanity_episodes_per_task,
             "max_episode_steps": config.env.max_episode_steps,
             "tasks": None if config.tasks is None else list(config.tasks),
+            "withhold_instruction": config.withhold_instruction,
         },
         "rows": rows,
         "episodes": [

@@ -103,6 +103,9 @@ class EvalConfig:
     max_translation: float = 0.05  # metres per row for magnitude 1.0 ("more")
     env: EnvConfig = EnvConfig()
     tasks: tuple[str, ...] | None = None  # restrict to these task names (None: whole split)
+    # Give the policy no instruction (the zero vector, its instruction-free input; meaningful for
+    # a policy trained with instruction dropout): what the policy does on the reasoner alone.
+    withhold_instruction: bool = False
 
     def __post_init__(self) -> None:
         if self.execute_rows < 1:

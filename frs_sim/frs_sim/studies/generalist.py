@@ -105,6 +105,9 @@ class GeneralistRecipe:
     # Condition on the arm's motion too (the EE velocity, ``STATE_LAYOUT["ee_velocity"]``): a
     # carry toward one mat and one that has turned toward another differ only in motion.
     motion_state: bool = False
+    # Train with this share of each batch's instructions withheld (the zero vector), so the
+    # policy also has an instruction-free mode (``frs_steering.train.train_flow_policy``).
+    instruction_dropout: float = 0.0
 
     @property
     def state_dim(self) -> int:
@@ -348,6 +351,7 @@ def train_generalist(
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
         seed=recipe.seed,
+        instruction_dropout=recipe.instruction_dropout,
         progress=progress,
     )
     return policy, losses
@@ -455,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.motion_state,
         help="condition on the EE velocity too (a 49-d state instead of 46-d)",
     )
+    parser.add_argument(
+        "--instruction-dropout",
+        type=float,
+        default=defaults.instruction_dropout,
+        help="share of each training batch whose instruction is withheld (zero vector)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true", help="regenerate demos, write none")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -480,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redirect_fraction=args.redirect_fraction,
         instruction_lda=args.instruction_lda,
         motion_state=args.motion_state,
+        instruction_dropout=args.instruction_dropout,
     )
     summary = build_generalist(
         args.out, recipe, None if args.no_cache else args.cache_dir, progress=not args.quiet
