@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import torch
 
 from frs_sim.env import EnvConfig, FrankaTabletopEnv
 from frs_sim.evaluate import cli, compare, rollout, statistics
+from frs_sim.evaluate.workers import LookupEmbedding, run_jobs
 from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
 from frs_sim.tasks import find_task
@@ -293,3 +297,39 @@ def test_withholding_the_instruction_gives_the_policy_the_zero_vector(
     assert seen
     expected = 0.0 if withhold else 0.5
     assert all(torch.all(instruction == expected) for instruction in seen)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_corrupt_checkpoint_fails_the_evaluation_instead_of_hanging_it(
+    tiny_checkpoint, tmp_path, workers
+) -> None:
+    """A pool worker whose set-up fails would die and be replaced forever: the error must come
+    back to the caller, in a pool as in this process."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    config_file = broken / "config.json"
+    config_file.write_text(config_file.read_text().replace('"num_steps": ', '"num_steps": 1'))
+    jobs = rollout.make_jobs([rollout.Setting("base")], 1, [0], ("place_red_yellow",))
+    texts = find_task("place_red_yellow").instructions()
+    embed = {text: np.zeros(384, np.float32) for text in texts}
+    raised: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            run_jobs(
+                jobs,
+                checkpoint=str(broken),
+                embed_fn=LookupEmbedding(embed),
+                config=rollout.EvalConfig(),
+                workers=workers,
+                progress=False,
+            )
+        except BaseException as error:  # noqa: BLE001 - examined below
+            raised.append(error)
+
+    thread = threading.Thread(target=evaluate, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the evaluation hung on a worker that could not start"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+    assert re.search("set-up failed: CheckpointError: .*corrupt", str(raised[0]))

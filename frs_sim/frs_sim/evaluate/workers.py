@@ -94,15 +94,26 @@ def _init_worker(
     threads: int,
     collect: bool = False,
 ) -> None:
-    torch.set_num_threads(threads)
-    _WORKER["collect"] = collect
-    _WORKER["policy"] = policy if policy is not None else load_policy(checkpoint)
-    _WORKER["embed_fn"] = embed_fn
-    _WORKER["config"] = config
-    _WORKER["envs"] = {}
+    """Load what every episode of this worker shares. A failure (a corrupt checkpoint, say) is
+    kept and raised by the worker's first job: raised here, it would kill the worker and the
+    pool would start another forever, so the evaluation would hang instead of failing."""
+    _WORKER.pop("setup_error", None)
+    try:
+        torch.set_num_threads(threads)
+        _WORKER["collect"] = collect
+        _WORKER["policy"] = policy if policy is not None else load_policy(checkpoint)
+        _WORKER["embed_fn"] = embed_fn
+        _WORKER["config"] = config
+        _WORKER["envs"] = {}
+    except Exception as error:  # noqa: BLE001 - any set-up failure must reach the caller
+        _WORKER["setup_error"] = error
 
 
 def _run_job(job: tuple[Setting, TaskSpec, int]) -> EpisodeResult:
+    if "setup_error" in _WORKER:
+        error = _WORKER["setup_error"]
+        message = f"evaluation worker set-up failed: {type(error).__name__}: {error}"
+        raise RuntimeError(message) from error
     setting, task, seed = job
     envs = _WORKER["envs"]
     config: EvalConfig = _WORKER["config"]
