@@ -25,7 +25,7 @@ from frs_sim.phrasing import (
     phrasing_count,
     vocabulary_split,
 )
-from frs_sim.studies.generalist import PROFILES, GeneralistRecipe, instruction_classes
+from frs_sim.studies.generalist import PROFILES, GeneralistRecipe, instruction_classes, main
 from frs_sim.tasks import (
     HELD_OUT_TEMPLATE_IDS,
     NOVEL_PAIRS,
@@ -240,3 +240,29 @@ def test_instruction_classes_are_the_task_the_text_names_not_the_hidden_mat() ->
     assert find_task("place_red_onanymat", "habit_own").named_task == "place_red"
     with pytest.raises(ValueError, match="no task named"):
         instruction_classes(demos, "pretrain_home")  # a task the split does not hold
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("instruction_dropout", 1.0),
+        ("instruction_dropout", float("nan")),
+        ("instruction_dropout", -0.1),
+        ("steps", 0),
+        ("learning_rate", float("inf")),
+        ("phrasing_fraction", 1.5),
+    ],
+)
+def test_an_impossible_training_option_is_refused_by_the_recipe(field, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        GeneralistRecipe(**{field: value})
+
+
+def test_the_cli_refuses_an_impossible_option_before_making_any_data(tmp_path, capsys) -> None:
+    """Refused as a usage error at once: not after minutes of demonstrations (a cold cache)."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--instruction-dropout", "1.5", "--cache-dir", str(cache), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "instruction_dropout must be in [0, 1)" in capsys.readouterr().err
+    assert not cache.exists() and not out.exists()

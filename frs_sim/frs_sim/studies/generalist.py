@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -108,6 +109,21 @@ class GeneralistRecipe:
     # Train with this share of each batch's instructions withheld (the zero vector), so the
     # policy also has an instruction-free mode (``frs_steering.train.train_flow_policy``).
     instruction_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse impossible training options here, before minutes of data generation."""
+        for name in ("episodes", "steps", "batch_size", "width", "depth", "num_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("noisy_fraction", "phrasing_fraction", "redirect_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.instruction_dropout < 1.0:
+            raise ValueError(
+                f"instruction_dropout must be in [0, 1), got {self.instruction_dropout}"
+            )
 
     @property
     def state_dim(self) -> int:
@@ -474,24 +490,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.profile != "shipped" and args.out == DEFAULT_OUT:
         parser.error("write new profiles to another --out (e.g. build/generalist_robust)")
-    recipe = dataclasses.replace(
-        defaults,
-        split=args.split,
-        episodes=args.episodes,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        width=args.width,
-        depth=args.depth,
-        encoder_depth=args.encoder_depth,
-        encoder_width=args.encoder_width,
-        input_normalization=not args.no_input_normalization,
-        learning_rate=args.lr,
-        seed=args.seed,
-        redirect_fraction=args.redirect_fraction,
-        instruction_lda=args.instruction_lda,
-        motion_state=args.motion_state,
-        instruction_dropout=args.instruction_dropout,
-    )
+    try:
+        recipe = dataclasses.replace(
+            defaults,
+            split=args.split,
+            episodes=args.episodes,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            width=args.width,
+            depth=args.depth,
+            encoder_depth=args.encoder_depth,
+            encoder_width=args.encoder_width,
+            input_normalization=not args.no_input_normalization,
+            learning_rate=args.lr,
+            seed=args.seed,
+            redirect_fraction=args.redirect_fraction,
+            instruction_lda=args.instruction_lda,
+            motion_state=args.motion_state,
+            instruction_dropout=args.instruction_dropout,
+        )
+    except ValueError as error:  # an impossible option: refused before any data is made
+        parser.error(str(error))
     summary = build_generalist(
         args.out, recipe, None if args.no_cache else args.cache_dir, progress=not args.quiet
     )
