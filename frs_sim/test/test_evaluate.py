@@ -333,3 +333,25 @@ def test_a_corrupt_checkpoint_fails_the_evaluation_instead_of_hanging_it(
     assert not thread.is_alive(), "the evaluation hung on a worker that could not start"
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
     assert re.search("set-up failed: CheckpointError: .*corrupt", str(raised[0]))
+
+
+def test_compare_picks_the_setting_in_both_evaluations(tmp_path, capsys) -> None:
+    """Two multi-setting evaluations compare row against row; a one-setting run (sim_demo's,
+    without setting labels) is compared whole."""
+    outcomes = {("push_a", 1): True, ("place_b", 1): False}
+    flipped = {key: not ok for key, ok in outcomes.items()}
+
+    def run(frs: dict, base: dict) -> list[dict]:
+        rows = [{**e, "setting": "frs"} for e in _episodes(frs)]
+        return rows + [{**e, "setting": "base"} for e in _episodes(base)]
+
+    first, second, demo = tmp_path / "first.json", tmp_path / "second.json", tmp_path / "demo.json"
+    first.write_text(json.dumps({"episodes": run(outcomes, flipped)}))
+    second.write_text(json.dumps({"episodes": run(flipped, outcomes)}))
+    demo.write_text(json.dumps({"episodes": _episodes(outcomes)}))
+    assert compare.main(["--setting", "frs", str(first), str(second)]) == 0
+    assert "only first 1, only second 1" in capsys.readouterr().out
+    assert compare.main(["--setting", "base", str(first), str(second)]) == 0
+    assert "only first 1, only second 1" in capsys.readouterr().out
+    assert compare.main(["--setting", "frs", str(first), str(demo)]) == 0
+    assert "only first 0, only second 0" in capsys.readouterr().out

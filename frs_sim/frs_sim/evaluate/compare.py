@@ -5,7 +5,8 @@ only one run solved, and the exact McNemar p.
         frs_bringup/results/sim_demo/results.json
 
 Either file is a ``frs_sim.evaluate`` or ``frs_bringup.sim_demo`` results.json (its
-``episodes``); ``--setting`` picks one setting of an evaluation that ran several.
+``episodes``); ``--setting`` picks one setting of an evaluation that ran several (in both
+files where the second is an evaluation with that setting too; a sim_demo run has one).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         first = load_episodes(args.first, args.setting)
         second = load_episodes(args.second)
+        if args.setting and any(e.get("setting") == args.setting for e in second):
+            second = load_episodes(args.second, args.setting)  # two evaluations: the same row
         result = paired_comparison(first, second)
     except (ValueError, KeyError) as err:
         print(f"compare: {err}", file=sys.stderr)
