@@ -46,6 +46,20 @@ def _check_data(observations: Observation, actions: torch.Tensor) -> int:
     return count
 
 
+def check_training_options(
+    steps: int, batch_size: int, learning_rate: float, instruction_dropout: float = 0.0
+) -> None:
+    """Refuse options no flow-matching training can run with (ValueError naming the option);
+    callers that prepare data first check here before spending time on it."""
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
+    if not 0.0 <= instruction_dropout < 1.0:  # also refuses NaN
+        raise ValueError(f"instruction_dropout must be in [0, 1), got {instruction_dropout}")
+
+
 def train_flow_policy(
     policy: nn.Module,
     observations: Observation,
@@ -73,10 +87,7 @@ def train_flow_policy(
     the zero vector, the input a policy reads when an observation carries no instruction; the
     policy then also learns its instruction-free behaviour (classifier-free-guidance style).
     """
-    if steps < 1 or batch_size < 1 or learning_rate <= 0:
-        raise ValueError("steps, batch_size and learning_rate must be positive")
-    if not 0.0 <= instruction_dropout < 1.0:
-        raise ValueError(f"instruction_dropout must be in [0, 1), got {instruction_dropout}")
+    check_training_options(steps, batch_size, learning_rate, instruction_dropout)
     if instruction_dropout and "instruction" not in observations:
         raise ValueError("instruction_dropout needs observations with an 'instruction' tensor")
     spec = policy.spec

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         first = load_episodes(args.first, args.setting)
         second = load_episodes(args.second)
         if args.setting and any(e.get("setting") == args.setting for e in second):
-            second = load_episodes(args.second, args.setting)  # two evaluations: the same row
+            second = [e for e in second if e.get("setting") == args.setting]  # the same row
         result = paired_comparison(first, second)
     except (ValueError, KeyError) as err:
         print(f"compare: {err}", file=sys.stderr)

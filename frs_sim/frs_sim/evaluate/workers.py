@@ -97,7 +97,6 @@ def _init_worker(
     """Load what every episode of this worker shares. A failure (a corrupt checkpoint, say) is
     kept and raised by the worker's first job: raised here, it would kill the worker and the
     pool would start another forever, so the evaluation would hang instead of failing."""
-    _WORKER.pop("setup_error", None)
     try:
         torch.set_num_threads(threads)
         _WORKER["collect"] = collect

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from frs_steering.instructions import EMBEDDING_DIM
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
 from frs_steering.normalization import QuantileNormalizer, fit_normalizer
 from frs_steering.policy import ActionSpec, TimeConvention
-from frs_steering.train import train_flow_policy
+from frs_steering.train import check_training_options, train_flow_policy
 
 # Relative to the working directory (the repository root in every documented command): the
 # package may run from the venv's site-packages, where a path beside the sources is the venv.
@@ -112,18 +111,15 @@ class GeneralistRecipe:
 
     def __post_init__(self) -> None:
         """Refuse impossible training options here, before minutes of data generation."""
-        for name in ("episodes", "steps", "batch_size", "width", "depth", "num_steps"):
+        check_training_options(
+            self.steps, self.batch_size, self.learning_rate, self.instruction_dropout
+        )
+        for name in ("episodes", "width", "depth", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("noisy_fraction", "phrasing_fraction", "redirect_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.instruction_dropout < 1.0:
-            raise ValueError(
-                f"instruction_dropout must be in [0, 1), got {self.instruction_dropout}"
-            )
 
     @property
     def state_dim(self) -> int:
