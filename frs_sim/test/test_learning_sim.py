@@ -118,6 +118,27 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
     assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--cpu-budget", "nan"], "max_seconds must be >= 0"),
+        (["--dsbc-steps", "0"], "steps must be >= 1"),
+        (["--reference-steps", "10", "--cpu-budget", "-5"], "max_seconds must be >= 0"),
+        (["--bc-steps", "0"], "--bc-steps must be >= 1"),
+        (["--dagger-first-share", "1"], "--dagger-first-share must be in"),
+    ],
+)
+def test_impossible_learner_options_stop_before_rollouts(tmp_path, capsys, option, message):
+    """A learner option no training can use is a usage error at once, not after the minutes
+    of FRS rollouts that precede the training; nothing is written."""
+    out = tmp_path / "dsbc"
+    with pytest.raises(SystemExit) as stopped:
+        dsbc.main(["--out", str(out), "--tasks", TASK, *option])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_dsrl_refuses_rollouts_re_planned_at_another_rate(dsbc_run, tmp_path):
     """DSRL + FRS learns from FRS chunks executed for as many rows as its own steps run."""
     rollouts = str(dsbc_run / "rollouts.safetensors")

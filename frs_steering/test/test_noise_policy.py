@@ -77,6 +77,23 @@ def test_cpu_budget_stops_training_early():
     assert 0 < history["steps"] < 100_000
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"learning_rate": float("nan")}, "learning_rate must be positive"),
+        ({"learning_rate": -1e-3}, "learning_rate must be positive"),
+        ({"max_seconds": float("nan")}, "max_seconds must be >= 0"),
+        ({"max_seconds": -1.0}, "max_seconds must be >= 0"),
+    ],
+)
+def test_impossible_budgets_are_refused(option, message):
+    """A NaN learning rate or CPU budget would train to garbage or never stop: refused."""
+    with pytest.raises(ValueError, match=message):
+        DsbcConfig(**option)
+
+
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     net = NoisePolicy(NoisePolicyConfig({"state": 6, "instruction": 4}, HORIZON, DIM), seed=3)
     net.set_input_statistics({"state": torch.randn(20, 6), "instruction": torch.randn(20, 4)})

@@ -116,7 +116,7 @@ def test_training_needs_recorded_proposals():
     data = teacher_dataset(20, seed=0)
     with pytest.raises(ValueError, match="no recorded proposals"):
         train_reference_policy(NoiseDataset(**{**vars(data), "proposals": None}), progress=False)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="steps must be >= 1"):
         ReferenceCloningConfig(steps=0)
     with pytest.raises(ValueError, match="hidden"):
         ReferencePolicyConfig({"state": 7}, hidden=0)

@@ -265,6 +265,25 @@ def dagger_round(
     return merged, info
 
 
+def learner_configs(
+    args: argparse.Namespace,
+) -> tuple[DsbcConfig, ReferenceCloningConfig | None]:
+    """DSBC's and reference cloning's settings from the CLI (ValueError: impossible ones)."""
+    if args.bc_steps < 1:
+        raise ValueError(f"--bc-steps must be >= 1, got {args.bc_steps}")
+    if not 0.0 < args.dagger_first_share < 1.0:
+        raise ValueError(f"--dagger-first-share must be in (0, 1), got {args.dagger_first_share}")
+    dsbc_config = DsbcConfig(
+        objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
+    )
+    if args.reference_steps <= 0:
+        return dsbc_config, None
+    reference = ReferenceCloningConfig(
+        steps=args.reference_steps, max_seconds=args.cpu_budget, seed=args.seed
+    )
+    return dsbc_config, reference
+
+
 def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[str, Any] | None:
     """Train a reference policy on every chunk's recorded proposal (None: skipped, or the
     rollouts predate recorded proposals); held-out agreement from a model trained without a
@@ -274,9 +293,7 @@ def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[
     if rollouts.proposals is None:
         print("reference cloning skipped: these rollouts hold no proposals (--recollect)")
         return None
-    config = ReferenceCloningConfig(
-        steps=args.reference_steps, max_seconds=args.cpu_budget, seed=args.seed
-    )
+    _, config = learner_configs(args)
     held_out = rollouts.episode % 10 == 0
     network = ReferencePolicyConfig(rollouts.observation_dims, head=args.reference_head)
     probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
@@ -368,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_reasoner_arguments(parser)
     args = parser.parse_args(argv)
+    try:  # impossible learner options are refused before minutes of rollouts
+        learner_configs(args)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t) or None
@@ -425,9 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(successful) == 0:
         raise SystemExit("no successful FRS rollout to learn from")
 
-    dsbc_config = DsbcConfig(
-        objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
-    )
+    dsbc_config, _ = learner_configs(args)
     net_config = default_config(successful, target=args.target, defer_head=args.defer_head)
     dagger_info = None
     if args.dagger_episodes_per_task > 0:
@@ -435,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             successful, net_config, dsbc_config, args, frs, embed_fn, config, tasks
         )
         first_cpu = dagger_info["first_dsbc_cpu_seconds"]
-        dsbc_config = replace(dsbc_config, max_seconds=args.cpu_budget - first_cpu)
+        dsbc_config = replace(dsbc_config, max_seconds=max(args.cpu_budget - first_cpu, 0.0))
     dsbc, dsbc_history = train_dsbc(successful, net_config, dsbc_config)
     if dagger_info is not None:  # the CPU of both DSBC trainings is the learner's cost
         dsbc_history["cpu_seconds"] += first_cpu

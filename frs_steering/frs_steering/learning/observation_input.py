@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from frs_steering.train import check_training_options
+
 
 class ObservationMlp(nn.Module):
     """Flattens ``observation_dims``' keys in order, standardizes them (buffers
@@ -84,8 +86,9 @@ class TrainingBudget:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("steps, batch_size and learning_rate must be positive")
+        check_training_options(self.steps, self.batch_size, self.learning_rate)
+        if not self.max_seconds >= 0:  # also refuses NaN, which would never stop training
+            raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds}")
 
 
 def train_within_budget(
