@@ -101,3 +101,13 @@ def test_instruction_dropout_changes_training_not_the_demonstrations(tiny_demos)
     _, plain = train_generalist(tiny_demos, recipe, progress=False)
     _, with_dropout = train_generalist(tiny_demos, dropped, progress=False)
     assert with_dropout != plain
+
+
+def test_beta_time_sampling_changes_training_not_the_demonstrations(tiny_demos):
+    recipe = GeneralistRecipe(width=16, depth=1, steps=20, batch_size=16)
+    beta = dataclasses.replace(recipe, time_sampling="beta")
+    assert beta.demo_key() == recipe.demo_key()
+    _, uniform_losses = train_generalist(tiny_demos, recipe, progress=False)
+    _, beta_losses = train_generalist(tiny_demos, beta, progress=False)
+    assert beta_losses != uniform_losses
+    assert train_generalist(tiny_demos, beta, progress=False)[1] == beta_losses  # seeded

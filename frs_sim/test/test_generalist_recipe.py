@@ -251,6 +251,7 @@ def test_instruction_classes_are_the_task_the_text_names_not_the_hidden_mat() ->
         ("steps", 0),
         ("learning_rate", float("inf")),
         ("phrasing_fraction", 1.5),
+        ("time_sampling", "logit_normal"),
     ],
 )
 def test_an_impossible_training_option_is_refused_by_the_recipe(field, value) -> None:

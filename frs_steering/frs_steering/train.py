@@ -8,7 +8,35 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from frs_steering.policy import FlowPolicy, Observation
+from frs_steering.policy import FlowPolicy, Observation, TimeConvention
+
+#: How training draws flow times. ``uniform``: uniform on [0, 1) (rectified flow). ``beta``:
+#: pi0's (openpi, LeRobot): the share of noise in the interpolant is Beta(1.5, 1) on
+#: [0.001, 1], so training dwells on the noisy end, where the integration picks the mode.
+TIME_SAMPLINGS = ("uniform", "beta")
+
+
+def check_time_sampling(time_sampling: str) -> None:
+    """Refuse a time sampling that is not one of ``TIME_SAMPLINGS``."""
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+
+
+def sample_flow_times(
+    count: int,
+    convention: TimeConvention,
+    time_sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``count`` training times in ``convention`` drawn as ``time_sampling`` says (one uniform
+    draw each either way, so the generator advances alike)."""
+    check_time_sampling(time_sampling)
+    u = torch.rand(count, generator=generator, dtype=dtype)
+    if time_sampling == "uniform":
+        return u
+    noise_level = u.pow(1.0 / 1.5) * 0.999 + 0.001  # inverse CDF of Beta(1.5, 1): x ** 1.5
+    return convention.time_at_noise_level(noise_level)
 
 
 def flow_matching_loss(
@@ -16,15 +44,17 @@ def flow_matching_loss(
     observation: Observation,
     chunks: torch.Tensor,
     generator: torch.Generator | None = None,
+    time_sampling: str = "uniform",
 ) -> torch.Tensor:
-    """Mean squared error between predicted and straight-path velocity at uniform random times.
+    """Mean squared error between predicted and straight-path velocity at random times
+    (``TIME_SAMPLINGS``).
 
     ``chunks`` are normalized, padded ``[B, horizon, dim]``; the path and its target follow the
     policy's time convention.
     """
     convention = policy.spec.convention
     noise = torch.randn(chunks.shape, generator=generator, dtype=chunks.dtype)
-    t = torch.rand(chunks.shape[0], generator=generator, dtype=chunks.dtype)
+    t = sample_flow_times(chunks.shape[0], convention, time_sampling, generator, chunks.dtype)
     x_t = convention.interpolate(noise, chunks, t)
     target = convention.velocity_target(noise, chunks)
     predicted = policy.velocity(x_t, t, policy.encode(observation))
@@ -47,10 +77,15 @@ def _check_data(observations: Observation, actions: torch.Tensor) -> int:
 
 
 def check_training_options(
-    steps: int, batch_size: int, learning_rate: float, instruction_dropout: float = 0.0
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    instruction_dropout: float = 0.0,
+    time_sampling: str = "uniform",
 ) -> None:
     """Refuse options no flow-matching training can run with (ValueError naming the option);
     callers that prepare data first check here before spending time on it."""
+    check_time_sampling(time_sampling)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -74,6 +109,7 @@ def train_flow_policy(
     seed: int = 0,
     actions_normalized: bool = False,
     instruction_dropout: float = 0.0,
+    time_sampling: str = "uniform",
     progress: bool = True,
 ) -> list[float]:
     """Train ``policy`` in place by flow matching; returns the per-step loss history.
@@ -86,8 +122,9 @@ def train_flow_policy(
     ``instruction_dropout``: the share of samples per batch whose ``instruction`` is replaced by
     the zero vector, the input a policy reads when an observation carries no instruction; the
     policy then also learns its instruction-free behaviour (classifier-free-guidance style).
+    ``time_sampling``: how flow times are drawn (``TIME_SAMPLINGS``).
     """
-    check_training_options(steps, batch_size, learning_rate, instruction_dropout)
+    check_training_options(steps, batch_size, learning_rate, instruction_dropout, time_sampling)
     if instruction_dropout and "instruction" not in observations:
         raise ValueError("instruction_dropout needs observations with an 'instruction' tensor")
     spec = policy.spec
@@ -115,7 +152,7 @@ def train_flow_policy(
         if instruction_dropout:  # no draw otherwise: runs without dropout repeat exactly
             keep = torch.rand(len(index), generator=generator) >= instruction_dropout
             batch_obs["instruction"] = batch_obs["instruction"] * keep.unsqueeze(1)
-        loss = flow_matching_loss(policy, batch_obs, chunks[index], generator)
+        loss = flow_matching_loss(policy, batch_obs, chunks[index], generator, time_sampling)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)

@@ -17,7 +17,7 @@ from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discrim
 from frs_steering.normalization import fit_normalizer
 from frs_steering.policy import ActionSpec, FlowPolicy, TimeConvention
 from frs_steering.steer import generate_from_noise, steer
-from frs_steering.train import train_flow_policy
+from frs_steering.train import sample_flow_times, train_flow_policy
 
 HORIZON, REAL_DIMS, PADDED = 4, 3, 5
 
@@ -446,3 +446,44 @@ def test_instruction_dropout_is_checked_and_off_by_default():
         progress=False,
     )
     assert history == default
+
+
+@pytest.mark.parametrize("convention", list(TimeConvention))
+def test_beta_time_sampling_weights_the_noisy_end(convention):
+    """pi0's training times: the noise share is Beta(1.5, 1) on [0.001, 1] in either time
+    convention (mean 0.6, P(share < 0.5) = 0.5 ** 1.5); uniform times stay uniform."""
+    generator = torch.Generator().manual_seed(0)
+    times = sample_flow_times(200_000, convention, "beta", generator)
+    share = convention.noise_level(times)
+    assert 0.001 <= share.min() and share.max() <= 1.0
+    assert abs(share.mean().item() - (0.6 * 0.999 + 0.001)) < 0.003
+    assert abs((share < 0.5).float().mean().item() - 0.5**1.5) < 0.003
+    uniform = sample_flow_times(200_000, convention, "uniform", torch.Generator().manual_seed(0))
+    assert abs(uniform.mean().item() - 0.5) < 0.003
+    assert abs((uniform < 0.25).float().mean().item() - 0.25) < 0.003
+    with pytest.raises(ValueError, match="time_sampling must be one of"):
+        sample_flow_times(4, convention, "logit_normal")
+
+
+def test_time_sampling_is_checked_and_uniform_by_default():
+    observations, actions = _dataset(64)
+    policy = FlowMatchingPolicy(_config(), seed=3)
+    with pytest.raises(ValueError, match="time_sampling"):
+        train_flow_policy(policy, observations, actions, steps=1, time_sampling="lognormal")
+    _, default = _trained(steps=5)
+    explicit = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
+    history = train_flow_policy(
+        explicit,
+        *_dataset(),
+        steps=5,
+        batch_size=32,
+        seed=4,
+        time_sampling="uniform",
+        progress=False,
+    )
+    assert history == default
+    beta = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
+    beta_history = train_flow_policy(
+        beta, *_dataset(), steps=5, batch_size=32, seed=4, time_sampling="beta", progress=False
+    )
+    assert beta_history != default

@@ -59,7 +59,7 @@ from frs_steering.instructions import EMBEDDING_DIM
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig, fit_discriminant_projection
 from frs_steering.normalization import QuantileNormalizer, fit_normalizer
 from frs_steering.policy import ActionSpec, TimeConvention
-from frs_steering.train import check_training_options, train_flow_policy
+from frs_steering.train import TIME_SAMPLINGS, check_training_options, train_flow_policy
 
 # Relative to the working directory (the repository root in every documented command): the
 # package may run from the venv's site-packages, where a path beside the sources is the venv.
@@ -108,11 +108,18 @@ class GeneralistRecipe:
     # Train with this share of each batch's instructions withheld (the zero vector), so the
     # policy also has an instruction-free mode (``frs_steering.train.train_flow_policy``).
     instruction_dropout: float = 0.0
+    # How flow times are drawn in training (``frs_steering.train.TIME_SAMPLINGS``): ``beta``
+    # is pi0's, weighted toward the noisy end where FRS's inversion and the mode choice live.
+    time_sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         """Refuse impossible training options here, before minutes of data generation."""
         check_training_options(
-            self.steps, self.batch_size, self.learning_rate, self.instruction_dropout
+            self.steps,
+            self.batch_size,
+            self.learning_rate,
+            self.instruction_dropout,
+            self.time_sampling,
         )
         for name in ("episodes", "width", "depth", "num_steps"):
             if getattr(self, name) < 1:
@@ -364,6 +371,7 @@ def train_generalist(
         weight_decay=recipe.weight_decay,
         seed=recipe.seed,
         instruction_dropout=recipe.instruction_dropout,
+        time_sampling=recipe.time_sampling,
         progress=progress,
     )
     return policy, losses
@@ -477,6 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.instruction_dropout,
         help="share of each training batch whose instruction is withheld (zero vector)",
     )
+    parser.add_argument(
+        "--time-sampling",
+        choices=TIME_SAMPLINGS,
+        default=defaults.time_sampling,
+        help="how training draws flow times (beta: pi0's, weighted toward the noise)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true", help="regenerate demos, write none")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -504,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instruction_lda=args.instruction_lda,
             motion_state=args.motion_state,
             instruction_dropout=args.instruction_dropout,
+            time_sampling=args.time_sampling,
         )
     except ValueError as error:  # an impossible option: refused before any data is made
         parser.error(str(error))
