@@ -398,6 +398,9 @@ def test_redirect_profile_changes_only_the_redirect_share() -> None:
     assert transit.demo_options()["redirect-in-transit"] is True
     assert dataclasses.replace(transit, redirect_in_transit=False) == homing
     assert transit.demo_key() != homing.demo_key()
+    motion, beta = (PROFILES[f"robust_homing_transit_motion{s}"] for s in ("", "_beta"))
+    assert dataclasses.replace(beta, time_sampling="uniform") == motion
+    assert beta.demo_key() == motion.demo_key()  # trained on the same cached demonstrations
 
 
 @pytest.mark.parametrize("verb", ["place", "push"])

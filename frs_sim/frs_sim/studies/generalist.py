@@ -241,6 +241,11 @@ PROFILES["robust_homing_transit"] = dataclasses.replace(
 PROFILES["robust_homing_transit_motion"] = dataclasses.replace(
     PROFILES["robust_homing_transit"], motion_state=True
 )
+#: ``robust_homing_transit_motion_beta``: the same trained with pi0's flow times (noise share
+#: Beta(1.5, 1)); the same demonstrations.
+PROFILES["robust_homing_transit_motion_beta"] = dataclasses.replace(
+    PROFILES["robust_homing_transit_motion"], time_sampling="beta"
+)
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
