@@ -56,6 +56,14 @@ def _trained(convention=TimeConvention.NOISE_AT_ONE, steps: int = 30):
     return policy, history
 
 
+def _five_steps(**options) -> list[float]:
+    """The loss history of ``_trained(steps=5)`` with extra training options."""
+    policy = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
+    return train_flow_policy(
+        policy, *_dataset(), steps=5, batch_size=32, seed=4, progress=False, **options
+    )
+
+
 def test_policy_implements_the_protocol_and_shapes():
     policy = FlowMatchingPolicy(_config())
     assert isinstance(policy, FlowPolicy)
@@ -434,18 +442,7 @@ def test_instruction_dropout_is_checked_and_off_by_default():
             instruction_dropout=0.2,
             progress=False,
         )
-    _, default = _trained(steps=5)
-    explicit = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
-    history = train_flow_policy(
-        explicit,
-        *_dataset(),
-        steps=5,
-        batch_size=32,
-        seed=4,
-        instruction_dropout=0.0,
-        progress=False,
-    )
-    assert history == default
+    assert _five_steps(instruction_dropout=0.0) == _trained(steps=5)[1]
 
 
 @pytest.mark.parametrize("convention", list(TimeConvention))
@@ -470,20 +467,6 @@ def test_time_sampling_is_checked_and_uniform_by_default():
     policy = FlowMatchingPolicy(_config(), seed=3)
     with pytest.raises(ValueError, match="time_sampling"):
         train_flow_policy(policy, observations, actions, steps=1, time_sampling="lognormal")
-    _, default = _trained(steps=5)
-    explicit = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
-    history = train_flow_policy(
-        explicit,
-        *_dataset(),
-        steps=5,
-        batch_size=32,
-        seed=4,
-        time_sampling="uniform",
-        progress=False,
-    )
-    assert history == default
-    beta = FlowMatchingPolicy(_config(actions=_dataset()[1]), seed=3)
-    beta_history = train_flow_policy(
-        beta, *_dataset(), steps=5, batch_size=32, seed=4, time_sampling="beta", progress=False
-    )
-    assert beta_history != default
+    default = _trained(steps=5)[1]
+    assert _five_steps(time_sampling="uniform") == default
+    assert _five_steps(time_sampling="beta") != default
