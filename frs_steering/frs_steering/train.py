@@ -35,7 +35,7 @@ def sample_flow_times(
     u = torch.rand(count, generator=generator, dtype=dtype)
     if time_sampling == "uniform":
         return u
-    noise_level = u.pow(1.0 / 1.5) * 0.999 + 0.001  # inverse CDF of Beta(1.5, 1): x ** 1.5
+    noise_level = u.pow(1.0 / 1.5) * 0.999 + 0.001  # Beta(1.5, 1) has CDF x ** 1.5: invert it
     return convention.time_at_noise_level(noise_level)
 
 

@@ -284,16 +284,17 @@ def learner_configs(
     return dsbc_config, reference
 
 
-def reference_cloning(rollouts: NoiseDataset, args: argparse.Namespace) -> dict[str, Any] | None:
+def reference_cloning(
+    rollouts: NoiseDataset, args: argparse.Namespace, config: ReferenceCloningConfig | None
+) -> dict[str, Any] | None:
     """Train a reference policy on every chunk's recorded proposal (None: skipped, or the
     rollouts predate recorded proposals); held-out agreement from a model trained without a
     tenth of the episodes, then the final model on all of them."""
-    if args.reference_steps <= 0:
+    if config is None:
         return None
     if rollouts.proposals is None:
         print("reference cloning skipped: these rollouts hold no proposals (--recollect)")
         return None
-    _, config = learner_configs(args)
     held_out = rollouts.episode % 10 == 0
     network = ReferencePolicyConfig(rollouts.observation_dims, head=args.reference_head)
     probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
@@ -386,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_reasoner_arguments(parser)
     args = parser.parse_args(argv)
     try:  # impossible learner options are refused before minutes of rollouts
-        learner_configs(args)
+        dsbc_config, reference_config = learner_configs(args)
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(1)
@@ -446,7 +447,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(successful) == 0:
         raise SystemExit("no successful FRS rollout to learn from")
 
-    dsbc_config, _ = learner_configs(args)
     net_config = default_config(successful, target=args.target, defer_head=args.defer_head)
     dagger_info = None
     if args.dagger_episodes_per_task > 0:
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"standard BC: {bc_params} params, {bc_history['cpu_seconds']:.1f} s CPU"
     )
     curves = {"DSBC (noise policy)": dsbc_history, "standard BC (flow policy)": bc_history}
-    reference = reference_cloning(rollouts, args)
+    reference = reference_cloning(rollouts, args, reference_config)
     if reference is not None:
         curves["reference cloning (reference policy)"] = reference["history"]
     plot_learning_curves(curves, args.out / "learning_curves.png")
