@@ -230,6 +230,77 @@ def test_cli_adds_a_reference_policy_row_per_frs_setting(tiny_checkpoint, tmp_pa
     assert rows[2]["episodes"] == 1
 
 
+def _noise_policy(state_dim: int, tmp_path, name: str = "dsbc"):  # noqa: ANN001, ANN202
+    from frs_steering.learning.noise_policy import (
+        NoisePolicy,
+        NoisePolicyConfig,
+        save_noise_policy,
+    )
+
+    config = NoisePolicyConfig(
+        {"state": state_dim, "instruction": 384}, horizon=10, dim=8, target="full", hidden=16
+    )
+    return save_noise_policy(NoisePolicy(config), tmp_path / name)
+
+
+def _cli_args(checkpoint, out, *extra: str) -> list[str]:  # noqa: ANN001
+    return [
+        *("--checkpoint", str(checkpoint), "--split", "novel"),
+        *("--episodes-per-task", "1", "--seeds", "0", "--out", str(out)),
+        *("--methods", "base", "--tasks", "place_red_yellow", "--max-steps", "10"),
+        *("--sanity-episodes-per-task", "0", "--workers", "1", "--quiet", *extra),
+    ]
+
+
+def test_cli_runs_saved_noise_policies_without_the_reasoner(tiny_checkpoint, tmp_path) -> None:
+    """``--noise-policy`` (repeatable): one row per checkpoint, labelled by its folder."""
+    state_dim = load_policy(str(tiny_checkpoint)).config.state_dim
+    first = _noise_policy(state_dim, tmp_path, "dsbc")
+    second = _noise_policy(state_dim, tmp_path / "other", "dsrl_actor")
+    out = tmp_path / "eval"
+    extra = ("--noise-policy", str(first), "--noise-policy", str(second))
+    assert cli.main(_cli_args(tiny_checkpoint, out, *extra)) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    labels = ["base", "noise_policy (dsbc)", "noise_policy (dsrl_actor)"]
+    assert [row["label"] for row in rows] == labels
+    assert all(row["episodes"] == 1 for row in rows)
+
+
+def test_cli_refuses_learned_policies_that_do_not_fit_before_any_episode(
+    tiny_checkpoint, tmp_path, capsys
+) -> None:
+    """A noise or reference policy trained beside another flow policy, a corrupt one and two
+    rows of one name are usage errors (exit 2) and write nothing."""
+    from frs_steering.learning.reference_policy import (
+        ReferencePolicy,
+        ReferencePolicyConfig,
+        save_reference_policy,
+    )
+
+    state_dim = load_policy(str(tiny_checkpoint)).config.state_dim
+    wrong_state = _noise_policy(state_dim + 3, tmp_path / "wrong", "dsbc")
+    damaged = _noise_policy(state_dim, tmp_path / "damaged", "dsbc")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    fitting = _noise_policy(state_dim, tmp_path / "a", "dsbc")
+    same_name = _noise_policy(state_dim, tmp_path / "b", "dsbc")
+    reference = ReferencePolicy(ReferencePolicyConfig({"state": state_dim + 1}))
+    wrong_reference = save_reference_policy(reference, tmp_path / "reference")
+    cases = {
+        "reads": ("--noise-policy", str(wrong_state)),
+        "is corrupt": ("--noise-policy", str(damaged)),
+        "distinct names": ("--noise-policy", str(fitting), "--noise-policy", str(same_name)),
+        "reference policy": ("--reference-policy", str(wrong_reference)),
+    }
+    for expected, extra in cases.items():
+        out = tmp_path / f"eval_{len(expected)}"
+        with pytest.raises(SystemExit) as refused:
+            cli.main(_cli_args(tiny_checkpoint, out, *extra))
+        assert refused.value.code == 2
+        assert expected in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_success_plot_takes_rows_at_0_and_100_percent(tmp_path) -> None:  # noqa: ANN001
     """The Wilson bound at 0 % / 100 % can sit a rounding error inside the rate; the error bar
     is clipped, not refused (a 100 % row used to crash an evaluation before results.json)."""

@@ -24,7 +24,6 @@ import torch
 from frs_control.messages import MessageError, check_time, stamp_to_ns
 from frs_control.ros_params import float_range, int_range
 from frs_steering.adapters.base import ReferenceSettings
-from frs_steering.checkpoint import CheckpointError
 from frs_steering.integrate import as_solver
 from frs_steering.observation import ObservationError, method_and_params
 from frs_steering.ros_messages import proposal_to_msg
@@ -407,47 +406,14 @@ def load_learned_policies(
 ) -> tuple[Any | None, Any | None]:
     """(noise policy, reference policy) named by the node parameters ``noise_policy`` and
     ``reference_policy`` (None where empty), each checked against the flow policy."""
+    from frs_steering.learning.noise_policy import load_checked_noise_policy
+    from frs_steering.learning.reference_policy import load_checked_reference_policy
+
     noise, reference = str(param("noise_policy")), str(param("reference_policy"))
     return (
         load_checked_noise_policy(noise, policy, device) if noise else None,
         load_checked_reference_policy(reference, policy, device) if reference else None,
     )
-
-
-def _check_reads_the_policy_observation(kind: str, path: str, net: Any, policy: Any) -> None:
-    """CheckpointError unless ``net`` reads the flow policy's observation keys and widths."""
-    config = policy.config
-    wanted = {"state": config.state_dim}
-    if config.instruction_dim:
-        wanted["instruction"] = config.instruction_dim
-    if dict(net.config.observation_dims) != wanted:
-        raise CheckpointError(
-            f"{kind} {path} reads {dict(net.config.observation_dims)}; the flow policy "
-            f"observes {wanted}"
-        )
-
-
-def load_checked_reference_policy(path: str, policy: Any, device: str = "cpu") -> Any:
-    """The reference policy at ``path``, checked against the flow policy's inputs."""
-    from frs_steering.learning.reference_policy import load_reference_policy
-
-    net = load_reference_policy(path, device=device)
-    _check_reads_the_policy_observation("reference policy", path, net, policy)
-    return net
-
-
-def load_checked_noise_policy(path: str, policy: Any, device: str = "cpu") -> Any:
-    """The noise policy at ``path``, checked against the flow policy's inputs and chunk shape."""
-    from frs_steering.learning.noise_policy import load_noise_policy
-
-    net = load_noise_policy(path, device=device)
-    _check_reads_the_policy_observation("noise policy", path, net, policy)
-    if (net.config.horizon, net.config.dim) != tuple(policy.spec.chunk_shape):
-        raise CheckpointError(
-            f"noise policy {path} makes {net.config.horizon}x{net.config.dim} noise; the flow "
-            f"policy needs {tuple(policy.spec.chunk_shape)}"
-        )
-    return net
 
 
 def _largest(chunk: torch.Tensor) -> float:

@@ -20,8 +20,9 @@ import torch
 
 from frs_sim.env import EnvConfig
 from frs_sim.evaluate.results import evaluate
-from frs_sim.evaluate.rollout import METHODS, EvalConfig, default_settings
+from frs_sim.evaluate.rollout import METHODS, EvalConfig, Setting, default_settings
 from frs_sim.reasoner import DEFER_POINTS, ReasonerConfig
+from frs_steering.checkpoint import load_policy
 
 
 def _floats(text: str) -> list[float]:
@@ -108,6 +109,37 @@ def reasoner_config(args: argparse.Namespace) -> ReasonerConfig:
     )
 
 
+def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -> list[Setting]:
+    """The rows that ``--reference-policy`` and ``--noise-policy`` add, each checkpoint checked
+    against the flow policy's observation and chunk shape before any episode runs."""
+    from frs_steering.learning.noise_policy import load_checked_noise_policy
+    from frs_steering.learning.reference_policy import load_checked_reference_policy
+
+    if args.reference_policy is None and not args.noise_policy:
+        return []
+    policy = load_policy(args.checkpoint)
+    added: list[Setting] = []
+    if args.reference_policy is not None:
+        proposer = load_checked_reference_policy(args.reference_policy, policy)
+        added += [
+            replace(s, tag="reference cloning", proposer=proposer)
+            for s in settings
+            if s.method == "frs"
+        ]
+    names = [path.resolve().name for path in args.noise_policy]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--noise-policy folders need distinct names (row labels), got {names}")
+    for path, name in zip(args.noise_policy, names, strict=True):
+        net = load_checked_noise_policy(path, policy)
+        added += [
+            Setting(
+                "noise_policy", {"noise_policy": net}, split=args.split, tag=name, temperature=t
+            )
+            for t in _floats(args.temperatures)
+        ]
+    return added
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m frs_sim.evaluate", description=__doc__.splitlines()[0]
@@ -134,6 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="a reference-policy checkpoint: also run each FRS setting with its proposals in "
         "place of the scripted reasoner ('frs (reference cloning)')",
+    )
+    parser.add_argument(
+        "--noise-policy",
+        type=Path,
+        action="append",
+        default=[],
+        help="a noise-policy checkpoint (DSBC, DSRL): also run it, without a reasoner, as "
+        "'noise_policy (<folder name>)'; repeat for more",
     )
     parser.add_argument("--execute-rows", type=int, default=EvalConfig.execute_rows)
     parser.add_argument(
@@ -176,15 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split,
         temperatures=_floats(args.temperatures),
     )
-    if args.reference_policy is not None:
-        from frs_steering.learning.reference_policy import load_reference_policy
-
-        proposer = load_reference_policy(args.reference_policy)
-        settings += [
-            replace(s, tag="reference cloning", proposer=proposer)
-            for s in settings
-            if s.method == "frs"
-        ]
+    try:
+        settings += learned_policy_settings(args, settings)
+    except (ValueError, OSError) as error:  # CheckpointError included: nothing has run yet
+        parser.error(str(error))
     reasoner = reasoner_config(args)
     if args.workers <= 1:
         torch.set_num_threads(2)

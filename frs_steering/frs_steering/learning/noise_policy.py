@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from frs_steering.checkpoint import load_model, write_checkpoint
+from frs_steering.checkpoint import CheckpointError, load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
     ObservationMlp,
     TrainingBudget,
+    check_reads_policy_observation,
     train_within_budget,
 )
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
@@ -304,3 +305,15 @@ def load_noise_policy(directory: str | Path, *, device: str = "cpu") -> NoisePol
     """Rebuild a noise policy saved by :func:`save_noise_policy`, in eval mode."""
     build = functools.partial(NoisePolicy, seed=None)
     return load_model(directory, FORMAT, NoisePolicyConfig.from_dict, build, device=device)
+
+
+def load_checked_noise_policy(path: str | Path, policy: Any, device: str = "cpu") -> NoisePolicy:
+    """The noise policy at ``path``, checked against the flow policy's inputs and chunk shape."""
+    net = load_noise_policy(path, device=device)
+    check_reads_policy_observation("noise policy", str(path), net, policy)
+    if (net.config.horizon, net.config.dim) != tuple(policy.spec.chunk_shape):
+        raise CheckpointError(
+            f"noise policy {path} makes {net.config.horizon}x{net.config.dim} noise; the flow "
+            f"policy needs {tuple(policy.spec.chunk_shape)}"
+        )
+    return net

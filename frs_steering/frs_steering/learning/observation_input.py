@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from frs_steering.checkpoint import CheckpointError
 from frs_steering.train import check_training_options
 
 
@@ -72,6 +73,19 @@ class ObservationMlp(nn.Module):
     def standardize(self, flat: torch.Tensor) -> torch.Tensor:
         """Flat features -> the network's standardized input."""
         return (flat - self.input_mean) / self.input_std
+
+
+def check_reads_policy_observation(kind: str, path: str, net: ObservationMlp, policy: Any) -> None:
+    """CheckpointError unless ``net`` reads the flow policy's observation keys and widths: a
+    learned policy trained beside another flow policy would fail at its first call otherwise."""
+    config = policy.config
+    wanted = {"state": config.state_dim}
+    if config.instruction_dim:
+        wanted["instruction"] = config.instruction_dim
+    if dict(net.observation_dims) != wanted:
+        raise CheckpointError(
+            f"{kind} {path} reads {dict(net.observation_dims)}; the flow policy observes {wanted}"
+        )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
     ObservationMlp,
     TrainingBudget,
+    check_reads_policy_observation,
     train_within_budget,
 )
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -293,3 +294,12 @@ def load_reference_policy(directory: str | Path, *, device: str = "cpu") -> Refe
     """Rebuild a reference policy saved by :func:`save_reference_policy`, in eval mode."""
     build = functools.partial(ReferencePolicy, seed=None)
     return load_model(directory, FORMAT, ReferencePolicyConfig.from_dict, build, device=device)
+
+
+def load_checked_reference_policy(
+    path: str | Path, policy: Any, device: str = "cpu"
+) -> ReferencePolicy:
+    """The reference policy at ``path``, checked against the flow policy's inputs."""
+    net = load_reference_policy(path, device=device)
+    check_reads_policy_observation("reference policy", str(path), net, policy)
+    return net
