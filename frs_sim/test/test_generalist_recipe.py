@@ -205,9 +205,11 @@ def test_learner_rollout_seeds_stay_between_the_demonstrations_and_evaluation() 
 def test_recipe_demo_key_keeps_old_caches_and_separates_new_data() -> None:
     assert GeneralistRecipe().demo_options() == {}
     keys = {GeneralistRecipe().demo_key(), *(r.demo_key() for r in PROFILES.values())}
-    assert len(keys) == len(
-        {(r.split, r.demo_options().__repr__(), r.motion_state) for r in PROFILES.values()}
-    )
+    data = {
+        (r.split, r.episodes, r.demo_seed, r.execute_rows, repr(r.demo_options()), r.motion_state)
+        for r in PROFILES.values()
+    }
+    assert len(keys) == len(data)  # one cache per distinct demonstration set, none shared
     assert PROFILES["robust"].demo_options()["noisy-fraction"] > 0
     motion = PROFILES["robust_homing_transit_motion"]
     assert motion.state_dim == 49 and PROFILES["robust_homing_transit"].state_dim == 46
