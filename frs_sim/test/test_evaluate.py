@@ -292,8 +292,8 @@ def test_cli_refuses_learned_policies_that_do_not_fit_before_any_episode(
         "distinct names": ("--noise-policy", str(fitting), "--noise-policy", str(same_name)),
         "reference policy": ("--reference-policy", str(wrong_reference)),
     }
-    for expected, extra in cases.items():
-        out = tmp_path / f"eval_{len(expected)}"
+    for index, (expected, extra) in enumerate(cases.items()):
+        out = tmp_path / f"eval_{index}"
         with pytest.raises(SystemExit) as refused:
             cli.main(_cli_args(tiny_checkpoint, out, *extra))
         assert refused.value.code == 2
