@@ -38,7 +38,7 @@ from frs_steering.package_data import shipped_checkpoint
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
 pytestmark = pytest.mark.flaky(reruns=2)
 
-CHUNK = 0.5  # s: execute_rows 5 x dt 0.1 of the generalist
+CHUNK = 0.3  # s: execute_rows 3 (the proposer's default) x dt 0.1 of the generalist
 CHUNK_TIMEOUT = 0.5  # s: the controller's chunk_timeout (sim.yaml)
 WATCHDOG = 0.5  # s: the controller's watchdog_period (sim.yaml)
 STEER_TIMEOUT = 2.0  # s: the proposer's steer_timeout here (default 5)

@@ -92,7 +92,7 @@ def _state_layout() -> dict[str, slice]:
 STATE_LAYOUT: dict[str, slice] = _state_layout()
 STATE_DIM: int = max(s.stop for s in STATE_LAYOUT.values())
 #: The positions-only prefix of ``state`` (everything but ``ee_velocity``): what policies that do
-#: not read the arm's motion (the shipped generalist) condition on.
+#: not read the arm's motion (the first generalist) condition on.
 POSITION_STATE_DIM: int = STATE_LAYOUT["ee_velocity"].start
 #: The state sizes a tabletop policy may read: positions only, or positions and motion.
 POLICY_STATE_DIMS: tuple[int, ...] = (POSITION_STATE_DIM, STATE_DIM)

@@ -84,14 +84,18 @@ class ReasonerConfig:
     angular_noise_deg: float = 0.0  # rotate the direction by a random angle up to this
     wrong_direction_rate: float = 0.0  # probability of reversing the direction
     # At the release point, say "open the gripper" (zero direction) instead of deferring: where
-    # the cube goes down is the task's global choice, so the reasoner makes it; the grasp and
-    # the push contact stay deferred (local skills).
-    command_release: bool = False
+    # the cube goes down is the task's global choice, so the reasoner makes it. On by default,
+    # with ``defer_at`` empty and ``command_grasp``: the shipped generalist hides the pairing
+    # (each cube has a habitual mat), and a policy handed a release, a grasp or a push contact
+    # finishes the habitual task (docs/benchmarks.md).
+    command_release: bool = True
     # Precision points where the policy finishes (within ``defer_radius``); at the others the
     # reasoner steers until the offset falls inside the dead band. A hidden-pairing policy, for
     # instance, would take the cube to its habitual mat if handed the push contact, whose side
-    # of the cube is the task's global choice.
-    defer_at: tuple[str, ...] = DEFER_POINTS
+    # of the cube is the task's global choice. The first generalist's reasoner handed over all
+    # of ``DEFER_POINTS`` (``--defer-at grasp,release,push --no-command-release
+    # --no-command-grasp``).
+    defer_at: tuple[str, ...] = ()
     # Say "open the gripper" as soon as the held cube is within this horizontal distance of the
     # mat centre, at any height (0: off): a policy that never lowers a cube over this mat is not
     # asked to.
@@ -99,7 +103,7 @@ class ReasonerConfig:
     # Steer to the grasp point and say "close the gripper" within ``close_radius`` of it, instead
     # of handing the grasp over (``defer_at``'s grasp is then ignored). A missed grasp reopens the
     # gripper and approaches again.
-    command_grasp: bool = False
+    command_grasp: bool = True
     close_radius: float = 0.02
     # Also say, with every motion, the gripper state of the phase: open on the way to a grasp,
     # closed while carrying and for the whole push (the expert pushes with closed fingers), as a

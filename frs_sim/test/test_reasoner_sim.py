@@ -11,6 +11,7 @@ import pytest
 from frs_sim.env import GRASP_HEIGHT
 from frs_sim.experts import HOVER_HEIGHT, PLACE_HEIGHT, PUSH_HEIGHT, PUSH_STANDOFF
 from frs_sim.reasoner import (
+    DEFER_POINTS,
     MAGNITUDE_LITTLE,
     ReasonerConfig,
     ScriptedReasoner,
@@ -44,12 +45,39 @@ def angle(a, b) -> float:
     return math.acos(float(np.clip(np.dot(a, b), -1.0, 1.0)))
 
 
+def deferring(**knobs) -> ReasonerConfig:
+    """The reasoner of the first generalist's protocol, with ``knobs`` changed: it defers at every
+    precision point and commands neither grasp nor release (the default hands nothing over)."""
+    defaults = {"defer_at": DEFER_POINTS, "command_release": False, "command_grasp": False}
+    return ReasonerConfig(**{**defaults, **knobs})
+
+
+def test_the_default_reasoner_hands_nothing_over():
+    """Grasp, release and push contact are steered or commanded, never left to the policy."""
+    reasoner = ScriptedReasoner()
+    near_grasp = [CUBES[0][0], CUBES[0][1], GRASP_HEIGHT + 0.03]  # inside the defer radius
+    down = reasoner.propose_for(env_obs(near_grasp, CUBES, MATS), PLACE)
+    assert not down.defer and down.direction[2] < 0
+    at = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.005]
+    close = reasoner.propose_for(env_obs(at, CUBES, MATS), PLACE)
+    assert not close.defer and close.gripper is Gripper.CLOSE
+    over = [MATS[0][0], MATS[0][1], PLACE_HEIGHT + 0.03]
+    held = [[over[0], over[1], over[2] - 0.035], CUBES[1], CUBES[2]]
+    release = reasoner.propose_for(env_obs(over, held, MATS, opening=0.45), PLACE)
+    assert not release.defer and release.gripper is Gripper.OPEN
+    cube, mat = np.array(CUBES[1]), np.array(MATS[1])
+    d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
+    near_contact = [*(cube[:2] - PUSH_STANDOFF * d), PUSH_HEIGHT + 0.03]
+    assert not reasoner.propose_for(env_obs(near_contact, CUBES, MATS), PUSH).defer
+    assert ReasonerConfig() == deferring(defer_at=(), command_release=True, command_grasp=True)
+
+
 def test_implements_reasoner_protocol():
     assert isinstance(ScriptedReasoner(), Reasoner)
 
 
 def test_far_from_the_cube_points_toward_the_hover_point_with_more():
-    reasoner = ScriptedReasoner()
+    reasoner = ScriptedReasoner(deferring())
     proposal = reasoner.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
     assert not proposal.defer and proposal.source is Source.SCRIPTED
     goal = np.array([CUBES[0][0], CUBES[0][1], HOVER_HEIGHT])
@@ -62,7 +90,7 @@ def test_far_from_the_cube_points_toward_the_hover_point_with_more():
 
 
 def test_above_the_cube_descends_slowly_then_defers_within_the_radius():
-    reasoner = ScriptedReasoner(ReasonerConfig(defer_radius=0.04))
+    reasoner = ScriptedReasoner(deferring(defer_radius=0.04))
     above = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.06]
     proposal = reasoner.propose_for(env_obs(above, CUBES, MATS), PLACE)
     assert not proposal.defer
@@ -75,7 +103,7 @@ def test_above_the_cube_descends_slowly_then_defers_within_the_radius():
 
 
 def test_after_the_grasp_the_sub_goal_is_the_mat_then_defers_near_release():
-    reasoner = ScriptedReasoner()
+    reasoner = ScriptedReasoner(deferring())
     ee = [CUBES[0][0], CUBES[0][1], 0.10]
     held = [[ee[0], ee[1], 0.06], CUBES[1], CUBES[2]]  # cube between closed fingers
     proposal = reasoner.propose_for(env_obs(ee, held, MATS, opening=0.45), PLACE)
@@ -88,7 +116,7 @@ def test_after_the_grasp_the_sub_goal_is_the_mat_then_defers_near_release():
 
 
 def test_command_release_opens_the_gripper_over_the_mat_and_still_defers_the_grasp():
-    reasoner = ScriptedReasoner(ReasonerConfig(command_release=True))
+    reasoner = ScriptedReasoner(deferring(command_release=True))
     over = [MATS[0][0], MATS[0][1], PLACE_HEIGHT + 0.03]
     held = [[over[0], over[1], over[2] - 0.035], CUBES[1], CUBES[2]]
     proposal = reasoner.propose_for(env_obs(over, held, MATS, opening=0.45), PLACE)
@@ -109,7 +137,7 @@ def test_command_release_opens_the_gripper_over_the_mat_and_still_defers_the_gra
 
 
 def test_command_grasp_steers_to_the_cube_closes_there_and_reopens_after_a_miss():
-    reasoner = ScriptedReasoner(ReasonerConfig(command_grasp=True))  # grasp still in defer_at
+    reasoner = ScriptedReasoner(deferring(command_grasp=True))  # grasp still in defer_at
     grasp = np.array([CUBES[0][0], CUBES[0][1], GRASP_HEIGHT])
     near = grasp + np.array([0.0, 0.0, 0.03])  # inside the defer radius: steered, not deferred
     down = reasoner.propose_for(env_obs(near, CUBES, MATS), PLACE)
@@ -121,15 +149,15 @@ def test_command_grasp_steers_to_the_cube_closes_there_and_reopens_after_a_miss(
     missed = reasoner.propose_for(env_obs(near, CUBES, MATS, opening=0.0), PLACE)
     assert missed.gripper is Gripper.OPEN and not missed.direction.any()
     # Without the knob the same point is handed over to the policy.
-    assert ScriptedReasoner().propose_for(env_obs(at, CUBES, MATS), PLACE).defer
+    assert ScriptedReasoner(deferring()).propose_for(env_obs(at, CUBES, MATS), PLACE).defer
     with pytest.raises(ValueError, match="close_radius"):
-        ReasonerConfig(close_radius=-0.01)
+        deferring(close_radius=-0.01)
 
 
 def test_the_protocol_path_reads_the_gripper_so_a_commanded_grasp_moves_on():
     """``propose`` (the ROS proposer's path) with the opening from the finger joints: once
     the gripper has closed on the cube it carries it on, instead of saying "close" forever."""
-    reasoner = ScriptedReasoner(ReasonerConfig(command_grasp=True, defer_at=()))
+    reasoner = ScriptedReasoner(deferring(command_grasp=True, defer_at=()))
     at = np.array([CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.005])
     closed_on_cube = observation_from_env(env_obs(at, CUBES, MATS, opening=0.3))
     assert closed_on_cube.gripper_opening == pytest.approx(0.3)
@@ -146,8 +174,8 @@ def test_the_protocol_path_reads_the_gripper_so_a_commanded_grasp_moves_on():
 def test_state_gripper_says_the_phase_gripper_state_with_every_motion():
     """Open on the way to a grasp, closed while carrying and for the whole push; a gripper
     command (close at the grasp) and deferrals are unchanged; off, the gripper is kept."""
-    stated = ScriptedReasoner(ReasonerConfig(state_gripper=True, command_grasp=True))
-    kept = ScriptedReasoner(ReasonerConfig(command_grasp=True))
+    stated = ScriptedReasoner(deferring(state_gripper=True, command_grasp=True))
+    kept = ScriptedReasoner(deferring(command_grasp=True))
     far = [CUBES[0][0] + 0.1, CUBES[0][1], 0.2]
     toward = stated.propose_for(env_obs(far, CUBES, MATS), PLACE)
     assert toward.direction.any() and toward.gripper is Gripper.OPEN
@@ -168,23 +196,23 @@ def test_defer_at_steers_through_the_points_it_omits_until_the_dead_band():
     d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
     contact = np.array([*(cube[:2] - PUSH_STANDOFF * d), PUSH_HEIGHT])
     near_contact = contact + np.array([0.0, 0.0, 0.03])  # 3 cm above: inside the defer radius
-    default = ScriptedReasoner()
-    assert default.propose_for(env_obs(near_contact, CUBES, MATS), PUSH).defer
-    grasp_only = ScriptedReasoner(ReasonerConfig(defer_at=("grasp",)))
+    every_point = ScriptedReasoner(deferring())
+    assert every_point.propose_for(env_obs(near_contact, CUBES, MATS), PUSH).defer
+    grasp_only = ScriptedReasoner(deferring(defer_at=("grasp",)))
     proposal = grasp_only.propose_for(env_obs(near_contact, CUBES, MATS), PUSH)
     assert not proposal.defer and proposal.direction[2] < -0.9  # down onto the contact point
     at_contact = grasp_only.propose_for(env_obs(contact, CUBES, MATS), PUSH)
     assert not at_contact.defer and at_contact.reason.startswith("push_through")
     near_grasp = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.03]
     assert grasp_only.propose_for(env_obs(near_grasp, CUBES, MATS), PLACE).defer
-    nowhere = ScriptedReasoner(ReasonerConfig(defer_at=()))
+    nowhere = ScriptedReasoner(deferring(defer_at=()))
     assert not nowhere.propose_for(env_obs(near_grasp, CUBES, MATS), PLACE).defer
     with pytest.raises(ValueError, match="unknown points"):
-        ReasonerConfig(defer_at=("grasp", "wave"))
+        deferring(defer_at=("grasp", "wave"))
 
 
 def test_drop_radius_opens_the_gripper_over_the_mat_at_any_height():
-    reasoner = ScriptedReasoner(ReasonerConfig(drop_radius=0.02))
+    reasoner = ScriptedReasoner(deferring(drop_radius=0.02))
     high = [MATS[0][0] + 0.01, MATS[0][1], 0.15]
     held = [[high[0], high[1], high[2] - 0.035], CUBES[1], CUBES[2]]
     proposal = reasoner.propose_for(env_obs(high, held, MATS, opening=0.45), PLACE)
@@ -194,18 +222,18 @@ def test_drop_radius_opens_the_gripper_over_the_mat_at_any_height():
     proposal = reasoner.propose_for(env_obs(beside, held, MATS, opening=0.45), PLACE)
     assert proposal.gripper is Gripper.KEEP and proposal.direction[0] < 0  # still carrying
     with pytest.raises(ValueError, match="drop_radius"):
-        ReasonerConfig(drop_radius=-0.01)
+        deferring(drop_radius=-0.01)
 
 
 def test_fine_radius_says_a_little_near_the_sub_goal():
     above = [CUBES[0][0] + 0.01, CUBES[0][1], GRASP_HEIGHT + 0.07]
     for fine, expected in ((0.0, MAGNITUDE_LESS), (0.08, MAGNITUDE_LITTLE)):
-        reasoner = ScriptedReasoner(ReasonerConfig(fine_radius=fine))
+        reasoner = ScriptedReasoner(deferring(fine_radius=fine))
         assert reasoner.propose_for(env_obs(above, CUBES, MATS), PLACE).magnitude == expected
 
 
 def test_push_goes_behind_the_cube_then_through():
-    reasoner = ScriptedReasoner()
+    reasoner = ScriptedReasoner(deferring())
     cube, mat = np.array(CUBES[1]), np.array(MATS[1])
     goal = reasoner.subgoal(PUSH, HOME, cube, mat, gripper_opening=0.0)
     d = (mat[:2] - cube[:2]) / np.linalg.norm(mat[:2] - cube[:2])
@@ -218,8 +246,8 @@ def test_push_goes_behind_the_cube_then_through():
 
 
 def test_wrong_direction_rate_one_flips_every_direction():
-    clean = ScriptedReasoner(seed=1).propose_for(env_obs(HOME, CUBES, MATS), PLACE)
-    wrong = ScriptedReasoner(ReasonerConfig(wrong_direction_rate=1.0), seed=1)
+    clean = ScriptedReasoner(deferring(), seed=1).propose_for(env_obs(HOME, CUBES, MATS), PLACE)
+    wrong = ScriptedReasoner(deferring(wrong_direction_rate=1.0), seed=1)
     for _ in range(5):
         proposal = wrong.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
         np.testing.assert_allclose(proposal.direction, -clean.direction)
@@ -227,8 +255,8 @@ def test_wrong_direction_rate_one_flips_every_direction():
 
 
 def test_angular_noise_is_bounded_and_seeded():
-    clean = ScriptedReasoner().propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
-    noisy = ScriptedReasoner(ReasonerConfig(angular_noise_deg=20.0), seed=3)
+    clean = ScriptedReasoner(deferring()).propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
+    noisy = ScriptedReasoner(deferring(angular_noise_deg=20.0), seed=3)
     angles = []
     for _ in range(200):
         direction = noisy.propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
@@ -236,7 +264,7 @@ def test_angular_noise_is_bounded_and_seeded():
         angles.append(angle(direction, clean))
     assert max(angles) <= math.radians(20.0) + 1e-9
     assert max(angles) > math.radians(10.0)  # the noise does act
-    again = ScriptedReasoner(ReasonerConfig(angular_noise_deg=20.0), seed=3)
+    again = ScriptedReasoner(deferring(angular_noise_deg=20.0), seed=3)
     first = again.propose_for(env_obs(HOME, CUBES, MATS), PLACE).direction
     noisy.reset(3)
     np.testing.assert_allclose(
@@ -248,7 +276,7 @@ def test_aim_error_displaces_every_target_by_its_size_and_keeps_seen_relations()
     """Each cube and mat is perceived ``aim_error`` off (fixed per episode, seeded); sub-goals
     aim at the perceived poses, a held cube and a finished task are judged on the true ones."""
     error = 0.03
-    reasoner = ScriptedReasoner(ReasonerConfig(aim_error=error, command_grasp=True), seed=5)
+    reasoner = ScriptedReasoner(deferring(aim_error=error, command_grasp=True), seed=5)
     offsets = dict(reasoner.aim_offsets)
     assert len(offsets) == 6
     for offset in offsets.values():
@@ -271,22 +299,20 @@ def test_aim_error_displaces_every_target_by_its_size_and_keeps_seen_relations()
     resting = np.array([mat[0], mat[1], 0.02])
     assert reasoner.subgoal(PLACE, HOME, resting, mat, gripper_opening=1.0).phase == "done"
     # seeded per episode; the error does not shift the other knobs' draws
-    again = ScriptedReasoner(ReasonerConfig(aim_error=error), seed=5)
+    again = ScriptedReasoner(deferring(aim_error=error), seed=5)
     for name, offset in offsets.items():
         np.testing.assert_allclose(again.aim_offsets[name], offset)
     again.reset(6)
     assert not np.allclose(again.aim_offsets["red_cube"], offsets["red_cube"])
-    plain = ScriptedReasoner(ReasonerConfig(), seed=5)
+    plain = ScriptedReasoner(deferring(), seed=5)
     assert all(not o.any() for o in plain.aim_offsets.values())
-    assert (
-        plain.rng.random() == ScriptedReasoner(ReasonerConfig(aim_error=error), seed=5).rng.random()
-    )
+    assert plain.rng.random() == ScriptedReasoner(deferring(aim_error=error), seed=5).rng.random()
     with pytest.raises(ValueError, match="aim_error"):
-        ReasonerConfig(aim_error=-0.01)
+        deferring(aim_error=-0.01)
 
 
 def test_quantize_off_gives_the_exact_direction():
-    reasoner = ScriptedReasoner(ReasonerConfig(quantize=False))
+    reasoner = ScriptedReasoner(deferring(quantize=False))
     proposal = reasoner.propose_for(env_obs(HOME, CUBES, MATS), PLACE)
     goal = np.array([CUBES[0][0], CUBES[0][1], HOVER_HEIGHT])
     np.testing.assert_allclose(
@@ -304,8 +330,8 @@ def test_instructions_parse_back_to_their_task(split):
 
 def test_protocol_propose_matches_the_task_aware_path():
     obs = env_obs(HOME, CUBES, MATS)
-    via_protocol = ScriptedReasoner().propose(observation_from_env(obs))
-    direct = ScriptedReasoner().propose_for(obs, PLACE)
+    via_protocol = ScriptedReasoner(deferring()).propose(observation_from_env(obs))
+    direct = ScriptedReasoner(deferring()).propose_for(obs, PLACE)
     np.testing.assert_allclose(via_protocol.direction, direct.direction)
     unknown = observation_from_env({**obs, "instruction": "do a little dance"})
     assert ScriptedReasoner().propose(unknown).defer

@@ -123,7 +123,9 @@ class TabletopRobot:
         return stamp
 
     def _publish(self, stamp: Time, objects: bool = True) -> Time:
-        joints = JointState(name=JOINT_NAMES, position=[*self.q.tolist(), 0.04, 0.04])
+        positions = [*self.q.tolist(), 0.04, 0.04]
+        # at rest, velocities included as a robot's driver sends them (policies may read them)
+        joints = JointState(name=JOINT_NAMES, position=positions, velocity=[0.0] * len(positions))
         joints.header.stamp = stamp
         object_states = ObjectStates(names=[name for name, _ in OBJECTS])
         object_states.header.stamp = stamp

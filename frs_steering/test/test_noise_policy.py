@@ -58,6 +58,59 @@ def test_dsbc_lowers_its_loss_and_respects_the_bound(target, objective):
         assert torch.equal(extreme[:, 0], extreme[:, -1])
 
 
+def test_mixture_keeps_one_of_two_modes_where_a_regression_averages_them(tmp_path):
+    """The same states with noises of either sign (as steering to either of two mats needs):
+    MSE returns their mean, ~0, which steers nowhere; the mixture returns one of the modes."""
+    n = 256
+    g = torch.Generator().manual_seed(3)
+    state = torch.randn(n, 6, generator=g)
+    sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).view(n, 1, 1)
+    data = NoiseDataset(
+        observations={"state": state},
+        noise=2.0 * sign * torch.ones(n, HORIZON, DIM),
+        steered=torch.ones(n, HORIZON, DIM, dtype=torch.bool),
+        episode=torch.arange(n) // 8,
+        success=torch.ones(n, dtype=torch.bool),
+    )
+    outputs = {}
+    for components, objective in ((1, "mse"), (4, "mixture")):
+        config = NoisePolicyConfig(
+            {"state": 6}, HORIZON, DIM, target="full", hidden=64, components=components
+        )
+        budget = DsbcConfig(objective=objective, steps=400, batch_size=64)
+        net, _ = train_dsbc(data, config, budget, progress=False)
+        with torch.no_grad():
+            outputs[objective] = net({"state": state[:32]})
+        save_noise_policy(net, tmp_path / objective)
+        reloaded = load_noise_policy(tmp_path / objective)
+        assert reloaded.config.components == components
+        with torch.no_grad():
+            assert torch.equal(reloaded({"state": state[:32]}), outputs[objective])
+    assert outputs["mse"].abs().mean() < 0.5
+    assert outputs["mixture"].abs().mean() > 1.5  # a mode's magnitude, not their mean
+    assert outputs["mixture"].abs().max() <= 5.0
+
+
+def test_mixture_objective_and_components_go_together():
+    data = _dataset()
+    with pytest.raises(ValueError, match="go together"):
+        train_dsbc(
+            data,
+            NoisePolicyConfig({"state": 6}, HORIZON, DIM, components=3),
+            DsbcConfig(objective="mse", steps=2),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="go together"):
+        train_dsbc(
+            data,
+            NoisePolicyConfig({"state": 6}, HORIZON, DIM),
+            DsbcConfig(objective="mixture", steps=2),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="components"):
+        NoisePolicyConfig({"state": 6}, HORIZON, DIM, components=0)
+
+
 def test_seeded_training_reproduces_and_seeds_differ():
     data = _dataset()
     config = NoisePolicyConfig({"state": 6}, HORIZON, DIM, hidden=32)

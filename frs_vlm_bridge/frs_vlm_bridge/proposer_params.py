@@ -62,7 +62,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("seed", -1, "steering seed; negative = nondeterministic", runtime=True),
     _spec(
         "execute_rows",
-        5,
+        3,
         "fresh rows of each refined chunk to execute (plus rows already due when sent); 0 = all",
         int_range(0, 1000),
         True,
@@ -91,11 +91,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     _spec(
         "scripted_defer_at",
-        ["grasp", "release", "push"],
+        [""],
         "scripted: precision points handed to the policy, of grasp release push ([''] = none)",
     ),
-    _spec("scripted_command_release", False, "scripted: say 'open' at the release point"),
-    _spec("scripted_command_grasp", False, "scripted: steer to the grasp, say 'close' there"),
+    _spec("scripted_command_release", True, "scripted: say 'open' at the release point"),
+    _spec("scripted_command_grasp", True, "scripted: steer to the grasp, say 'close' there"),
     _spec("scripted_state_gripper", False, "scripted: say the phase's gripper state each chunk"),
     _spec(
         "scripted_aim_error",

@@ -225,7 +225,7 @@ def test_vlm_proposals_steer_and_execute(node_processes, vlm, rig, tmp_path) -> 
 
     assert rig.spin_until(lambda: len(rig.execute_goals) >= 2, 5.0)
     executed = rig.execute_goals[1]
-    assert executed.max_points == 5
+    assert executed.max_points == 3  # the proposer's default execute_rows
     assert executed.chunk.action_space == "ee_delta" and (
         executed.chunk.horizon,
         executed.chunk.dim,

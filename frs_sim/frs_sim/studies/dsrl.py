@@ -34,8 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from frs_sim.env import ACTION_DIM, EnvConfig, FrankaTabletopEnv
+from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import pyplot
 from frs_sim.evaluate.rollout import (
+    FIRST_EXECUTE_ROWS,
     EvalConfig,
     Setting,
     episode_seed,
@@ -396,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=EvalConfig.execute_rows,
         help="rows of each chunk executed per environment step (FRS rollouts must match)",
     )
+    add_reasoner_arguments(parser)  # the reasoner that steers the FRS prefill (without --rollouts)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="train the methods side by side")
     parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
@@ -417,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dsrl_frs" in methods:
         if args.rollouts is not None:
             prefill = NoiseDataset.load(args.rollouts)
-            rows = prefill.info.get("execute_rows", EvalConfig.execute_rows)
+            rows = prefill.info.get("execute_rows", FIRST_EXECUTE_ROWS)
             if rows != args.execute_rows:
                 raise SystemExit(
                     f"{args.rollouts} was collected re-planning every {rows} rows, not "
@@ -439,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs,
                 checkpoint=args.checkpoint,
                 embed_fn=embed_fn,
-                config=EvalConfig(execute_rows=args.execute_rows),
+                config=EvalConfig(execute_rows=args.execute_rows, reasoner=reasoner_config(args)),
                 collect=True,
             )
             info = {"source": "frs_rollouts", "task": args.task, "execute_rows": args.execute_rows}
@@ -490,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_noise_policy(actor, out / method)
         runs[label] = {"command": command, **history}
     document["runs"] = runs
+    document["rows"] = result_rows(runs, args.split, args.task)
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     plot_curves(runs, out / "curves.png", f"{args.task}: SAC in noise space")
     lines = [
@@ -513,6 +517,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(table)
     return 0
+
+
+def result_rows(
+    runs: Mapping[str, Mapping[str, Any]], split: str, task: str
+) -> list[dict[str, Any]]:
+    """The final actors' scores as the benchmark's rows (split, method, episodes, successes,
+    success_rate), so every study's ``results.json`` reads alike."""
+    rows = []
+    for label, history in runs.items():
+        episodes = int(history["final_eval_episodes"])
+        rate = float(history["final_success_rate"])
+        rows.append(
+            {
+                "split": split,
+                "task": task,
+                "method": label,
+                "episodes": episodes,
+                "successes": round(rate * episodes),
+                "success_rate": rate,
+            }
+        )
+    return rows
 
 
 def _comparable_runs(path: Path, setting: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

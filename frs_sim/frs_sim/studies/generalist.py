@@ -1,7 +1,7 @@
 """Train the benchmark's generalist: the built-in flow policy on the pretraining split.
 
 ``python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist`` runs the whole
-recipe: scripted-expert demonstrations on the pretraining split (cached as .npz under
+recipe (``--profile``, default ``shipped``): scripted-expert demonstrations (cached as .npz under
 ``build/generalist_cache/``), the action normalizer, flow-matching training of
 :class:`~frs_steering.model.FlowMatchingPolicy` (chunk 10 x 8, real dims 7, observation = state 46,
 or 49 with ``--motion-state``, + MiniLM instruction embedding 384) and a safetensors + JSON
@@ -69,7 +69,8 @@ DEFAULT_OUT = Path("frs_steering") / "checkpoints" / "generalist"
 
 @dataclass(frozen=True)
 class GeneralistRecipe:
-    """Everything that determines the shipped generalist (recorded in ``training.json``)."""
+    """Everything that determines a generalist (recorded in ``training.json``); the defaults are
+    the first generalist's recipe, the profiles below the others."""
 
     split: str = "pretrain"
     episodes: int = 1200
@@ -86,7 +87,7 @@ class GeneralistRecipe:
     weight_decay: float = 1e-4
     seed: int = 0
     num_steps: int = 10
-    # Recipe knobs of issue 15 (defaults reproduce the shipped generalist's data exactly):
+    # Recipe knobs of issue 15 (defaults reproduce the first generalist's data exactly):
     max_execute_rows: int | None = None  # rows per demo chunk drawn from execute_rows..this
     noisy_fraction: float = 0.0  # share of DART recovery episodes (frs_sim.demonstrations)
     noise_std: float = DartNoise.translation_std
@@ -176,12 +177,13 @@ class GeneralistRecipe:
             )
 
 
-#: Named recipes. ``shipped``: the checkpoint in frs_steering/checkpoints/generalist.
-#: ``robust``: DART recovery episodes, rows per chunk drawn 1..5 (the benchmark executes 5), half
-#: the episodes phrased with the generated training vocabulary (measured: docs/benchmarks.md,
-#: "A robust recipe").
+#: Named recipes. ``shipped`` (defined last): the checkpoint in
+#: frs_steering/checkpoints/generalist. ``first``: the first shipped generalist (clean expert
+#: demonstrations of the pretraining split). ``robust``: DART recovery episodes, rows per chunk
+#: drawn 1..5 (the first benchmark executed 5), half the episodes phrased with the generated
+#: training vocabulary (measured: docs/benchmarks.md, "A robust recipe").
 PROFILES: dict[str, GeneralistRecipe] = {
-    "shipped": GeneralistRecipe(),
+    "first": GeneralistRecipe(),
     "robust": GeneralistRecipe(
         episodes=3000,
         max_execute_rows=5,
@@ -252,6 +254,9 @@ PROFILES["robust_homing_transit_motion_beta"] = dataclasses.replace(
 PROFILES["robust_homing_transit_motion_beta_lda_6k"] = dataclasses.replace(
     PROFILES["robust_homing_transit_motion_beta"], instruction_lda=True, episodes=6000, steps=7000
 )
+#: ``shipped``: frs_steering/checkpoints/generalist, the recipe above (docs/benchmarks.md, "The
+#: generalist").
+PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k"]
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(

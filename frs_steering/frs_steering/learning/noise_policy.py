@@ -38,7 +38,10 @@ from frs_steering.steer import MethodOutput, SteeringContext, register_method
 #: moved under ``learning``; checkpoints written before the move must still load).
 FORMAT = "frs_steering.noise_policy"
 TARGETS = ("chunk_mean", "full")
-OBJECTIVES = ("mse", "nll")
+OBJECTIVES = ("mse", "nll", "mixture")
+#: Share of a mixture's training signal that also reaches the components that did not win a
+#: sample, so none of them is left untrained.
+MIXTURE_SHARE_OF_LOSERS = 0.05
 LOG_STD_RANGE = (-5.0, 1.0)
 
 
@@ -55,13 +58,17 @@ class NoisePolicyConfig:
     bound: float = 5.0
     noise_dims: tuple[int, ...] | None = None  # action dims predicted (None: all); rest fresh
     defer_head: bool = False  # also predict whether steering acted (else: fresh noise, as FRS)
+    # Candidate noises per observation and a classifier among them (DSBC objective "mixture"):
+    # the output is the likeliest candidate, so noises that steer to different modes are not
+    # averaged into one that steers to none. 1: a single regression.
+    components: int = 1
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not self.observation_dims:
             raise ValueError("observation_dims is empty")
-        for name in ("horizon", "dim", "hidden", "depth"):
+        for name in ("horizon", "dim", "hidden", "depth", "components"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"NoisePolicyConfig.{name} must be a positive int, got {value!r}")
@@ -121,14 +128,29 @@ class NoisePolicy(ObservationMlp):
     def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
         super().__init__(config.observation_dims, config.hidden, config.depth, seed)
         self.config = config
-        self.mean_head = nn.Linear(config.hidden, config.output_dim)
+        self.mean_head = nn.Linear(config.hidden, config.output_dim * config.components)
         self.log_std_head = nn.Linear(config.hidden, config.output_dim)
         self.defer_head = nn.Linear(config.hidden, 1) if config.defer_head else None
+        multiple = config.components > 1
+        self.component_head = nn.Linear(config.hidden, config.components) if multiple else None
+
+    def candidates(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pre-squash candidate means ``[B, components, output_dim]`` and their logits
+        ``[B, components]`` (None for a single regression) from trunk features."""
+        means = self.mean_head(hidden).view(-1, self.config.components, self.config.output_dim)
+        logits = None if self.component_head is None else self.component_head(hidden)
+        return means, logits
 
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-squash mean and clamped log-std from standardized features."""
+        """Pre-squash mean (the likeliest candidate's) and clamped log-std from standardized
+        features."""
         hidden = self.trunk(features)
-        return self.mean_head(hidden), self.log_std_head(hidden).clamp(*LOG_STD_RANGE)
+        means, logits = self.candidates(hidden)
+        if logits is None:
+            mean = means[:, 0]
+        else:
+            mean = means[torch.arange(means.shape[0]), logits.argmax(1)]
+        return mean, self.log_std_head(hidden).clamp(*LOG_STD_RANGE)
 
     def distribution(
         self, observations: Mapping[str, torch.Tensor]
@@ -220,8 +242,11 @@ def dsbc_loss(
     objective: str,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE of the bounded output, or Gaussian NLL with the predicted std around it, averaged
-    with ``weights`` (same shape as ``target``; None = uniform)."""
+    """MSE of the bounded output, Gaussian NLL with the predicted std around it, or the
+    mixture loss (:func:`mixture_loss`), averaged with ``weights`` (same shape as ``target``;
+    None = uniform)."""
+    if objective == "mixture":
+        return mixture_loss(net, observations, target, weights)
     mean, log_std = net.distribution(observations)
     output = net.squash(mean)
     if objective == "mse":
@@ -231,6 +256,32 @@ def dsbc_loss(
     if weights is None:
         return per_element.mean()
     return (per_element * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def mixture_loss(
+    net: NoisePolicy,
+    observations: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Winner-takes-most regression plus classification: each sample trains the candidate
+    nearest its target (the others with :data:`MIXTURE_SHARE_OF_LOSERS` of the weight), and
+    the component logits learn which candidate that was."""
+    means, logits = net.candidates(net.trunk(net.flatten(observations)))
+    if logits is None:
+        raise ValueError("the mixture objective needs a noise policy with components > 1")
+    weights = torch.ones_like(target) if weights is None else weights
+    error = ((net.squash(means) - target.unsqueeze(1)).pow(2) * weights.unsqueeze(1)).sum(-1)
+    nearest = error.argmin(1)
+    components = net.config.components
+    share = torch.full_like(error, MIXTURE_SHARE_OF_LOSERS / (components - 1))
+    share.scatter_(1, nearest.unsqueeze(1), 1.0 - MIXTURE_SHARE_OF_LOSERS)
+    regression = (share * error).sum() / weights.sum().clamp_min(1.0)
+    informative = weights.sum(1) > 0  # a fully deferred chunk names no winner
+    if not informative.any():
+        return regression
+    classification = nn.functional.cross_entropy(logits[informative], nearest[informative])
+    return regression + classification
 
 
 def defer_loss(
@@ -272,6 +323,11 @@ def train_dsbc(
         raise ValueError("the noise dataset is empty")
     if noise_policy_config is None:
         noise_policy_config = default_config(dataset)
+    if (noise_policy_config.components > 1) != (config.objective == "mixture"):
+        raise ValueError(
+            f"objective {config.objective!r} with {noise_policy_config.components} components: "
+            "the mixture objective and components > 1 go together"
+        )
     net = NoisePolicy(noise_policy_config, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
