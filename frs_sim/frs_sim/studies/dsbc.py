@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frs_sim.env import EnvConfig
+from frs_sim.env import ACTION_DIM, EnvConfig
 from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import plot_success, pyplot
 from frs_sim.evaluate.rollout import (
@@ -75,10 +75,11 @@ from frs_steering.learning.reference_policy import (
 )
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.package_data import shipped_checkpoint
+from frs_steering.reference import CartesianLayout
 from frs_steering.train import train_flow_policy
 
-#: DSBC's candidate noises per observation by default: measured on the shipped generalist,
-#: 4 and 16 both lift DSBC from 20 % to 31 % (three training seeds each; docs/learning.md).
+#: DSBC's candidate noises per observation by default: on the shipped generalist a mixture of 4
+#: lifts DSBC by about 15 points over one regression, 16 adds nothing (docs/learning.md).
 MIXTURE_COMPONENTS = 4
 
 
@@ -271,6 +272,27 @@ def dagger_round(
     return merged, info
 
 
+def noise_dims(option: str) -> tuple[int, ...] | None:
+    """``--noise-dims``: the Cartesian translation (what the reasoner's directions steer; the
+    policy keeps its own gripper timing), ``steered`` (None: every dim steering acted on in the
+    rollouts, the gripper too where the reasoner commanded it), or a comma list of dims."""
+    if option == "translation":
+        return tuple(CartesianLayout().translation)
+    if option == "steered":
+        return None
+    try:
+        dims = tuple(int(d) for d in option.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--noise-dims must be translation, steered or a comma list of dims, got {option!r}"
+        ) from None
+    if not dims or any(not 0 <= d < ACTION_DIM for d in dims) or len(set(dims)) != len(dims):
+        raise ValueError(
+            f"--noise-dims: distinct dims in [0, {ACTION_DIM}) expected, got {option!r}"
+        )
+    return dims
+
+
 def learner_configs(
     args: argparse.Namespace,
 ) -> tuple[DsbcConfig, ReferenceCloningConfig | None]:
@@ -279,6 +301,7 @@ def learner_configs(
         raise ValueError(f"--bc-steps must be >= 1, got {args.bc_steps}")
     if not 0.0 < args.dagger_first_share < 1.0:
         raise ValueError(f"--dagger-first-share must be in (0, 1), got {args.dagger_first_share}")
+    noise_dims(args.noise_dims)  # raises on an unknown choice or dim
     if args.components < 1 or (args.components > 1) != (args.objective == "mixture"):
         raise ValueError(
             f"--objective mixture needs --components > 1 and the reverse (got {args.objective!r} "
@@ -378,6 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
     parser.add_argument(
+        "--noise-dims",
+        default="translation",
+        help="action dims DSBC predicts: translation, steered (every dim steering acted on) or "
+        "a comma list; the others take fresh noise",
+    )
+    parser.add_argument(
         "--defer-head",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -471,9 +500,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(successful) == 0:
         raise SystemExit("no successful FRS rollout to learn from")
 
-    net_config = default_config(
-        successful, target=args.target, defer_head=args.defer_head, components=args.components
-    )
+    overrides = {"target": args.target, "defer_head": args.defer_head}
+    dims = noise_dims(args.noise_dims)
+    if dims is not None:
+        overrides["noise_dims"] = dims
+    net_config = default_config(successful, components=args.components, **overrides)
     dagger_info = None
     if args.dagger_episodes_per_task > 0:
         successful, dagger_info = dagger_round(
