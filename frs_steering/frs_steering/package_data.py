@@ -31,7 +31,7 @@ def find_package_file(package: str, source_root: Path, *parts: str) -> Path:
 #: Checkpoints shipped with frs_steering and the command that rebuilds each.
 SHIPPED_CHECKPOINTS = {
     "generalist": "python -m frs_sim.studies.generalist --out frs_steering/checkpoints/generalist",
-    "dsbc_novel": "python -m frs_sim.studies.dsbc --out build/dsbc, then build/dsbc/dsbc "
+    "dsbc_novel": "python -m frs_sim.studies.dsbc --out build/dsbc; its build/dsbc/dsbc "
     "(docs/learning.md)",
     "droid_demo": (
         "python -m frs_steering.adapters.droid_demo --out frs_steering/checkpoints/droid_demo"

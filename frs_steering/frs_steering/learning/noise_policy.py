@@ -258,6 +258,16 @@ def dsbc_loss(
     return (per_element * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def check_objective(objective: str, components: int) -> None:
+    """ValueError unless ``objective`` fits a noise policy of ``components`` candidates: the
+    mixture objective and more than one candidate go together."""
+    if components < 1 or (components > 1) != (objective == "mixture"):
+        raise ValueError(
+            f"objective {objective!r} with {components} components: the mixture objective and "
+            "components > 1 go together (--objective mixture needs --components > 1)"
+        )
+
+
 def mixture_loss(
     net: NoisePolicy,
     observations: Mapping[str, torch.Tensor],
@@ -323,11 +333,7 @@ def train_dsbc(
         raise ValueError("the noise dataset is empty")
     if noise_policy_config is None:
         noise_policy_config = default_config(dataset)
-    if (noise_policy_config.components > 1) != (config.objective == "mixture"):
-        raise ValueError(
-            f"objective {config.objective!r} with {noise_policy_config.components} components: "
-            "the mixture objective and components > 1 go together"
-        )
+    check_objective(config.objective, noise_policy_config.components)
     net = NoisePolicy(noise_policy_config, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
