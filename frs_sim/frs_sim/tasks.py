@@ -372,6 +372,17 @@ def _any_mat(tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
 
 SPLITS["habit_own"] = _any_mat(SPLITS["habit_home"])
 SPLITS["habit_own_paraphrase"] = _any_mat(SPLITS["habit_home_paraphrase"])
+#: The split that evaluates a training split's own tasks, where it is not the training split
+#: itself: a habit or homing policy's unnamed place / push count on any mat.
+OWN_TASKS_SPLITS: dict[str, str] = {"pretrain_habit": "habit_own", "pretrain_homing": "habit_own"}
+
+
+def own_tasks_split(training_split: str) -> str:
+    """The split on which a policy trained on ``training_split`` meets its own tasks."""
+    get_split(training_split)  # unknown names are refused, not passed on
+    return OWN_TASKS_SPLITS.get(training_split, training_split)
+
+
 #: Splits whose phrasings or colour pairs no training recipe may use.
 HELD_OUT_SPLITS: tuple[str, ...] = (
     "novel",

@@ -329,6 +329,50 @@ def test_labels_come_only_from_settings_that_act_without_the_reasoner() -> None:
     assert rollout.Setting("noise_policy", label_method="frs").label_method == "frs"
 
 
+def test_the_sanity_row_runs_the_checkpoints_own_tasks(tiny_checkpoint, tmp_path) -> None:
+    """A checkpoint trained on ``pretrain_homing`` meets its own tasks on ``habit_own``; one
+    without ``training.json`` on ``pretrain``; ``sanity_split`` overrides; an unreadable
+    ``training.json`` or an unknown split is refused before anything is written."""
+    from frs_sim.evaluate.results import evaluate, trained_split
+    from frs_sim.evaluate.workers import split_instructions
+    from frs_sim.tasks import get_split
+
+    homing = tmp_path / "homing"
+    shutil.copytree(tiny_checkpoint, homing)
+    (homing / "training.json").write_text(json.dumps({"recipe": {"split": "pretrain_homing"}}))
+    assert trained_split(tiny_checkpoint) == "pretrain"
+    assert trained_split(homing) == "pretrain_homing"
+    splits = ("novel", "habit_own", "paraphrase")
+    table = {text: np.zeros(384, np.float32) for s in splits for text in split_instructions(s)}
+
+    def run(out: str, **options):  # noqa: ANN003, ANN202
+        return evaluate(
+            tmp_path / out,
+            checkpoint=homing,
+            settings=[rollout.Setting("base", split="novel")],
+            config=rollout.EvalConfig(
+                env=EnvConfig(max_episode_steps=2), tasks=("push_red_yellow",)
+            ),
+            embeddings=table,
+            sanity_episodes_per_task=1,
+            progress=False,
+            plots=False,
+            **options,
+        )
+
+    document = run("own")
+    assert document["config"]["sanity_split"] == "habit_own"
+    assert document["rows"][-1]["split"] == "habit_own"
+    assert document["rows"][-1]["episodes"] == len(get_split("habit_own"))
+    assert run("override", sanity_split="paraphrase")["rows"][-1]["split"] == "paraphrase"
+    with pytest.raises(ValueError, match="unknown split"):
+        run("unknown", sanity_split="no_such_split")
+    (homing / "training.json").write_text("{not json")
+    with pytest.raises(ValueError, match="does not name the training split"):
+        run("corrupt")
+    assert not (tmp_path / "unknown").exists() and not (tmp_path / "corrupt").exists()
+
+
 @pytest.mark.parametrize("withhold", [False, True])
 def test_withholding_the_instruction_gives_the_policy_the_zero_vector(
     tiny_checkpoint, tmp_path, withhold

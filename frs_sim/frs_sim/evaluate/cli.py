@@ -3,7 +3,7 @@
 ``python -m frs_sim.evaluate --checkpoint frs_steering/checkpoints/generalist
 --split novel --episodes-per-task 10 --seeds 0 --out build/eval`` compares base, direct,
 partial noising (sweep of the noise level), sample-and-rank (sweep of N) and FRS (sweep of step
-counts and solvers), plus a base-policy sanity row on the pretraining split, and writes
+counts and solvers), plus a base-policy sanity row on the checkpoint's own tasks, and writes
 ``results.json``, ``results.md``, ``success.png`` and ``episode.png``
 (:mod:`frs_sim.evaluate.results`).
 """
@@ -187,7 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sanity-episodes-per-task",
         type=int,
         default=2,
-        help="base-policy episodes per pretraining task (0: skip)",
+        help="base-policy episodes per task of the sanity row (0: skip)",
+    )
+    parser.add_argument(
+        "--sanity-split",
+        help="split of the sanity row (default: the checkpoint's own tasks, read from its "
+        "training.json; pretrain without one)",
     )
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
     parser.add_argument(
@@ -238,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             withhold_instruction=args.withhold_instruction,
         ),
         sanity_episodes_per_task=args.sanity_episodes_per_task,
+        sanity_split=args.sanity_split,
         workers=args.workers,
         progress=not args.quiet,
     )

@@ -27,7 +27,7 @@ from frs_sim.evaluate.workers import (
     split_instructions,
 )
 from frs_sim.reasoner import ScriptedReasoner
-from frs_sim.tasks import get_split
+from frs_sim.tasks import get_split, own_tasks_split
 from frs_steering.checkpoint import load_policy
 from frs_steering.instructions import EMBEDDING_DIM
 
@@ -40,6 +40,23 @@ def results_json(document: dict) -> str:
     return text[:-2] + f',\n  "episodes": [\n    {episodes}\n  ]\n}}\n'
 
 
+def trained_split(checkpoint: str | Path | None) -> str:
+    """The split a generalist checkpoint was trained on (its ``training.json`` recipe), or
+    ``pretrain`` where the checkpoint does not say (a policy object, a hand-made checkpoint)."""
+    if checkpoint is None:
+        return "pretrain"
+    summary = Path(checkpoint) / "training.json"
+    try:
+        split = json.loads(summary.read_text())["recipe"]["split"]
+    except FileNotFoundError:
+        return "pretrain"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{summary} does not name the training split: {error}") from error
+    if not isinstance(split, str):
+        raise ValueError(f"{summary} names training split {split!r}, not a split name")
+    return split
+
+
 def evaluate(
     out: Path,
     *,
@@ -50,23 +67,31 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     config: EvalConfig | None = None,
     sanity_episodes_per_task: int = 2,
+    sanity_split: str | None = None,
     embeddings: Mapping[str, np.ndarray] | None = None,
     workers: int = 1,
     progress: bool = True,
     plots: bool = True,
 ) -> dict:
-    """Run the comparison and write results.json / results.md / success.png / episode.png."""
+    """Run the comparison and write results.json / results.md / success.png / episode.png.
+
+    The sanity row runs the base policy on ``sanity_split`` (default: the checkpoint's own
+    tasks, :func:`trained_split`)."""
     start = time.perf_counter()
     config = EvalConfig() if config is None else config
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if (checkpoint is None) == (policy is None):
         raise ValueError("give exactly one of checkpoint or policy")
+    if sanity_episodes_per_task > 0:
+        if sanity_split is None:
+            sanity_split = own_tasks_split(trained_split(checkpoint))
+        get_split(sanity_split)  # an unknown name is refused before the folder is made
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None and workers <= 1:
         policy, checkpoint = load_policy(checkpoint), None
     all_settings = list(settings)
     if sanity_episodes_per_task > 0:
-        all_settings.append(Setting("base", split="pretrain"))
+        all_settings.append(Setting("base", split=sanity_split))
     splits = sorted({s.split for s in all_settings})
     texts = [t for s in splits for t in split_instructions(s)]
     if config.withhold_instruction:
@@ -99,6 +124,7 @@ def evaluate(
             "episodes_per_task": episodes_per_task,
             "seeds": list(seeds),
             "sanity_episodes_per_task": sanity_episodes_per_task,
+            "sanity_split": sanity_split,
             "max_episode_steps": config.env.max_episode_steps,
             "tasks": None if config.tasks is None else list(config.tasks),
             "withhold_instruction": config.withhold_instruction,
