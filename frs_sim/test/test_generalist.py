@@ -15,6 +15,7 @@ from frs_sim.studies.generalist import (
     action_limit_bounds,
     demos_to_tensors,
     fit_action_normalizer,
+    instruction_classes,
     plot_losses,
     train_generalist,
 )
@@ -111,3 +112,26 @@ def test_beta_time_sampling_changes_training_not_the_demonstrations(tiny_demos):
     _, beta_losses = train_generalist(tiny_demos, beta, progress=False)
     assert beta_losses != uniform_losses
     assert train_generalist(tiny_demos, beta, progress=False)[1] == beta_losses  # seeded
+
+
+def test_the_projection_shrinkage_is_the_recipes():
+    """``instruction_lda_shrinkage`` reaches the fitted projection (the same cached demos): at 1
+    no whitening is left, and the one direction between the two tasks is their mean difference."""
+    tasks = [find_task("lift_red"), find_task("place_green_yellow")]
+    tiny_demos = generate_demos(tasks, episodes=6, seed=0, progress=False, embed_fn=fake_embedding)
+    assert len(tiny_demos.instructions) > len(tasks)  # paraphrases: a within-task scatter
+    recipe = GeneralistRecipe(width=16, depth=1, steps=2, batch_size=16, instruction_lda=True)
+    gentle = dataclasses.replace(recipe, instruction_lda_shrinkage=1.0)
+    assert gentle.demo_key() == recipe.demo_key()
+    hard, _ = train_generalist(tiny_demos, recipe, progress=False)
+    soft, _ = train_generalist(tiny_demos, gentle, progress=False)
+    texts = torch.from_numpy(np.asarray(tiny_demos.instruction_embeddings, dtype=np.float32))
+    standardized = (texts - soft.instruction_shift) * soft.instruction_scale
+    classes = instruction_classes(tiny_demos, recipe.split)
+    first = torch.tensor([c == classes[0] for c in classes])
+    difference = standardized[first].mean(0) - standardized[~first].mean(0)
+    cosine = torch.nn.functional.cosine_similarity(
+        soft.instruction_projection[:, 0].double(), difference.double(), dim=0
+    )
+    assert abs(float(cosine)) == pytest.approx(1.0, abs=1e-4)
+    assert not torch.allclose(hard.instruction_projection, soft.instruction_projection)

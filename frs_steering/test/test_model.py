@@ -333,6 +333,26 @@ def test_input_statistics_need_the_flag_and_bad_encoder_sizes_raise():
         FlowPolicyConfig(action_spec=_config().action_spec, state_dim=6, encoder_depth=-1)
 
 
+def test_shrinkage_keeps_a_direction_training_never_varied_along_from_being_amplified():
+    """Whitening by the within-task scatter blows up an axis the training texts (almost) never
+    move along, the axis an unseen phrasing may move along; shrinking the scatter toward its
+    mean eigenvalue keeps the map's response there small next to the tasks' separation."""
+    g = torch.Generator().manual_seed(1)
+    labels = [k for k in range(3) for _ in range(40)]
+    centres = torch.zeros(3, 8)
+    centres[:, :2] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    spread = torch.tensor([0.3, 0.3, 1.0, 1.0, 1.0, 1.0, 1.0, 1e-3])  # axis 7: never varied
+    features = centres[labels] + torch.randn(120, 8, generator=g) * spread
+
+    def response_to_the_unseen_axis(shrinkage: float) -> float:
+        projection = fit_discriminant_projection(features, labels, shrinkage=shrinkage)
+        task_step = ((centres[1] - centres[0]) @ projection).norm()
+        return float((torch.eye(8)[7] @ projection).norm() / task_step)
+
+    hard, gentle = response_to_the_unseen_axis(0.0), response_to_the_unseen_axis(1.0)
+    assert hard > 10 * gentle and gentle < 0.1
+
+
 def test_discriminant_projection_keeps_tasks_apart_and_paraphrases_together(tmp_path):
     """Three 'tasks' that differ along two axes, 'paraphrases' spread 50x wider along others:
     the fitted map separates the tasks by far more than their spread, unlike the raw inputs,

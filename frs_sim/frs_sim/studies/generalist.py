@@ -103,6 +103,10 @@ class GeneralistRecipe:
     # paraphrases of one task differ more in MiniLM than tasks do, and the held-out phrasings
     # differ along the paraphrase directions.
     instruction_lda: bool = False
+    # The projection's shrinkage of the within-task scatter toward its mean eigenvalue
+    # (``fit_discriminant_projection``): low values whiten hard, amplifying the directions the
+    # training phrasings never vary along, which is where unseen phrasings move the embedding.
+    instruction_lda_shrinkage: float = 0.1
     # Condition on the arm's motion too (the EE velocity, ``STATE_LAYOUT["ee_velocity"]``): a
     # carry toward one mat and one that has turned toward another differ only in motion.
     motion_state: bool = False
@@ -125,7 +129,12 @@ class GeneralistRecipe:
         for name in ("episodes", "width", "depth", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("noisy_fraction", "phrasing_fraction", "redirect_fraction"):
+        for name in (
+            "noisy_fraction",
+            "phrasing_fraction",
+            "redirect_fraction",
+            "instruction_lda_shrinkage",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -376,7 +385,10 @@ def train_generalist(
     if recipe.instruction_lda:
         texts = torch.from_numpy(np.asarray(demos.instruction_embeddings, dtype=np.float32))
         standardized = (texts - policy.instruction_shift) * policy.instruction_scale
-        policy.set_instruction_projection(fit_discriminant_projection(standardized, classes))
+        projection = fit_discriminant_projection(
+            standardized, classes, shrinkage=recipe.instruction_lda_shrinkage
+        )
+        policy.set_instruction_projection(projection)
     losses = train_flow_policy(
         policy,
         observations,
@@ -490,6 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="feed the encoder the instruction's discriminant directions between tasks",
     )
     parser.add_argument(
+        "--instruction-lda-shrinkage",
+        type=float,
+        default=defaults.instruction_lda_shrinkage,
+        help="the projection's within-task scatter shrinkage, 0..1 (higher: gentler whitening)",
+    )
+    parser.add_argument(
         "--motion-state",
         action=argparse.BooleanOptionalAction,
         default=defaults.motion_state,
@@ -532,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             redirect_fraction=args.redirect_fraction,
             instruction_lda=args.instruction_lda,
+            instruction_lda_shrinkage=args.instruction_lda_shrinkage,
             motion_state=args.motion_state,
             instruction_dropout=args.instruction_dropout,
             time_sampling=args.time_sampling,
