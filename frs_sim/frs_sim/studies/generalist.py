@@ -271,7 +271,7 @@ PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"] = dataclasses.replac
 )
 #: ``shipped``: frs_steering/checkpoints/generalist, the recipe above (docs/benchmarks.md, "The
 #: generalist").
-PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k"]
+PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"]
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
