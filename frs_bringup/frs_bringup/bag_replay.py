@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ RECORD_TOPIC = "frs/steering/record"
 JOINTS_TOPIC = "joint_states"
 INSTRUCTION_TOPIC = "frs/instruction"
 BUFFER = 2000  # samples kept per input topic for stamp lookup (40 s at 50 Hz)
+#: A recorder's subscriptions are not ordered across topics: under load a steering record can be
+#: logged before the joint state it was computed from. Records wait this long (log time) for
+#: their inputs before they are matched.
+INPUT_LATENESS_NS = 1_000_000_000
 COLOURS = [(0.9, 0.1, 0.6, 1.0), (0.1, 0.6, 0.9, 1.0), (0.9, 0.5, 0.1, 1.0), (0.4, 0.2, 0.8, 1.0)]
 
 
@@ -215,8 +220,52 @@ def iter_chunks(
     total = sum(bag.count(t) for t in topics)
     bar = tqdm(total=total, unit="msg", desc="replay", disable=not progress, file=sys.stderr)
     lookback = start_ns - 60 * 1_000_000_000
-    for item in bag.messages(topics, max(bag.start_ns, lookback), end_ns):
+    waiting: deque[tuple[int, Any, str]] = deque()  # (log time, record, its instruction)
+
+    def resolve(log_ns: int, record: Any, text: str) -> Chunk | None:
+        """The record with its rebuilt observation and reference, or None (reason in skipped)."""
+        is_record = hasattr(record, "scene_stamp")  # else a plain ActionChunk
+        stamp = stamp_to_ns(record.header.stamp)
+        used = None
+        if is_record and len(record.input_topics) == len(record.input_stamps):
+            used = {
+                streams[topic.strip("/")]: stamp_to_ns(used_stamp)
+                for topic, used_stamp in zip(record.input_topics, record.input_stamps, strict=True)
+                if topic.strip("/") in streams
+            }
+        try:
+            joints, samples = builder.inputs.match(stamp, builder.tolerance_ns, used=used)
+        except ObservationError:
+            skipped.add("observation not in the bag (joint_states or an input dropped)")
+            return None
+        if joints.stamp_ns != stamp:
+            skipped.add("observation not in the bag (joint_states or an input dropped)")
+            return None
+        try:
+            observation = builder.adapter.observation(
+                joints, samples, builder.instruction(text), text
+            )
+            reference = None
+            if is_record:
+                reference = builder.adapter.layout.reference(
+                    builder.policy.spec, builder.settings(record), record.reference, observation
+                )
+        except ValueError as error:
+            skipped.add(f"cannot rebuild inputs: {error}")
+            return None
+        return Chunk(log_ns, record, observation, reference)
+
+    def due(now_ns: int | None) -> Iterator[Chunk]:
+        """The waiting records whose inputs had their time to arrive (all of them at the end)."""
+        while waiting and (now_ns is None or waiting[0][0] + INPUT_LATENESS_NS <= now_ns):
+            chunk = resolve(*waiting.popleft())
+            if chunk is not None:
+                yield chunk
+
+    read_until = end_ns + INPUT_LATENESS_NS
+    for item in bag.messages(topics, max(bag.start_ns, lookback), read_until):
         bar.update(1)
+        yield from due(item.log_ns)
         msg = item.msg
         if item.topic == JOINTS_TOPIC:
             builder.inputs.add_joints(msg)
@@ -227,41 +276,10 @@ def iter_chunks(
                 continue
         elif item.topic == INSTRUCTION_TOPIC:
             instruction = msg.data
-        elif item.log_ns >= start_ns:
-            record = msg
-            is_record = hasattr(record, "scene_stamp")  # else a plain ActionChunk
-            text = (record.instruction if is_record else "") or instruction
-            stamp = stamp_to_ns(record.header.stamp)
-            used = None
-            if is_record and len(record.input_topics) == len(record.input_stamps):
-                used = {
-                    streams[topic.strip("/")]: stamp_to_ns(used_stamp)
-                    for topic, used_stamp in zip(
-                        record.input_topics, record.input_stamps, strict=True
-                    )
-                    if topic.strip("/") in streams
-                }
-            try:
-                joints, samples = builder.inputs.match(stamp, builder.tolerance_ns, used=used)
-            except ObservationError:
-                skipped.add("observation not in the bag (joint_states or an input dropped)")
-                continue
-            if joints.stamp_ns != stamp:
-                skipped.add("observation not in the bag (joint_states or an input dropped)")
-                continue
-            try:
-                observation = builder.adapter.observation(
-                    joints, samples, builder.instruction(text), text
-                )
-                reference = None
-                if is_record:
-                    reference = builder.adapter.layout.reference(
-                        builder.policy.spec, builder.settings(record), record.reference, observation
-                    )
-            except ValueError as error:
-                skipped.add(f"cannot rebuild inputs: {error}")
-                continue
-            yield Chunk(item.log_ns, record, observation, reference)
+        elif start_ns <= item.log_ns <= end_ns:
+            text = (getattr(msg, "instruction", "") or "") or instruction
+            waiting.append((item.log_ns, msg, text))
+    yield from due(None)
     bar.close()
 
 

@@ -102,6 +102,43 @@ def test_replay_reproduces_logged_chunks(session: Path, tmp_path: Path) -> None:
         np.testing.assert_allclose(chunk.data, record.refined.data, atol=1e-5)
 
 
+def test_records_logged_before_their_inputs_still_replay(session: Path, tmp_path: Path) -> None:
+    """A recorder's subscriptions are not ordered across topics: on a loaded machine a steering
+    record can be logged a moment before the joint state it was computed from. Replay and the
+    noise export wait for such inputs instead of skipping the chunk."""
+    from frs_control.messages import stamp_to_ns
+
+    with BagReader(session) as bag:
+        joints_logged = {
+            stamp_to_ns(m.msg.header.stamp): m.log_ns for m in bag.messages(["joint_states"])
+        }
+        stamps = [stamp_to_ns(m.msg.header.stamp) for m in bag.messages(["frs/steering/record"])]
+        raw = [(t, c.msgtype, log_ns, bytes(data)) for t, c, log_ns, data in bag.raw_messages()]
+    early = iter(joints_logged[stamp] - 5_000_000 for stamp in stamps)  # 5 ms before
+    rows = [
+        (next(early) if topic == "frs/steering/record" else log_ns, topic, msgtype, data)
+        for topic, msgtype, log_ns, data in raw
+    ]
+    reordered = tmp_path / "reordered"
+    with BagWriter(reordered) as writer:
+        for topic, msgtype in sorted({(topic, msgtype) for _, topic, msgtype, _ in rows}):
+            writer.add_topic("/" + topic, msgtype)
+        for log_ns, topic, _, data in sorted(rows, key=lambda row: row[0]):
+            writer.write_raw("/" + topic, log_ns, data)
+    out = tmp_path / "report"
+    done = _replay(reordered, out, "--methods", "logged", "--no-progress", "--no-bag")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chunks"] == len(stamps) and not metrics["skipped"], metrics["skipped"]
+    assert metrics["methods"][0]["max_abs_error"] < 1e-5
+    noise = tmp_path / "noise.safetensors"
+    done = _run("-m", "frs_bringup.bag_noise", "--bag", str(reordered), "--out", str(noise))
+    assert done.returncode == 0, done.stderr[-3000:]
+    from frs_steering.learning.noise_data import NoiseDataset
+
+    assert len(NoiseDataset.load(noise)) == len(stamps)
+
+
 def test_session_bag_reads_without_this_workspace(session: Path) -> None:
     """mcap + mcap-ros2-support, and rosbags with an empty typestore, decode every message
     from the definitions embedded in the bag."""
