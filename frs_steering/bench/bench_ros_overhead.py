@@ -198,7 +198,11 @@ class Client:
 
 
 def _messages() -> tuple[JointState, ObjectStates]:
-    joints = JointState(name=ARM_JOINTS + FINGER_JOINTS, position=[*REST_QPOS.tolist(), 0.04, 0.04])
+    positions = [*REST_QPOS.tolist(), 0.04, 0.04]
+    # at rest, as a driver reports it: policies that read the EE velocity need the velocities
+    joints = JointState(
+        name=ARM_JOINTS + FINGER_JOINTS, position=positions, velocity=[0.0] * len(positions)
+    )
     objects = ObjectStates(names=CUBES + MATS)
     objects.header.frame_id = "fr3_link0"
     for x, y, z in POSITIONS:
