@@ -33,6 +33,7 @@ test-long: setup
 bench: setup
 	$(PY) frs_steering/bench/bench_steering.py
 	$(PY) frs_steering/bench/bench_ros_overhead.py --chunks 300
+	$(PY) frs_bringup/bench/cpu_per_node.py
 
 bench-lerobot: setup-lerobot
 	PYTHONPATH=frs_steering:frs_control .venv-lerobot/bin/frs-python frs_steering/bench/bench_lerobot.py
