@@ -38,6 +38,15 @@ def process_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
 def descendants(root: int) -> list[int]:
     """Every process under ``root`` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
@@ -69,6 +78,19 @@ def node_processes(root: int, modules: dict[str, str]) -> dict[str, int]:
             if module.encode() in argv:
                 found[name] = pid
     return found
+
+
+def stop_group(demo: subprocess.Popen, node_pids: list[int], timeout: float = 20.0) -> None:
+    """Stop the demo and every node it started, and return only once all are gone, so no node
+    of this stack is still publishing when whatever runs next starts."""
+    os.killpg(demo.pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if demo.poll() is not None and not any(map(running, node_pids)):
+            return
+        time.sleep(0.1)
+    os.killpg(demo.pid, signal.SIGKILL)
+    demo.wait()
 
 
 def main() -> int:
@@ -105,11 +127,7 @@ def main() -> int:
         end = {name: process_ticks(pid) for name, pid in pids.items()}
         seconds = time.monotonic() - began
     finally:
-        os.killpg(demo.pid, signal.SIGINT)
-        try:
-            demo.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(demo.pid, signal.SIGKILL)
+        stop_group(demo, node_pids=list(node_processes(demo.pid, modules).values()))
         log.close()
     lost = [name for name in pids if start[name] is None or end[name] is None]
     if lost:

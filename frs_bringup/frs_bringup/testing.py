@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +46,20 @@ class ProcessStarter(Protocol):
     """Anything that starts ``python <args>`` as a process (e.g. conftest's node_processes)."""
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> Any: ...
+
+
+def run_script(script: Path, *args: str, timeout: float = 240.0) -> str:
+    """Run ``python script *args`` to completion (a bench, as a user runs it) and return its
+    stdout; a non-zero exit fails the test with the tail of its output."""
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
 
 
 def ros_args(params: dict[str, object]) -> list[str]:

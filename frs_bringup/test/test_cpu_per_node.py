@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from frs_bringup.testing import run_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "cpu_per_node.py"
 
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.flaky(reruns=1)
 
 
 def test_the_bench_reads_every_node_of_the_sim_stack(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--settle", "3", "--window", "3", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    run_script(BENCH, "--settle", "3", "--window", "3", "--out", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     shares = results["percent_of_one_core"]
     nodes = {"sim_robot", "arm_controller", "steering", "proposer"}
