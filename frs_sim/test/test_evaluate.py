@@ -18,7 +18,7 @@ from frs_sim.evaluate import cli, compare, rollout, statistics
 from frs_sim.evaluate.workers import LookupEmbedding, run_jobs
 from frs_sim.reasoner import ReasonerConfig, ScriptedReasoner
 from frs_sim.studies.generalist import GeneralistRecipe, action_limit_bounds, make_policy
-from frs_sim.tasks import find_task
+from frs_sim.tasks import find_task, get_split
 from frs_steering.checkpoint import load_policy, save_policy
 from frs_steering.normalization import QuantileNormalizer
 from frs_steering.reasoning import CoarseProposal, Source
@@ -116,6 +116,9 @@ def test_cli_runs_end_to_end(tiny_checkpoint, tmp_path):
         assert 0.0 <= row["ci95"][0] <= row["success_rate"] <= row["ci95"][1] <= 1.0
     assert len(document["episodes"]) == 17
     assert all(e["steps"] <= 10 for e in document["episodes"])
+    novel = {t.name: t for t in get_split("novel")}
+    for episode in document["episodes"][:2]:  # the phrasing each episode gave its task
+        assert episode["instruction"] in novel[episode["task"]].instructions()
     table = (out / "results.md").read_text()
     assert "| novel | frs | frs (euler, K=4) |" in table and "95% CI" in table
     for picture in ("success.png", "episode.png"):
@@ -335,7 +338,6 @@ def test_the_sanity_row_runs_the_checkpoints_own_tasks(tiny_checkpoint, tmp_path
     ``training.json`` or an unknown split is refused before anything is written."""
     from frs_sim.evaluate.results import evaluate, trained_split
     from frs_sim.evaluate.workers import split_instructions
-    from frs_sim.tasks import get_split
 
     homing = tmp_path / "homing"
     shutil.copytree(tiny_checkpoint, homing)

@@ -232,6 +232,7 @@ class EpisodeResult:
     chunks: int
     deferred_chunks: int
     seconds: float
+    instruction: str = ""  # as the episode phrased its task (which template or vocabulary)
     record: list[ChunkRecord] | None = None
     objects: dict[str, list[float]] | None = None
     samples: list[ChunkSample] | None = None
@@ -332,6 +333,7 @@ def run_episode(
     spec = policy.spec
     layout = CartesianLayout(max_translation=config.max_translation)
     obs, _ = env.reset(seed=seed, options={"task": task})
+    instruction = str(obs["instruction"])
     reasoner.reset(seed)
     generator = torch.Generator().manual_seed(seed)
     gripper_cmd = 0.0
@@ -417,6 +419,7 @@ def run_episode(
         chunks=chunks,
         deferred_chunks=deferred,
         seconds=time.perf_counter() - start,
+        instruction=instruction,
         record=records if record else None,
         objects=objects,
         samples=samples if collect else None,
