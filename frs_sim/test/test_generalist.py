@@ -18,6 +18,7 @@ from frs_sim.studies.generalist import (
     instruction_classes,
     plot_losses,
     train_generalist,
+    within_task_spread,
 )
 from frs_sim.tasks import find_task
 from frs_steering.checkpoint import load_policy
@@ -102,6 +103,31 @@ def test_instruction_dropout_changes_training_not_the_demonstrations(tiny_demos)
     _, plain = train_generalist(tiny_demos, recipe, progress=False)
     _, with_dropout = train_generalist(tiny_demos, dropped, progress=False)
     assert with_dropout != plain
+
+
+def test_instruction_noise_changes_training_not_the_demonstrations(tiny_demos):
+    """Scaled by the paraphrases' spread: demonstrations with one text per task are refused."""
+    recipe = GeneralistRecipe(width=16, depth=1, steps=20, batch_size=16)
+    noisy = dataclasses.replace(recipe, instruction_noise=1.0)
+    assert noisy.demo_key() == recipe.demo_key()
+    assert len(tiny_demos.instructions) == 2
+    with pytest.raises(ValueError, match="paraphrases"):
+        train_generalist(tiny_demos, noisy, progress=False)
+    tasks = [find_task("lift_red"), find_task("place_green_yellow")]
+    demos = generate_demos(tasks, episodes=6, seed=0, progress=False, embed_fn=fake_embedding)
+    _, plain = train_generalist(demos, recipe, progress=False)
+    _, with_noise = train_generalist(demos, noisy, progress=False)
+    assert with_noise != plain
+    assert train_generalist(demos, noisy, progress=False)[1] == with_noise  # seeded
+
+
+def test_within_task_spread_is_the_rms_deviation_from_each_tasks_mean():
+    embeddings = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0], [0.0, 5.0]])
+    # task a: deviations (-1, 0), (1, 0); task b: none -> sqrt(2 / 8)
+    assert within_task_spread(embeddings, ["a", "a", "b", "b"]) == pytest.approx(0.5)
+    assert within_task_spread(embeddings, ["a", "b", "c", "d"]) == 0.0
+    with pytest.raises(ValueError, match="one class per embedding"):
+        within_task_spread(embeddings, ["a", "b"])
 
 
 def test_beta_time_sampling_changes_training_not_the_demonstrations(tiny_demos):

@@ -256,6 +256,8 @@ def test_instruction_classes_are_the_task_the_text_names_not_the_hidden_mat() ->
         ("time_sampling", "logit_normal"),
         ("instruction_lda_shrinkage", 1.5),
         ("instruction_lda_shrinkage", float("nan")),
+        ("instruction_noise", -1.0),
+        ("instruction_noise", float("nan")),
     ],
 )
 def test_an_impossible_training_option_is_refused_by_the_recipe(field, value) -> None:

@@ -82,6 +82,7 @@ def check_training_options(
     learning_rate: float,
     instruction_dropout: float = 0.0,
     time_sampling: str = "uniform",
+    instruction_noise: float = 0.0,
 ) -> None:
     """Refuse options no flow-matching training can run with (ValueError naming the option);
     callers that prepare data first check here before spending time on it."""
@@ -93,6 +94,8 @@ def check_training_options(
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
     if not 0.0 <= instruction_dropout < 1.0:  # also refuses NaN
         raise ValueError(f"instruction_dropout must be in [0, 1), got {instruction_dropout}")
+    if not (math.isfinite(instruction_noise) and instruction_noise >= 0):
+        raise ValueError(f"instruction_noise must be >= 0 and finite, got {instruction_noise}")
 
 
 def train_flow_policy(
@@ -110,6 +113,7 @@ def train_flow_policy(
     actions_normalized: bool = False,
     instruction_dropout: float = 0.0,
     time_sampling: str = "uniform",
+    instruction_noise: float = 0.0,
     progress: bool = True,
 ) -> list[float]:
     """Train ``policy`` in place by flow matching; returns the per-step loss history.
@@ -123,10 +127,15 @@ def train_flow_policy(
     the zero vector, the input a policy reads when an observation carries no instruction; the
     policy then also learns its instruction-free behaviour (classifier-free-guidance style).
     ``time_sampling``: how flow times are drawn (``TIME_SAMPLINGS``).
+    ``instruction_noise``: the standard deviation of Gaussian noise added to every element of
+    each sampled ``instruction`` (its own units), so the policy meets instructions off the
+    training texts, as unseen phrasings are.
     """
-    check_training_options(steps, batch_size, learning_rate, instruction_dropout, time_sampling)
-    if instruction_dropout and "instruction" not in observations:
-        raise ValueError("instruction_dropout needs observations with an 'instruction' tensor")
+    check_training_options(
+        steps, batch_size, learning_rate, instruction_dropout, time_sampling, instruction_noise
+    )
+    if (instruction_dropout or instruction_noise) and "instruction" not in observations:
+        raise ValueError("instruction dropout / noise need observations with an 'instruction'")
     spec = policy.spec
     count = _check_data(observations, actions)
     with torch.no_grad():
@@ -149,7 +158,11 @@ def train_flow_policy(
     for _ in bar:
         index = torch.randint(count, (min(batch_size, count),), generator=generator)
         batch_obs = {key: value[index] for key, value in observations.items()}
-        if instruction_dropout:  # no draw otherwise: runs without dropout repeat exactly
+        if instruction_noise:  # no draw otherwise: runs without noise repeat exactly
+            text = batch_obs["instruction"]
+            jitter = torch.randn(text.shape, generator=generator, dtype=text.dtype)
+            batch_obs["instruction"] = text + instruction_noise * jitter
+        if instruction_dropout:  # likewise; a withheld instruction stays the exact zero vector
             keep = torch.rand(len(index), generator=generator) >= instruction_dropout
             batch_obs["instruction"] = batch_obs["instruction"] * keep.unsqueeze(1)
         loss = flow_matching_loss(policy, batch_obs, chunks[index], generator, time_sampling)

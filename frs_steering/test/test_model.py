@@ -465,6 +465,46 @@ def test_instruction_dropout_is_checked_and_off_by_default():
     assert _five_steps(instruction_dropout=0.0) == _trained(steps=5)[1]
 
 
+def test_instruction_noise_is_checked_seeded_and_still_learns_each_instruction():
+    """Noise on the instruction changes training (it is drawn), repeats with the seed, is off
+    by default, and a policy trained with it still reads its two instructions apart."""
+    observations, actions = _dataset(64)
+    policy = FlowMatchingPolicy(_config(), seed=3)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="instruction_noise"):
+            train_flow_policy(
+                policy, observations, actions, steps=1, instruction_noise=bad, progress=False
+            )
+    with pytest.raises(ValueError, match="instruction"):
+        train_flow_policy(
+            policy,
+            {"state": observations["state"]},
+            actions,
+            steps=1,
+            instruction_noise=0.1,
+            progress=False,
+        )
+    assert _five_steps(instruction_noise=0.0) == _trained(steps=5)[1]
+    noisy = _five_steps(instruction_noise=0.3)
+    assert noisy != _trained(steps=5)[1] and noisy == _five_steps(instruction_noise=0.3)
+
+    observations, actions = _two_task_data()
+    policy = FlowMatchingPolicy(_config(actions=actions), seed=3)
+    train_flow_policy(
+        policy, observations, actions, steps=400, batch_size=64, seed=4,
+        instruction_noise=0.3, progress=False,
+    )  # fmt: skip
+    count = 200
+    noise = torch.randn(count, HORIZON, PADDED, generator=torch.Generator().manual_seed(5))
+    for index, sign in ((0, 1.0), (1, -1.0)):
+        observation = {
+            "state": torch.zeros(count, 6),
+            "instruction": torch.eye(8)[index].expand(count, 8),
+        }
+        chunk = policy.spec.from_policy(generate_from_noise(policy, noise, observation=observation))
+        assert (torch.sign(chunk.mean(dim=(1, 2))) == sign).float().mean() > 0.9
+
+
 @pytest.mark.parametrize("convention", list(TimeConvention))
 def test_beta_time_sampling_weights_the_noisy_end(convention):
     """pi0's training times: the noise share is Beta(1.5, 1) on [0.001, 1] in either time

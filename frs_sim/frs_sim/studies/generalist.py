@@ -113,6 +113,10 @@ class GeneralistRecipe:
     # Train with this share of each batch's instructions withheld (the zero vector), so the
     # policy also has an instruction-free mode (``frs_steering.train.train_flow_policy``).
     instruction_dropout: float = 0.0
+    # Train with Gaussian noise on every instruction embedding, this many times the training
+    # texts' own spread around their task (``within_task_spread``), in every direction: the
+    # policy then meets instructions off the training texts, as unseen phrasings are.
+    instruction_noise: float = 0.0
     # How flow times are drawn in training (``frs_steering.train.TIME_SAMPLINGS``): ``beta``
     # is pi0's, weighted toward the noisy end where FRS's inversion and the mode choice live.
     time_sampling: str = "uniform"
@@ -125,6 +129,7 @@ class GeneralistRecipe:
             self.learning_rate,
             self.instruction_dropout,
             self.time_sampling,
+            self.instruction_noise,
         )
         for name in ("episodes", "width", "depth", "num_steps"):
             if getattr(self, name) < 1:
@@ -332,6 +337,19 @@ def instruction_classes(demos: DemoSet, split: str) -> list[str]:
     return [named[task_of_text[i]] for i in range(len(demos.instructions))]
 
 
+def within_task_spread(embeddings: np.ndarray, classes: Sequence[str]) -> float:
+    """Root-mean-square deviation per element of each text's embedding from its task's mean
+    embedding: how far, element by element, the training phrasings of one task lie apart."""
+    texts = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(classes)
+    if len(labels) != len(texts) or len(texts) == 0:
+        raise ValueError("need one class per embedding and at least one embedding")
+    deviations = np.concatenate(
+        [texts[labels == label] - texts[labels == label].mean(0) for label in np.unique(labels)]
+    )
+    return float(np.sqrt(np.mean(deviations**2)))
+
+
 def load_or_generate_demos(
     recipe: GeneralistRecipe, cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True
 ) -> DemoSet:
@@ -384,8 +402,10 @@ def train_generalist(
     torch.manual_seed(recipe.seed)
     observations, actions = demos_to_tensors(demos, recipe.state_dim)
     normalizer = fit_action_normalizer(actions)
-    classes = instruction_classes(demos, recipe.split) if recipe.instruction_lda else []
-    policy = make_policy(normalizer, recipe, projection_dim=max(len(set(classes)) - 1, 0))
+    needs_classes = recipe.instruction_lda or recipe.instruction_noise > 0
+    classes = instruction_classes(demos, recipe.split) if needs_classes else []
+    projection_dim = max(len(set(classes)) - 1, 0) if recipe.instruction_lda else 0
+    policy = make_policy(normalizer, recipe, projection_dim=projection_dim)
     if recipe.input_normalization:
         policy.set_input_statistics(observations)
     if recipe.instruction_lda:
@@ -395,6 +415,12 @@ def train_generalist(
             standardized, classes, shrinkage=recipe.instruction_lda_shrinkage
         )
         policy.set_instruction_projection(projection)
+    instruction_noise = 0.0
+    if recipe.instruction_noise > 0:
+        spread = within_task_spread(demos.instruction_embeddings, classes)
+        if spread == 0:
+            raise ValueError("instruction_noise needs paraphrases: every task has one text here")
+        instruction_noise = recipe.instruction_noise * spread
     losses = train_flow_policy(
         policy,
         observations,
@@ -406,6 +432,7 @@ def train_generalist(
         seed=recipe.seed,
         instruction_dropout=recipe.instruction_dropout,
         time_sampling=recipe.time_sampling,
+        instruction_noise=instruction_noise,
         progress=progress,
     )
     return policy, losses
@@ -526,6 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="share of each training batch whose instruction is withheld (zero vector)",
     )
     parser.add_argument(
+        "--instruction-noise",
+        type=float,
+        default=defaults.instruction_noise,
+        help="Gaussian noise on the instruction embedding in training, in units of the "
+        "training phrasings' spread around their task (0: none)",
+    )
+    parser.add_argument(
         "--time-sampling",
         choices=TIME_SAMPLINGS,
         default=defaults.time_sampling,
@@ -559,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instruction_lda_shrinkage=args.instruction_lda_shrinkage,
             motion_state=args.motion_state,
             instruction_dropout=args.instruction_dropout,
+            instruction_noise=args.instruction_noise,
             time_sampling=args.time_sampling,
         )
     except ValueError as error:  # an impossible option: refused before any data is made
