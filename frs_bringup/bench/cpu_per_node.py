@@ -29,22 +29,25 @@ from frs_bringup.stacks import get_stack
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-def process_ticks(pid: int) -> int | None:
-    """User + system CPU ticks of ``pid`` so far (None once it is gone)."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None once
+    the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def process_ticks(pid: int) -> int | None:
+    """User + system CPU ticks of ``pid`` so far (None once it is gone)."""
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])  # utime, stime
 
 
 def running(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def descendants(root: int) -> list[int]:
@@ -53,11 +56,9 @@ def descendants(root: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
+        fields = stat_fields(entry.name)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, stack = [], [root]
     while stack:
         for child in children.get(stack.pop(), []):

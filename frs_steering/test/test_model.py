@@ -445,13 +445,15 @@ def test_instruction_dropout_teaches_an_instruction_free_mode():
     assert 0.15 < withheld < 0.85, withheld
 
 
-def test_instruction_dropout_is_checked_and_off_by_default():
+def _assert_instruction_option_checked(option: str, bad_values, valid: float) -> None:
+    """``option`` refuses ``bad_values``, needs an ``instruction`` in the observations, and at 0
+    trains exactly as without it."""
     observations, actions = _dataset(64)
     policy = FlowMatchingPolicy(_config(), seed=3)
-    for bad in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ValueError, match="instruction_dropout"):
+    for bad in bad_values:
+        with pytest.raises(ValueError, match=option):
             train_flow_policy(
-                policy, observations, actions, steps=1, instruction_dropout=bad, progress=False
+                policy, observations, actions, steps=1, progress=False, **{option: bad}
             )
     with pytest.raises(ValueError, match="instruction"):
         train_flow_policy(
@@ -459,32 +461,20 @@ def test_instruction_dropout_is_checked_and_off_by_default():
             {"state": observations["state"]},
             actions,
             steps=1,
-            instruction_dropout=0.2,
             progress=False,
+            **{option: valid},
         )
-    assert _five_steps(instruction_dropout=0.0) == _trained(steps=5)[1]
+    assert _five_steps(**{option: 0.0}) == _trained(steps=5)[1]
+
+
+def test_instruction_dropout_is_checked_and_off_by_default():
+    _assert_instruction_option_checked("instruction_dropout", (-0.1, 1.0, float("nan")), 0.2)
 
 
 def test_instruction_noise_is_checked_seeded_and_still_learns_each_instruction():
     """Noise on the instruction changes training (it is drawn), repeats with the seed, is off
     by default, and a policy trained with it still reads its two instructions apart."""
-    observations, actions = _dataset(64)
-    policy = FlowMatchingPolicy(_config(), seed=3)
-    for bad in (-0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="instruction_noise"):
-            train_flow_policy(
-                policy, observations, actions, steps=1, instruction_noise=bad, progress=False
-            )
-    with pytest.raises(ValueError, match="instruction"):
-        train_flow_policy(
-            policy,
-            {"state": observations["state"]},
-            actions,
-            steps=1,
-            instruction_noise=0.1,
-            progress=False,
-        )
-    assert _five_steps(instruction_noise=0.0) == _trained(steps=5)[1]
+    _assert_instruction_option_checked("instruction_noise", (-0.1, float("nan"), float("inf")), 0.1)
     noisy = _five_steps(instruction_noise=0.3)
     assert noisy != _trained(steps=5)[1] and noisy == _five_steps(instruction_noise=0.3)
 
