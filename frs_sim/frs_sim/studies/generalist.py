@@ -277,6 +277,13 @@ PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"] = dataclasses.replac
 #: ``shipped``: frs_steering/checkpoints/generalist, the recipe above (docs/benchmarks.md, "The
 #: generalist").
 PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"]
+#: ``robust_homing_transit_motion_beta_lda_6k_gentle_noise``: the shipped recipe with Gaussian
+#: noise on each training instruction embedding, a paraphrase's spread in every direction: it
+#: reads held-out phrasings of the own tasks and steers less precisely (docs/benchmarks.md,
+#: "Instruction noise").
+PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle_noise"] = dataclasses.replace(
+    PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"], instruction_noise=1.0
+)
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
