@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from frs_sim.env import EnvConfig, FrankaTabletopEnv
+from frs_sim.evaluate.rollout import EvalConfig, Setting, run_episode
 from frs_sim.evaluate.workers import LookupEmbedding, embed_texts_subprocess
+from frs_sim.reasoner import ScriptedReasoner
 from frs_sim.studies import dsbc, dsrl
 from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
@@ -189,7 +192,7 @@ def embed():
     return LookupEmbedding(embed_texts_subprocess(task.instructions()))
 
 
-def _noise_env(embed, seed: int) -> dsrl.NoiseActionEnv:
+def _noise_env(embed, seed: int, **options) -> dsrl.NoiseActionEnv:
     task = next(t for t in get_split("novel") if t.name == TASK)
     policy = load_policy(shipped_checkpoint())
     layout = NoisePolicyConfig(
@@ -199,7 +202,7 @@ def _noise_env(embed, seed: int) -> dsrl.NoiseActionEnv:
         noise_dims=(0, 1, 2),
     )
     env = FrankaTabletopEnv(tasks="novel", config=EnvConfig(max_episode_steps=30), embed_fn=embed)
-    return dsrl.NoiseActionEnv(env, policy, task, layout, seed=seed)
+    return dsrl.NoiseActionEnv(env, policy, task, layout, seed=seed, **options)
 
 
 def test_noise_action_env_is_deterministic_given_seed(embed):
@@ -334,3 +337,112 @@ def test_plain_dsrl_standardizes_its_inputs_even_with_dsbc_init_on(embed):
     )
     assert not history["dsbc_init"] and history["start_success_rate"] is None
     assert torch.count_nonzero(agent.actor.input_mean) > 0
+
+
+def test_a_zero_residual_executes_frs_steered_by_the_reference_policy(dsbc_run, embed):
+    """Around a reference policy, action 0 is exactly the evaluation's "frs (reference
+    cloning)": the same states chunk after chunk, the same outcome (deferrals included)."""
+    reference = load_reference_policy(dsbc_run / "reference_policy")
+    env = _noise_env(embed, seed=0, reference=reference, execute_rows=5)
+    seed = 4321
+    obs = env.reset(seed)
+    states, done = [obs["state"]], False
+    while not done:
+        obs, reward, success, truncated = env.step(np.zeros(env.layout.output_dim))
+        states.append(obs["state"])
+        done = success or truncated
+    setting = Setting("frs", proposer=reference, tag="reference cloning")
+    episode = run_episode(
+        FrankaTabletopEnv(tasks="novel", config=EnvConfig(max_episode_steps=30), embed_fn=embed),
+        env.policy,
+        ScriptedReasoner(),
+        env.task,
+        setting,
+        seed,
+        EvalConfig(execute_rows=5),
+        collect=True,
+    )
+    visited = np.stack([sample.observation["state"] for sample in episode.samples])
+    np.testing.assert_array_equal(np.stack(states[:-1]), visited)
+    assert episode.success == success and episode.chunks == len(states) - 1
+    assert any(sample.proposal.defer for sample in episode.samples)  # both paths exercised
+    assert not all(sample.proposal.defer for sample in episode.samples)
+
+
+def test_the_residual_moves_only_the_actors_dims_by_exactly_the_action(dsbc_run, embed):
+    reference = load_reference_policy(dsbc_run / "reference_policy")
+    residual = np.array([0.5, -0.25, 1.0], np.float32)  # one row, repeated over the chunk
+    noises = []
+    for action in (np.zeros_like(residual), residual):
+        env = _noise_env(embed, seed=0, reference=reference)
+        env.reset(77)
+        noises.append(env.noise_for(action))
+    moved = noises[1] - noises[0]
+    expected = env.layout.compose(torch.from_numpy(residual)[None])
+    torch.testing.assert_close(moved, expected, atol=1e-6, rtol=0)
+    assert torch.count_nonzero(moved[..., 3:]) == 0  # the gripper keeps FRS's noise
+    assert torch.isfinite(noises[1]).all()
+
+
+def test_dsrl_frs_around_a_cloned_reference_starts_at_zero_and_saves_both(dsbc_run, tmp_path):
+    """The CLI clones the task's reasoner from the rollouts, trains the residual actor from
+    zero (FRS steered by the clone) and saves the clone next to the actor it belongs to."""
+    out = tmp_path / "dsrl"
+    code = dsrl.main(
+        [
+            *("--task", TASK, "--methods", "dsrl_frs_reference", "--workers", "1"),
+            *("--rollouts", str(dsbc_run / "rollouts.safetensors"), "--execute-rows", "5"),
+            *("--env-steps", "12", "--warmup-steps", "6", "--eval-every", "12"),
+            *("--eval-episodes", "1", "--final-eval-episodes", "1", "--reference-steps", "40"),
+            *("--out", str(out)),
+        ]
+    )
+    assert code == 0
+    document = json.loads((out / TASK / "results.json").read_text())
+    run = document["runs"]["DSRL + FRS (residual on the reference policy)"]
+    assert run["residual_around_reference"] and run["residual_bound"] == 1.0
+    assert run["start_success_rate"] is not None and run["curve"][0]["env_steps"] == 0
+    assert run["cpu_seconds"] >= run["reference_cpu_seconds"] > 0
+    clone = load_reference_policy(run["reference_policy"])
+    assert (
+        clone.config.observation_dims
+        == NoiseDataset.load(dsbc_run / "rollouts.safetensors").observation_dims
+    )
+    actor = load_noise_policy(out / TASK / "dsrl_frs_reference")
+    assert actor.config.bound == 1.0
+    # 12 transitions are fewer than a batch: no update ran, so the actor is still the start
+    features = torch.randn(5, sum(actor.config.observation_dims.values()))
+    with torch.no_grad():
+        mean, _ = actor.head(actor.standardize(features))
+    assert torch.count_nonzero(mean) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--methods", "dsrl,sac"], "--methods: unknown ['sac']"),
+        (["--residual-bound", "nan"], "--residual-bound must be a positive"),
+        (["--residual-bound", "0"], "--residual-bound must be a positive"),
+        (["--reference-steps", "0"], "--reference-steps must be >= 1"),
+    ],
+)
+def test_impossible_dsrl_options_are_usage_errors(tmp_path, capsys, option, message):
+    out = tmp_path / "dsrl"
+    with pytest.raises(SystemExit) as stopped:
+        dsrl.main(["--task", TASK, "--out", str(out), *option])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_broken_reference_policy_stops_dsrl_before_anything_is_written(dsbc_run, tmp_path):
+    broken = tmp_path / "clone"
+    shutil.copytree(dsbc_run / "reference_policy", broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "dsrl"
+    arguments = ["--task", TASK, "--methods", "dsrl_frs_reference", "--out", str(out)]
+    with pytest.raises(SystemExit, match="--reference-policy .*clone"):
+        dsrl.main([*arguments, "--reference-policy", str(broken)])
+    with pytest.raises(SystemExit, match="--reference-policy .*missing"):
+        dsrl.main([*arguments, "--reference-policy", str(tmp_path / "missing")])
+    assert not out.exists()

@@ -262,7 +262,7 @@ def policy_observation(obs: Mapping[str, Any], state_dim: int) -> dict[str, torc
 
 
 @dataclass(frozen=True)
-class _ChunkSituation:
+class ChunkSituation:
     """What one chunk is generated from (the observation and the episode's state)."""
 
     obs: Mapping[str, Any]
@@ -274,8 +274,8 @@ class _ChunkSituation:
     record: bool
 
 
-def _generate_chunk(
-    policy, proposal: CoarseProposal | None, setting: Setting, at: _ChunkSituation, draws
+def generate_chunk(
+    policy, proposal: CoarseProposal | None, setting: Setting, at: ChunkSituation, draws
 ) -> tuple[Any, Any, bool]:
     """(steering result, reference or None, deferred) of ``setting`` for one chunk, steered
     by the reasoner's ``proposal`` (None for a method that acts without the reasoner)."""
@@ -367,13 +367,13 @@ def run_episode(
                 proposal = setting.proposer.propose(policy_obs)
             else:
                 proposal = reasoner.propose_for(obs, task)
-        situation = _ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
-        result, ref, was_deferred = _generate_chunk(policy, proposal, setting, situation, generator)
+        situation = ChunkSituation(obs, policy_obs, cache, task, gripper_cmd, layout, record)
+        result, ref, was_deferred = generate_chunk(policy, proposal, setting, situation, generator)
         deferred += was_deferred
         label, label_ref, label_proposal = result, ref, proposal
         if labeller is not None:  # the acting setting never asks the reasoner (Setting checks)
             label_proposal = reasoner.propose_for(obs, task)
-            label, label_ref, _ = _generate_chunk(
+            label, label_ref, _ = generate_chunk(
                 policy, label_proposal, labeller, situation, label_generator
             )
         if collect and label.noise is not None:

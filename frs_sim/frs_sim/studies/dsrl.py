@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import pyplot
 from frs_sim.evaluate.rollout import (
     FIRST_EXECUTE_ROWS,
+    ChunkSituation,
     EvalConfig,
     Setting,
     episode_seed,
+    generate_chunk,
     learner_episode_seed,
     make_jobs,
     policy_observation,
@@ -70,15 +73,32 @@ from frs_steering.learning.noise_sac import (
     frs_transitions,
     sample_mixed,
 )
+from frs_steering.learning.reference_policy import (
+    ReferenceCloningConfig,
+    ReferencePolicy,
+    load_checked_reference_policy,
+    save_reference_policy,
+    train_reference_policy,
+)
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reference import CartesianLayout
 from frs_steering.steer import generate_from_noise
 
 TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
+METHOD_LABELS = {
+    "dsrl": "DSRL",
+    "dsrl_frs": "DSRL + FRS",
+    "dsrl_frs_reference": "DSRL + FRS (residual on the reference policy)",
+}
 
 
 class NoiseActionEnv:
-    """A simulated task whose action is the flow policy's noise vector for the next chunk."""
+    """A simulated task whose action is the flow policy's noise vector for the next chunk.
+
+    With a ``reference`` policy (a clone of the reasoner) the action is a *residual*: it is
+    added, on the actor's dims, to the noise FRS finds for the clone's proposal, so a zero
+    action executes FRS steered by the clone and the learner searches around it.
+    """
 
     def __init__(
         self,
@@ -90,28 +110,55 @@ class NoiseActionEnv:
         execute_rows: int = EvalConfig.execute_rows,
         num_steps: int | None = None,
         seed: int = 0,
+        reference: ReferencePolicy | None = None,
     ) -> None:
         self.env, self.policy, self.task, self.layout = env, policy, task, layout
         self.execute_rows = execute_rows
         self.num_steps = num_steps or policy.spec.num_steps
         self.generator = torch.Generator().manual_seed(seed)
         self.observation: dict[str, torch.Tensor] | None = None
+        self.reference = reference
+        self.gripper_cmd = 0.0  # the last executed gripper command (the reference keeps it)
+        self.cartesian = CartesianLayout(max_translation=EvalConfig.max_translation)
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         obs, _ = self.env.reset(seed=seed, options={"task": self.task})
         self.generator.manual_seed(seed)
+        self.gripper_cmd = 0.0
         self.observation = policy_observation(obs, self.policy.config.state_dim)
         return {k: v[0].numpy() for k, v in self.observation.items()}
+
+    def _reference_noise(self) -> torch.Tensor:
+        """FRS's noise toward the reference policy's proposal (fresh where it defers)."""
+        proposal = self.reference.propose(self.observation)
+        with torch.inference_mode():
+            cache = self.policy.encode(self.observation)
+        situation = ChunkSituation(
+            {}, self.observation, cache, self.task, self.gripper_cmd, self.cartesian, False
+        )
+        frs = Setting("frs", num_steps=self.num_steps)
+        result, _, _ = generate_chunk(self.policy, proposal, frs, situation, self.generator)
+        return result.noise.clone()  # where the clone defers: the base policy's own draw
+
+    def noise_for(self, action: np.ndarray) -> torch.Tensor:
+        """The ``[1, horizon, dim]`` noise the next chunk is generated from: the action on the
+        actor's dims (added to FRS's noise with a reference policy), fresh draws elsewhere."""
+        if self.observation is None:
+            raise RuntimeError("reset() first")
+        spec = self.policy.spec
+        vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
+        if self.reference is not None:
+            fresh = self._reference_noise()
+            noise = fresh + self.layout.compose(vector)  # zeros off the actor's dims
+        else:
+            fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
+            noise = self.layout.compose(vector, fresh)
+        return torch.where(spec.steerable_mask("cpu").expand_as(fresh), noise, fresh)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
         """(next observation, reward, terminated by success, truncated by timeout)."""
         spec = self.policy.spec
-        if self.observation is None:
-            raise RuntimeError("reset() first")
-        vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
-        fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
-        real = spec.steerable_mask("cpu").expand_as(fresh)
-        noise = torch.where(real, self.layout.compose(vector, fresh), fresh)
+        noise = self.noise_for(action)
         chunk = generate_from_noise(
             self.policy, noise, observation=self.observation, num_steps=self.num_steps
         )
@@ -119,6 +166,7 @@ class NoiseActionEnv:
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
         rollout = self.env.execute_chunk(rows, n_rows=self.execute_rows)
+        self.gripper_cmd = float(np.clip(rows[len(rollout.rewards) - 1, 6], 0.0, 1.0))
         self.observation = policy_observation(
             rollout.last_observation, self.policy.config.state_dim
         )
@@ -185,17 +233,25 @@ def train_dsrl(
     ``critic_ensemble`` > 1: that many independent critics, RLPD-style.
     ``actor_from_critic`` False: the actor learns from the BC term alone throughout (online
     filtered self-imitation; the critic is still fitted, to compare like with like).
+    An ``env`` with a reference policy makes the action a residual around FRS steered by it:
+    the actor starts at zero (that FRS), its warm-up steps explore around it instead of
+    drawing random noises, and it is scored at the start like a DSBC start.
     """
     torch.manual_seed(seed)
     obs = env.reset(TRAIN_SEED_BASE + seed * 10_000)
     start = time.process_time()
-    dsbc_start = dsbc_init and prefill is not None  # plain DSRL has nothing to start from
+    residual = env.reference is not None
+    dsbc_start = dsbc_init and prefill is not None and not residual
     if dsbc_start:
         actor, _ = train_dsbc(
             prefill.select(prefill.success), env.layout, DsbcConfig(seed=seed), progress=False
         )
     else:
         actor = NoisePolicy(env.layout, seed=seed)
+    if residual:  # start exactly at FRS steered by the reference policy
+        with torch.no_grad():
+            actor.mean_head.weight.zero_()
+            actor.mean_head.bias.zero_()
     config = SacConfig(
         bc_weight=bc_weight,
         actor_lr=actor_lr,
@@ -236,7 +292,7 @@ def train_dsrl(
     rng = np.random.default_rng(seed)
     curve: list[dict[str, float]] = []
     start_rate = None
-    if offline is not None:  # where the FRS pretraining left the actor, scored like the end
+    if offline is not None or residual:  # where the actor starts, scored like the end
         outcomes = evaluate_actor(agent, env, task_index, max(eval_episodes, final_eval_episodes))
         start_rate = float(outcomes[:final_eval_episodes].mean())
         rate = float(outcomes[:eval_episodes].mean())
@@ -250,7 +306,11 @@ def train_dsrl(
     bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
     for step in bar:
         if step < warmup_steps:
-            action = np.clip(rng.standard_normal(action_dim), -env.layout.bound, env.layout.bound)
+            if residual:
+                action = agent.act(features)
+            else:
+                action = rng.standard_normal(action_dim)
+                action = np.clip(action, -env.layout.bound, env.layout.bound)
             seen.append(features[None])
         else:
             action = agent.act(features)
@@ -307,6 +367,7 @@ def train_dsrl(
         "pretrain_updates": pretrain_updates if offline is not None else 0,
         "self_imitation": self_imitation,
         "dsbc_init": dsbc_start,
+        "residual_around_reference": residual,
         "actor_from_critic": actor_from_critic,
         "bc_pairs": agent.bc_size(),
         "config": asdict(config),
@@ -386,6 +447,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="noise units each action element may move from the DSBC start unpenalized",
     )
     parser.add_argument("--rollouts", type=Path, help="FRS rollouts (NoiseDataset) to prefill")
+    parser.add_argument(
+        "--reference-policy",
+        type=Path,
+        help="dsrl_frs_reference: the reference policy FRS steers toward (default: trained here "
+        "on the task's rollouts, written to OUT/TASK/reference_policy)",
+    )
+    parser.add_argument(
+        "--reference-steps", type=int, default=10000, help="reference cloning's steps (55 s cap)"
+    )
+    parser.add_argument(
+        "--residual-bound",
+        type=float,
+        default=1.0,
+        help="dsrl_frs_reference: noise units the residual may add to each element",
+    )
     parser.add_argument("--collect-episodes", type=int, default=30)
     parser.add_argument("--methods", default="dsrl,dsrl_frs")
     parser.add_argument("--target", choices=("chunk_mean", "full"), default="full")
@@ -403,6 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="train the methods side by side")
     parser.add_argument("--out", type=Path, default=Path("build/dsrl"))
     args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHOD_LABELS))
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_LABELS)}")
+    if not (math.isfinite(args.residual_bound) and args.residual_bound > 0):
+        parser.error("--residual-bound must be a positive number of noise units")
+    if args.reference_steps < 1:
+        parser.error("--reference-steps must be >= 1")
     torch.set_num_threads(1)
     tasks = get_split(args.split)
     names = [t.name for t in tasks]
@@ -410,14 +494,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown task {args.task!r}; {args.split} has {names}")
     task_index = names.index(args.task)
     task = tasks[task_index]
+    policy = load_policy(args.checkpoint)
+    if "dsrl_frs_reference" in methods and args.reference_policy is not None:
+        _checked_reference(args.reference_policy, policy)  # before anything is written
     out = args.out / args.task
     out.mkdir(parents=True, exist_ok=True)
     embed_fn = LookupEmbedding(embed_texts_subprocess(split_instructions(args.split)))
-    policy = load_policy(args.checkpoint)
-    methods = [m for m in args.methods.split(",") if m]
 
     prefill = None
-    if "dsrl_frs" in methods:
+    needs_rollouts = "dsrl_frs" in methods or (
+        "dsrl_frs_reference" in methods and args.reference_policy is None
+    )
+    if needs_rollouts:
         if args.rollouts is not None:
             prefill = NoiseDataset.load(args.rollouts)
             rows = prefill.info.get("execute_rows", FIRST_EXECUTE_ROWS)
@@ -468,8 +556,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,
         noise_dims=tuple(noise_dims),
     )
+    reference_path, reference_cpu = args.reference_policy, None
+    if "dsrl_frs_reference" in methods:
+        if reference_path is None:
+            if prefill.proposals is None:
+                raise SystemExit(f"{args.rollouts} holds no proposals to clone a reference from")
+            reference_path, reference_cpu = _train_task_reference(
+                prefill, ReferenceCloningConfig(steps=args.reference_steps, seed=args.seed), out
+            )
+    options = {**vars(args), "reference_policy": str(reference_path or "")}
     jobs = [
-        (vars(args), method, layout, embed_fn, prefill if method == "dsrl_frs" else None)
+        (options, method, layout, embed_fn, prefill if method == "dsrl_frs" else None)
         for method in methods
     ]
     if args.workers > 1 and len(jobs) > 1:
@@ -491,6 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = _comparable_runs(out / "results.json", document)
     for method, (label, history, actor) in zip(methods, outcomes, strict=True):
         save_noise_policy(actor, out / method)
+        if method == "dsrl_frs_reference":
+            history["reference_policy"] = str(reference_path)
+            history["residual_bound"] = args.residual_bound
+            if reference_cpu is not None:  # trained here: its CPU is part of the learner's
+                history["reference_cpu_seconds"] = reference_cpu
+                history["cpu_seconds"] += reference_cpu
         runs[label] = {"command": command, **history}
     document["runs"] = runs
     document["rows"] = result_rows(runs, args.split, args.task)
@@ -566,6 +669,10 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
     tasks = get_split(options["split"])
     task_index = [t.name for t in tasks].index(options["task"])
     policy = load_policy(options["checkpoint"])
+    reference = None
+    if method == "dsrl_frs_reference":
+        reference = _checked_reference(Path(options["reference_policy"]), policy)
+        layout = replace(layout, bound=options["residual_bound"])
     env = NoiseActionEnv(
         FrankaTabletopEnv(tasks=options["split"], config=EnvConfig(), embed_fn=embed_fn),
         policy,
@@ -573,8 +680,9 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         layout,
         execute_rows=options["execute_rows"],
         seed=options["seed"],
+        reference=reference,
     )
-    label = {"dsrl": "DSRL", "dsrl_frs": "DSRL + FRS"}[method]
+    label = METHOD_LABELS[method]
     agent, history = train_dsrl(
         env,
         task_index,
@@ -600,6 +708,25 @@ def _train_method(job: tuple) -> tuple[str, dict[str, Any], NoisePolicy]:
         label=label,
     )
     return label, history, agent.actor
+
+
+def _checked_reference(path: Path, policy) -> ReferencePolicy:
+    """The reference policy at ``path`` for ``policy``, or a usage error naming what is wrong."""
+    try:
+        return load_checked_reference_policy(path, policy)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--reference-policy {path}: {error}") from None
+
+
+def _train_task_reference(
+    rollouts: NoiseDataset, config: ReferenceCloningConfig, out: Path
+) -> tuple[Path, float]:
+    """A reference policy cloned from every chunk of the task's rollouts (the DSBC study's
+    recipe and budget), saved under ``out``; returns its path and CPU seconds."""
+    net, history = train_reference_policy(rollouts, config=config, progress=False)
+    path = save_reference_policy(net, out / "reference_policy")
+    print(f"reference policy: {history['steps']} steps, {history['cpu_seconds']:.0f} s CPU")
+    return path, float(history["cpu_seconds"])
 
 
 def _task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:
