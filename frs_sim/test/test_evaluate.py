@@ -231,6 +231,20 @@ def test_cli_adds_a_reference_policy_row_per_frs_setting(tiny_checkpoint, tmp_pa
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [row["label"] for row in rows] == ["base", "frs (euler, K=4)", "frs (reference cloning)"]
     assert rows[2]["episodes"] == 1
+    residual = _noise_policy(state_dim, tmp_path, "residual")  # DSRL + FRS around the clone
+    code = cli.main(
+        _cli_args(
+            tiny_checkpoint,
+            out,
+            *("--methods", "frs", "--frs-steps", "4", "--frs-solvers", "euler"),
+            *("--reference-policy", str(cloned), "--residual-policy", str(residual)),
+        )
+    )
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    row = document["rows"][-1]
+    assert row["label"] == "frs (reference cloning + residual)" and row["episodes"] == 1
+    assert row["params"] == {"residual_policy": "NoisePolicy"}
 
 
 def _noise_policy(state_dim: int, tmp_path, name: str = "dsbc"):  # noqa: ANN001, ANN202
@@ -294,6 +308,10 @@ def test_cli_refuses_learned_policies_that_do_not_fit_before_any_episode(
         "is corrupt": ("--noise-policy", str(damaged)),
         "distinct names": ("--noise-policy", str(fitting), "--noise-policy", str(same_name)),
         "reference policy": ("--reference-policy", str(wrong_reference)),
+        "--residual-policy moves FRS toward a reference policy": (
+            "--residual-policy",
+            str(fitting),
+        ),
     }
     for index, (expected, extra) in enumerate(cases.items()):
         out = tmp_path / f"eval_{index}"

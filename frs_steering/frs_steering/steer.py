@@ -297,23 +297,51 @@ def _check_count(name: str, value: Any) -> int:
 # ---------------------------------------------------------------------------- built-in methods
 
 
-def frs_method(ctx: SteeringContext, *, noise_scale: float = 0.0) -> MethodOutput:
+def frs_method(
+    ctx: SteeringContext,
+    *,
+    noise_scale: float = 0.0,
+    residual_policy: Callable[[Observation], torch.Tensor] | None = None,
+) -> MethodOutput:
     """Flow Reversal Steering: reverse the reference to noise, then sample from that noise.
 
     Elements not steered (user mask off, padding) take fresh N(0, I) noise; the same fresh
     draw seeds the unsteered base sample, so the two differ only where steering acts.
     ``noise_scale`` adds that much of the fresh draw on the steered elements too.
+    ``residual_policy`` (observation -> ``[B, horizon, dim]`` offsets, e.g. a DSRL + FRS actor
+    trained around a reference policy) moves the reversed noise on the steered elements.
     """
     _check_number("noise_scale", noise_scale, 0.0, 10.0)
     fresh = ctx.noise()
     reversed_noise = ctx.invert(ctx.reference)
     if noise_scale:
         reversed_noise = reversed_noise + noise_scale * fresh
+    if residual_policy is not None:
+        reversed_noise = reversed_noise + _residual_offsets(ctx, residual_policy, fresh)
     noise = torch.where(ctx.steered, reversed_noise, fresh)
     if not ctx.include_base_sample:
         return MethodOutput(chunk=ctx.generate(noise), noise=noise)
     both = ctx.generate(torch.stack((noise, fresh), dim=1))
     return MethodOutput(chunk=both[:, 0], noise=noise, base_chunk=both[:, 1])
+
+
+def _residual_offsets(
+    ctx: SteeringContext, residual_policy: Callable[[Observation], torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
+    """The residual policy's offsets for ctx's observation, checked: shape and finite values."""
+    if ctx.observation is None:
+        raise ValueError("a residual_policy needs the observation, not only a cache")
+    with ctx.timed("residual_policy"):
+        offsets = residual_policy(ctx.observation)
+    if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != tuple(like.shape):
+        got = tuple(offsets.shape) if isinstance(offsets, torch.Tensor) else type(offsets).__name__
+        raise ValueError(
+            f"residual_policy must give offsets of shape {tuple(like.shape)}, got {got}"
+        )
+    offsets = offsets.to(like.dtype)
+    if not torch.isfinite(offsets).all():
+        raise ValueError("residual_policy gave non-finite offsets")
+    return offsets
 
 
 def partial_noising_method(ctx: SteeringContext, *, noise_level: float = 0.5) -> MethodOutput:

@@ -45,6 +45,14 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
         True,
         {},
     ),
+    (
+        "residual_policy",
+        "",
+        "noise-policy checkpoint whose output moves FRS's noise in reference_policy goals "
+        "(DSRL + FRS around a cloned reasoner)",
+        True,
+        {},
+    ),
     ("device", "cpu", "torch device of the policy", True, {}),
     ("torch_threads", 1, "torch intra-op threads", True, int_range(1, 64)),
     ("autostart", True, "configure and activate on start-up", True, {}),
@@ -141,18 +149,28 @@ class GoalParameters:
 
 
 @dataclass(frozen=True)
+class LearnedPolicies:
+    """The learned networks the node's parameters name (None where empty): a noise policy
+    (method noise_policy), a reference policy (method reference_policy) and a residual policy
+    that moves FRS's noise in reference_policy goals."""
+
+    noise: Any = None
+    reference: Any = None
+    residual: Any = None
+
+
+@dataclass(frozen=True)
 class GoalInputs:
     """What goals are checked and prepared against: the bound policy and adapter, the node's
-    sample buffers (``frs_steering.observation.InputBuffers``), its noise policy, its clock
+    sample buffers (``frs_steering.observation.InputBuffers``), its learned policies, its clock
     (ns) and its latest instruction, (text, encoded) or None."""
 
     policy: Any
     adapter: Any
     buffers: Any
-    noise_policy: Any
+    learned: LearnedPolicies
     now_ns: Callable[[], int]
     instruction: Callable[[], tuple[str, Any] | None]
-    reference_policy: Any = None
 
     def check(self, goal: Any, params: GoalParameters) -> SteerRequest:
         """The goal's steering settings; GoalRejected names a bad one."""
@@ -160,8 +178,8 @@ class GoalInputs:
             goal,
             max_num_steps=params.max_num_steps,
             max_samples=params.max_samples,
-            noise_policy=self.noise_policy,
-            reference_policy=self.reference_policy,
+            noise_policy=self.learned.noise,
+            reference_policy=self.learned.reference,
             device=params.device,
         )
 
@@ -169,9 +187,10 @@ class GoalInputs:
         self, goal: Any, request: SteerRequest, observation: Any
     ) -> tuple[SteerRequest, Any]:
         """(request, CoarseReference) of the reference policy's proposal for ``observation``:
-        FRS toward it, the policy's own sample where it defers."""
+        FRS toward it (its noise moved by the residual policy, if any), the policy's own
+        sample where it defers."""
         try:
-            proposal = self.reference_policy.propose(observation.policy_input)
+            proposal = self.learned.reference.propose(observation.policy_input)
         except ValueError as error:  # an input it cannot read: refuse the goal, move nothing
             raise ObservationError(f"the reference policy cannot propose: {error}") from None
         reference = proposal_to_msg(
@@ -187,6 +206,8 @@ class GoalInputs:
             partial_time=goal.partial_time,
             num_samples=goal.num_samples,
         )
+        if method == "frs" and self.learned.residual is not None:
+            params["residual_policy"] = self.learned.residual
         return dataclasses.replace(request, method=method, params=params), reference
 
     def prepare(
@@ -403,16 +424,22 @@ def check_goal(
 
 def load_learned_policies(
     param: Callable[[str], Any], policy: Any, device: str = "cpu"
-) -> tuple[Any | None, Any | None]:
-    """(noise policy, reference policy) named by the node parameters ``noise_policy`` and
-    ``reference_policy`` (None where empty), each checked against the flow policy."""
+) -> LearnedPolicies:
+    """The networks named by the node parameters ``noise_policy``, ``reference_policy`` and
+    ``residual_policy`` (None where empty), each checked against the flow policy; a residual
+    policy without a reference policy would never run, so that is an error."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
-    noise, reference = str(param("noise_policy")), str(param("reference_policy"))
-    return (
-        load_checked_noise_policy(noise, policy, device) if noise else None,
-        load_checked_reference_policy(reference, policy, device) if reference else None,
+    noise, reference, residual = (
+        str(param(name)) for name in ("noise_policy", "reference_policy", "residual_policy")
+    )
+    if residual and not reference:
+        raise ValueError("residual_policy moves FRS toward a reference policy: set one")
+    return LearnedPolicies(
+        noise=load_checked_noise_policy(noise, policy, device) if noise else None,
+        reference=load_checked_reference_policy(reference, policy, device) if reference else None,
+        residual=load_checked_noise_policy(residual, policy, device) if residual else None,
     )
 
 

@@ -158,9 +158,7 @@ class SteeringNode(LifecycleNode):
         adapter.bind(policy)
         if adapter.needs_instruction:
             adapter.encode_instruction("warm-up")  # load the encoder now, not on first use
-        self._noise_policy, self._reference_policy = load_learned_policies(
-            self._param, policy, device
-        )
+        self._learned = load_learned_policies(self._param, policy, device)
         self._checkpoint, self._checkpoint_sha256 = checkpoint, weights_sha256(checkpoint)
         self._adapter, self._policy = adapter, policy
 
@@ -171,10 +169,9 @@ class SteeringNode(LifecycleNode):
             self._policy,
             adapter,
             self._inputs,
-            self._noise_policy,
+            self._learned,
             now_ns=lambda: self.get_clock().now().nanoseconds,
             instruction=lambda: self._instruction,
-            reference_policy=self._reference_policy,
         )
         self._jobs = ThreadPoolExecutor(
             max_workers=1,

@@ -205,6 +205,62 @@ def test_frs_extra_noise_scale_moves_only_steered_noise():
     torch.testing.assert_close(delta, 0.5 * fresh_steered)
 
 
+def test_a_residual_policy_moves_only_steered_noise_by_its_offsets():
+    """FRS's reversed noise plus the residual policy's offsets where steered, fresh noise
+    elsewhere; the chunk is generated from exactly that noise."""
+    policy = _policy()
+    mask = torch.zeros(5, 2, dtype=torch.bool)
+    mask[:, 0] = True
+    offsets = torch.linspace(-1.0, 1.0, 20).reshape(2, 5, 2)
+    seen = []
+
+    def residual(observation):
+        seen.append(observation)
+        return offsets
+
+    plain = steer(policy, _refs(), observation=_obs(), mask=mask, generator=_gen())
+    moved = steer(
+        policy,
+        _refs(),
+        observation=_obs(),
+        mask=mask,
+        generator=_gen(),
+        params={"residual_policy": residual},
+    )
+    assert len(seen) == 1 and torch.equal(seen[0]["state"], _obs()["state"])
+    assert torch.equal(moved.noise[~moved.steered], plain.noise[~plain.steered])
+    torch.testing.assert_close(moved.noise - plain.noise, torch.where(mask, offsets, 0.0))
+    again = generate_from_noise(policy, moved.noise, observation=_obs())
+    torch.testing.assert_close(moved.chunk, again)
+    assert "residual_policy" in moved.diagnostics.timings
+
+
+@pytest.mark.parametrize(
+    ("offsets", "message"),
+    [
+        (torch.zeros(2, 5, 3), r"offsets of shape \(2, 5, 2\), got \(2, 5, 3\)"),
+        (torch.full((2, 5, 2), math.nan), "non-finite offsets"),
+        ([[0.0]], "got list"),
+    ],
+)
+def test_a_bad_residual_policy_output_is_refused(offsets, message):
+    with pytest.raises(ValueError, match=message):
+        steer(
+            _policy(),
+            _refs(),
+            observation=_obs(),
+            generator=_gen(),
+            params={"residual_policy": lambda _: offsets},
+        )
+
+
+def test_a_residual_policy_needs_the_observation():
+    policy = _policy()
+    cache = policy.encode(_obs())
+    with pytest.raises(ValueError, match="needs the observation"):
+        steer(policy, _refs(), cache=cache, params={"residual_policy": lambda _: 0})
+
+
 def test_partial_noising_limits():
     policy = _policy()
     full = steer(

@@ -23,6 +23,7 @@ from frs_steering.steering_goals import (
     GoalParameters,
     GoalPreempted,
     GoalRejected,
+    LearnedPolicies,
     Prepared,
     SteeringDurations,
     StepMonitor,
@@ -90,8 +91,9 @@ def test_a_reference_policys_proposal_decides_the_method_and_a_bad_input_refuses
     observation = SimpleNamespace(policy_input={}, instruction="push it")
     adapter = SimpleNamespace(layout=SimpleNamespace(frame_id="fr3_link0"))
 
-    def proposed(proposal: CoarseProposal | Exception):  # noqa: ANN202
-        inputs = GoalInputs(None, adapter, None, None, int, lambda: None, Fixed(proposal))
+    def proposed(proposal: CoarseProposal | Exception, residual: object = None):  # noqa: ANN202
+        learned = LearnedPolicies(reference=Fixed(proposal), residual=residual)
+        inputs = GoalInputs(None, adapter, None, learned, int, lambda: None)
         request = check_goal(
             goal, max_num_steps=10, max_samples=4, noise_policy=None, reference_policy=Fixed(None)
         )
@@ -102,8 +104,13 @@ def test_a_reference_policys_proposal_decides_the_method_and_a_bad_input_refuses
     assert request.method == "frs" and reference.source == CoarseReference.SOURCE_LEARNED
     assert (reference.direction.y, reference.header.frame_id) == (1.0, "fr3_link0")
     assert reference.instruction == "push it" and not reference.defer
-    request, reference = proposed(CoarseProposal(source=Source.LEARNED, defer=True))
+    assert "residual_policy" not in request.params
+    residual = object()  # a residual policy moves FRS's noise, and only FRS's
+    request, _ = proposed(move, residual)
+    assert request.method == "frs" and request.params["residual_policy"] is residual
+    request, reference = proposed(CoarseProposal(source=Source.LEARNED, defer=True), residual)
     assert request.method == "base" and reference.defer
+    assert "residual_policy" not in request.params
     with pytest.raises(ObservationError, match="cannot propose: width"):
         proposed(ValueError("width 5, expected 46"))
 

@@ -61,6 +61,20 @@ def _noise_policy(directory: Path, state_dim: int = 46) -> Path:
     return save_noise_policy(NoisePolicy(config, seed=0), directory)
 
 
+def _residual_policy(directory: Path) -> Path:
+    """A residual that moves every translation element of FRS's noise by 5 tanh(0.2) = 0.99."""
+    net = NoisePolicy(
+        NoisePolicyConfig(
+            {"state": 46, "instruction": 384}, HORIZON, DIM, target="full", noise_dims=(0, 1, 2)
+        ),
+        seed=0,
+    )
+    with torch.no_grad():
+        net.mean_head.weight.zero_()
+        net.mean_head.bias.fill_(0.2)
+    return save_noise_policy(net, directory)
+
+
 def _reference_policy(directory: Path, state_dim: int = 46) -> Path:
     """A reference policy that always proposes "+x, less, gripper kept" (output = its bias)."""
     net = ReferencePolicy(ReferencePolicyConfig({"state": state_dim, "instruction": 384}))
@@ -81,12 +95,14 @@ def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
     noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
     reference_policy = _reference_policy(tmp_path_factory.mktemp("rp") / "cloned")
+    residual_policy = _residual_policy(tmp_path_factory.mktemp("rs") / "residual")
     proc = start_steering_node(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=2.0",
         f"noise_policy:={noise_policy}",
         f"reference_policy:={reference_policy}",
+        f"residual_policy:={residual_policy}",
     )
     context = Context()
     rclpy.init(context=context)
@@ -211,6 +227,28 @@ def test_reference_policy_method_steers_toward_the_cloned_proposal(robot: Tablet
     ee, _ = ArmKinematics().forward(robot.q)
     end = markers["reference"].points[-1]
     np.testing.assert_allclose(end.x - ee[0], HORIZON * 0.05 * 0.5, atol=1e-5)  # 10 x 2.5 cm
+
+
+def test_the_residual_policy_moves_reference_policy_goals_and_nothing_else(
+    robot: TabletopRobot,
+) -> None:
+    """A reference_policy goal's FRS noise is moved by the residual policy: the same call as a
+    plain frs goal toward the very proposal it recorded (same seed, so the same fresh draw and
+    the same unsteered sample) refines to another, finite chunk."""
+    goal = frs_goal(robot.publish_observation())
+    goal.method, goal.reference.defer = "reference_policy", True
+    before = len(robot.records)
+    moved = robot.steer(goal)
+    assert moved.outcome == Result.OUTCOME_SUCCEEDED, moved.reason
+    assert robot.spin_until(lambda: len(robot.records) > before, 5.0)
+    plain = frs_goal(goal.observation_stamp)
+    plain.reference = robot.records[-1].reference  # the clone's proposal, as a goal would send it
+    unmoved = robot.steer(plain)
+    assert unmoved.outcome == Result.OUTCOME_SUCCEEDED, unmoved.reason
+    assert np.array_equal(moved.unsteered.data, unmoved.unsteered.data)
+    refined, plain_refined = np.asarray(moved.refined.data), np.asarray(unmoved.refined.data)
+    assert np.all(np.isfinite(refined)) and not np.allclose(refined, plain_refined, atol=1e-4)
+    assert moved.diagnostics.nfe == unmoved.diagnostics.nfe == 20
 
 
 def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
@@ -345,6 +383,9 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     procs[cloned] = start_steering_node(
         tmp_path / f"{cloned.name}.log", f"reference_policy:={cloned}"
     )
+    alone = _residual_policy(tmp_path / "residual_alone")
+    cases[alone] = "residual_policy moves FRS toward a reference policy: set one"
+    procs[alone] = start_steering_node(tmp_path / f"{alone.name}.log", f"residual_policy:={alone}")
     try:
         for path, expected in cases.items():
             code = procs[path].wait(timeout=60)

@@ -110,19 +110,26 @@ def reasoner_config(args: argparse.Namespace) -> ReasonerConfig:
 
 
 def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -> list[Setting]:
-    """The rows that ``--reference-policy`` and ``--noise-policy`` add, each checkpoint checked
-    against the flow policy's observation and chunk shape before any episode runs."""
+    """The rows that ``--reference-policy`` (with ``--residual-policy``) and ``--noise-policy``
+    add, each checkpoint checked against the flow policy's observation and chunk shape before
+    any episode runs."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
+    if args.residual_policy is not None and args.reference_policy is None:
+        raise ValueError("--residual-policy moves FRS toward a reference policy: give one")
     if args.reference_policy is None and not args.noise_policy:
         return []
     policy = load_policy(args.checkpoint)
     added: list[Setting] = []
     if args.reference_policy is not None:
         proposer = load_checked_reference_policy(args.reference_policy, policy)
+        tag, extra = "reference cloning", {}
+        if args.residual_policy is not None:
+            residual = load_checked_noise_policy(args.residual_policy, policy)
+            tag, extra = "reference cloning + residual", {"residual_policy": residual}
         added += [
-            replace(s, tag="reference cloning", proposer=proposer)
+            replace(s, tag=tag, proposer=proposer, params={**s.params, **extra})
             for s in settings
             if s.method == "frs"
         ]
@@ -166,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="a reference-policy checkpoint: also run each FRS setting with its proposals in "
         "place of the scripted reasoner ('frs (reference cloning)')",
+    )
+    parser.add_argument(
+        "--residual-policy",
+        type=Path,
+        default=None,
+        help="with --reference-policy: a noise policy whose output moves FRS's noise in those "
+        "rows (a DSRL + FRS actor trained around that reference policy; 'reference cloning + "
+        "residual')",
     )
     parser.add_argument(
         "--noise-policy",

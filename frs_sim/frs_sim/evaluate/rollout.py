@@ -299,6 +299,7 @@ def generate_chunk(
     result = steer(
         policy,
         ref.chunk,
+        observation=at.policy_obs,  # read by methods that need more than the cache
         cache=at.cache,
         method=setting.method,
         params=setting.params,

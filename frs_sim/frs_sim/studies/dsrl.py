@@ -5,11 +5,14 @@ with the same environment-step budget and seed, plain DSRL (random-noise warm-up
 DSRL + FRS (an actor that starts as DSBC on the successful FRS rollouts of that task, a replay
 buffer prefilled with them and a BC term toward their noises; rollouts come from ``--rollouts``,
 e.g. the DSBC study's ``rollouts.safetensors``, or are collected here); both keep imitating their
-own successful training episodes (``--self-imitation``). It evaluates the deterministic actor every
-``--eval-every`` steps on the benchmark's evaluation seeds, and writes ``results.json``,
-``results.md``, ``curves.png`` and each final actor as a noise-policy checkpoint. Methods may
-train in separate invocations (``--methods``) into one ``--out``: runs of the same task, budget,
-seed and actor layout already there are kept beside the new ones.
+own successful training episodes (``--self-imitation``); and DSRL + FRS around a cloned reasoner
+(``dsrl_frs_reference``: a reference policy cloned from the task's rollouts proposes, FRS steers
+toward its proposal, and the actor adds a bounded residual to that noise, starting at zero).
+It evaluates the deterministic actor every ``--eval-every`` steps on the benchmark's evaluation
+seeds, and writes ``results.json``, ``results.md``, ``curves.png`` and each final actor as a
+noise-policy checkpoint (``results.json`` names the reference policy a residual adds to).
+Methods may train in separate invocations (``--methods``) into one ``--out``: runs of the same
+task, budget, seed and actor layout already there are kept beside the new ones.
 
 One environment step = one chunk: the actor's noise vector (repeated over the chunk's rows,
 fresh noise on padding dims) -> the generalist's forward pass -> ``execute_rows`` rows in
@@ -96,8 +99,10 @@ class NoiseActionEnv:
     """A simulated task whose action is the flow policy's noise vector for the next chunk.
 
     With a ``reference`` policy (a clone of the reasoner) the action is a *residual*: it is
-    added, on the actor's dims, to the noise FRS finds for the clone's proposal, so a zero
-    action executes FRS steered by the clone and the learner searches around it.
+    added, on the actor's dims where FRS steers, to the noise FRS finds for the clone's
+    proposal (as the steering node's ``residual_policy`` does), so a zero action executes FRS
+    steered by the clone and the learner searches around it; where the clone defers the
+    policy samples on its own.
     """
 
     def __init__(
@@ -128,15 +133,18 @@ class NoiseActionEnv:
         self.observation = policy_observation(obs, self.policy.config.state_dim)
         return {k: v[0].numpy() for k, v in self.observation.items()}
 
-    def _reference_noise(self) -> torch.Tensor:
-        """FRS's noise toward the reference policy's proposal (fresh where it defers)."""
+    def _reference_noise(self, offsets: torch.Tensor) -> torch.Tensor:
+        """FRS's noise toward the reference policy's proposal, moved by ``offsets`` where FRS
+        steers (the steering node's ``residual_policy``); fresh where the clone defers."""
         proposal = self.reference.propose(self.observation)
         with torch.inference_mode():
             cache = self.policy.encode(self.observation)
         situation = ChunkSituation(
             {}, self.observation, cache, self.task, self.gripper_cmd, self.cartesian, False
         )
-        frs = Setting("frs", num_steps=self.num_steps)
+        frs = Setting(
+            "frs", params={"residual_policy": lambda _: offsets}, num_steps=self.num_steps
+        )
         result, _, _ = generate_chunk(self.policy, proposal, frs, situation, self.generator)
         return result.noise.clone()  # where the clone defers: the base policy's own draw
 
@@ -148,11 +156,9 @@ class NoiseActionEnv:
         spec = self.policy.spec
         vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
         if self.reference is not None:
-            fresh = self._reference_noise()
-            noise = fresh + self.layout.compose(vector)  # zeros off the actor's dims
-        else:
-            fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
-            noise = self.layout.compose(vector, fresh)
+            return self._reference_noise(self.layout.compose(vector))  # zeros off its dims
+        fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
+        noise = self.layout.compose(vector, fresh)
         return torch.where(spec.steerable_mask("cpu").expand_as(fresh), noise, fresh)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
