@@ -158,6 +158,12 @@ class LearnedPolicies:
     reference: Any = None
     residual: Any = None
 
+    def loaded(self) -> list[str]:
+        """The node parameters whose networks are loaded (for the configure log)."""
+        named = {"noise_policy": self.noise, "reference_policy": self.reference}
+        named["residual_policy"] = self.residual
+        return [name for name, net in named.items() if net is not None]
+
 
 @dataclass(frozen=True)
 class GoalInputs:

@@ -139,6 +139,7 @@ class SteeringNode(LifecycleNode):
             f"configured: policy {self._checkpoint}, adapter {self._adapter.name} "
             f"({self._adapter.layout.action_space}), chunk {spec.horizon}x{spec.dim} "
             f"(real {spec.num_real}), {spec.num_steps} steps, methods {list(available_methods())}"
+            f", learned policies {self._learned.loaded()}"
         )
         return TransitionCallbackReturn.SUCCESS
 

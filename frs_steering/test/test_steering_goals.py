@@ -105,6 +105,10 @@ def test_a_reference_policys_proposal_decides_the_method_and_a_bad_input_refuses
     assert (reference.direction.y, reference.header.frame_id) == (1.0, "fr3_link0")
     assert reference.instruction == "push it" and not reference.defer
     assert "residual_policy" not in request.params
+    assert LearnedPolicies(reference=Fixed(move), residual=1).loaded() == [
+        "reference_policy",
+        "residual_policy",
+    ]
     residual = object()  # a residual policy moves FRS's noise, and only FRS's
     request, _ = proposed(move, residual)
     assert request.method == "frs" and request.params["residual_policy"] is residual

@@ -249,6 +249,8 @@ def test_the_residual_policy_moves_reference_policy_goals_and_nothing_else(
     refined, plain_refined = np.asarray(moved.refined.data), np.asarray(unmoved.refined.data)
     assert np.all(np.isfinite(refined)) and not np.allclose(refined, plain_refined, atol=1e-4)
     assert moved.diagnostics.nfe == unmoved.diagnostics.nfe == 20
+    learned = "learned policies ['noise_policy', 'reference_policy', 'residual_policy']"
+    assert learned in robot.log_path.read_text()  # the configure log names what runs
 
 
 def _bad_goals() -> list[tuple[str, Callable[[SteerChunk.Goal], None], str]]:
