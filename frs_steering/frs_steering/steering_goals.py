@@ -148,6 +148,10 @@ class GoalParameters:
         return (request.shape(), (self.include_unsteered, self.round_trip))
 
 
+#: The node parameters naming learned networks, in :class:`LearnedPolicies` field order.
+PARAMETERS_OF_LEARNED = ("noise_policy", "reference_policy", "residual_policy")
+
+
 @dataclass(frozen=True)
 class LearnedPolicies:
     """The learned networks the node's parameters name (None where empty): a noise policy
@@ -160,9 +164,8 @@ class LearnedPolicies:
 
     def loaded(self) -> list[str]:
         """The node parameters whose networks are loaded (for the configure log)."""
-        named = {"noise_policy": self.noise, "reference_policy": self.reference}
-        named["residual_policy"] = self.residual
-        return [name for name, net in named.items() if net is not None]
+        named = zip(PARAMETERS_OF_LEARNED, (self.noise, self.reference, self.residual), strict=True)
+        return [name for name, net in named if net is not None]
 
 
 @dataclass(frozen=True)
@@ -437,9 +440,7 @@ def load_learned_policies(
     from frs_steering.learning.noise_policy import load_checked_noise_policy
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
-    noise, reference, residual = (
-        str(param(name)) for name in ("noise_policy", "reference_policy", "residual_policy")
-    )
+    noise, reference, residual = (str(param(name)) for name in PARAMETERS_OF_LEARNED)
     if residual and not reference:
         raise ValueError("residual_policy moves FRS toward a reference policy: set one")
     return LearnedPolicies(

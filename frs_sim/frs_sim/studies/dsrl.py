@@ -133,9 +133,10 @@ class NoiseActionEnv:
         self.observation = policy_observation(obs, self.policy.config.state_dim)
         return {k: v[0].numpy() for k, v in self.observation.items()}
 
-    def _reference_noise(self, offsets: torch.Tensor) -> torch.Tensor:
-        """FRS's noise toward the reference policy's proposal, moved by ``offsets`` where FRS
-        steers (the steering node's ``residual_policy``); fresh where the clone defers."""
+    def _steered_by_reference(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, chunk) of FRS toward the reference policy's proposal, its noise moved by
+        ``offsets`` where FRS steers (the steering node's ``residual_policy``); where the clone
+        defers, the policy's own sample."""
         proposal = self.reference.propose(self.observation)
         with torch.inference_mode():
             cache = self.policy.encode(self.observation)
@@ -146,28 +147,34 @@ class NoiseActionEnv:
             "frs", params={"residual_policy": lambda _: offsets}, num_steps=self.num_steps
         )
         result, _, _ = generate_chunk(self.policy, proposal, frs, situation, self.generator)
-        return result.noise.clone()  # where the clone defers: the base policy's own draw
+        return result.noise.clone(), result.chunk.clone()
 
-    def noise_for(self, action: np.ndarray) -> torch.Tensor:
-        """The ``[1, horizon, dim]`` noise the next chunk is generated from: the action on the
-        actor's dims (added to FRS's noise with a reference policy), fresh draws elsewhere."""
+    def _noise_and_chunk(self, action: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``[1, horizon, dim]`` noise of the next chunk and the normalized chunk made from
+        it: the action on the actor's dims (added to FRS's noise with a reference policy),
+        fresh draws elsewhere."""
         if self.observation is None:
             raise RuntimeError("reset() first")
         spec = self.policy.spec
         vector = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
         if self.reference is not None:
-            return self._reference_noise(self.layout.compose(vector))  # zeros off its dims
+            return self._steered_by_reference(self.layout.compose(vector))  # zeros off its dims
         fresh = torch.randn((1, *spec.chunk_shape), generator=self.generator)
         noise = self.layout.compose(vector, fresh)
-        return torch.where(spec.steerable_mask("cpu").expand_as(fresh), noise, fresh)
+        noise = torch.where(spec.steerable_mask("cpu").expand_as(fresh), noise, fresh)
+        chunk = generate_from_noise(
+            self.policy, noise, observation=self.observation, num_steps=self.num_steps
+        )
+        return noise, chunk
+
+    def noise_for(self, action: np.ndarray) -> torch.Tensor:
+        """The noise :meth:`step` would generate its chunk from (it draws the same numbers)."""
+        return self._noise_and_chunk(action)[0]
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool]:
         """(next observation, reward, terminated by success, truncated by timeout)."""
         spec = self.policy.spec
-        noise = self.noise_for(action)
-        chunk = generate_from_noise(
-            self.policy, noise, observation=self.observation, num_steps=self.num_steps
-        )
+        _, chunk = self._noise_and_chunk(action)
         chunk_real = spec.from_policy(chunk)[0].numpy()
         rows = np.zeros((spec.horizon, ACTION_DIM))
         rows[:, : spec.num_real] = chunk_real
@@ -311,15 +318,12 @@ def train_dsrl(
     features = flat_features(obs, agent.keys)
     bar = tqdm(range(env_steps), desc=label, unit="step", leave=False, disable=not progress)
     for step in bar:
-        if step < warmup_steps:
-            if residual:
-                action = agent.act(features)
-            else:
-                action = rng.standard_normal(action_dim)
-                action = np.clip(action, -env.layout.bound, env.layout.bound)
-            seen.append(features[None])
+        if step < warmup_steps and not residual:  # a residual explores around its start
+            action = np.clip(rng.standard_normal(action_dim), -env.layout.bound, env.layout.bound)
         else:
             action = agent.act(features)
+        if step < warmup_steps:
+            seen.append(features[None])
         obs, reward, success, truncated = env.step(action)
         next_features = flat_features(obs, agent.keys)
         online.add(features, action, reward, next_features, success)
