@@ -119,6 +119,9 @@ def test_instruction_noise_changes_training_not_the_demonstrations(tiny_demos):
     _, with_noise = train_generalist(demos, noisy, progress=False)
     assert with_noise != plain
     assert train_generalist(demos, noisy, progress=False)[1] == with_noise  # seeded
+    half = dataclasses.replace(noisy, instruction_noise_share=0.5)
+    assert half.demo_key() == recipe.demo_key()
+    assert train_generalist(demos, half, progress=False)[1] not in (plain, with_noise)
 
 
 def test_within_task_spread_is_the_rms_deviation_from_each_tasks_mean():

@@ -258,6 +258,8 @@ def test_instruction_classes_are_the_task_the_text_names_not_the_hidden_mat() ->
         ("instruction_lda_shrinkage", float("nan")),
         ("instruction_noise", -1.0),
         ("instruction_noise", float("nan")),
+        ("instruction_noise_share", 0.0),
+        ("instruction_noise_share", 1.5),
     ],
 )
 def test_an_impossible_training_option_is_refused_by_the_recipe(field, value) -> None:

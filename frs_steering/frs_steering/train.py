@@ -83,6 +83,7 @@ def check_training_options(
     instruction_dropout: float = 0.0,
     time_sampling: str = "uniform",
     instruction_noise: float = 0.0,
+    instruction_noise_share: float = 1.0,
 ) -> None:
     """Refuse options no flow-matching training can run with (ValueError naming the option);
     callers that prepare data first check here before spending time on it."""
@@ -96,6 +97,9 @@ def check_training_options(
         raise ValueError(f"instruction_dropout must be in [0, 1), got {instruction_dropout}")
     if not (math.isfinite(instruction_noise) and instruction_noise >= 0):
         raise ValueError(f"instruction_noise must be >= 0 and finite, got {instruction_noise}")
+    if not 0.0 < instruction_noise_share <= 1.0:  # also refuses NaN
+        share = instruction_noise_share
+        raise ValueError(f"instruction_noise_share must be in (0, 1], got {share}")
 
 
 def train_flow_policy(
@@ -114,6 +118,7 @@ def train_flow_policy(
     instruction_dropout: float = 0.0,
     time_sampling: str = "uniform",
     instruction_noise: float = 0.0,
+    instruction_noise_share: float = 1.0,
     progress: bool = True,
 ) -> list[float]:
     """Train ``policy`` in place by flow matching; returns the per-step loss history.
@@ -129,10 +134,17 @@ def train_flow_policy(
     ``time_sampling``: how flow times are drawn (``TIME_SAMPLINGS``).
     ``instruction_noise``: the standard deviation of Gaussian noise added to every element of
     each sampled ``instruction`` (its own units), so the policy meets instructions off the
-    training texts, as unseen phrasings are.
+    training texts, as unseen phrasings are. ``instruction_noise_share``: the share of each
+    batch's samples that get it; the others keep their exact training text.
     """
     check_training_options(
-        steps, batch_size, learning_rate, instruction_dropout, time_sampling, instruction_noise
+        steps,
+        batch_size,
+        learning_rate,
+        instruction_dropout,
+        time_sampling,
+        instruction_noise,
+        instruction_noise_share,
     )
     if (instruction_dropout or instruction_noise) and "instruction" not in observations:
         raise ValueError("instruction dropout / noise need observations with an 'instruction'")
@@ -161,6 +173,9 @@ def train_flow_policy(
         if instruction_noise:  # no draw otherwise: runs without noise repeat exactly
             text = batch_obs["instruction"]
             jitter = torch.randn(text.shape, generator=generator, dtype=text.dtype)
+            if instruction_noise_share < 1.0:  # no draw at 1: earlier runs repeat exactly
+                noisy = torch.rand(len(index), generator=generator) < instruction_noise_share
+                jitter = jitter * noisy.unsqueeze(1)
             batch_obs["instruction"] = text + instruction_noise * jitter
         if instruction_dropout:  # likewise; a withheld instruction stays the exact zero vector
             keep = torch.rand(len(index), generator=generator) >= instruction_dropout

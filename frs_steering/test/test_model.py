@@ -495,6 +495,24 @@ def test_instruction_noise_is_checked_seeded_and_still_learns_each_instruction()
         assert (torch.sign(chunk.mean(dim=(1, 2))) == sign).float().mean() > 0.9
 
 
+def test_instruction_noise_share_noises_only_that_share_of_each_batch():
+    """A share of 1 is the plain noise (no extra draw, earlier runs repeat); a share below 1
+    trains otherwise, repeats with the seed, and is refused outside (0, 1]."""
+    noisy = _five_steps(instruction_noise=0.3)
+    assert _five_steps(instruction_noise=0.3, instruction_noise_share=1.0) == noisy
+    half = _five_steps(instruction_noise=0.3, instruction_noise_share=0.5)
+    assert half not in (noisy, _trained(steps=5)[1])
+    assert half == _five_steps(instruction_noise=0.3, instruction_noise_share=0.5)
+    observations, actions = _dataset(64)
+    policy = FlowMatchingPolicy(_config(), seed=3)
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="instruction_noise_share"):
+            train_flow_policy(
+                policy, observations, actions, steps=1, progress=False,
+                instruction_noise=0.3, instruction_noise_share=bad,
+            )  # fmt: skip
+
+
 @pytest.mark.parametrize("convention", list(TimeConvention))
 def test_beta_time_sampling_weights_the_noisy_end(convention):
     """pi0's training times: the noise share is Beta(1.5, 1) on [0.001, 1] in either time

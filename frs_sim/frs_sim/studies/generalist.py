@@ -117,6 +117,9 @@ class GeneralistRecipe:
     # texts' own spread around their task (``within_task_spread``), in every direction: the
     # policy then meets instructions off the training texts, as unseen phrasings are.
     instruction_noise: float = 0.0
+    # The share of each batch's samples that get the instruction noise; the others keep their
+    # exact training text, so the policy still reads known phrasings sharply.
+    instruction_noise_share: float = 1.0
     # How flow times are drawn in training (``frs_steering.train.TIME_SAMPLINGS``): ``beta``
     # is pi0's, weighted toward the noisy end where FRS's inversion and the mode choice live.
     time_sampling: str = "uniform"
@@ -130,6 +133,7 @@ class GeneralistRecipe:
             self.instruction_dropout,
             self.time_sampling,
             self.instruction_noise,
+            self.instruction_noise_share,
         )
         for name in ("episodes", "width", "depth", "num_steps"):
             if getattr(self, name) < 1:
@@ -274,16 +278,22 @@ PROFILES["robust_homing_transit_motion_beta_lda_6k"] = dataclasses.replace(
 PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"] = dataclasses.replace(
     PROFILES["robust_homing_transit_motion_beta_lda_6k"], instruction_lda_shrinkage=0.7
 )
-#: ``shipped``: frs_steering/checkpoints/generalist, the recipe above (docs/benchmarks.md, "The
-#: generalist").
-PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"]
-#: ``robust_homing_transit_motion_beta_lda_6k_gentle_noise``: the shipped recipe with Gaussian
-#: noise on each training instruction embedding, a paraphrase's spread in every direction: it
-#: reads held-out phrasings of the own tasks and steers less precisely (docs/benchmarks.md,
+#: ``robust_homing_transit_motion_beta_lda_6k_gentle_noise``: that recipe with Gaussian noise on
+#: each training instruction embedding, a paraphrase's spread in every direction: it reads
+#: held-out phrasings of the own tasks and steers less precisely (docs/benchmarks.md,
 #: "Instruction noise").
 PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle_noise"] = dataclasses.replace(
     PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle"], instruction_noise=1.0
 )
+#: ``robust_homing_transit_motion_beta_lda_6k_gentle_noise_half``: the noise on half of each
+#: batch, the other half keeping its exact training text: the held-out phrasings read as with
+#: the noise everywhere, the steering kept closer to the recipe without it.
+PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle_noise_half"] = dataclasses.replace(
+    PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle_noise"], instruction_noise_share=0.5
+)
+#: ``shipped``: frs_steering/checkpoints/generalist, the recipe above (docs/benchmarks.md, "The
+#: generalist").
+PROFILES["shipped"] = PROFILES["robust_homing_transit_motion_beta_lda_6k_gentle_noise_half"]
 #: ``robust_weighted``: the robust recipe on ``pretrain_weighted`` (all six seen pairs named, each
 #: cube's home pair three times as often as its other seen pair).
 PROFILES["robust_weighted"] = dataclasses.replace(
@@ -440,6 +450,7 @@ def train_generalist(
         instruction_dropout=recipe.instruction_dropout,
         time_sampling=recipe.time_sampling,
         instruction_noise=instruction_noise,
+        instruction_noise_share=recipe.instruction_noise_share,
         progress=progress,
     )
     return policy, losses
@@ -567,6 +578,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "training phrasings' spread around their task (0: none)",
     )
     parser.add_argument(
+        "--instruction-noise-share",
+        type=float,
+        default=defaults.instruction_noise_share,
+        help="share of each training batch that gets the instruction noise (the rest: exact texts)",
+    )
+    parser.add_argument(
         "--time-sampling",
         choices=TIME_SAMPLINGS,
         default=defaults.time_sampling,
@@ -601,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             motion_state=args.motion_state,
             instruction_dropout=args.instruction_dropout,
             instruction_noise=args.instruction_noise,
+            instruction_noise_share=args.instruction_noise_share,
             time_sampling=args.time_sampling,
         )
     except ValueError as error:  # an impossible option: refused before any data is made
