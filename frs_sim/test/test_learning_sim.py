@@ -26,7 +26,7 @@ from frs_steering.learning.noise_policy import (
 )
 from frs_steering.learning.reference_policy import load_reference_policy
 from frs_steering.package_data import shipped_checkpoint
-from frs_steering.reasoning import Source
+from frs_steering.reasoning import CoarseProposal, Source
 from frs_steering.steer import generate_from_noise
 
 pytestmark = pytest.mark.skipif(
@@ -339,10 +339,23 @@ def test_plain_dsrl_standardizes_its_inputs_even_with_dsbc_init_on(embed):
     assert torch.count_nonzero(agent.actor.input_mean) > 0
 
 
+class _DeferringOnHalfTheStates:
+    """A reference policy that defers wherever the end effector's x, in tenths of a millimetre,
+    is even: a function of the state, so both paths (defer, steer) occur in every episode."""
+
+    def __init__(self, reference) -> None:
+        self.reference = reference
+
+    def propose(self, observation: dict[str, torch.Tensor]) -> CoarseProposal:
+        if int(float(observation["state"][0, 0]) * 1e4) % 2 == 0:
+            return CoarseProposal(source=Source.LEARNED, defer=True, reason="test: defer")
+        return self.reference.propose(observation)
+
+
 def test_a_zero_residual_executes_frs_steered_by_the_reference_policy(dsbc_run, embed):
     """Around a reference policy, action 0 is exactly the evaluation's "frs (reference
     cloning)": the same states chunk after chunk, the same outcome (deferrals included)."""
-    reference = load_reference_policy(dsbc_run / "reference_policy")
+    reference = _DeferringOnHalfTheStates(load_reference_policy(dsbc_run / "reference_policy"))
     env = _noise_env(embed, seed=0, reference=reference, execute_rows=5)
     seed = 4321
     obs = env.reset(seed)
