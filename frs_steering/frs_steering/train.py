@@ -98,8 +98,9 @@ def check_training_options(
     if not (math.isfinite(instruction_noise) and instruction_noise >= 0):
         raise ValueError(f"instruction_noise must be >= 0 and finite, got {instruction_noise}")
     if not 0.0 < instruction_noise_share <= 1.0:  # also refuses NaN
-        share = instruction_noise_share
-        raise ValueError(f"instruction_noise_share must be in (0, 1], got {share}")
+        raise ValueError(
+            f"instruction_noise_share must be in (0, 1], got {instruction_noise_share}"
+        )
 
 
 def train_flow_policy(
