@@ -416,6 +416,7 @@ def test_dsrl_frs_around_a_cloned_reference_starts_at_zero_and_saves_both(dsbc_r
     assert run["residual_around_reference"] and run["residual_bound"] == 1.0
     assert run["start_success_rate"] is not None and run["curve"][0]["env_steps"] == 0
     assert run["cpu_seconds"] >= run["reference_cpu_seconds"] > 0
+    assert run["reference_steps"] == 40  # every step runs: no CPU cap on the DSRL start
     clone = load_reference_policy(run["reference_policy"])
     assert (
         clone.config.observation_dims

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.learning.noise_data import NoiseDataset
@@ -17,6 +18,7 @@ from frs_steering.learning.noise_policy import (
     save_noise_policy,
     train_dsbc,
 )
+from frs_steering.learning.observation_input import train_within_budget
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.policy import ActionSpec
 from frs_steering.steer import available_methods, generate_from_noise, steer
@@ -128,6 +130,30 @@ def test_cpu_budget_stops_training_early():
         _dataset(), None, DsbcConfig(steps=100_000, max_seconds=0.3), progress=False
     )
     assert 0 < history["steps"] < 100_000
+
+
+def _subnormals_flushed() -> bool:
+    return bool((torch.tensor(1e-40) * 2.0) == 0.0)
+
+
+def test_training_flushes_subnormals_and_restores_the_default():
+    """Subnormal Adam moments cost several times the step on x86: training flushes them to
+    zero, and leaves the thread's default (keep them) behind."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    seen = []
+
+    def loss_of(index):
+        seen.append(_subnormals_flushed())
+        return (weight * weight).sum()
+
+    weight = nn.Parameter(torch.ones(3))
+    net = nn.Module()
+    net.weight = weight
+    assert not _subnormals_flushed()
+    train_within_budget(net, loss_of, 8, DsbcConfig(steps=3), desc="flush", progress=False)
+    assert seen == [True, True, True]
+    assert not _subnormals_flushed()
 
 
 @pytest.mark.parametrize(

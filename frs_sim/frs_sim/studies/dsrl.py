@@ -86,6 +86,7 @@ from frs_steering.learning.reference_policy import (
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reference import CartesianLayout
 from frs_steering.steer import generate_from_noise
+from frs_steering.train import flushing_denormals
 
 TRAIN_SEED_BASE = 900_000  # training episodes: disjoint from demos, collection and evaluation
 METHOD_LABELS = {
@@ -206,6 +207,7 @@ def evaluate_actor(
     return outcomes
 
 
+@flushing_denormals()
 def train_dsrl(
     env: NoiseActionEnv,
     task_index: int,
@@ -464,7 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on the task's rollouts, written to OUT/TASK/reference_policy)",
     )
     parser.add_argument(
-        "--reference-steps", type=int, default=10000, help="reference cloning's steps (55 s cap)"
+        "--reference-steps",
+        type=int,
+        default=10000,
+        help="reference cloning's steps, all of them run (no CPU cap: the start must not depend "
+        "on the machine's load)",
     )
     parser.add_argument(
         "--residual-bound",
@@ -566,13 +572,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,
         noise_dims=tuple(noise_dims),
     )
-    reference_path, reference_cpu = args.reference_policy, None
+    reference_path, reference_training = args.reference_policy, None
     if "dsrl_frs_reference" in methods:
         if reference_path is None:
             if prefill.proposals is None:
                 raise SystemExit(f"{args.rollouts} holds no proposals to clone a reference from")
-            reference_path, reference_cpu = _train_task_reference(
-                prefill, ReferenceCloningConfig(steps=args.reference_steps, seed=args.seed), out
+            reference_path, reference_training = _train_task_reference(
+                prefill,
+                ReferenceCloningConfig(
+                    steps=args.reference_steps, seed=args.seed, max_seconds=math.inf
+                ),
+                out,
             )
     options = {**vars(args), "reference_policy": str(reference_path or "")}
     jobs = [
@@ -601,9 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if method == "dsrl_frs_reference":
             history["reference_policy"] = str(reference_path)
             history["residual_bound"] = args.residual_bound
-            if reference_cpu is not None:  # trained here: its CPU is part of the learner's
-                history["reference_cpu_seconds"] = reference_cpu
-                history["cpu_seconds"] += reference_cpu
+            if reference_training is not None:  # trained here: its CPU is part of the learner's
+                history["reference_steps"] = reference_training["steps"]
+                history["reference_cpu_seconds"] = reference_training["cpu_seconds"]
+                history["cpu_seconds"] += reference_training["cpu_seconds"]
         runs[label] = {"command": command, **history}
     document["runs"] = runs
     document["rows"] = result_rows(runs, args.split, args.task)
@@ -730,13 +741,13 @@ def _checked_reference(path: Path, policy) -> ReferencePolicy:
 
 def _train_task_reference(
     rollouts: NoiseDataset, config: ReferenceCloningConfig, out: Path
-) -> tuple[Path, float]:
+) -> tuple[Path, dict[str, float]]:
     """A reference policy cloned from every chunk of the task's rollouts (the DSBC study's
-    recipe and budget), saved under ``out``; returns its path and CPU seconds."""
+    recipe), saved under ``out``; returns its path, steps and CPU seconds."""
     net, history = train_reference_policy(rollouts, config=config, progress=False)
     path = save_reference_policy(net, out / "reference_policy")
     print(f"reference policy: {history['steps']} steps, {history['cpu_seconds']:.0f} s CPU")
-    return path, float(history["cpu_seconds"])
+    return path, {"steps": history["steps"], "cpu_seconds": float(history["cpu_seconds"])}
 
 
 def _task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import CheckpointError
-from frs_steering.train import check_training_options
+from frs_steering.train import check_training_options, flushing_denormals
 
 
 class ObservationMlp(nn.Module):
@@ -130,17 +130,18 @@ def train_within_budget(
     start = time.process_time()
     net.train()
     bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        index = torch.randint(samples, (min(budget.batch_size, samples),), generator=generator)
-        loss = loss_of(index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if progress and len(losses) % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-        if time.process_time() - start > budget.max_seconds:
-            break
+    with flushing_denormals():
+        for _ in bar:
+            index = torch.randint(samples, (min(budget.batch_size, samples),), generator=generator)
+            loss = loss_of(index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if progress and len(losses) % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+            if time.process_time() - start > budget.max_seconds:
+                break
     net.eval()
     return {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
