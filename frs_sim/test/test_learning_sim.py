@@ -14,7 +14,7 @@ from frs_sim.env import EnvConfig, FrankaTabletopEnv
 from frs_sim.evaluate.rollout import EvalConfig, Setting, run_episode
 from frs_sim.evaluate.workers import LookupEmbedding, embed_texts_subprocess
 from frs_sim.reasoner import ScriptedReasoner
-from frs_sim.studies import dsbc, dsrl
+from frs_sim.studies import dsbc, dsrl, subnormals
 from frs_sim.tasks import get_split
 from frs_steering.checkpoint import load_policy
 from frs_steering.learning.noise_data import NoiseDataset
@@ -460,3 +460,21 @@ def test_a_broken_reference_policy_stops_dsrl_before_anything_is_written(dsbc_ru
     with pytest.raises(SystemExit, match="--reference-policy .*missing"):
         dsrl.main([*arguments, "--reference-policy", str(tmp_path / "missing")])
     assert not out.exists()
+
+
+def test_subnormals_benchmark_compares_kept_and_flushed_on_real_rollouts(dsbc_run, tmp_path):
+    """The benchmark trains the same clone with subnormals kept and flushed (alternating) and
+    reports both CPU figures and whether the weights agree; impossible budgets are refused."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    rollouts = str(dsbc_run / "rollouts.safetensors")
+    out = tmp_path / "subnormals"
+    assert subnormals.main(["--rollouts", rollouts, "--steps", "30", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [len(v) for v in result["cpu_seconds"].values()] == [2, 2]
+    assert result["kept_over_flushed"] > 0 and result["steps"] == 30
+    assert isinstance(result["same_weights"], bool)
+    assert result["chunks"] == len(NoiseDataset.load(rollouts))
+    with pytest.raises(SystemExit) as refused:
+        subnormals.main(["--rollouts", rollouts, "--steps", "0"])
+    assert refused.value.code == 2

@@ -136,9 +136,11 @@ def _subnormals_flushed() -> bool:
     return bool((torch.tensor(1e-40) * 2.0) == 0.0)
 
 
-def test_training_flushes_subnormals_and_restores_the_default():
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_subnormals_and_restores_the_default(flush):
     """Subnormal Adam moments cost several times the step on x86: training flushes them to
-    zero, and leaves the thread's default (keep them) behind."""
+    zero (unless a budget keeps them, to measure the difference), and leaves the thread's
+    default (keep them) behind."""
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormals")
     seen = []
@@ -151,8 +153,9 @@ def test_training_flushes_subnormals_and_restores_the_default():
     net = nn.Module()
     net.weight = weight
     assert not _subnormals_flushed()
-    train_within_budget(net, loss_of, 8, DsbcConfig(steps=3), desc="flush", progress=False)
-    assert seen == [True, True, True]
+    budget = DsbcConfig(steps=3, flush_subnormals=flush)
+    train_within_budget(net, loss_of, 8, budget, desc="flush", progress=False)
+    assert seen == [flush] * 3
     assert not _subnormals_flushed()
 
 

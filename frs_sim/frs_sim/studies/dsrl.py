@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{args.rollouts} was collected re-planning every {rows} rows, not "
                     f"{args.execute_rows}: pass --execute-rows {rows} or other rollouts"
                 )
-            keep = _task_mask(prefill, task, embed_fn)
+            keep = task_mask(prefill, task, embed_fn)
             prefill = prefill.select(keep)
         else:
             from frs_sim.studies.dsbc import episodes_to_dataset
@@ -750,7 +750,7 @@ def _train_task_reference(
     return path, {"steps": history["steps"], "cpu_seconds": float(history["cpu_seconds"])}
 
 
-def _task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:
+def task_mask(data: NoiseDataset, task: TaskSpec, embed_fn) -> torch.Tensor:
     """Samples of ``data`` whose instruction embedding is one of ``task``'s instructions."""
     wanted = torch.from_numpy(np.stack([embed_fn(t) for t in task.instructions()]))
     have = data.observations["instruction"].float()

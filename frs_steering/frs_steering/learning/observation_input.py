@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,8 @@ class TrainingBudget:
     weight_decay: float = 1e-4
     max_seconds: float = 55.0  # stop early to stay inside the one-minute CPU budget
     seed: int = 0
+    # False keeps subnormal floats (the CPU's default), only to measure what flushing saves
+    flush_subnormals: bool = True
 
     def __post_init__(self) -> None:
         check_training_options(self.steps, self.batch_size, self.learning_rate)
@@ -130,7 +133,7 @@ def train_within_budget(
     start = time.process_time()
     net.train()
     bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
-    with flushing_denormals():
+    with flushing_denormals() if budget.flush_subnormals else nullcontext():
         for _ in bar:
             index = torch.randint(samples, (min(budget.batch_size, samples),), generator=generator)
             loss = loss_of(index)
