@@ -478,3 +478,7 @@ def test_subnormals_benchmark_compares_kept_and_flushed_on_real_rollouts(dsbc_ru
     with pytest.raises(SystemExit) as refused:
         subnormals.main(["--rollouts", rollouts, "--steps", "0"])
     assert refused.value.code == 2
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a dataset")
+    with pytest.raises(SystemExit, match="cannot read noise dataset"):
+        subnormals.main(["--rollouts", str(corrupt)])

@@ -48,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not torch.set_flush_denormal(False):
         raise SystemExit("this CPU cannot flush subnormals: nothing to compare")
     torch.set_num_threads(1)
-    data = NoiseDataset.load(args.rollouts)
+    try:
+        data = NoiseDataset.load(args.rollouts)
+    except (OSError, ValueError) as error:  # NoiseDatasetError is a ValueError
+        raise SystemExit(f"--rollouts {args.rollouts}: {error}") from None
     if data.proposals is None:
         raise SystemExit(f"{args.rollouts} holds no proposals to clone")
     if args.task:
