@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frs_sim.env import ACTION_DIM, EnvConfig
+from frs_sim.env import ACTION_DIM, N_OBJECTS, N_TARGETS, STATE_LAYOUT, EnvConfig
 from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import plot_success, pyplot
 from frs_sim.evaluate.rollout import (
@@ -65,6 +65,7 @@ from frs_steering.learning.noise_policy import (
     save_noise_policy,
     train_dsbc,
 )
+from frs_steering.learning.observation_input import EntityLayout
 from frs_steering.learning.reference_policy import (
     HEADS,
     ReferenceCloningConfig,
@@ -83,6 +84,16 @@ from frs_steering.train import train_flow_policy
 #: lifts DSBC by 9-16 points over one regression on each training seed, 16 adds nothing
 #: (docs/learning.md).
 MIXTURE_COMPONENTS = 4
+
+
+def entity_layout() -> EntityLayout:
+    """Where the EE, the cubes and the mats sit in the tabletop ``state``: what a learner's
+    entity read-out picks the instruction's cube and mat from (``--entity-input``)."""
+    return EntityLayout(
+        anchor=STATE_LAYOUT["ee_pos"].start,
+        objects=(STATE_LAYOUT["object_pos"].start, N_OBJECTS),
+        targets=(STATE_LAYOUT["target_pos"].start, N_TARGETS),
+    )
 
 
 class ScaledOutputNoisePolicy(NoisePolicy):
@@ -328,7 +339,10 @@ def reference_cloning(
         print("reference cloning skipped: these rollouts hold no proposals (--recollect)")
         return None
     held_out = rollouts.episode % 10 == 0
-    network = ReferencePolicyConfig(rollouts.observation_dims, head=args.reference_head)
+    entities = entity_layout() if args.entity_input else None
+    network = ReferencePolicyConfig(
+        rollouts.observation_dims, head=args.reference_head, entities=entities
+    )
     probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
     net, history = train_reference_policy(rollouts, network, config)
     save_reference_policy(net, args.out / "reference_policy")
@@ -409,6 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="learn when the reasoner deferred (fresh noise there, as FRS does)",
+    )
+    parser.add_argument(
+        "--entity-input",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="DSBC and the reference policy also read out the instruction's cube and mat "
+        "(positions relative to the EE and to each other), learned from what the rollouts moved",
     )
     parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
     parser.add_argument(
@@ -499,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("no successful FRS rollout to learn from")
 
     overrides = {"target": args.target, "defer_head": args.defer_head}
+    if args.entity_input:
+        overrides["entities"] = entity_layout()
     dims = noise_dims(args.noise_dims)
     if dims is not None:
         overrides["noise_dims"] = dims

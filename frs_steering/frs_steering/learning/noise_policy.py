@@ -27,9 +27,11 @@ from torch import nn
 from frs_steering.checkpoint import CheckpointError, load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
+    EntityLayout,
     ObservationMlp,
     TrainingBudget,
     check_reads_policy_observation,
+    entity_labels,
     train_within_budget,
 )
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
@@ -62,8 +64,13 @@ class NoisePolicyConfig:
     # the output is the likeliest candidate, so noises that steer to different modes are not
     # averaged into one that steers to none. 1: a single regression.
     components: int = 1
+    # which object and target the instruction names, read out of the state (None: plain MLP)
+    entities: EntityLayout | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "entities", EntityLayout.from_dict(self.entities))
+        if self.entities is not None:
+            self.entities.check_fits(self.observation_dims)
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not self.observation_dims:
@@ -108,6 +115,7 @@ class NoisePolicyConfig:
         data = asdict(self)
         data["observation_dims"] = dict(self.observation_dims)
         data["noise_dims"] = None if self.noise_dims is None else list(self.noise_dims)
+        data["entities"] = None if self.entities is None else self.entities.to_dict()
         return data
 
     @classmethod
@@ -126,7 +134,9 @@ class NoisePolicy(ObservationMlp):
     """
 
     def __init__(self, config: NoisePolicyConfig, seed: int | None = 0) -> None:
-        super().__init__(config.observation_dims, config.hidden, config.depth, seed)
+        super().__init__(
+            config.observation_dims, config.hidden, config.depth, seed, config.entities
+        )
         self.config = config
         self.mean_head = nn.Linear(config.hidden, config.output_dim * config.components)
         self.log_std_head = nn.Linear(config.hidden, config.output_dim)
@@ -144,7 +154,7 @@ class NoisePolicy(ObservationMlp):
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean (the likeliest candidate's) and clamped log-std from standardized
         features."""
-        hidden = self.trunk(features)
+        hidden = self.encode(features)
         means, logits = self.candidates(hidden)
         if logits is None:
             mean = means[:, 0]
@@ -172,7 +182,7 @@ class NoisePolicy(ObservationMlp):
         """``[B]`` logit that the reasoner would defer here (None without a defer head)."""
         if self.defer_head is None:
             return None
-        return self.defer_head(self.trunk(self.flatten(observations)))[:, 0]
+        return self.defer_head(self.encode(self.flatten(observations)))[:, 0]
 
     def target_of(self, noise: torch.Tensor) -> torch.Tensor:
         """The regression target for ``[N, horizon, dim]`` noises, clipped inside the bound."""
@@ -277,7 +287,7 @@ def mixture_loss(
     """Winner-takes-most regression plus classification: each sample trains the candidate
     nearest its target (the others with :data:`MIXTURE_SHARE_OF_LOSERS` of the weight), and
     the component logits learn which candidate that was."""
-    means, logits = net.candidates(net.trunk(net.flatten(observations)))
+    means, logits = net.candidates(net.encode(net.flatten(observations)))
     if logits is None:
         raise ValueError("the mixture objective needs a noise policy with components > 1")
     weights = torch.ones_like(target) if weights is None else weights
@@ -340,6 +350,7 @@ def train_dsbc(
     target = net.target_of(dataset.noise.float())
     steered_only = config.steered_only or net.config.defer_head  # deferrals: the head's job
     weights = net.target_of(dataset.steered.float()) if steered_only else None
+    grounding = entity_labels(net, dataset)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
         batch = {k: v[index] for k, v in observations.items()}
@@ -347,6 +358,8 @@ def train_dsbc(
         loss = dsbc_loss(net, batch, target[index], config.objective, weight)
         if net.defer_head is not None:
             loss = loss + defer_loss(net, batch, dataset.steered[index])
+        if grounding is not None:
+            loss = loss + net.grounding_loss(net.flatten(batch), grounding[index])
         return loss
 
     history = train_within_budget(

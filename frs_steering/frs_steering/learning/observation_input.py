@@ -4,6 +4,11 @@ Noise policies (DSBC, DSRL) and reference policies read the same flow-policy obs
 of tensors, e.g. ``state`` and ``instruction``), flattened in a fixed key order and standardized
 with statistics stored as buffers, so a checkpoint carries its own normalization. They are
 trained the same way: seeded minibatches, AdamW with a cosine schedule, inside a CPU budget.
+
+An optional entity read-out (:class:`EntityLayout`) adds what a plain MLP finds hard to compute:
+which object and which target the instruction names, and their positions relative to the end
+effector and to each other. The read-out's choice is a learned classifier over the flat input,
+taught by :func:`grounding_labels` (which object the recorded episodes moved, where it ended).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -21,14 +26,106 @@ from tqdm.auto import tqdm
 from frs_steering.checkpoint import CheckpointError
 from frs_steering.train import check_training_options, flushing_denormals
 
+#: Floats an entity read-out adds to the trunk's input: object - anchor, target - anchor,
+#: target - object (xyz each).
+ENTITY_FEATURES = 9
+
+
+@dataclass(frozen=True)
+class EntityLayout:
+    """Where a scene's points sit in one observation key (xyz in metres, consecutive): the end
+    effector (``anchor``), the objects an instruction may name and the targets it may name,
+    each as (offset of the first point's x, count)."""
+
+    anchor: int
+    objects: tuple[int, int]
+    targets: tuple[int, int]
+    key: str = "state"
+    scale: float = 10.0  # metres -> network input (10 cm -> 1.0)
+
+    def __post_init__(self) -> None:
+        for name in ("objects", "targets"):
+            offset, count = (int(v) for v in getattr(self, name))
+            if offset < 0 or count < 1:
+                raise ValueError(f"EntityLayout.{name} needs offset >= 0 and count >= 1")
+            object.__setattr__(self, name, (offset, count))
+        if self.anchor < 0 or not self.scale > 0:
+            raise ValueError("EntityLayout needs anchor >= 0 and scale > 0")
+
+    def width(self) -> int:
+        """The smallest width of ``key`` that holds every point."""
+        ends = [self.anchor + 3] + [o + 3 * c for o, c in (self.objects, self.targets)]
+        return max(ends)
+
+    def check_fits(self, observation_dims: Mapping[str, int]) -> None:
+        """ValueError unless ``observation_dims`` holds every point of the layout."""
+        width = observation_dims.get(self.key)
+        if width is None or width < self.width():
+            raise ValueError(
+                f"the entity layout reads {self.width()} floats of {self.key!r}; "
+                f"the observation has {width}"
+            )
+
+    def points(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, width]`` -> anchor ``[B, 3]``, objects ``[B, n, 3]``, targets ``[B, m, 3]``."""
+        anchor = values[:, self.anchor : self.anchor + 3]
+        groups = []
+        for offset, count in (self.objects, self.targets):
+            groups.append(values[:, offset : offset + 3 * count].reshape(-1, count, 3))
+        return anchor, groups[0], groups[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objects"], data["targets"] = list(self.objects), list(self.targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> EntityLayout | None:
+        """The layout a checkpoint's config stores (None: no read-out)."""
+        if data is None or isinstance(data, EntityLayout):
+            return data
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown EntityLayout fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class EntityReadout(nn.Module):
+    """Picks the named object and target (softmax over each group, from the standardized flat
+    input) and returns their positions relative to the anchor and to each other, scaled."""
+
+    def __init__(self, layout: EntityLayout, input_width: int) -> None:
+        super().__init__()
+        self.layout = layout
+        self.select = nn.Linear(input_width, layout.objects[1] + layout.targets[1])
+
+    def logits(self, standardized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Object and target choice logits, ``[B, n]`` and ``[B, m]``."""
+        return self.select(standardized).split([self.layout.objects[1], self.layout.targets[1]], 1)
+
+    def forward(self, standardized: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``[B, ENTITY_FEATURES]`` from the standardized input and the raw layout key."""
+        anchor, objects, targets = self.layout.points(values)
+        object_logits, target_logits = self.logits(standardized)
+        obj = (object_logits.softmax(1).unsqueeze(2) * objects).sum(1)
+        target = (target_logits.softmax(1).unsqueeze(2) * targets).sum(1)
+        relative = torch.cat([obj - anchor, target - anchor, target - obj], 1)
+        return self.layout.scale * relative
+
 
 class ObservationMlp(nn.Module):
     """Flattens ``observation_dims``' keys in order, standardizes them (buffers
     ``input_mean`` / ``input_std``, identity until statistics are set) and runs an MLP
-    ``trunk`` of ``depth`` x ``hidden``; subclasses add their heads on ``hidden`` features."""
+    ``trunk`` of ``depth`` x ``hidden`` (:meth:`encode`, with the entity read-out's features
+    when ``entities`` is given); subclasses add their heads on ``hidden`` features."""
 
     def __init__(
-        self, observation_dims: Mapping[str, int], hidden: int, depth: int, seed: int | None
+        self,
+        observation_dims: Mapping[str, int],
+        hidden: int,
+        depth: int,
+        seed: int | None,
+        entities: EntityLayout | None = None,
     ) -> None:
         if seed is not None:
             torch.manual_seed(seed)
@@ -37,10 +134,40 @@ class ObservationMlp(nn.Module):
         total = sum(self.observation_dims.values())
         self.register_buffer("input_mean", torch.zeros(total))
         self.register_buffer("input_std", torch.ones(total))
+        self.entity_readout = None
+        if entities is not None:
+            entities.check_fits(self.observation_dims)
+            width = self.observation_dims[entities.key]
+            self.entity_readout = EntityReadout(entities, total)
+            keys = list(self.observation_dims)
+            start = sum(self.observation_dims[k] for k in keys[: keys.index(entities.key)])
+            self._entity_slice = slice(start, start + width)
+        extra = 0 if entities is None else ENTITY_FEATURES
         layers: list[nn.Module] = []
-        for width in (total, *[hidden] * (depth - 1)):
+        for width in (total + extra, *[hidden] * (depth - 1)):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
         self.trunk = nn.Sequential(*layers)
+
+    def encode(self, standardized: torch.Tensor) -> torch.Tensor:
+        """Hidden features ``[B, hidden]`` of standardized flat inputs."""
+        if self.entity_readout is None:
+            return self.trunk(standardized)
+        cut = self._entity_slice
+        values = standardized[:, cut] * self.input_std[cut] + self.input_mean[cut]
+        entities = self.entity_readout(standardized, values)
+        return self.trunk(torch.cat([standardized, entities], 1))
+
+    def grounding_loss(self, standardized: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the read-out's choices against ``[B, 2]`` (object, target) labels;
+        -1 (unknown) is ignored. Zero without a read-out or a known label."""
+        if self.entity_readout is None:
+            return standardized.new_zeros(())
+        loss = standardized.new_zeros(())
+        for logits, label in zip(self.entity_readout.logits(standardized), labels.T, strict=True):
+            known = label >= 0
+            if known.any():
+                loss = loss + nn.functional.cross_entropy(logits[known], label[known])
+        return loss
 
     def set_input_statistics(self, observations: Mapping[str, torch.Tensor]) -> None:
         """Standardize inputs with the data's mean and std (see :meth:`set_flat_statistics`)."""
@@ -74,6 +201,46 @@ class ObservationMlp(nn.Module):
     def standardize(self, flat: torch.Tensor) -> torch.Tensor:
         """Flat features -> the network's standardized input."""
         return (flat - self.input_mean) / self.input_std
+
+
+def grounding_labels(
+    observations: Mapping[str, torch.Tensor],
+    episode: torch.Tensor,
+    success: torch.Tensor,
+    layout: EntityLayout,
+    min_travel: float = 0.02,
+    max_target_distance: float = 0.1,
+) -> torch.Tensor:
+    """``[N, 2]`` (object, target) per sample: in each successful episode, the object that
+    travelled farthest between its first and last sample (at least ``min_travel`` m) and the
+    target nearest to where it ended (within ``max_target_distance`` m); -1 where an episode
+    failed, nothing moved or the object ended on no target (a lift). What the
+    recorded episodes show the instruction meant, so the read-out learns it from the data."""
+    values = observations[layout.key].reshape(len(episode), -1).float()
+    _, objects, targets = layout.points(values)
+    labels = torch.full((len(episode), 2), -1, dtype=torch.long)
+    for name in episode.unique().tolist():
+        rows = torch.nonzero(episode == name).flatten()
+        if not bool(success[rows[0]]):
+            continue
+        first, last = rows.min(), rows.max()
+        travel = (objects[last, :, :2] - objects[first, :, :2]).norm(dim=1)
+        if float(travel.max()) < min_travel:
+            continue
+        moved = int(travel.argmax())
+        distance = (targets[last, :, :2] - objects[last, moved, :2]).norm(dim=1)
+        ended = int(distance.argmin()) if float(distance.min()) <= max_target_distance else -1
+        labels[rows] = torch.tensor([moved, ended])
+    return labels
+
+
+def entity_labels(net: ObservationMlp, dataset: Any) -> torch.Tensor | None:
+    """:func:`grounding_labels` of a :class:`~frs_steering.learning.noise_data.NoiseDataset`
+    for a network with an entity read-out (None without one)."""
+    if net.entity_readout is None:
+        return None
+    layout = net.entity_readout.layout
+    return grounding_labels(dataset.observations, dataset.episode, dataset.success, layout)
 
 
 def check_reads_policy_observation(kind: str, path: str, net: ObservationMlp, policy: Any) -> None:

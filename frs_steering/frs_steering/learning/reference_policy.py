@@ -34,9 +34,11 @@ from torch import nn
 from frs_steering.checkpoint import load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
+    EntityLayout,
     ObservationMlp,
     TrainingBudget,
     check_reads_policy_observation,
+    entity_labels,
     train_within_budget,
 )
 from frs_steering.reasoning import CoarseProposal, Gripper, Source
@@ -70,8 +72,13 @@ class ReferencePolicyConfig:
     hidden: int = 256
     depth: int = 2
     head: str = "fields"  # one of HEADS
+    # which object and target the instruction names, read out of the state (None: plain MLP)
+    entities: EntityLayout | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "entities", EntityLayout.from_dict(self.entities))
+        if self.entities is not None:
+            self.entities.check_fits(self.observation_dims)
         if not self.observation_dims:
             raise ValueError("observation_dims is empty")
         if self.head not in HEADS:
@@ -92,7 +99,9 @@ class ReferencePolicyConfig:
         return decisions + 9 + 1  # + three axes of three signs + the magnitude
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["entities"] = None if self.entities is None else self.entities.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReferencePolicyConfig:
@@ -128,12 +137,14 @@ class ReferencePolicy(ObservationMlp):
     """Standardized observation -> MLP -> the heads of a coarse proposal."""
 
     def __init__(self, config: ReferencePolicyConfig, seed: int | None = 0) -> None:
-        super().__init__(config.observation_dims, config.hidden, config.depth, seed)
+        super().__init__(
+            config.observation_dims, config.hidden, config.depth, seed, config.entities
+        )
         self.config = config
         self.output = nn.Linear(config.hidden, config.output_dim)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> ProposalLogits:
-        out = self.output(self.trunk(self.flatten(observations)))
+        out = self.output(self.encode(self.flatten(observations)))
         common = {"axes": out[:, -10:-1].reshape(-1, 3, 3), "magnitude": torch.sigmoid(out[:, -1])}
         if self.config.head == "kinds":
             return ProposalLogits(kind=out[:, : len(KINDS)], **common)
@@ -255,10 +266,14 @@ def train_reference_policy(
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
     targets = proposal_targets(dataset.proposals.float())
+    grounding = entity_labels(net, dataset)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
         batch = {k: v[index] for k, v in observations.items()}
-        return proposal_loss(net(batch), targets.select(index))
+        loss = proposal_loss(net(batch), targets.select(index))
+        if grounding is not None:
+            loss = loss + net.grounding_loss(net.flatten(batch), grounding[index])
+        return loss
 
     history = train_within_budget(
         net, loss_of, len(dataset), config, desc="reference cloning", progress=progress
