@@ -78,6 +78,9 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     assert 0.75 < ratio < 1.25
     net = load_noise_policy(dsbc_run / "dsbc")
     assert net.config.noise_dims == (0, 1, 2)  # the dims FRS steered in these rollouts
+    # both learners read out the named cube and mat (the study's default)
+    assert net.config.entities == dsbc.entity_layout()
+    assert load_reference_policy(dsbc_run / "reference_policy").config.entities is not None
     for name in ("learning_curves.png", "success.png", "results.md"):
         assert (dsbc_run / name).stat().st_size > 0
 
@@ -422,6 +425,7 @@ def test_dsrl_frs_around_a_cloned_reference_starts_at_zero_and_saves_both(dsbc_r
         clone.config.observation_dims
         == NoiseDataset.load(dsbc_run / "rollouts.safetensors").observation_dims
     )
+    assert clone.config.entities == dsbc.entity_layout()  # the study's default read-out
     actor = load_noise_policy(out / TASK / "dsrl_frs_reference")
     assert actor.config.bound == 1.0
     # 12 transitions are fewer than a batch: no update ran, so the actor is still the start

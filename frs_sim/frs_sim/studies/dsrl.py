@@ -58,6 +58,7 @@ from frs_sim.evaluate.workers import (
     split_instructions,
     with_source_path,
 )
+from frs_sim.studies.dsbc import entity_layout
 from frs_sim.tasks import TaskSpec, get_split
 from frs_steering.checkpoint import load_policy
 from frs_steering.learning.noise_data import NoiseDataset
@@ -79,6 +80,7 @@ from frs_steering.learning.noise_sac import (
 from frs_steering.learning.reference_policy import (
     ReferenceCloningConfig,
     ReferencePolicy,
+    ReferencePolicyConfig,
     load_checked_reference_policy,
     save_reference_policy,
     train_reference_policy,
@@ -473,6 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on the machine's load)",
     )
     parser.add_argument(
+        "--entity-input",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the reference policy trained here also reads out the task's cube and mat "
+        "(as the DSBC study's --entity-input)",
+    )
+    parser.add_argument(
         "--residual-bound",
         type=float,
         default=1.0,
@@ -579,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"{args.rollouts} holds no proposals to clone a reference from")
             reference_path, reference_training = _train_task_reference(
                 prefill,
+                ReferencePolicyConfig(
+                    prefill.observation_dims,
+                    entities=entity_layout() if args.entity_input else None,
+                ),
                 ReferenceCloningConfig(
                     steps=args.reference_steps, seed=args.seed, max_seconds=math.inf
                 ),
@@ -740,11 +753,14 @@ def _checked_reference(path: Path, policy) -> ReferencePolicy:
 
 
 def _train_task_reference(
-    rollouts: NoiseDataset, config: ReferenceCloningConfig, out: Path
+    rollouts: NoiseDataset,
+    network: ReferencePolicyConfig,
+    config: ReferenceCloningConfig,
+    out: Path,
 ) -> tuple[Path, dict[str, float]]:
     """A reference policy cloned from every chunk of the task's rollouts (the DSBC study's
     recipe), saved under ``out``; returns its path, steps and CPU seconds."""
-    net, history = train_reference_policy(rollouts, config=config, progress=False)
+    net, history = train_reference_policy(rollouts, network, config, progress=False)
     path = save_reference_policy(net, out / "reference_policy")
     print(f"reference policy: {history['steps']} steps, {history['cpu_seconds']:.0f} s CPU")
     return path, {"steps": history["steps"], "cpu_seconds": float(history["cpu_seconds"])}

@@ -154,7 +154,10 @@ class NoisePolicy(ObservationMlp):
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean (the likeliest candidate's) and clamped log-std from standardized
         features."""
-        hidden = self.encode(features)
+        return self.outputs(self.encode(features))
+
+    def outputs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`head` from trunk features."""
         means, logits = self.candidates(hidden)
         if logits is None:
             mean = means[:, 0]
@@ -247,17 +250,17 @@ class DsbcConfig(TrainingBudget):
 
 def dsbc_loss(
     net: NoisePolicy,
-    observations: Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
     target: torch.Tensor,
     objective: str,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE of the bounded output, Gaussian NLL with the predicted std around it, or the
-    mixture loss (:func:`mixture_loss`), averaged with ``weights`` (same shape as ``target``;
-    None = uniform)."""
+    mixture loss (:func:`mixture_loss`), from trunk features ``hidden`` (:meth:`NoisePolicy.
+    encode`), averaged with ``weights`` (same shape as ``target``; None = uniform)."""
     if objective == "mixture":
-        return mixture_loss(net, observations, target, weights)
-    mean, log_std = net.distribution(observations)
+        return mixture_loss(net, hidden, target, weights)
+    mean, log_std = net.outputs(hidden)
     output = net.squash(mean)
     if objective == "mse":
         per_element = (output - target).pow(2)
@@ -280,14 +283,14 @@ def check_objective(objective: str, components: int) -> None:
 
 def mixture_loss(
     net: NoisePolicy,
-    observations: Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
     target: torch.Tensor,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Winner-takes-most regression plus classification: each sample trains the candidate
     nearest its target (the others with :data:`MIXTURE_SHARE_OF_LOSERS` of the weight), and
     the component logits learn which candidate that was."""
-    means, logits = net.candidates(net.encode(net.flatten(observations)))
+    means, logits = net.candidates(hidden)
     if logits is None:
         raise ValueError("the mixture objective needs a noise policy with components > 1")
     weights = torch.ones_like(target) if weights is None else weights
@@ -304,11 +307,10 @@ def mixture_loss(
     return regression + classification
 
 
-def defer_loss(
-    net: NoisePolicy, observations: Mapping[str, torch.Tensor], steered: torch.Tensor
-) -> torch.Tensor:
-    """Binary cross-entropy of the defer head against 'no element was steered'."""
-    logit = net.defer_logit(observations)
+def defer_loss(net: NoisePolicy, hidden: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the defer head (on trunk features ``hidden``) against 'no
+    element was steered'."""
+    logit = net.defer_head(hidden)[:, 0]
     deferred = (~steered.flatten(1).any(1)).float()
     return nn.functional.binary_cross_entropy_with_logits(logit, deferred)
 
@@ -353,13 +355,14 @@ def train_dsbc(
     grounding = entity_labels(net, dataset)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        batch = {k: v[index] for k, v in observations.items()}
+        standardized = net.flatten({k: v[index] for k, v in observations.items()})
+        hidden = net.encode(standardized)
         weight = None if weights is None else weights[index]
-        loss = dsbc_loss(net, batch, target[index], config.objective, weight)
+        loss = dsbc_loss(net, hidden, target[index], config.objective, weight)
         if net.defer_head is not None:
-            loss = loss + defer_loss(net, batch, dataset.steered[index])
+            loss = loss + defer_loss(net, hidden, dataset.steered[index])
         if grounding is not None:
-            loss = loss + net.grounding_loss(net.flatten(batch), grounding[index])
+            loss = loss + net.grounding_loss(standardized, grounding[index])
         return loss
 
     history = train_within_budget(

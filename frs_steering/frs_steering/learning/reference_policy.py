@@ -144,7 +144,11 @@ class ReferencePolicy(ObservationMlp):
         self.output = nn.Linear(config.hidden, config.output_dim)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> ProposalLogits:
-        out = self.output(self.encode(self.flatten(observations)))
+        return self.heads(self.flatten(observations))
+
+    def heads(self, standardized: torch.Tensor) -> ProposalLogits:
+        """The proposal's logits from standardized flat inputs."""
+        out = self.output(self.encode(standardized))
         common = {"axes": out[:, -10:-1].reshape(-1, 3, 3), "magnitude": torch.sigmoid(out[:, -1])}
         if self.config.head == "kinds":
             return ProposalLogits(kind=out[:, : len(KINDS)], **common)
@@ -269,10 +273,10 @@ def train_reference_policy(
     grounding = entity_labels(net, dataset)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        batch = {k: v[index] for k, v in observations.items()}
-        loss = proposal_loss(net(batch), targets.select(index))
+        standardized = net.flatten({k: v[index] for k, v in observations.items()})
+        loss = proposal_loss(net.heads(standardized), targets.select(index))
         if grounding is not None:
-            loss = loss + net.grounding_loss(net.flatten(batch), grounding[index])
+            loss = loss + net.grounding_loss(standardized, grounding[index])
         return loss
 
     history = train_within_budget(
