@@ -34,6 +34,7 @@ from frs_control.messages import ns_to_stamp, stamp_to_ns
 from frs_msgs.action import SteerChunk
 from frs_msgs.msg import CoarseReference
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
+from frs_steering.learning.observation_input import EntityLayout
 from frs_steering.learning.reference_policy import (
     ReferencePolicy,
     ReferencePolicyConfig,
@@ -54,9 +55,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _noise_policy(directory: Path, state_dim: int = 46) -> Path:
-    """An untrained noise policy for the tiny checkpoint (translation dims, full chunk)."""
+    """An untrained noise policy for the tiny checkpoint (translation dims, full chunk) that
+    reads out the named cube and mat, as the DSBC study's do."""
     config = NoisePolicyConfig(
-        {"state": state_dim, "instruction": 384}, HORIZON, DIM, target="full", noise_dims=(0, 1, 2)
+        {"state": state_dim, "instruction": 384},
+        HORIZON,
+        DIM,
+        target="full",
+        noise_dims=(0, 1, 2),
+        entities=EntityLayout(anchor=0, objects=(13, 3), targets=(37, 3))
+        if state_dim >= 46
+        else None,
     )
     return save_noise_policy(NoisePolicy(config, seed=0), directory)
 
