@@ -137,7 +137,10 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
         (["--cpu-budget", "-5"], "max_seconds must be >= 0"),
         (["--bc-steps", "0"], "--bc-steps must be >= 1"),
         (["--dagger-first-share", "1"], "--dagger-first-share must be in"),
-        (["--components", "1"], "--objective mixture needs --components > 1"),
+        (
+            ["--objective", "mixture", "--components", "1"],
+            "--objective mixture needs --components > 1",
+        ),
         (["--noise-dims", "0,9"], "--noise-dims: distinct dims in [0, 8)"),
         (["--noise-dims", "gripper"], "--noise-dims must be translation, steered or"),
         (["--objective", "mse", "--components", "4"], "--objective mixture needs --components"),
