@@ -15,6 +15,7 @@ from frs_steering.learning.reference_policy import (
     ReferencePolicyConfig,
     encode_proposal,
     load_reference_policy,
+    magnitude_levels,
     proposal_accuracy,
     save_reference_policy,
     train_reference_policy,
@@ -133,7 +134,7 @@ def test_checkpoint_round_trip_and_tampering(trained, tmp_path):
     observations = {k: v.float() for k, v in data.observations.items()}
     with torch.no_grad():
         a, b = net(observations), loaded(observations)
-    for field in ("defer", "gripper", "kind", "axes", "magnitude"):
+    for field in ("defer", "gripper", "kind", "axes", "magnitude", "magnitude_level"):
         x, y = getattr(a, field), getattr(b, field)
         assert (x is None and y is None) or torch.equal(x, y), field
     assert loaded.config == net.config
@@ -145,3 +146,42 @@ def test_checkpoint_round_trip_and_tampering(trained, tmp_path):
         load_reference_policy(tmp_path / "ref")
     with pytest.raises(CheckpointError):
         load_reference_policy(tmp_path / "missing")
+
+
+def test_magnitudes_spoken_in_levels_are_classified_among_them(tmp_path):
+    """The teacher's motions say 1.0 or 0.5 (a sharp boundary): a clone with the levels the data
+    holds proposes exactly those, and more often the teacher's than the regressed magnitude
+    lands within 0.05 of it."""
+    torch.set_num_threads(1)
+    data = teacher_dataset(4000, seed=0)
+    assert magnitude_levels(data) == (0.5, 1.0)
+    config = ReferenceCloningConfig(steps=800, max_seconds=600.0)
+    levelled, _ = train_reference_policy(data, config=config, progress=False)
+    assert levelled.config.magnitude_levels == (0.5, 1.0)  # found in the data by default
+    regressed, _ = train_reference_policy(
+        data, ReferencePolicyConfig({"state": 7, "instruction": 4}), config, progress=False
+    )
+    fresh = teacher_dataset(1000, seed=1)
+    on_levels = proposal_accuracy(levelled, fresh)["magnitude"]
+    assert on_levels > 0.9 and on_levels > proposal_accuracy(regressed, fresh)["magnitude"]
+    spoken = {
+        levelled.propose({k: v[i : i + 1] for k, v in fresh.observations.items()}).magnitude
+        for i in range(200)
+    }
+    assert spoken <= {0.5, 1.0} and len(spoken) == 2
+    save_reference_policy(levelled, tmp_path / "ref")
+    assert load_reference_policy(tmp_path / "ref").config.magnitude_levels == (0.5, 1.0)
+
+
+def test_magnitude_levels_are_checked_and_optional():
+    data = teacher_dataset(200, seed=0)
+    rng = np.random.default_rng(0)
+    continuous = data.proposals.clone()
+    continuous[:, 4] = torch.from_numpy(rng.uniform(0.1, 1.0, len(data)).astype(np.float32))
+    assert magnitude_levels(NoiseDataset(**{**vars(data), "proposals": continuous})) is None
+    for bad in ((), (0.5, 0.5), (1.0, 0.5), (0.5, 1.5), (float("nan"),)):
+        with pytest.raises(ValueError, match="magnitude_levels"):
+            ReferencePolicyConfig({"state": 7}, magnitude_levels=bad)
+    # a checkpoint written before the field existed regresses its magnitude
+    old = ReferencePolicyConfig.from_dict({"observation_dims": {"state": 7}})
+    assert old.magnitude_levels is None and old.output_dim == 1 + 3 + 9 + 1

@@ -71,6 +71,7 @@ from frs_steering.learning.reference_policy import (
     ReferenceCloningConfig,
     ReferencePolicyConfig,
     encode_proposal,
+    magnitude_levels,
     proposal_accuracy,
     save_reference_policy,
     train_reference_policy,
@@ -346,7 +347,10 @@ def reference_cloning(
     held_out = rollouts.episode % 10 == 0
     entities = entity_layout() if args.entity_input else None
     network = ReferencePolicyConfig(
-        rollouts.observation_dims, head=args.reference_head, entities=entities
+        rollouts.observation_dims,
+        head=args.reference_head,
+        entities=entities,
+        magnitude_levels=magnitude_levels(rollouts) if args.magnitude_levels else None,
     )
     probe, _ = train_reference_policy(rollouts.select(~held_out), network, config)
     net, history = train_reference_policy(rollouts, network, config)
@@ -436,6 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=True,
         help="DSBC and the reference policy also read out the instruction's cube and mat "
         "(positions relative to the EE and to each other), learned from what the rollouts moved",
+    )
+    parser.add_argument(
+        "--magnitude-levels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the reference policy classifies the reasoner's magnitudes among the few levels "
+        "the rollouts hold (--no-magnitude-levels: regresses them)",
     )
     parser.add_argument("--max-steps", type=int, default=EnvConfig().max_episode_steps)
     parser.add_argument(

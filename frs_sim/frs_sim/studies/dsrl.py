@@ -82,6 +82,7 @@ from frs_steering.learning.reference_policy import (
     ReferencePolicy,
     ReferencePolicyConfig,
     load_checked_reference_policy,
+    magnitude_levels,
     save_reference_policy,
     train_reference_policy,
 )
@@ -482,6 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(as the DSBC study's --entity-input)",
     )
     parser.add_argument(
+        "--magnitude-levels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the reference policy trained here classifies the magnitude among the rollouts' "
+        "levels (as the DSBC study's --magnitude-levels)",
+    )
+    parser.add_argument(
         "--residual-bound",
         type=float,
         default=1.0,
@@ -591,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ReferencePolicyConfig(
                     prefill.observation_dims,
                     entities=entity_layout() if args.entity_input else None,
+                    magnitude_levels=magnitude_levels(prefill) if args.magnitude_levels else None,
                 ),
                 ReferenceCloningConfig(
                     steps=args.reference_steps, seed=args.seed, max_seconds=math.inf

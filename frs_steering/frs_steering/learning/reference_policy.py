@@ -12,6 +12,12 @@ is -1, 0 or +1 (an axis counts when its component is at least :data:`AXIS_THRESH
 proposal's direction is the unit vector of the predicted signs. A predicted proposal that
 neither moves nor commands the gripper defers.
 
+The magnitude is regressed, or, where the reasoner speaks in a few levels ("more", "less", "a
+little": ``ReferencePolicyConfig.magnitude_levels``, found in the data by
+:func:`magnitude_levels`), classified among them: a regression toward the mean of two levels
+asks for speeds the reasoner never asked for, and on the simulated benchmark those cost places
+(docs/learning.md).
+
 Two heads (``ReferencePolicyConfig.head``): ``fields`` predicts each field on its own (defer,
 gripper, axes), so a motion and a gripper command can combine where the reasoner never combined
 them; ``kinds`` predicts the kind of proposal jointly (:data:`KINDS`: defer, a gripper command
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +56,8 @@ FORMAT = "frs_steering.reference_policy"
 AXIS_THRESHOLD = 0.25
 _GRIPPERS = len(Gripper)
 HEADS = ("fields", "kinds")
+#: Motions with at most this many distinct magnitudes are read as spoken in levels.
+MAX_MAGNITUDE_LEVELS = 8
 #: The proposal kinds of the ``kinds`` head: index 0 defers; 1 + gripper: no motion (1, no
 #: motion with the gripper kept, is read as a deferral); 1 + GRIPPERS + gripper: a motion.
 KINDS = (
@@ -74,9 +83,18 @@ class ReferencePolicyConfig:
     head: str = "fields"  # one of HEADS
     # which object and target the instruction names, read out of the state (None: plain MLP)
     entities: EntityLayout | None = None
+    # the magnitudes the reasoner speaks in, increasing (None: any magnitude, regressed)
+    magnitude_levels: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entities", EntityLayout.from_dict(self.entities))
+        if self.magnitude_levels is not None:
+            levels = tuple(float(v) for v in self.magnitude_levels)
+            if not levels or not all(0.0 <= v <= 1.0 for v in levels):  # NaN fails too
+                raise ValueError(f"magnitude_levels must lie in [0, 1], got {levels}")
+            if any(b <= a for a, b in itertools.pairwise(levels)):
+                raise ValueError(f"magnitude_levels must increase strictly, got {levels}")
+            object.__setattr__(self, "magnitude_levels", levels)
         if self.entities is not None:
             self.entities.check_fits(self.observation_dims)
         if not self.observation_dims:
@@ -96,11 +114,18 @@ class ReferencePolicyConfig:
     @property
     def output_dim(self) -> int:
         decisions = 1 + _GRIPPERS if self.head == "fields" else len(KINDS)
-        return decisions + 9 + 1  # + three axes of three signs + the magnitude
+        return decisions + 9 + self.magnitude_width  # + three axes of three signs + magnitude
+
+    @property
+    def magnitude_width(self) -> int:
+        """Outputs of the magnitude head: one per level, or one regressed value."""
+        return 1 if self.magnitude_levels is None else len(self.magnitude_levels)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["entities"] = None if self.entities is None else self.entities.to_dict()
+        if self.magnitude_levels is not None:
+            data["magnitude_levels"] = list(self.magnitude_levels)
         return data
 
     @classmethod
@@ -114,13 +139,15 @@ class ReferencePolicyConfig:
 @dataclass
 class ProposalLogits:
     """The heads of a :class:`ReferencePolicy` for a batch (logits; magnitude in [0, 1]):
-    ``defer`` and ``gripper`` for the ``fields`` head, ``kind`` for the ``kinds`` head."""
+    ``defer`` and ``gripper`` for the ``fields`` head, ``kind`` for the ``kinds`` head,
+    ``magnitude_level`` where the magnitude is classified among levels."""
 
     axes: torch.Tensor  # [B, 3, 3] (per axis: -1, 0, +1)
-    magnitude: torch.Tensor  # [B]
+    magnitude: torch.Tensor  # [B] (the likeliest level's value where classified)
     defer: torch.Tensor | None = None  # [B]
     gripper: torch.Tensor | None = None  # [B, 3] (Gripper order)
     kind: torch.Tensor | None = None  # [B, len(KINDS)]
+    magnitude_level: torch.Tensor | None = None  # [B, levels]
 
     def decisions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(defer [B] bool, gripper [B] long, moves [B] bool or None for the fields head, whose
@@ -149,7 +176,14 @@ class ReferencePolicy(ObservationMlp):
     def heads(self, standardized: torch.Tensor) -> ProposalLogits:
         """The proposal's logits from standardized flat inputs."""
         out = self.output(self.encode(standardized))
-        common = {"axes": out[:, -10:-1].reshape(-1, 3, 3), "magnitude": torch.sigmoid(out[:, -1])}
+        width = self.config.magnitude_width
+        magnitude = out[:, out.shape[1] - width :]
+        common: dict[str, Any] = {"axes": out[:, -9 - width : -width].reshape(-1, 3, 3)}
+        if self.config.magnitude_levels is None:
+            common["magnitude"] = torch.sigmoid(magnitude[:, 0])
+        else:
+            levels = magnitude.new_tensor(self.config.magnitude_levels)
+            common |= {"magnitude": levels[magnitude.argmax(-1)], "magnitude_level": magnitude}
         if self.config.head == "kinds":
             return ProposalLogits(kind=out[:, : len(KINDS)], **common)
         return ProposalLogits(defer=out[:, 0], gripper=out[:, 1 : 1 + _GRIPPERS], **common)
@@ -199,6 +233,7 @@ class ProposalTargets:
     magnitude: torch.Tensor  # [N] float
     moves: torch.Tensor  # [N] bool: a non-deferring proposal with a direction
     kind: torch.Tensor  # [N] long: the index in KINDS
+    magnitude_level: torch.Tensor  # [N] long: the nearest level (0 without levels)
 
     def select(self, index: torch.Tensor) -> ProposalTargets:
         """The targets of the samples at ``index``."""
@@ -206,23 +241,48 @@ class ProposalTargets:
         return ProposalTargets(**{f.name: getattr(self, f.name)[index] for f in fields})
 
 
-def proposal_targets(proposals: torch.Tensor) -> ProposalTargets:
-    """Per-head targets of ``NoiseDataset.proposals`` rows."""
+def magnitude_levels(dataset: NoiseDataset) -> tuple[float, ...] | None:
+    """The distinct magnitudes of the recorded motions, increasing, when there are at most
+    :data:`MAX_MAGNITUDE_LEVELS` (a reasoner that speaks in levels); else None."""
+    if dataset.proposals is None:
+        raise ValueError("the dataset has no recorded proposals")
+    targets = proposal_targets(dataset.proposals.float())
+    spoken = torch.unique(targets.magnitude[targets.moves].double().round(decimals=6))
+    if len(spoken) == 0 or len(spoken) > MAX_MAGNITUDE_LEVELS:
+        return None
+    return tuple(float(v) for v in spoken)
+
+
+def proposal_targets(
+    proposals: torch.Tensor, levels: tuple[float, ...] | None = None
+) -> ProposalTargets:
+    """Per-head targets of ``NoiseDataset.proposals`` rows (``levels``: the magnitude levels
+    the policy classifies among)."""
     direction = proposals[:, 1:4]
     axes = torch.where(direction.abs() >= AXIS_THRESHOLD, direction.sign(), 0.0).long() + 1
     defer = proposals[:, 0]
     gripper = proposals[:, 5].long()
     moves = (defer == 0) & (direction.norm(dim=1) > 0)
     kind = torch.where(defer == 1, 0, 1 + gripper + _GRIPPERS * moves.long())
+    magnitude = proposals[:, 4]
+    level = torch.zeros_like(gripper)
+    if levels is not None:
+        level = (magnitude[:, None] - magnitude.new_tensor(levels)).abs().argmin(-1)
     return ProposalTargets(
-        defer=defer, gripper=gripper, axes=axes, magnitude=proposals[:, 4], moves=moves, kind=kind
+        defer=defer,
+        gripper=gripper,
+        axes=axes,
+        magnitude=magnitude,
+        moves=moves,
+        kind=kind,
+        magnitude_level=level,
     )
 
 
 def proposal_loss(logits: ProposalLogits, targets: ProposalTargets) -> torch.Tensor:
     """The fields head: defer BCE on every sample, gripper and axes CE where the reasoner did
     not defer. The kinds head: kind CE on every sample, axes CE where it moved. Both: magnitude
-    MSE where it moved."""
+    MSE where it moved (level CE where classified)."""
     if logits.kind is not None:
         loss = nn.functional.cross_entropy(logits.kind, targets.kind)
         axes_on = targets.moves
@@ -235,9 +295,12 @@ def proposal_loss(logits: ProposalLogits, targets: ProposalTargets) -> torch.Ten
     if axes_on.any():
         axes = logits.axes[axes_on].reshape(-1, 3)
         loss = loss + 3 * nn.functional.cross_entropy(axes, targets.axes[axes_on].reshape(-1))
-    if targets.moves.any():
-        error = logits.magnitude[targets.moves] - targets.magnitude[targets.moves]
-        loss = loss + error.pow(2).mean()
+    moved = targets.moves
+    if moved.any() and logits.magnitude_level is not None:
+        level = logits.magnitude_level[moved]
+        loss = loss + nn.functional.cross_entropy(level, targets.magnitude_level[moved])
+    elif moved.any():
+        loss = loss + (logits.magnitude[moved] - targets.magnitude[moved]).pow(2).mean()
     return loss
 
 
@@ -265,11 +328,13 @@ def train_reference_policy(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     if network is None:
-        network = ReferencePolicyConfig(dataset.observation_dims)
+        network = ReferencePolicyConfig(
+            dataset.observation_dims, magnitude_levels=magnitude_levels(dataset)
+        )
     net = ReferencePolicy(network, seed=config.seed)
     observations = {k: v.float() for k, v in dataset.observations.items()}
     net.set_input_statistics(observations)
-    targets = proposal_targets(dataset.proposals.float())
+    targets = proposal_targets(dataset.proposals.float(), network.magnitude_levels)
     grounding = entity_labels(net, dataset)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
@@ -288,7 +353,7 @@ def train_reference_policy(
 @torch.no_grad()
 def proposal_accuracy(net: ReferencePolicy, dataset: NoiseDataset) -> dict[str, float]:
     """Agreement with the recorded proposals: defer decisions, gripper commands (where the
-    reasoner acted) and all three axis signs (where it moved)."""
+    reasoner acted), all three axis signs and the magnitude within 0.05 (where it moved)."""
     if dataset.proposals is None or len(dataset) == 0:
         raise ValueError("the dataset has no recorded proposals")
     logits = net({k: v.float() for k, v in dataset.observations.items()})
@@ -301,6 +366,8 @@ def proposal_accuracy(net: ReferencePolicy, dataset: NoiseDataset) -> dict[str, 
     if targets.moves.any():
         axes = logits.axes[targets.moves].argmax(-1) == targets.axes[targets.moves]
         result["axes"] = float(axes.all(-1).float().mean())
+        magnitude = logits.magnitude[targets.moves] - targets.magnitude[targets.moves]
+        result["magnitude"] = float((magnitude.abs() <= 0.05).float().mean())
     return result
 
 
