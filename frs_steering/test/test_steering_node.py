@@ -85,15 +85,20 @@ def _residual_policy(directory: Path) -> Path:
 
 
 def _reference_policy(directory: Path, state_dim: int = 46) -> Path:
-    """A reference policy that always proposes "+x, less, gripper kept" (output = its bias)."""
-    net = ReferencePolicy(ReferencePolicyConfig({"state": state_dim, "instruction": 384}))
+    """A reference policy that always proposes "+x, less, gripper kept" (output = its bias),
+    its magnitude classified among the levels "less" and "more"."""
+    config = ReferencePolicyConfig(
+        {"state": state_dim, "instruction": 384}, magnitude_levels=(0.5, 1.0)
+    )
+    net = ReferencePolicy(config)
     bias = torch.zeros(net.output.out_features)
     bias[0] = -5.0  # do not defer
     bias[1] = 5.0  # gripper: keep
     bias[4:13] = torch.tensor([0, 0, 5.0, 0, 5.0, 0, 0, 5.0, 0])  # x: +1, y: 0, z: 0
+    bias[13] = 5.0  # magnitude: the level 0.5, "less"
     with torch.no_grad():
         net.output.weight.zero_()
-        net.output.bias.copy_(bias)  # magnitude logit 0: 0.5, "less"
+        net.output.bias.copy_(bias)
     return save_reference_policy(net, directory)
 
 
@@ -221,11 +226,13 @@ def test_reference_policy_method_steers_toward_the_cloned_proposal(robot: Tablet
     goal.method = "reference_policy"
     goal.reference.defer = True
     goal.reference.direction.y = 0.0
-    before = len(robot.records)
+    before, markers_before = len(robot.records), len(robot.markers)
     result = robot.steer(goal)
     assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
     assert result.diagnostics.method == "frs" and result.diagnostics.nfe == 20
+    # the record and this goal's markers (a loaded machine delivers them after the result)
     assert robot.spin_until(lambda: len(robot.records) > before, 5.0)
+    assert robot.spin_until(lambda: len(robot.markers) > markers_before, 5.0)
     record = robot.records[-1]
     assert record.requested_method == "reference_policy" and record.method == "frs"
     reference = record.reference
