@@ -26,7 +26,7 @@ from frs_steering.learning.noise_policy import (
 )
 from frs_steering.learning.reference_policy import load_reference_policy
 from frs_steering.package_data import shipped_checkpoint
-from frs_steering.reasoning import CoarseProposal, Source
+from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, CoarseProposal, Source
 from frs_steering.steer import generate_from_noise
 
 pytestmark = pytest.mark.skipif(
@@ -80,7 +80,11 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     assert net.config.noise_dims == (0, 1, 2)  # the dims FRS steered in these rollouts
     # both learners read out the named cube and mat (the study's default)
     assert net.config.entities == dsbc.entity_layout()
-    assert load_reference_policy(dsbc_run / "reference_policy").config.entities is not None
+    clone = load_reference_policy(dsbc_run / "reference_policy").config
+    assert clone.entities is not None
+    # the clone classifies the magnitude among the scripted reasoner's words ("more", "less")
+    levels = clone.magnitude_levels
+    assert levels and set(levels) <= {MAGNITUDE_MORE, MAGNITUDE_LESS}
     for name in ("learning_curves.png", "success.png", "results.md"):
         assert (dsbc_run / name).stat().st_size > 0
 
@@ -429,6 +433,7 @@ def test_dsrl_frs_around_a_cloned_reference_starts_at_zero_and_saves_both(dsbc_r
         == NoiseDataset.load(dsbc_run / "rollouts.safetensors").observation_dims
     )
     assert clone.config.entities == dsbc.entity_layout()  # the study's default read-out
+    assert clone.config.magnitude_levels  # and its default magnitude levels
     actor = load_noise_policy(out / TASK / "dsrl_frs_reference")
     assert actor.config.bound == 1.0
     # 12 transitions are fewer than a batch: no update ran, so the actor is still the start
