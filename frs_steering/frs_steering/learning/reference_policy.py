@@ -177,7 +177,7 @@ class ReferencePolicy(ObservationMlp):
         """The proposal's logits from standardized flat inputs."""
         out = self.output(self.encode(standardized))
         width = self.config.magnitude_width
-        magnitude = out[:, out.shape[1] - width :]
+        magnitude = out[:, -width:]
         common: dict[str, Any] = {"axes": out[:, -9 - width : -width].reshape(-1, 3, 3)}
         if self.config.magnitude_levels is None:
             common["magnitude"] = torch.sigmoid(magnitude[:, 0])
