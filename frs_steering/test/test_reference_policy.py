@@ -13,6 +13,7 @@ from frs_steering.learning.reference_policy import (
     ReferenceCloningConfig,
     ReferencePolicy,
     ReferencePolicyConfig,
+    decode_proposal,
     encode_proposal,
     load_reference_policy,
     magnitude_levels,
@@ -185,3 +186,21 @@ def test_magnitude_levels_are_checked_and_optional():
     # a checkpoint written before the field existed regresses its magnitude
     old = ReferencePolicyConfig.from_dict({"observation_dims": {"state": 7}})
     assert old.magnitude_levels is None and old.output_dim == 1 + 3 + 9 + 1
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    [
+        CoarseProposal(source=Source.SCRIPTED, defer=True, reason="near the grasp"),
+        CoarseProposal(source=Source.SCRIPTED, magnitude=0.5, gripper=Gripper.CLOSE),
+        CoarseProposal(
+            source=Source.SCRIPTED, direction=np.array([0.6, -0.8, 0.0]), gripper=Gripper.OPEN
+        ),
+    ],
+)
+def test_a_recorded_proposal_decodes_to_the_one_encoded(proposal):
+    decoded = decode_proposal(torch.as_tensor(encode_proposal(proposal)))
+    assert decoded.defer == proposal.defer and decoded.gripper == proposal.gripper
+    assert np.allclose(decoded.direction, proposal.direction, atol=1e-6)
+    if not proposal.defer:
+        assert decoded.magnitude == pytest.approx(proposal.magnitude)

@@ -110,18 +110,20 @@ def reasoner_config(args: argparse.Namespace) -> ReasonerConfig:
 
 
 def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -> list[Setting]:
-    """The rows that ``--reference-policy`` (with ``--residual-policy``) and ``--noise-policy``
-    add, each checkpoint checked against the flow policy's observation and chunk shape before
-    any episode runs."""
+    """The rows that ``--reference-policy`` (with ``--residual-policy``), ``--learned-reversal``
+    and ``--noise-policy`` add, each checkpoint checked against the flow policy's observation
+    and chunk shape before any episode runs."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
+    from frs_steering.learning.observation_input import REFERENCE_ROW
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
     if args.residual_policy is not None and args.reference_policy is None:
         raise ValueError("--residual-policy moves FRS toward a reference policy: give one")
-    if args.reference_policy is None and not args.noise_policy:
+    if args.reference_policy is None and not args.noise_policy and args.learned_reversal is None:
         return []
     policy = load_policy(args.checkpoint)
     added: list[Setting] = []
+    proposer = None
     if args.reference_policy is not None:
         proposer = load_checked_reference_policy(args.reference_policy, policy)
         tag, extra = "reference cloning", {}
@@ -133,11 +135,24 @@ def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -
             for s in settings
             if s.method == "frs"
         ]
+    if args.learned_reversal is not None:
+        reversal = load_checked_noise_policy(args.learned_reversal, policy)
+        if REFERENCE_ROW not in reversal.config.observation_dims:
+            raise ValueError(f"--learned-reversal {args.learned_reversal} reads no reference")
+        learned = Setting(
+            "learned_reversal", {"reversal": reversal}, split=args.split, tag="learned reversal"
+        )
+        added.append(learned)
+        if proposer is not None:
+            tag = "reference cloning + learned reversal"
+            added.append(replace(learned, tag=tag, proposer=proposer))
     names = [path.resolve().name for path in args.noise_policy]
     if len(set(names)) != len(names):
         raise ValueError(f"--noise-policy folders need distinct names (row labels), got {names}")
     for path, name in zip(args.noise_policy, names, strict=True):
         net = load_checked_noise_policy(path, policy)
+        if REFERENCE_ROW in net.config.observation_dims:
+            raise ValueError(f"--noise-policy {path} reads a reference: pass --learned-reversal")
         added += [
             Setting(
                 "noise_policy", {"noise_policy": net}, split=args.split, tag=name, temperature=t
@@ -181,6 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --reference-policy: a noise policy whose output moves FRS's noise in those "
         "rows (a DSRL + FRS actor trained around that reference policy; 'reference cloning + "
         "residual')",
+    )
+    parser.add_argument(
+        "--learned-reversal",
+        type=Path,
+        default=None,
+        help="a learned-reversal checkpoint (the DSBC study's learned_reversal/): also run FRS "
+        "with it in place of the flow's reversal, with the scripted reasoner and, given "
+        "--reference-policy, with that policy's proposals",
     )
     parser.add_argument(
         "--noise-policy",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,15 @@ from torch import nn
 from frs_steering.checkpoint import CheckpointError, load_model, write_checkpoint
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
+    POLICY_EMBEDDING,
+    REFERENCE_ROW,
     EntityLayout,
     ObservationMlp,
     TrainingBudget,
     check_reads_policy_observation,
+    derived_inputs,
     entity_labels,
+    reference_row,
     train_within_budget,
 )
 from frs_steering.steer import MethodOutput, SteeringContext, register_method
@@ -216,7 +220,8 @@ def noise_policy_method(
         )
     fresh = ctx.noise()
     with ctx.timed("noise_policy"):
-        predicted = noise_policy(ctx.observation).to(fresh.dtype)
+        extra = derived_inputs(noise_policy.config.observation_dims, ctx.policy, ctx.observation)
+        predicted = noise_policy({**ctx.observation, **extra}).to(fresh.dtype)
     dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
     dims[noise_policy.config.predicted_dims] = True
     use = (ctx.spec.steerable_mask(fresh.device) & dims).expand_as(fresh)
@@ -230,6 +235,33 @@ def noise_policy_method(
 
 
 register_method("noise_policy", noise_policy_method)
+
+
+def learned_reversal_method(ctx: SteeringContext, *, reversal: NoisePolicy) -> MethodOutput:
+    """FRS with a learned reversal: a noise policy that reads the commanded reference
+    (:data:`REFERENCE_ROW`) predicts the noise FRS's reversal would find, in one network call
+    instead of ``K`` reverse velocity calls; the flow's forward pass then runs as in FRS.
+
+    Predicted elements that are commanded take the prediction, the rest fresh noise.
+    """
+    if ctx.observation is None:
+        raise ValueError("the learned_reversal method needs the observation, not only a cache")
+    reads = reversal.config.observation_dims if isinstance(reversal, NoisePolicy) else {}
+    if REFERENCE_ROW not in reads:
+        raise ValueError("reversal must be a NoisePolicy that reads the reference row")
+    if (reversal.config.horizon, reversal.config.dim) != tuple(ctx.spec.chunk_shape):
+        raise ValueError("the learned reversal makes another chunk shape than the flow policy")
+    fresh = ctx.noise()
+    with ctx.timed("learned_reversal"):
+        extra = derived_inputs(reads, ctx.policy, ctx.observation, ctx.reference, ctx.steered)
+        predicted = reversal({**ctx.observation, **extra}).to(fresh.dtype)
+    dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
+    dims[reversal.config.predicted_dims] = True
+    noise = torch.where(ctx.steered & dims, predicted, fresh)
+    return MethodOutput(chunk=ctx.generate(noise), noise=noise)
+
+
+register_method("learned_reversal", learned_reversal_method)
 
 
 # ------------------------------------------------------------------------------ training
@@ -369,6 +401,24 @@ def train_dsbc(
         net, loss_of, len(dataset), config, desc="DSBC", progress=progress
     )
     return net, history
+
+
+def reversal_dataset(
+    dataset: NoiseDataset, policy: Any, references: torch.Tensor, commanded: torch.Tensor
+) -> NoiseDataset:
+    """``dataset`` as a learned reversal reads it: the state, the flow policy's observation
+    embedding (which carries the instruction) and each chunk's commanded reference row
+    (``references`` / ``commanded``: the ``[N, horizon, dim]`` normalized references it was
+    steered toward and their masks)."""
+    observations = {k: v.float() for k, v in dataset.observations.items()}
+    inputs = {
+        "state": observations["state"],
+        POLICY_EMBEDDING: derived_inputs({POLICY_EMBEDDING: 0}, policy, observations)[
+            POLICY_EMBEDDING
+        ],
+        REFERENCE_ROW: reference_row(references.float(), commanded),
+    }
+    return replace(dataset, observations=inputs)
 
 
 # ------------------------------------------------------------------------------ checkpoints

@@ -243,16 +243,62 @@ def entity_labels(net: ObservationMlp, dataset: Any) -> torch.Tensor | None:
     return grounding_labels(dataset.observations, dataset.episode, dataset.success, layout)
 
 
+#: Inputs a learned policy may read beyond the flow policy's observation, computed by the caller
+#: from the flow policy and the steering request (:func:`derived_inputs`): the flow policy's
+#: observation embedding, and the first row of the commanded reference with its mask.
+POLICY_EMBEDDING = "policy_embedding"
+REFERENCE_ROW = "reference_row"
+
+
+def derived_input_widths(policy: Any) -> dict[str, int]:
+    """Width of each derived input for ``policy`` (no embedding for a policy that exposes none)."""
+    widths = {REFERENCE_ROW: 2 * policy.spec.dim}
+    if callable(getattr(policy, "observation_embedding", None)):
+        widths[POLICY_EMBEDDING] = int(policy.config.width)
+    return widths
+
+
+def reference_row(reference: torch.Tensor, commanded: torch.Tensor) -> torch.Tensor:
+    """``[B, 2 * dim]``: the first row of a normalized ``[B, horizon, dim]`` reference (every
+    element: FRS reverses the whole chunk, so uncommanded values such as a kept gripper's shape
+    the noise too), then which of them are commanded (references here repeat one row)."""
+    return torch.cat([reference[:, 0], commanded[:, 0].to(reference.dtype)], dim=1)
+
+
+def derived_inputs(
+    observation_dims: Mapping[str, int],
+    policy: Any,
+    observation: Mapping[str, torch.Tensor],
+    reference: torch.Tensor | None = None,
+    commanded: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The derived inputs (:data:`POLICY_EMBEDDING`, :data:`REFERENCE_ROW`) that a network of
+    ``observation_dims`` reads, for ``observation`` steered toward ``reference``."""
+    extra: dict[str, torch.Tensor] = {}
+    if POLICY_EMBEDDING in observation_dims:
+        with torch.no_grad():
+            extra[POLICY_EMBEDDING] = policy.observation_embedding(observation).float()
+    if REFERENCE_ROW in observation_dims:
+        if reference is None or commanded is None:
+            raise ValueError("this network reads the commanded reference: steer it toward one")
+        extra[REFERENCE_ROW] = reference_row(reference.float(), commanded)
+    return extra
+
+
 def check_reads_policy_observation(kind: str, path: str, net: ObservationMlp, policy: Any) -> None:
-    """CheckpointError unless ``net`` reads the flow policy's observation keys and widths: a
-    learned policy trained beside another flow policy would fail at its first call otherwise."""
+    """CheckpointError unless ``net`` reads only the flow policy's observation keys (at their
+    widths) and derived inputs it can compute: a learned policy trained beside another flow
+    policy would fail at its first call otherwise."""
     config = policy.config
-    wanted = {"state": config.state_dim}
+    observed = {"state": config.state_dim}
     if config.instruction_dim:
-        wanted["instruction"] = config.instruction_dim
-    if dict(net.observation_dims) != wanted:
+        observed["instruction"] = config.instruction_dim
+    derived = derived_input_widths(policy)
+    reads = dict(net.observation_dims)
+    if "state" not in reads or any((observed | derived).get(k) != v for k, v in reads.items()):
         raise CheckpointError(
-            f"{kind} {path} reads {dict(net.observation_dims)}; the flow policy observes {wanted}"
+            f"{kind} {path} reads {reads}; the flow policy observes {observed} "
+            f"(derived inputs: {derived})"
         )
 
 

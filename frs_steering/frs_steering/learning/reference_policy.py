@@ -73,6 +73,20 @@ def encode_proposal(proposal: CoarseProposal) -> np.ndarray:
     return np.asarray([*row, float(int(proposal.gripper))], dtype=np.float32)
 
 
+def decode_proposal(row: torch.Tensor, source: Source = Source.SCRIPTED) -> CoarseProposal:
+    """The proposal one row of ``NoiseDataset.proposals`` records (inverse of
+    :func:`encode_proposal`; ``source``: who made it)."""
+    defer, x, y, z, magnitude, gripper = (float(v) for v in row)
+    if defer:
+        return CoarseProposal(source=source, defer=True, reason="recorded deferral")
+    return CoarseProposal(
+        source=source,
+        direction=np.array([x, y, z]),
+        magnitude=magnitude,
+        gripper=Gripper(int(gripper)),
+    )
+
+
 @dataclass(frozen=True)
 class ReferencePolicyConfig:
     """Architecture of a :class:`ReferencePolicy` (saved with its checkpoint)."""
