@@ -32,6 +32,7 @@ from frs_steering.steer import SteerResult, available_methods, steer
 METHOD_NOISE_POLICY = "noise_policy"
 #: FRS toward the proposal of the node's reference policy instead of the goal's reference.
 METHOD_REFERENCE_POLICY = "reference_policy"
+METHOD_LEARNED_REVERSAL = "learned_reversal"
 
 #: The steering node's parameters: (name, default, description, read_only, descriptor extras).
 NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
@@ -50,6 +51,14 @@ NODE_PARAMETERS: list[tuple[str, Any, str, bool, dict]] = [
         "",
         "noise-policy checkpoint whose output moves FRS's noise in reference_policy goals "
         "(DSRL + FRS around a cloned reasoner)",
+        True,
+        {},
+    ),
+    (
+        "learned_reversal",
+        "",
+        "learned-reversal checkpoint for method learned_reversal; reference_policy goals then "
+        "run it in place of FRS's reversal (no reverse pass per chunk)",
         True,
         {},
     ),
@@ -149,22 +158,25 @@ class GoalParameters:
 
 
 #: The node parameters naming learned networks, in :class:`LearnedPolicies` field order.
-PARAMETERS_OF_LEARNED = ("noise_policy", "reference_policy", "residual_policy")
+PARAMETERS_OF_LEARNED = ("noise_policy", "reference_policy", "residual_policy", "learned_reversal")
 
 
 @dataclass(frozen=True)
 class LearnedPolicies:
     """The learned networks the node's parameters name (None where empty): a noise policy
-    (method noise_policy), a reference policy (method reference_policy) and a residual policy
-    that moves FRS's noise in reference_policy goals."""
+    (method noise_policy), a reference policy (method reference_policy), a residual policy
+    that moves FRS's noise in reference_policy goals and a learned reversal (method
+    learned_reversal, and reference_policy goals in place of FRS's reversal)."""
 
     noise: Any = None
     reference: Any = None
     residual: Any = None
+    reversal: Any = None
 
     def loaded(self) -> list[str]:
         """The node parameters whose networks are loaded (for the configure log)."""
-        named = zip(PARAMETERS_OF_LEARNED, (self.noise, self.reference, self.residual), strict=True)
+        nets = (self.noise, self.reference, self.residual, self.reversal)
+        named = zip(PARAMETERS_OF_LEARNED, nets, strict=True)
         return [name for name, net in named if net is not None]
 
 
@@ -189,6 +201,7 @@ class GoalInputs:
             max_samples=params.max_samples,
             noise_policy=self.learned.noise,
             reference_policy=self.learned.reference,
+            learned_reversal=self.learned.reversal,
             device=params.device,
         )
 
@@ -217,6 +230,8 @@ class GoalInputs:
         )
         if method == "frs" and self.learned.residual is not None:
             params["residual_policy"] = self.learned.residual
+        elif method == "frs" and self.learned.reversal is not None:
+            method, params = METHOD_LEARNED_REVERSAL, {"reversal": self.learned.reversal}
         return dataclasses.replace(request, method=method, params=params), reference
 
     def prepare(
@@ -374,6 +389,7 @@ def check_goal(
     max_samples: int,
     noise_policy: Any | None,
     reference_policy: Any | None = None,
+    learned_reversal: Any | None = None,
     device: str = "cpu",
 ) -> SteerRequest:
     """Method, parameters, steps, solver and seed of a goal; GoalRejected names a bad one.
@@ -416,6 +432,13 @@ def check_goal(
                 "parameter (trained by frs_sim.studies.dsbc or frs_sim.studies.dsrl)"
             )
         params["noise_policy"] = noise_policy
+    if method == METHOD_LEARNED_REVERSAL:
+        if learned_reversal is None:
+            raise GoalRejected(
+                "method learned_reversal needs a learned-reversal checkpoint: set the "
+                "learned_reversal parameter (trained by frs_sim.studies.dsbc)"
+            )
+        params["reversal"] = learned_reversal
     if cloned:
         method = METHOD_REFERENCE_POLICY
     # A negative seed draws one here, so the call is still random but can be replayed.
@@ -434,19 +457,33 @@ def check_goal(
 def load_learned_policies(
     param: Callable[[str], Any], policy: Any, device: str = "cpu"
 ) -> LearnedPolicies:
-    """The networks named by the node parameters ``noise_policy``, ``reference_policy`` and
-    ``residual_policy`` (None where empty), each checked against the flow policy; a residual
-    policy without a reference policy would never run, so that is an error."""
+    """The networks named by the node parameters :data:`PARAMETERS_OF_LEARNED` (None where
+    empty), each checked against the flow policy and its role: a residual policy without a
+    reference policy would never run, and it moves FRS's own reversal, not a learned one."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
+    from frs_steering.learning.observation_input import REFERENCE_ROW
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
-    noise, reference, residual = (str(param(name)) for name in PARAMETERS_OF_LEARNED)
+    noise, reference, residual, reversal = (str(param(name)) for name in PARAMETERS_OF_LEARNED)
     if residual and not reference:
         raise ValueError("residual_policy moves FRS toward a reference policy: set one")
+    if residual and reversal:
+        raise ValueError("residual_policy moves FRS's own reversal: leave learned_reversal empty")
+
+    def noise_net(path: str, reads_reference: bool) -> Any:
+        net = load_checked_noise_policy(path, policy, device)
+        reads = REFERENCE_ROW in net.config.observation_dims
+        if reads and not reads_reference:
+            raise ValueError(f"{path} reads a reference: set it as learned_reversal")
+        if reads_reference and not reads:
+            raise ValueError(f"learned_reversal {path} reads no reference: not a learned reversal")
+        return net
+
     return LearnedPolicies(
-        noise=load_checked_noise_policy(noise, policy, device) if noise else None,
+        noise=noise_net(noise, False) if noise else None,
         reference=load_checked_reference_policy(reference, policy, device) if reference else None,
-        residual=load_checked_noise_policy(residual, policy, device) if residual else None,
+        residual=noise_net(residual, False) if residual else None,
+        reversal=noise_net(reversal, True) if reversal else None,
     )
 
 

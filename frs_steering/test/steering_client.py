@@ -8,6 +8,7 @@ process with its output in a log file.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -170,3 +171,51 @@ class TabletopRobot:
         self.client.destroy()
         self.executor.remove_node(self.node)
         self.node.destroy_node()
+
+
+#: What :func:`learned_reversal` predicts on every commanded translation element: 5 tanh(0.2).
+REVERSED = 5.0 * math.tanh(0.2)
+
+
+def learned_reversal(directory: Path, horizon: int = 10, dim: int = 8) -> Path:
+    """A learned reversal for the tiny checkpoint whose output is its bias (:data:`REVERSED`
+    on the translation dims), reading the state, the flow's embedding and the reference row."""
+    from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
+    from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
+
+    config = NoisePolicyConfig(
+        {"state": 46, POLICY_EMBEDDING: 32, REFERENCE_ROW: 2 * dim},
+        horizon,
+        dim,
+        target="full",
+        noise_dims=(0, 1, 2),
+    )
+    net = NoisePolicy(config, seed=0)
+    with torch.no_grad():
+        net.mean_head.weight.zero_()
+        net.mean_head.bias.fill_(0.2)
+    return save_noise_policy(net, directory)
+
+
+def constant_reference_policy(directory: Path, state_dim: int = 46) -> Path:
+    """A reference policy that always proposes "+x, less, gripper kept" (output = its bias),
+    its magnitude classified among the levels "less" and "more"."""
+    from frs_steering.learning.reference_policy import (
+        ReferencePolicy,
+        ReferencePolicyConfig,
+        save_reference_policy,
+    )
+
+    config = ReferencePolicyConfig(
+        {"state": state_dim, "instruction": 384}, magnitude_levels=(0.5, 1.0)
+    )
+    net = ReferencePolicy(config)
+    bias = torch.zeros(net.output.out_features)
+    bias[0] = -5.0  # do not defer
+    bias[1] = 5.0  # gripper: keep
+    bias[4:13] = torch.tensor([0, 0, 5.0, 0, 5.0, 0, 0, 5.0, 0])  # x: +1, y: 0, z: 0
+    bias[13] = 5.0  # magnitude: the level 0.5, "less"
+    with torch.no_grad():
+        net.output.weight.zero_()
+        net.output.bias.copy_(bias)
+    return save_reference_policy(net, directory)

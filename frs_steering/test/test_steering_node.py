@@ -24,6 +24,8 @@ from std_msgs.msg import String
 from steering_client import (
     Result,
     TabletopRobot,
+    constant_reference_policy,
+    learned_reversal,
     start_steering_node,
     stop_node,
     train_tiny_checkpoint,
@@ -35,11 +37,6 @@ from frs_msgs.action import SteerChunk
 from frs_msgs.msg import CoarseReference
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
 from frs_steering.learning.observation_input import EntityLayout
-from frs_steering.learning.reference_policy import (
-    ReferencePolicy,
-    ReferencePolicyConfig,
-    save_reference_policy,
-)
 
 # Separate processes on a 2-core machine: a stalled process can miss a deadline the test
 # checks; rerun such a test (twice at most) rather than loosen what it checks.
@@ -84,31 +81,13 @@ def _residual_policy(directory: Path) -> Path:
     return save_noise_policy(net, directory)
 
 
-def _reference_policy(directory: Path, state_dim: int = 46) -> Path:
-    """A reference policy that always proposes "+x, less, gripper kept" (output = its bias),
-    its magnitude classified among the levels "less" and "more"."""
-    config = ReferencePolicyConfig(
-        {"state": state_dim, "instruction": 384}, magnitude_levels=(0.5, 1.0)
-    )
-    net = ReferencePolicy(config)
-    bias = torch.zeros(net.output.out_features)
-    bias[0] = -5.0  # do not defer
-    bias[1] = 5.0  # gripper: keep
-    bias[4:13] = torch.tensor([0, 0, 5.0, 0, 5.0, 0, 0, 5.0, 0])  # x: +1, y: 0, z: 0
-    bias[13] = 5.0  # magnitude: the level 0.5, "less"
-    with torch.no_grad():
-        net.output.weight.zero_()
-        net.output.bias.copy_(bias)
-    return save_reference_policy(net, directory)
-
-
 @pytest.fixture(scope="module")
 def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     from rclpy.context import Context
 
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
     noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
-    reference_policy = _reference_policy(tmp_path_factory.mktemp("rp") / "cloned")
+    reference_policy = constant_reference_policy(tmp_path_factory.mktemp("rp") / "cloned")
     residual_policy = _residual_policy(tmp_path_factory.mktemp("rs") / "residual")
     proc = start_steering_node(
         log_path,
@@ -382,7 +361,7 @@ def test_an_incompatible_instruction_publisher_is_reported(robot: TabletopRobot)
         robot.node.destroy_publisher(publisher)
 
 
-def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
+def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path, checkpoint: Path) -> None:
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text("{not json")
@@ -396,10 +375,21 @@ def test_missing_or_corrupt_checkpoint_fails_configure(tmp_path: Path) -> None:
     procs[mismatched] = start_steering_node(
         tmp_path / f"{mismatched.name}.log", f"noise_policy:={mismatched}"
     )
-    cloned = _reference_policy(tmp_path / "rp_mismatch", state_dim=12)
+    cloned = constant_reference_policy(tmp_path / "rp_mismatch", state_dim=12)
     cases[cloned] = "reference policy"
     procs[cloned] = start_steering_node(
         tmp_path / f"{cloned.name}.log", f"reference_policy:={cloned}"
+    )
+    not_reversal = _noise_policy(tmp_path / "not_a_reversal")
+    cases[not_reversal] = "reads no reference: not a learned reversal"
+    tiny = f"checkpoint:={checkpoint}"
+    procs[not_reversal] = start_steering_node(
+        tmp_path / f"{not_reversal.name}.log", tiny, f"learned_reversal:={not_reversal}"
+    )
+    reversal = learned_reversal(tmp_path / "reversal_as_dsbc")
+    cases[reversal] = "reads a reference: set it as learned_reversal"
+    procs[reversal] = start_steering_node(
+        tmp_path / f"{reversal.name}.log", tiny, f"noise_policy:={reversal}"
     )
     alone = _residual_policy(tmp_path / "residual_alone")
     cases[alone] = "residual_policy moves FRS toward a reference policy: set one"

@@ -258,7 +258,10 @@ def learned_reversal_method(ctx: SteeringContext, *, reversal: NoisePolicy) -> M
     dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
     dims[reversal.config.predicted_dims] = True
     noise = torch.where(ctx.steered & dims, predicted, fresh)
-    return MethodOutput(chunk=ctx.generate(noise), noise=noise)
+    if not ctx.include_base_sample:
+        return MethodOutput(chunk=ctx.generate(noise), noise=noise)
+    both = ctx.generate(torch.stack((noise, fresh), dim=1))  # one pass for both, as FRS
+    return MethodOutput(chunk=both[:, 0], noise=noise, base_chunk=both[:, 1])
 
 
 register_method("learned_reversal", learned_reversal_method)
