@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig
+from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.normalization import QuantileNormalizer
 from frs_steering.policy import ActionSpec
@@ -69,6 +71,20 @@ def inputs(batch: int, seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Te
     return observation, direction.expand(batch, HORIZON, REAL_DIMS).contiguous()
 
 
+def learned_reversal(policy: FlowMatchingPolicy, hidden: int = 512) -> NoisePolicy:
+    """A learned reversal of the DSBC study's size for ``policy`` (untrained: the cost is the
+    same), predicting the translation and gripper dims."""
+    dims = {
+        "state": STATE_DIM,
+        POLICY_EMBEDDING: policy.config.width,
+        REFERENCE_ROW: 2 * ACTION_DIM,
+    }
+    config = NoisePolicyConfig(
+        dims, HORIZON, ACTION_DIM, target="full", hidden=hidden, noise_dims=(0, 1, 2, 6)
+    )
+    return NoisePolicy(config, seed=0).eval()
+
+
 def floor_call(policy: FlowMatchingPolicy, observation, velocity_calls: int) -> Callable[[], None]:
     """Encode once, then ``velocity_calls`` velocity evaluations and nothing else."""
     batch = observation["state"].shape[0]
@@ -110,6 +126,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     policy = build_policy(args.num_steps)
     k = args.num_steps
+    reversal = learned_reversal(policy)
     results: dict[int, dict[str, float]] = {}
     for batch in args.batch_sizes:
         observation, reference = inputs(batch)
@@ -123,6 +140,15 @@ def main() -> None:
             )
             for name, options in METHODS.items()
         }
+        calls["learned_reversal (512 wide)"] = functools.partial(
+            steer,
+            policy,
+            reference,
+            observation=observation,
+            method="learned_reversal",
+            params={"reversal": reversal},
+            include_base_sample=False,
+        )
         calls["floor: encode + K velocity"] = floor_call(policy, observation, k)
         calls["floor: encode + 2K velocity"] = floor_call(policy, observation, 2 * k)
         results[batch] = measure(calls, args.repeats, args.warmup)
@@ -145,6 +171,10 @@ def main() -> None:
         verdict = "ok" if ratio <= FRS_VS_BASE_TARGET else "MISSED"
         print(f"\nFRS / base at B=1: {ratio:.2f} (target <= {FRS_VS_BASE_TARGET}) {verdict}")
         summary["frs_over_base_b1"] = ratio
+    learned = {b: results[b]["learned_reversal (512 wide)"] / results[b]["frs"] for b in results}
+    listing = ", ".join(f"B={b} {r:.2f}" for b, r in learned.items())
+    print(f"learned reversal / FRS: {listing}")
+    summary["learned_reversal_over_frs"] = learned
     floors = {b: results[b]["frs"] / results[b]["floor: encode + 2K velocity"] for b in results}
     worst = max(floors.values())
     verdict = "ok" if worst <= FRS_VS_FLOOR_TARGET else "MISSED"
