@@ -35,6 +35,7 @@ from frs_steering.learning.observation_input import (
     check_reads_policy_observation,
     derived_inputs,
     entity_labels,
+    policy_embedding,
     reference_row,
     train_within_budget,
 )
@@ -416,9 +417,7 @@ def reversal_dataset(
     observations = {k: v.float() for k, v in dataset.observations.items()}
     inputs = {
         "state": observations["state"],
-        POLICY_EMBEDDING: derived_inputs({POLICY_EMBEDDING: 0}, policy, observations)[
-            POLICY_EMBEDDING
-        ],
+        POLICY_EMBEDDING: policy_embedding(policy, observations),
         REFERENCE_ROW: reference_row(references.float(), commanded),
     }
     return replace(dataset, observations=inputs)

@@ -265,6 +265,12 @@ def reference_row(reference: torch.Tensor, commanded: torch.Tensor) -> torch.Ten
     return torch.cat([reference[:, 0], commanded[:, 0].to(reference.dtype)], dim=1)
 
 
+def policy_embedding(policy: Any, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, width]``: the flow policy's observation embedding, as a fixed input (no gradient)."""
+    with torch.no_grad():
+        return policy.observation_embedding(observation).float()
+
+
 def derived_inputs(
     observation_dims: Mapping[str, int],
     policy: Any,
@@ -276,8 +282,7 @@ def derived_inputs(
     ``observation_dims`` reads, for ``observation`` steered toward ``reference``."""
     extra: dict[str, torch.Tensor] = {}
     if POLICY_EMBEDDING in observation_dims:
-        with torch.no_grad():
-            extra[POLICY_EMBEDDING] = policy.observation_embedding(observation).float()
+        extra[POLICY_EMBEDDING] = policy_embedding(policy, observation)
     if REFERENCE_ROW in observation_dims:
         if reference is None or commanded is None:
             raise ValueError("this network reads the commanded reference: steer it toward one")
