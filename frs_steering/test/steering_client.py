@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import rclpy
@@ -77,6 +78,38 @@ def start_steering_node(
         )
 
 
+@contextmanager
+def serving_robot(
+    log_path: Path,
+    *params: str,
+    params_file: Path | None = None,
+    name: str = "steering_test_client",
+    instruction: str | None = None,
+    stream: bool = False,
+    timeout: float = 60.0,
+) -> Iterator[TabletopRobot]:
+    """A steering node in its own process (:func:`start_steering_node`) and this process's
+    robot and client, yielded once the node's action server is up; ``instruction`` is published
+    (latched) first, ``stream`` starts the 50 Hz observations. Everything stops on exit."""
+    proc = start_steering_node(log_path, *params, params_file=params_file)
+    context = Context()
+    rclpy.init(context=context)
+    robot = TabletopRobot(context, name)
+    robot.proc, robot.log_path = proc, log_path
+    try:
+        if stream:
+            robot.stream_observations()
+        if instruction is not None:
+            robot.instruction.publish(String(data=instruction))
+        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), timeout)
+        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
+        yield robot
+    finally:
+        robot.destroy()
+        context.try_shutdown()
+        stop_node(proc)
+
+
 def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGINT, then SIGKILL if the node has not exited within ``timeout`` s."""
     if proc.poll() is None:
@@ -93,6 +126,8 @@ class TabletopRobot:
 
     def __init__(self, context: Context, name: str = "steering_test_client") -> None:
         self.node = rclpy.create_node(name, context=context)
+        self.proc: subprocess.Popen | None = None  # the node's process and log, if started here
+        self.log_path: Path | None = None
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         node = self.node

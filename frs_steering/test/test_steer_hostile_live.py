@@ -25,14 +25,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from builtin_interfaces.msg import Time
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from rclpy.context import Context
-from std_msgs.msg import String
-from steering_client import Result, TabletopRobot, start_steering_node, stop_node
+from steering_client import Result, TabletopRobot, serving_robot
 
 from frs_bringup.stacks import get_stack, params_path
 from frs_bringup.testing import time_bound
@@ -75,21 +72,15 @@ def output_bounds() -> tuple[np.ndarray, np.ndarray]:
 def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     """The steering node started as sim.yaml starts it (own process), and this client."""
     log_path = tmp_path_factory.mktemp("steer_hostile") / "steering.log"
-    proc = start_steering_node(log_path, params_file=params_path(get_stack("sim")))
-    context = Context()
-    rclpy.init(context=context)
-    robot = TabletopRobot(context, "steer_hostile_client")
-    robot.stream_observations()
-    try:
-        robot.instruction.publish(String(data=INSTRUCTION))
-        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 90.0)
-        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
-        robot.proc, robot.log_path = proc, log_path  # type: ignore[attr-defined]
+    with serving_robot(
+        log_path,
+        params_file=params_path(get_stack("sim")),
+        name="steer_hostile_client",
+        instruction=INSTRUCTION,
+        stream=True,
+        timeout=90.0,
+    ) as robot:
         yield robot
-    finally:
-        robot.destroy()
-        context.try_shutdown()
-        stop_node(proc)
 
 
 # ------------------------------------------------------------------ goals

@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import rclpy
 from builtin_interfaces.msg import Time
-from std_msgs.msg import String
 from steering_client import (
     Result,
     TabletopRobot,
-    start_steering_node,
-    stop_node,
+    serving_robot,
     train_tiny_checkpoint,
 )
 
@@ -28,28 +25,17 @@ STEPS, SOLVER = 400, "rk4"
 
 @pytest.fixture(scope="module")
 def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
-    from rclpy.context import Context
-
     checkpoint = train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
     log_path = tmp_path_factory.mktemp("steering_inline") / "node.log"
-    proc = start_steering_node(
+    with serving_robot(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=30.0",
         "inline_max_duration:=1.0",
-    )
-    context = Context()
-    rclpy.init(context=context)
-    robot = TabletopRobot(context, name="steering_inline_client")
-    try:
-        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
-        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
-        robot.instruction.publish(String(data="put the red cube on the yellow mat"))
+        name="steering_inline_client",
+        instruction="put the red cube on the yellow mat",
+    ) as robot:
         yield robot
-    finally:
-        robot.destroy()
-        context.try_shutdown()
-        stop_node(proc)
 
 
 def _goal(stamp: Time, num_steps: int) -> SteerChunk.Goal:

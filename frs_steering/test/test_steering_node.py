@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -26,6 +25,7 @@ from steering_client import (
     TabletopRobot,
     constant_reference_policy,
     learned_reversal,
+    serving_robot,
     start_steering_node,
     stop_node,
     train_tiny_checkpoint,
@@ -83,32 +83,19 @@ def _residual_policy(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def robot(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
-    from rclpy.context import Context
-
     log_path = tmp_path_factory.mktemp("steering") / "node.log"
     noise_policy = _noise_policy(tmp_path_factory.mktemp("np") / "dsbc")
     reference_policy = constant_reference_policy(tmp_path_factory.mktemp("rp") / "cloned")
     residual_policy = _residual_policy(tmp_path_factory.mktemp("rs") / "residual")
-    proc = start_steering_node(
+    with serving_robot(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=2.0",
         f"noise_policy:={noise_policy}",
         f"reference_policy:={reference_policy}",
         f"residual_policy:={residual_policy}",
-    )
-    context = Context()
-    rclpy.init(context=context)
-    robot = TabletopRobot(context)
-    robot.log_path = log_path  # the node's own output, for the tests that read its warnings
-    try:
-        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
-        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
+    ) as robot:
         yield robot
-    finally:
-        robot.destroy()
-        context.try_shutdown()
-        stop_node(proc)
 
 
 def frs_goal(stamp: Time, **fields) -> SteerChunk.Goal:  # noqa: ANN003

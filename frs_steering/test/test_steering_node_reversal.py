@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
-from std_msgs.msg import String
 from steering_client import (
     REVERSED,
     Result,
     TabletopRobot,
     constant_reference_policy,
     learned_reversal,
+    serving_robot,
     start_steering_node,
     stop_node,
     train_tiny_checkpoint,
@@ -34,31 +33,18 @@ HORIZON, DIM, REAL = 10, 8, 7
 def robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TabletopRobot]:
     """A steering node with a reference policy and a learned reversal (no residual policy),
     its instruction received."""
-    from rclpy.context import Context
-
     torch.set_num_threads(1)
     checkpoint = train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
     log_path = tmp_path_factory.mktemp("reversing") / "node.log"
-    proc = start_steering_node(
+    with serving_robot(
         log_path,
         f"checkpoint:={checkpoint}",
         "max_observation_age:=2.0",
         f"reference_policy:={constant_reference_policy(tmp_path_factory.mktemp('rp') / 'rp')}",
         f"learned_reversal:={learned_reversal(tmp_path_factory.mktemp('lr') / 'reversal')}",
-    )
-    context = Context()
-    rclpy.init(context=context)
-    robot = TabletopRobot(context)
-    robot.log_path = log_path
-    try:
-        up = robot.spin_until(lambda: robot.client.server_is_ready() or proc.poll(), 60.0)
-        assert up and proc.poll() is None, f"node did not come up:\n{log_path.read_text()}"
-        robot.instruction.publish(String(data="put the red cube on the yellow mat"))
+        instruction="put the red cube on the yellow mat",
+    ) as robot:
         yield robot
-    finally:
-        robot.destroy()
-        context.try_shutdown()
-        stop_node(proc)
 
 
 def _goal(robot: TabletopRobot, method: str) -> SteerChunk.Goal:

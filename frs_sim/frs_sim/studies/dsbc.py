@@ -342,6 +342,17 @@ def learner_configs(
     return dsbc_config, reference
 
 
+def training_record(net: torch.nn.Module, history: dict[str, Any]) -> dict[str, Any]:
+    """What results.json keeps of one learner's training: size, CPU, steps, final loss (the
+    mean of the last 50 steps)."""
+    return {
+        "params": sum(p.numel() for p in net.parameters()),
+        "cpu_seconds": history["cpu_seconds"],
+        "steps": history["steps"],
+        "final_loss": float(np.mean(history["loss"][-50:])),
+    }
+
+
 def reference_cloning(
     rollouts: NoiseDataset, args: argparse.Namespace, config: ReferenceCloningConfig | None
 ) -> dict[str, Any] | None:
@@ -370,10 +381,7 @@ def reference_cloning(
         "training": asdict(config),
         "network": network.to_dict(),
         "chunks": len(rollouts),
-        "params": sum(p.numel() for p in net.parameters()),
-        "cpu_seconds": history["cpu_seconds"],
-        "steps": history["steps"],
-        "final_loss": float(np.mean(history["loss"][-50:])),
+        **training_record(net, history),
         "agreement_held_out_episodes": proposal_accuracy(probe, rollouts.select(held_out)),
         "agreement_training": proposal_accuracy(net, rollouts),
     }
@@ -429,10 +437,7 @@ def train_learned_reversal(
         "net": net,
         "history": history,
         "chunks": len(data),
-        "params": sum(p.numel() for p in net.parameters()),
-        "cpu_seconds": history["cpu_seconds"],
-        "steps": history["steps"],
-        "final_loss": float(np.mean(history["loss"][-50:])),
+        **training_record(net, history),
     }
 
 
@@ -695,17 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dsbc": {
             "config": net_config.to_dict(),
             "training": asdict(dsbc_config),
-            "params": dsbc_params,
-            "cpu_seconds": dsbc_history["cpu_seconds"],
-            "steps": dsbc_history["steps"],
-            "final_loss": float(np.mean(dsbc_history["loss"][-50:])),
+            **training_record(dsbc, dsbc_history),
         },
-        "standard_bc": {
-            "params": bc_params,
-            "cpu_seconds": bc_history["cpu_seconds"],
-            "steps": bc_history["steps"],
-            "final_loss": float(np.mean(bc_history["loss"][-50:])),
-        },
+        "standard_bc": training_record(bc, bc_history),
         "reference_cloning": None
         if reference is None
         else {k: v for k, v in reference.items() if k not in ("net", "history")},
