@@ -52,6 +52,8 @@ def dsbc_run(tmp_path_factory):
             *("--eval-seeds", "0"),
             *("--dsbc-steps", "40", "--bc-steps", "10", "--reference-steps", "40"),
             *("--reversal-steps", "40", "--dagger-episodes-per-task", "1"),
+            *("--reversal-depth", "2", "--reversal-learning-rate", "0.002"),
+            *("--reference-learning-rate", "0.004"),
             *FIRST_PROTOCOL,
         ]
     )
@@ -75,6 +77,7 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
     assert document["dsbc"]["steps"] == 40 and document["dsbc"]["cpu_seconds"] < 60
     cloning = document["reference_cloning"]
     assert cloning["steps"] == 40 and cloning["chunks"] > 0
+    assert cloning["training"]["learning_rate"] == 0.004
     assert set(cloning["agreement_training"]) >= {"defer", "gripper", "axes"}
     assert "reference_cloning_minus_frs" in document["gaps"]
     reversal = document["learned_reversal"]
@@ -82,6 +85,9 @@ def test_dsbc_cli_collects_trains_and_evaluates(dsbc_run):
         NoiseDataset.load(dsbc_run / "rollouts.safetensors")
     )
     assert "reference_cloning_learned_reversal_minus_frs" in document["gaps"]
+    assert reversal["training"]["learning_rate"] == 0.002  # the CLI's settings reach the learner
+    assert reversal["network"]["depth"] == 2
+    assert load_noise_policy(dsbc_run / "learned_reversal").config.depth == 2
     # the two learners are sized alike (within 25%)
     ratio = document["standard_bc"]["params"] / document["dsbc"]["params"]
     assert 0.75 < ratio < 1.25

@@ -71,7 +71,7 @@ def inputs(batch: int, seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Te
     return observation, direction.expand(batch, HORIZON, REAL_DIMS).contiguous()
 
 
-def learned_reversal(policy: FlowMatchingPolicy, hidden: int = 512) -> NoisePolicy:
+def learned_reversal(policy: FlowMatchingPolicy, hidden: int = 384, depth: int = 3) -> NoisePolicy:
     """A learned reversal of the DSBC study's size for ``policy`` (untrained: the cost is the
     same), predicting the translation and gripper dims."""
     dims = {
@@ -80,7 +80,13 @@ def learned_reversal(policy: FlowMatchingPolicy, hidden: int = 512) -> NoisePoli
         REFERENCE_ROW: 2 * ACTION_DIM,
     }
     config = NoisePolicyConfig(
-        dims, HORIZON, ACTION_DIM, target="full", hidden=hidden, noise_dims=(0, 1, 2, 6)
+        dims,
+        HORIZON,
+        ACTION_DIM,
+        target="full",
+        hidden=hidden,
+        depth=depth,
+        noise_dims=(0, 1, 2, 6),
     )
     return NoisePolicy(config, seed=0).eval()
 
@@ -140,7 +146,7 @@ def main() -> None:
             )
             for name, options in METHODS.items()
         }
-        calls["learned_reversal (512 wide)"] = functools.partial(
+        calls["learned_reversal (384 x 3)"] = functools.partial(
             steer,
             policy,
             reference,
@@ -171,7 +177,7 @@ def main() -> None:
         verdict = "ok" if ratio <= FRS_VS_BASE_TARGET else "MISSED"
         print(f"\nFRS / base at B=1: {ratio:.2f} (target <= {FRS_VS_BASE_TARGET}) {verdict}")
         summary["frs_over_base_b1"] = ratio
-    learned = {b: results[b]["learned_reversal (512 wide)"] / results[b]["frs"] for b in results}
+    learned = {b: results[b]["learned_reversal (384 x 3)"] / results[b]["frs"] for b in results}
     listing = ", ".join(f"B={b} {r:.2f}" for b, r in learned.items())
     print(f"learned reversal / FRS: {listing}")
     summary["learned_reversal_over_frs"] = learned
