@@ -192,6 +192,9 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
         (["--noise-dims", "0,9"], "--noise-dims: distinct dims in [0, 8)"),
         (["--noise-dims", "gripper"], "--noise-dims must be translation, steered or"),
         (["--objective", "mse", "--components", "4"], "--objective mixture needs --components"),
+        (["--reversal-depth", "0"], "--reversal-depth must be >= 1"),
+        (["--reversal-learning-rate", "0"], "learning_rate must be"),
+        (["--reference-learning-rate", "nan"], "learning_rate must be"),
     ],
 )
 def test_impossible_learner_options_stop_before_rollouts(tmp_path, capsys, option, message):

@@ -99,8 +99,8 @@ DSBC_STEPS = 6000
 REFERENCE_STEPS = 2500
 REFERENCE_LEARNING_RATE = 3e-3
 #: The learned reversal's width, depth, steps and learning rate: 384 units, 3 layers, 3000
-#: steps at 3e-3 (about 35 s of CPU; the steps end before the budget does, so a seed gives the
-#: same weights on a slower machine). On held-out episodes its noises are about half as far
+#: steps at 3e-3 (26-35 s of CPU; where a slow machine runs out of the budget first,
+#: results.json records the steps run). On held-out episodes its noises are about half as far
 #: from FRS's as those of 512 units, 2 layers, 4000 steps at 1e-3 (docs/learning.md).
 REVERSAL_HIDDEN = 384
 REVERSAL_DEPTH = 3
@@ -338,6 +338,11 @@ def learner_configs(
         raise ValueError(f"--dagger-first-share must be in (0, 1), got {args.dagger_first_share}")
     noise_dims(args.noise_dims)  # raises on an unknown choice or dim
     check_objective(args.objective, args.components)
+    if args.reversal_steps > 0:
+        for flag, value in (("hidden", args.reversal_hidden), ("depth", args.reversal_depth)):
+            if value < 1:
+                raise ValueError(f"--reversal-{flag} must be >= 1, got {value}")
+        DsbcConfig(steps=args.reversal_steps, learning_rate=args.reversal_learning_rate)
     dsbc_config = DsbcConfig(
         objective=args.objective, steps=args.dsbc_steps, max_seconds=args.cpu_budget, seed=args.seed
     )
