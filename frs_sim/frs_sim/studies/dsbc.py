@@ -94,8 +94,8 @@ MIXTURE_COMPONENTS = 4
 DSBC_STEPS = 6000
 #: Reference cloning's optimizer steps and learning rate in this study: 2500 steps at 3e-3 agree
 #: with the reasoner on held-out episodes as often as 5000 at 1e-3 (all axis signs 77.1 vs
-#: 76.1 %) and 10 000 at 1e-3, in a quarter of the CPU of the latter, which leaves the learned
-#: reversal room inside DSBC's one-minute budget (docs/learning.md).
+#: 76.1 %) in half the CPU, which leaves the learned reversal room inside DSBC's one-minute
+#: budget (docs/learning.md).
 REFERENCE_STEPS = 2500
 REFERENCE_LEARNING_RATE = 3e-3
 #: The learned reversal's width, depth, steps and learning rate: 384 units, 3 layers, 3000
