@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,25 @@ def test_cpu_budget_stops_training_early():
         _dataset(), None, DsbcConfig(steps=100_000, max_seconds=0.3), progress=False
     )
     assert 0 < history["steps"] < 100_000
+
+
+@pytest.mark.parametrize("steps", [100_000, 50])
+def test_the_schedule_anneals_by_whichever_ends_training(steps):
+    """A training the CPU budget ends still ends annealed (its cosine follows the budget's
+    share spent, not the steps', which would stop it near the full learning rate); one the
+    steps end follows the step schedule exactly."""
+    budget = DsbcConfig(steps=steps, learning_rate=1e-2, max_seconds=0.5 if steps > 50 else 60)
+    _, history = train_dsbc(_dataset(), None, budget, progress=False)
+    rates = history["learning_rate"]
+    assert len(rates) == history["steps"] and rates[0] == pytest.approx(1e-2)
+    assert all(later <= earlier for earlier, later in zip(rates[:-1], rates[1:], strict=True))
+    if steps > 50:
+        assert history["steps"] < steps / 2 and history["budget_paced_from"] is not None
+        assert rates[-1] < 0.02 * 1e-2
+    else:
+        assert history["steps"] == 50 and history["budget_paced_from"] is None
+        cosine = [0.5e-2 * (1 + math.cos(math.pi * step / 50)) for step in range(50)]
+        assert rates == pytest.approx(cosine, rel=1e-6)
 
 
 def _subnormals_flushed() -> bool:

@@ -13,6 +13,7 @@ taught by :func:`grounding_labels` (which object the recorded episodes moved, wh
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -339,8 +340,14 @@ def train_within_budget(
     cosine schedule over ``budget.steps``), stopping early once ``budget.max_seconds`` of CPU
     time are spent.
 
-    Leaves ``net`` in eval mode; returns the history: per-step ``loss``, ``cpu_seconds``,
-    ``steps`` run. Seeded: the same data and settings give the same weights.
+    Where the CPU budget runs ahead of the steps (a slower host, a busy one), the schedule
+    follows the budget instead, so a training the budget ends still ends annealed rather than
+    cut at a high learning rate.
+
+    Leaves ``net`` in eval mode; returns the history: per-step ``loss`` and
+    ``learning_rate``, ``cpu_seconds``, ``steps`` run, ``budget_paced_from`` (the step from
+    which the budget paced the schedule, None where the steps did). Seeded: the same data and
+    settings give the same weights wherever the steps pace the schedule.
     """
     generator = torch.Generator().manual_seed(budget.seed)
     optimizer = torch.optim.AdamW(
@@ -348,6 +355,8 @@ def train_within_budget(
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, budget.steps)
     losses: list[float] = []
+    rates: list[float] = []
+    paced_from: int | None = None
     start = time.process_time()
     net.train()
     bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
@@ -358,11 +367,29 @@ def train_within_budget(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
             losses.append(loss.item())
+            rates.append(optimizer.param_groups[0]["lr"])
+            spent = time.process_time() - start
+            if spent > budget.max_seconds:
+                break
+            time_share = spent / budget.max_seconds if budget.max_seconds > 0 else 1.0
+            step_share = len(losses) / budget.steps
+            settled = max(time_share, step_share) >= 0.05  # the first steps' pace is not the run's
+            if paced_from is None and settled and time_share > step_share:
+                paced_from = len(losses)
+            if paced_from is None:
+                scheduler.step()
+            else:  # the budget ends this training: anneal by its share spent, not the steps'
+                share = max(time_share, step_share)
+                for group in optimizer.param_groups:
+                    group["lr"] = budget.learning_rate * 0.5 * (1.0 + math.cos(math.pi * share))
             if progress and len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-            if time.process_time() - start > budget.max_seconds:
-                break
     net.eval()
-    return {"loss": losses, "cpu_seconds": time.process_time() - start, "steps": len(losses)}
+    return {
+        "loss": losses,
+        "cpu_seconds": time.process_time() - start,
+        "steps": len(losses),
+        "learning_rate": rates,
+        "budget_paced_from": paced_from,
+    }
