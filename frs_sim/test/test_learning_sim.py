@@ -164,8 +164,9 @@ def test_a_scaled_dsbc_multiplies_only_the_predicted_noise(dsbc_run):
 
 
 def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
-    """The rollouts record the reasoner that steered them; a run asking for another refuses
-    them instead of training on the wrong teacher."""
+    """The rollouts record the reasoner that steered them, the re-planning rate and the seed
+    blocks of their scenes; a run asking for others refuses them instead of training on the
+    wrong teacher or reporting the wrong data."""
     data = NoiseDataset.load(dsbc_run / "rollouts.safetensors")
     assert data.info["reasoner"]["defer_at"] == ["grasp", "release", "push"]
     assert data.info["reasoner"]["command_grasp"] is False
@@ -174,6 +175,10 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
     assert data.info["execute_rows"] == 5  # nor re-planned at another rate
     with pytest.raises(SystemExit, match="re-planning every 5 rows, not 3"):
         dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, *DEFERRING, "--execute-rows", "3"])
+    assert data.info["seed"] == [0]  # nor stand in for other scenes' rollouts
+    other_scenes = ["--collect-seeds", "0", "1"]
+    with pytest.raises(SystemExit, match=r"blocks \[0\], not \[0, 1\]: pass --collect-seeds 0,"):
+        dsbc.main(["--out", str(dsbc_run), "--tasks", TASK, *FIRST_PROTOCOL, *other_scenes])
     assert NoiseDataset.load(dsbc_run / "rollouts.safetensors").info == data.info
 
 
@@ -195,6 +200,12 @@ def test_rollouts_of_another_reasoner_are_not_reused(dsbc_run):
         (["--reversal-depth", "0"], "--reversal-depth must be >= 1"),
         (["--reversal-learning-rate", "0"], "learning_rate must be"),
         (["--reference-learning-rate", "nan"], "learning_rate must be"),
+        (["--collect-seeds", "4"], "--collect-seeds: distinct blocks in (0, 1, 2, 3)"),
+        (["--collect-seeds", "1", "1"], "--collect-seeds: distinct blocks in"),
+        (
+            ["--collect-seeds", "3", "2", "1", "0", "--dagger-episodes-per-task", "5"],
+            "--dagger-episodes-per-task needs a block --collect-seeds leaves unused",
+        ),
     ],
 )
 def test_impossible_learner_options_stop_before_rollouts(tmp_path, capsys, option, message):

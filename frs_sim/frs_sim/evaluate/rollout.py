@@ -173,11 +173,13 @@ def episode_seed(seed: int, task_index: int, episode: int) -> int:
 #: [LEARNER_SEED_MIN, EVAL_SEED_MIN): training layouts, never an evaluation one, and above the
 #: shipped generalist recipes' demonstrations (seeds 0..5999).
 LEARNER_SEED_MIN = 6000
+#: Collection seed blocks of training rollouts (each up to 100 episodes per task).
+LEARNER_BLOCKS = (0, 1, 2, 3)
 
 
 def learner_episode_seed(seed: int, task_index: int, episode: int) -> int:
     """Environment seed of one training rollout of collection ``seed`` (0..3)."""
-    if not 0 <= seed < 4 or not 0 <= task_index < 10 or not 0 <= episode < 100:
+    if seed not in LEARNER_BLOCKS or not 0 <= task_index < 10 or not 0 <= episode < 100:
         raise ValueError(
             f"collection seed {seed} must be in 0..3, task index {task_index} in 0..9 and "
             f"episode {episode} in 0..99 (seeds would reach the evaluation range otherwise)"

@@ -41,6 +41,7 @@ from frs_sim.evaluate.cli import add_reasoner_arguments, reasoner_config
 from frs_sim.evaluate.plots import plot_success, pyplot
 from frs_sim.evaluate.rollout import (
     FIRST_EXECUTE_ROWS,
+    LEARNER_BLOCKS,
     EpisodeResult,
     EvalConfig,
     Setting,
@@ -283,10 +284,8 @@ def dagger_round(
         label_method="frs",
     )
     start = time.perf_counter()
-    unused = [s for s in range(4) if s not in args.collect_seeds]
-    if not unused:
-        raise SystemExit("DAgger needs a seed block the FRS rollouts did not use")
-    collect_seed = unused[0]  # scenes the FRS rollouts did not use
+    # scenes the FRS rollouts did not use (learner_configs checked there is one)
+    collect_seed = next(s for s in LEARNER_BLOCKS if s not in args.collect_seeds)
     episodes = args.dagger_episodes_per_task
     results = collect_rollouts(acting, episodes, [collect_seed], args, embed_fn, config, tasks)
     info = {
@@ -336,6 +335,13 @@ def learner_configs(
         raise ValueError(f"--bc-steps must be >= 1, got {args.bc_steps}")
     if not 0.0 < args.dagger_first_share < 1.0:
         raise ValueError(f"--dagger-first-share must be in (0, 1), got {args.dagger_first_share}")
+    blocks = args.collect_seeds
+    if not blocks or len(set(blocks)) != len(blocks) or not set(blocks) <= set(LEARNER_BLOCKS):
+        raise ValueError(
+            f"--collect-seeds: distinct blocks in {LEARNER_BLOCKS} expected, got {blocks}"
+        )
+    if args.dagger_episodes_per_task > 0 and set(blocks) == set(LEARNER_BLOCKS):
+        raise ValueError("--dagger-episodes-per-task needs a block --collect-seeds leaves unused")
     noise_dims(args.noise_dims)  # raises on an unknown choice or dim
     check_objective(args.objective, args.components)
     if args.reversal_steps > 0:
@@ -359,12 +365,13 @@ def learner_configs(
 
 def training_record(net: torch.nn.Module, history: dict[str, Any]) -> dict[str, Any]:
     """What results.json keeps of one learner's training: size, CPU, steps, final loss (the
-    mean of the last 50 steps)."""
+    mean of the last 50 steps), and the step from which the CPU budget paced its schedule."""
     return {
         "params": sum(p.numel() for p in net.parameters()),
         "cpu_seconds": history["cpu_seconds"],
         "steps": history["steps"],
         "final_loss": float(np.mean(history["loss"][-50:])),
+        "budget_paced_from": history.get("budget_paced_from"),
     }
 
 
@@ -480,8 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--collect-seeds",
         type=int,
         nargs="+",
-        default=[0, 1, 2],
-        help="training rollouts' seed blocks (each 0..3, up to 100 episodes per task each)",
+        default=list(LEARNER_BLOCKS),
+        help="training rollouts' seed blocks (each 0..3, up to 100 episodes per task each; "
+        "all four by default: the learners through the cloned proposal gain from every block)",
     )
     parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
     parser.add_argument("--dsbc-steps", type=int, default=DSBC_STEPS)
@@ -615,6 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(
                 f"{rollouts_path} was collected re-planning every {rows} rows, not "
                 f"{config.execute_rows}: pass --recollect or another --out"
+            )
+        blocks = rollouts.info.get("seed", args.collect_seeds)
+        if list(blocks) != list(args.collect_seeds):
+            raise SystemExit(
+                f"{rollouts_path} holds the rollouts of seed blocks {blocks}, not "
+                f"{args.collect_seeds}: pass --collect-seeds {' '.join(map(str, blocks))}, "
+                "--recollect or another --out"
             )
         print(f"reusing {rollouts_path}: {len(rollouts)} chunks, {rollouts.episodes()} episodes")
     else:
