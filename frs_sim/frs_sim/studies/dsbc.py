@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=list(LEARNER_BLOCKS),
         help="training rollouts' seed blocks (each 0..3, up to 100 episodes per task each; "
-        "all four by default: the learners through the cloned proposal gain from every block)",
+        "all four by default: the clone agrees with the reasoner more often with every block)",
     )
     parser.add_argument("--frs-steps", type=int, default=10, help="FRS Euler steps (K)")
     parser.add_argument("--dsbc-steps", type=int, default=DSBC_STEPS)
