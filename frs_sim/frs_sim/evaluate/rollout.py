@@ -178,11 +178,12 @@ LEARNER_BLOCKS = (0, 1, 2, 3)
 
 
 def learner_episode_seed(seed: int, task_index: int, episode: int) -> int:
-    """Environment seed of one training rollout of collection ``seed`` (0..3)."""
+    """Environment seed of one training rollout of collection ``seed`` (a LEARNER_BLOCKS one)."""
     if seed not in LEARNER_BLOCKS or not 0 <= task_index < 10 or not 0 <= episode < 100:
         raise ValueError(
-            f"collection seed {seed} must be in 0..3, task index {task_index} in 0..9 and "
-            f"episode {episode} in 0..99 (seeds would reach the evaluation range otherwise)"
+            f"collection seed {seed} must be in {LEARNER_BLOCKS}, task index {task_index} in "
+            f"0..9 and episode {episode} in 0..99 (seeds would reach the evaluation range "
+            "otherwise)"
         )
     return LEARNER_SEED_MIN + 1000 * seed + 100 * task_index + episode
 
