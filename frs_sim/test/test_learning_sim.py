@@ -24,7 +24,11 @@ from frs_steering.learning.noise_policy import (
     load_noise_policy,
     train_dsbc,
 )
-from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
+from frs_steering.learning.observation_input import (
+    POLICY_EMBEDDING,
+    REFERENCE_REVERSAL,
+    REFERENCE_ROW,
+)
 from frs_steering.learning.reference_policy import load_reference_policy
 from frs_steering.package_data import shipped_checkpoint
 from frs_steering.reasoning import MAGNITUDE_LESS, MAGNITUDE_MORE, CoarseProposal, Source
@@ -142,7 +146,12 @@ def test_recorded_proposals_rebuild_the_references_frs_reversed(dsbc_run):
     mask = commanded[rows]
     torch.testing.assert_close(result.noise[mask], data.noise[rows][mask], atol=1e-4, rtol=1e-4)
     reversal = load_noise_policy(dsbc_run / "learned_reversal")
-    assert set(reversal.config.observation_dims) == {"state", POLICY_EMBEDDING, REFERENCE_ROW}
+    assert set(reversal.config.observation_dims) == {
+        "state",
+        POLICY_EMBEDDING,
+        REFERENCE_ROW,
+        REFERENCE_REVERSAL,
+    }  # the one-step reversal by default
     assert reversal.config.noise_dims == tuple(
         torch.nonzero(data.steered.any(dim=(0, 1))).flatten().tolist()
     )

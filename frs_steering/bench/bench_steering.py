@@ -20,7 +20,11 @@ from collections.abc import Callable
 import torch
 
 from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig
-from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
+from frs_steering.learning.observation_input import (
+    POLICY_EMBEDDING,
+    REFERENCE_REVERSAL,
+    REFERENCE_ROW,
+)
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
 from frs_steering.normalization import QuantileNormalizer
 from frs_steering.policy import ActionSpec
@@ -61,6 +65,10 @@ def build_policy(num_steps: int, seed: int = 0) -> FlowMatchingPolicy:
     return policy
 
 
+#: The learned reversal that also reads the reference's one-step reversal (the DSBC study's).
+ONE_STEP = "learned_reversal + one-step input (384 x 3)"
+
+
 def inputs(batch: int, seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     observation = {
@@ -71,14 +79,19 @@ def inputs(batch: int, seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Te
     return observation, direction.expand(batch, HORIZON, REAL_DIMS).contiguous()
 
 
-def learned_reversal(policy: FlowMatchingPolicy, hidden: int = 384, depth: int = 3) -> NoisePolicy:
+def learned_reversal(
+    policy: FlowMatchingPolicy, hidden: int = 384, depth: int = 3, *, one_step: bool = False
+) -> NoisePolicy:
     """A learned reversal of the DSBC study's size for ``policy`` (untrained: the cost is the
-    same), predicting the translation and gripper dims."""
+    same), predicting the translation and gripper dims; ``one_step``: reading the reference's
+    one-step reversal too (one more velocity call)."""
     dims = {
         "state": STATE_DIM,
         POLICY_EMBEDDING: policy.config.width,
         REFERENCE_ROW: 2 * ACTION_DIM,
     }
+    if one_step:
+        dims[REFERENCE_REVERSAL] = HORIZON * ACTION_DIM
     config = NoisePolicyConfig(
         dims,
         HORIZON,
@@ -132,7 +145,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     policy = build_policy(args.num_steps)
     k = args.num_steps
-    reversal = learned_reversal(policy)
+    reversals = {
+        "learned_reversal (384 x 3)": learned_reversal(policy),
+        ONE_STEP: learned_reversal(policy, one_step=True),
+    }
     results: dict[int, dict[str, float]] = {}
     for batch in args.batch_sizes:
         observation, reference = inputs(batch)
@@ -146,15 +162,16 @@ def main() -> None:
             )
             for name, options in METHODS.items()
         }
-        calls["learned_reversal (384 x 3)"] = functools.partial(
-            steer,
-            policy,
-            reference,
-            observation=observation,
-            method="learned_reversal",
-            params={"reversal": reversal},
-            include_base_sample=False,
-        )
+        for name, reversal in reversals.items():
+            calls[name] = functools.partial(
+                steer,
+                policy,
+                reference,
+                observation=observation,
+                method="learned_reversal",
+                params={"reversal": reversal},
+                include_base_sample=False,
+            )
         calls["floor: encode + K velocity"] = floor_call(policy, observation, k)
         calls["floor: encode + 2K velocity"] = floor_call(policy, observation, 2 * k)
         results[batch] = measure(calls, args.repeats, args.warmup)
@@ -177,10 +194,14 @@ def main() -> None:
         verdict = "ok" if ratio <= FRS_VS_BASE_TARGET else "MISSED"
         print(f"\nFRS / base at B=1: {ratio:.2f} (target <= {FRS_VS_BASE_TARGET}) {verdict}")
         summary["frs_over_base_b1"] = ratio
-    learned = {b: results[b]["learned_reversal (384 x 3)"] / results[b]["frs"] for b in results}
-    listing = ", ".join(f"B={b} {r:.2f}" for b, r in learned.items())
-    print(f"learned reversal / FRS: {listing}")
-    summary["learned_reversal_over_frs"] = learned
+    for name, key in (
+        ("learned_reversal (384 x 3)", "learned_reversal_over_frs"),
+        (ONE_STEP, "learned_reversal_one_step_over_frs"),
+    ):
+        learned = {b: results[b][name] / results[b]["frs"] for b in results}
+        listing = ", ".join(f"B={b} {r:.2f}" for b, r in learned.items())
+        print(f"{name} / FRS: {listing}")
+        summary[key] = learned
     floors = {b: results[b]["frs"] / results[b]["floor: encode + 2K velocity"] for b in results}
     worst = max(floors.values())
     verdict = "ok" if worst <= FRS_VS_FLOOR_TARGET else "MISSED"

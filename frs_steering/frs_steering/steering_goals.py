@@ -461,7 +461,7 @@ def load_learned_policies(
     empty), each checked against the flow policy and its role: a residual policy without a
     reference policy would never run, and it moves FRS's own reversal, not a learned one."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
-    from frs_steering.learning.observation_input import REFERENCE_ROW
+    from frs_steering.learning.observation_input import REFERENCE_ROW, reads_reference
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
     noise, reference, residual, reversal = (str(param(name)) for name in PARAMETERS_OF_LEARNED)
@@ -470,12 +470,12 @@ def load_learned_policies(
     if residual and reversal:
         raise ValueError("residual_policy moves FRS's own reversal: leave learned_reversal empty")
 
-    def noise_net(path: str, reads_reference: bool) -> Any:
+    def noise_net(path: str, as_reversal: bool) -> Any:
         net = load_checked_noise_policy(path, policy, device)
-        reads = REFERENCE_ROW in net.config.observation_dims
-        if reads and not reads_reference:
+        reads = net.config.observation_dims
+        if reads_reference(reads) and not as_reversal:
             raise ValueError(f"{path} reads a reference: set it as learned_reversal")
-        if reads_reference and not reads:
+        if as_reversal and REFERENCE_ROW not in reads:
             raise ValueError(f"learned_reversal {path} reads no reference: not a learned reversal")
         return net
 

@@ -20,8 +20,10 @@ from frs_steering.learning.noise_policy import (
 )
 from frs_steering.learning.observation_input import (
     POLICY_EMBEDDING,
+    REFERENCE_REVERSAL,
     REFERENCE_ROW,
     derived_inputs,
+    reference_reversal,
     reference_row,
 )
 from frs_steering.model import FlowMatchingPolicy, FlowPolicyConfig
@@ -65,8 +67,9 @@ def _steer(policy, obs, references, commanded, method: str, params=None):
     )
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[FlowMatchingPolicy, NoisePolicy]:
+def _train_reversal(one_step_reversal: bool) -> tuple[FlowMatchingPolicy, NoisePolicy]:
+    """A learned reversal fit to FRS's noises on 1024 requests (reading the one-step reversal
+    or not; everything else the same)."""
     policy = _policy()
     obs, references, commanded = _requests(1024, seed=0)
     frs = _steer(policy, obs, references, commanded, "frs")
@@ -77,12 +80,27 @@ def trained() -> tuple[FlowMatchingPolicy, NoisePolicy]:
         episode=torch.arange(1024) // 8,
         success=torch.ones(1024, dtype=torch.bool),
     )
-    data = reversal_dataset(rollouts, policy, references, commanded)
-    assert set(data.observation_dims) == {"state", POLICY_EMBEDDING, REFERENCE_ROW}
+    data = reversal_dataset(
+        rollouts, policy, references, commanded, one_step_reversal=one_step_reversal, batch_size=300
+    )
+    expected = {"state", POLICY_EMBEDDING, REFERENCE_ROW}
+    assert set(data.observation_dims) == expected | (
+        {REFERENCE_REVERSAL} if one_step_reversal else set()
+    )
     config = default_config(data, target="full", hidden=128)
     training = DsbcConfig(steps=1500, batch_size=128, steered_only=True, max_seconds=120)
     net, _ = train_dsbc(data, config, training, progress=False)
     return policy, net
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[FlowMatchingPolicy, NoisePolicy]:
+    return _train_reversal(one_step_reversal=False)
+
+
+@pytest.fixture(scope="module")
+def trained_one_step() -> tuple[FlowMatchingPolicy, NoisePolicy]:
+    return _train_reversal(one_step_reversal=True)
 
 
 def test_learned_reversal_steers_where_frs_steers(trained):
@@ -159,3 +177,55 @@ def test_observation_embedding_is_what_the_flow_is_conditioned_on():
     assert torch.allclose(cache.token_bias, bias)
     with pytest.raises(ValueError, match="NaN or Inf"):
         policy.observation_embedding({"state": torch.full((1, STATE), float("nan"))})
+
+
+def test_the_one_step_reversal_is_frs_reversal_with_one_step():
+    policy = _policy()
+    obs, references, commanded = _requests(8, seed=4)
+    commanded[:] = True  # FRS reverses the whole chunk; the input does too
+    one_step = steer(
+        policy,
+        references,
+        observation=obs,
+        mask=commanded,
+        num_steps=1,
+        reference_normalized=True,
+        include_base_sample=False,
+    )
+    derived = reference_reversal(policy, policy.encode(obs), references)
+    assert derived.shape == (8, HORIZON * (REAL + 1))
+    padding = policy.spec.steerable_mask("cpu").expand_as(references)
+    assert torch.allclose(derived.view_as(references)[padding], one_step.noise[padding], atol=1e-6)
+
+
+def test_reading_the_one_step_reversal_lands_closer_to_frs(trained, trained_one_step):
+    obs, references, commanded = _requests(256, seed=1)  # requests neither saw
+    policy, plain = trained
+    _, reader = trained_one_step
+    frs = _steer(policy, obs, references, commanded, "frs")
+    real = commanded & policy.spec.steerable_mask("cpu")
+    errors = {}
+    for name, net in (("plain", plain), ("reader", reader)):
+        result = _steer(policy, obs, references, commanded, "learned_reversal", {"reversal": net})
+        errors[name] = (result.noise - frs.noise)[real].pow(2).mean()
+        assert torch.equal(result.noise[~real], frs.noise[~real])
+        calls = result.diagnostics.nfe
+        assert calls == policy.spec.num_steps + (name == "reader")  # its one velocity call
+    assert errors["reader"] < 0.8 * errors["plain"]  # 0.52-0.67 over training seeds
+
+
+def test_a_one_step_reader_is_loaded_checked_and_bounded(trained_one_step, tmp_path):
+    policy, net = trained_one_step
+    save_noise_policy(net, tmp_path / "reversal")
+    loaded = load_checked_noise_policy(tmp_path / "reversal", policy)
+    obs, references, commanded = _requests(16, seed=2)
+    hostile = references * 1e6
+    result = _steer(policy, obs, hostile, commanded, "learned_reversal", {"reversal": loaded})
+    assert torch.isfinite(result.noise).all() and torch.isfinite(result.chunk).all()
+    assert result.noise[commanded].abs().max() <= net.config.bound
+    with pytest.raises(ValueError, match="reads the commanded reference"):
+        derived_inputs({"state": STATE, REFERENCE_REVERSAL: HORIZON * (REAL + 1)}, policy, obs)
+    wrong = {"state": STATE, REFERENCE_ROW: 2 * (REAL + 1), REFERENCE_REVERSAL: HORIZON}
+    save_noise_policy(NoisePolicy(NoisePolicyConfig(wrong, HORIZON, REAL + 1)), tmp_path / "w")
+    with pytest.raises(CheckpointError, match="derived inputs"):
+        load_checked_noise_policy(tmp_path / "w", policy)

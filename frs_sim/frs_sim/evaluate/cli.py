@@ -114,7 +114,7 @@ def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -
     and ``--noise-policy`` add, each checkpoint checked against the flow policy's observation
     and chunk shape before any episode runs."""
     from frs_steering.learning.noise_policy import load_checked_noise_policy
-    from frs_steering.learning.observation_input import REFERENCE_ROW
+    from frs_steering.learning.observation_input import REFERENCE_ROW, reads_reference
     from frs_steering.learning.reference_policy import load_checked_reference_policy
 
     if args.residual_policy is not None and args.reference_policy is None:
@@ -151,7 +151,7 @@ def learned_policy_settings(args: argparse.Namespace, settings: list[Setting]) -
         raise ValueError(f"--noise-policy folders need distinct names (row labels), got {names}")
     for path, name in zip(args.noise_policy, names, strict=True):
         net = load_checked_noise_policy(path, policy)
-        if REFERENCE_ROW in net.config.observation_dims:
+        if reads_reference(net.config.observation_dims):
             raise ValueError(f"--noise-policy {path} reads a reference: pass --learned-reversal")
         added += [
             Setting(

@@ -446,13 +446,22 @@ def train_learned_reversal(
     noises on every steered chunk of the rollouts (the reversal does not depend on the
     episode's outcome); None when skipped or the rollouts hold no proposals.
 
-    It trains within what the CPU budget leaves after the clone (``clone_seconds``): behind
-    the clone it is one learner, DSBC through the cloned proposal."""
+    It trains within what the CPU budget leaves after the clone (``clone_seconds``) and after
+    computing its inputs (the policy embedding and, with ``--reversal-one-step``, the one-step
+    reversals): behind the clone it is one learner, DSBC through the cloned proposal."""
     if args.reversal_steps <= 0 or rollouts.proposals is None:
         return None
     references, commanded = recorded_references(rollouts, generalist.spec, layout)
     steered = rollouts.steered.flatten(1).any(1) & commanded.flatten(1).any(1)
-    data = reversal_dataset(rollouts, generalist, references, commanded).select(steered)
+    start = time.process_time()
+    data = reversal_dataset(
+        rollouts.select(steered),
+        generalist,
+        references[steered],
+        commanded[steered],
+        one_step_reversal=args.reversal_one_step,
+    )
+    input_seconds = time.process_time() - start
     overrides = {"entities": entity_layout()} if args.entity_input else {}
     network = default_config(
         data, target="full", hidden=args.reversal_hidden, depth=args.reversal_depth, **overrides
@@ -460,7 +469,7 @@ def train_learned_reversal(
     training = DsbcConfig(
         steps=args.reversal_steps,
         learning_rate=args.reversal_learning_rate,
-        max_seconds=max(args.cpu_budget - clone_seconds, 0.0),
+        max_seconds=max(args.cpu_budget - clone_seconds - input_seconds, 0.0),
         seed=args.seed,
         steered_only=True,
     )
@@ -472,6 +481,7 @@ def train_learned_reversal(
         "training": asdict(training),
         "network": network.to_dict(),
         "chunks": len(data),
+        "input_cpu_seconds": input_seconds,
         **training_record(net, history),
     }
 
@@ -517,6 +527,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reversal-hidden", type=int, default=REVERSAL_HIDDEN)
     parser.add_argument("--reversal-depth", type=int, default=REVERSAL_DEPTH)
     parser.add_argument("--reversal-learning-rate", type=float, default=REVERSAL_LEARNING_RATE)
+    parser.add_argument(
+        "--reversal-one-step",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the learned reversal also reads the reference's one-step reversal (one velocity "
+        "call per chunk, in training and at run time)",
+    )
     parser.add_argument("--cpu-budget", type=float, default=55.0, help="seconds per learner")
     parser.add_argument(
         "--objective",

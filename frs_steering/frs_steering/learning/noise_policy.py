@@ -28,6 +28,7 @@ from frs_steering.checkpoint import CheckpointError, load_model, write_checkpoin
 from frs_steering.learning.noise_data import NoiseDataset
 from frs_steering.learning.observation_input import (
     POLICY_EMBEDDING,
+    REFERENCE_REVERSAL,
     REFERENCE_ROW,
     EntityLayout,
     ObservationMlp,
@@ -36,6 +37,7 @@ from frs_steering.learning.observation_input import (
     derived_inputs,
     entity_labels,
     policy_embedding,
+    reference_reversal,
     reference_row,
     train_within_budget,
 )
@@ -241,7 +243,8 @@ register_method("noise_policy", noise_policy_method)
 def learned_reversal_method(ctx: SteeringContext, *, reversal: NoisePolicy) -> MethodOutput:
     """FRS with a learned reversal: a noise policy that reads the commanded reference
     (:data:`REFERENCE_ROW`) predicts the noise FRS's reversal would find, in one network call
-    instead of ``K`` reverse velocity calls; the flow's forward pass then runs as in FRS.
+    instead of ``K`` reverse velocity calls (one, where it reads the reference's one-step
+    reversal, :data:`REFERENCE_REVERSAL`); the flow's forward pass then runs as in FRS.
 
     Predicted elements that are commanded take the prediction, the rest fresh noise.
     """
@@ -253,9 +256,13 @@ def learned_reversal_method(ctx: SteeringContext, *, reversal: NoisePolicy) -> M
     if (reversal.config.horizon, reversal.config.dim) != tuple(ctx.spec.chunk_shape):
         raise ValueError("the learned reversal makes another chunk shape than the flow policy")
     fresh = ctx.noise()
+    cache = ctx.cache() if REFERENCE_REVERSAL in reads else None
     with ctx.timed("learned_reversal"):
-        extra = derived_inputs(reads, ctx.policy, ctx.observation, ctx.reference, ctx.steered)
+        extra = derived_inputs(
+            reads, ctx.policy, ctx.observation, ctx.reference, ctx.steered, cache=cache
+        )
         predicted = reversal({**ctx.observation, **extra}).to(fresh.dtype)
+    ctx.nfe += int(REFERENCE_REVERSAL in reads)  # the one-step reversal's velocity call
     dims = torch.zeros(ctx.spec.dim, dtype=torch.bool, device=fresh.device)
     dims[reversal.config.predicted_dims] = True
     noise = torch.where(ctx.steered & dims, predicted, fresh)
@@ -408,18 +415,35 @@ def train_dsbc(
 
 
 def reversal_dataset(
-    dataset: NoiseDataset, policy: Any, references: torch.Tensor, commanded: torch.Tensor
+    dataset: NoiseDataset,
+    policy: Any,
+    references: torch.Tensor,
+    commanded: torch.Tensor,
+    *,
+    one_step_reversal: bool = False,
+    batch_size: int = 1024,
 ) -> NoiseDataset:
     """``dataset`` as a learned reversal reads it: the state, the flow policy's observation
     embedding (which carries the instruction) and each chunk's commanded reference row
     (``references`` / ``commanded``: the ``[N, horizon, dim]`` normalized references it was
-    steered toward and their masks)."""
+    steered toward and their masks), with ``one_step_reversal`` also the references' one-step
+    reversals (:data:`REFERENCE_REVERSAL`, one velocity call per chunk, in batches of
+    ``batch_size``)."""
     observations = {k: v.float() for k, v in dataset.observations.items()}
     inputs = {
         "state": observations["state"],
         POLICY_EMBEDDING: policy_embedding(policy, observations),
         REFERENCE_ROW: reference_row(references.float(), commanded),
     }
+    if one_step_reversal:
+        parts = []
+        for start in range(0, len(dataset), batch_size):
+            part = {k: v[start : start + batch_size] for k, v in observations.items()}
+            with torch.no_grad():
+                cache = policy.encode(part)
+            chunk = references[start : start + batch_size].float()
+            parts.append(reference_reversal(policy, cache, chunk))
+        inputs[REFERENCE_REVERSAL] = torch.cat(parts)
     return replace(dataset, observations=inputs)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from frs_steering.checkpoint import CheckpointError
+from frs_steering.integrate import action_to_noise
 from frs_steering.train import check_training_options, flushing_denormals
 
 #: Floats an entity read-out adds to the trunk's input: object - anchor, target - anchor,
@@ -246,14 +247,17 @@ def entity_labels(net: ObservationMlp, dataset: Any) -> torch.Tensor | None:
 
 #: Inputs a learned policy may read beyond the flow policy's observation, computed by the caller
 #: from the flow policy and the steering request (:func:`derived_inputs`): the flow policy's
-#: observation embedding, and the first row of the commanded reference with its mask.
+#: observation embedding, the first row of the commanded reference with its mask, and the
+#: reference's one-step reversal.
 POLICY_EMBEDDING = "policy_embedding"
 REFERENCE_ROW = "reference_row"
+REFERENCE_REVERSAL = "reference_reversal"
 
 
 def derived_input_widths(policy: Any) -> dict[str, int]:
     """Width of each derived input for ``policy`` (no embedding for a policy that exposes none)."""
-    widths = {REFERENCE_ROW: 2 * policy.spec.dim}
+    horizon, dim = policy.spec.chunk_shape
+    widths = {REFERENCE_ROW: 2 * dim, REFERENCE_REVERSAL: horizon * dim}
     if callable(getattr(policy, "observation_embedding", None)):
         widths[POLICY_EMBEDDING] = int(policy.config.width)
     return widths
@@ -266,10 +270,32 @@ def reference_row(reference: torch.Tensor, commanded: torch.Tensor) -> torch.Ten
     return torch.cat([reference[:, 0], commanded[:, 0].to(reference.dtype)], dim=1)
 
 
+def reference_reversal(policy: Any, cache: Any, reference: torch.Tensor) -> torch.Tensor:
+    """``[B, horizon * dim]``: where one Euler step back from the normalized ``[B, horizon,
+    dim]`` reference lands, at the noise end of the flow (one velocity call, ``cache`` being
+    ``policy.encode`` of the observation). A coarse reversal that carries how this flow bends
+    at this reference; a learned reversal reading it only has to correct it."""
+    with torch.no_grad():
+        noise = action_to_noise(
+            lambda x, t: policy.velocity(x, t, cache),
+            reference,
+            policy.spec.convention,
+            1,
+            time_grid=policy.spec.time_grid,
+        )
+    return noise.flatten(1).float()
+
+
 def policy_embedding(policy: Any, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``[B, width]``: the flow policy's observation embedding, as a fixed input (no gradient)."""
     with torch.no_grad():
         return policy.observation_embedding(observation).float()
+
+
+def reads_reference(observation_dims: Mapping[str, int]) -> bool:
+    """Whether a network of ``observation_dims`` reads the commanded reference (a learned
+    reversal's inputs), which a policy acting without one cannot give it."""
+    return bool({REFERENCE_ROW, REFERENCE_REVERSAL} & set(observation_dims))
 
 
 def derived_inputs(
@@ -278,16 +304,24 @@ def derived_inputs(
     observation: Mapping[str, torch.Tensor],
     reference: torch.Tensor | None = None,
     commanded: torch.Tensor | None = None,
+    cache: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """The derived inputs (:data:`POLICY_EMBEDDING`, :data:`REFERENCE_ROW`) that a network of
-    ``observation_dims`` reads, for ``observation`` steered toward ``reference``."""
+    """The derived inputs (:data:`POLICY_EMBEDDING`, :data:`REFERENCE_ROW`,
+    :data:`REFERENCE_REVERSAL`) that a network of ``observation_dims`` reads, for
+    ``observation`` steered toward ``reference`` (``cache``: the policy's encoding of
+    ``observation``, encoded here when None and needed)."""
     extra: dict[str, torch.Tensor] = {}
     if POLICY_EMBEDDING in observation_dims:
         extra[POLICY_EMBEDDING] = policy_embedding(policy, observation)
+    if reads_reference(observation_dims) and (reference is None or commanded is None):
+        raise ValueError("this network reads the commanded reference: steer it toward one")
     if REFERENCE_ROW in observation_dims:
-        if reference is None or commanded is None:
-            raise ValueError("this network reads the commanded reference: steer it toward one")
         extra[REFERENCE_ROW] = reference_row(reference.float(), commanded)
+    if REFERENCE_REVERSAL in observation_dims:
+        if cache is None:
+            with torch.no_grad():
+                cache = policy.encode(observation)
+        extra[REFERENCE_REVERSAL] = reference_reversal(policy, cache, reference)
     return extra
 
 
