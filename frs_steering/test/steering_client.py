@@ -214,12 +214,18 @@ REVERSED = 5.0 * math.tanh(0.2)
 
 def learned_reversal(directory: Path, horizon: int = 10, dim: int = 8) -> Path:
     """A learned reversal for the tiny checkpoint whose output is its bias (:data:`REVERSED`
-    on the translation dims), reading the state, the flow's embedding and the reference row."""
+    on the translation dims), reading what the DSBC study's reads: the state, the flow's
+    embedding, the reference row and the reference's one-step reversal."""
     from frs_steering.learning.noise_policy import NoisePolicy, NoisePolicyConfig, save_noise_policy
-    from frs_steering.learning.observation_input import POLICY_EMBEDDING, REFERENCE_ROW
+    from frs_steering.learning.observation_input import (
+        POLICY_EMBEDDING,
+        REFERENCE_REVERSAL,
+        REFERENCE_ROW,
+    )
 
+    reads = {"state": 46, POLICY_EMBEDDING: 32, REFERENCE_ROW: 2 * dim}
     config = NoisePolicyConfig(
-        {"state": 46, POLICY_EMBEDDING: 32, REFERENCE_ROW: 2 * dim},
+        reads | {REFERENCE_REVERSAL: horizon * dim},
         horizon,
         dim,
         target="full",

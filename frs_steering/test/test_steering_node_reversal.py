@@ -66,12 +66,13 @@ def _steer(robot: TabletopRobot, goal: SteerChunk.Goal) -> SteerChunk.Result:
 @pytest.mark.parametrize("method", ["learned_reversal", "reference_policy"])
 def test_learned_reversal_replaces_the_reverse_pass(robot: TabletopRobot, method: str) -> None:
     """Method learned_reversal, and reference_policy goals with a learned reversal loaded, run
-    the forward pass alone (10 velocity calls; FRS: 20) from the reversal's prediction on the
-    commanded translation, fresh noise elsewhere, and the record says which method ran."""
+    the forward pass and the one-step reversal its network reads (11 velocity calls; FRS: 20)
+    from the reversal's prediction on the commanded translation, fresh noise elsewhere, and the
+    record says which method ran."""
     before = len(robot.records)
     result = _steer(robot, _goal(robot, method))
     assert result.outcome == Result.OUTCOME_SUCCEEDED, result.reason
-    assert result.diagnostics.method == "learned_reversal" and result.diagnostics.nfe == 10
+    assert result.diagnostics.method == "learned_reversal" and result.diagnostics.nfe == 11
     noise = np.asarray(result.noise.data).reshape(HORIZON, DIM)
     np.testing.assert_allclose(noise[:, :3], REVERSED, rtol=1e-5)
     assert not np.allclose(noise[:, 3:REAL], REVERSED)

@@ -12,14 +12,18 @@
    budget acts on unused training seeds, FRS labels every state it visits, and the final DSBC
    trains on both (measured: no gain, docs/learning.md). Reference cloning, a reference policy
    obs -> the reasoner's coarse proposal, trains on every chunk's recorded proposal with the
-   same budget (:mod:`frs_steering.learning.reference_policy`).
+   same budget (:mod:`frs_steering.learning.reference_policy`). A learned reversal, a noise
+   policy (obs, the commanded reference and its one-step reversal) -> the noise FRS's reversal
+   finds, trains on every steered chunk in what the budget leaves after the clone: behind the
+   clone the two are DSBC through the cloned proposal.
 3. **evaluate** on the evaluation seeds (the same as ``frs_sim.evaluate``): zero-shot
    FRS, DSBC (noise policy -> generalist, no reasoner), FRS steered by the reference policy's
-   proposals (no reasoner), standard BC and the base policy.
+   proposals (no reasoner), the learned reversal with the scripted reasoner and behind the
+   reference policy, standard BC and the base policy.
 
 Writes ``results.json``, ``results.md``, ``learning_curves.png``, ``success.png``, the trained
-``dsbc/`` noise policy (a checkpoint the steering node loads as ``noise_policy``) and the
-``reference_policy/``.
+``dsbc/`` noise policy (a checkpoint the steering node loads as ``noise_policy``), the
+``reference_policy/`` and the ``learned_reversal/``.
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ REFERENCE_LEARNING_RATE = 3e-3
 #: steps at 3e-3 (26-45 s of CPU on the hosts measured; where the budget ends it first, its
 #: schedule anneals by the budget, which cost nothing measurable at 72 % of the steps, and
 #: results.json records the steps run). On held-out episodes its noises are about half as far
-#: from FRS's as those of 512 units, 2 layers, 4000 steps at 1e-3 (docs/learning.md).
+#: from FRS's as those of 512 units, 2 layers, 4000 steps at 1e-3, and reading the one-step
+#: reversal (``--reversal-one-step``) takes another 30 % off (docs/learning.md).
 REVERSAL_HIDDEN = 384
 REVERSAL_DEPTH = 3
 REVERSAL_STEPS = 3000
