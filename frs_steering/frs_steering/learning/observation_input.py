@@ -252,6 +252,9 @@ def entity_labels(net: ObservationMlp, dataset: Any) -> torch.Tensor | None:
 POLICY_EMBEDDING = "policy_embedding"
 REFERENCE_ROW = "reference_row"
 REFERENCE_REVERSAL = "reference_reversal"
+#: Bound on the one-step reversal as an input: the study's references land within 6.4 of zero;
+#: a reference the flow cannot reverse finitely (1e20) must not turn the network's output NaN.
+REFERENCE_REVERSAL_LIMIT = 100.0
 
 
 def derived_input_widths(policy: Any) -> dict[str, int]:
@@ -273,8 +276,9 @@ def reference_row(reference: torch.Tensor, commanded: torch.Tensor) -> torch.Ten
 def reference_reversal(policy: Any, cache: Any, reference: torch.Tensor) -> torch.Tensor:
     """``[B, horizon * dim]``: where one Euler step back from the normalized ``[B, horizon,
     dim]`` reference lands, at the noise end of the flow (one velocity call, ``cache`` being
-    ``policy.encode`` of the observation). A coarse reversal that carries how this flow bends
-    at this reference; a learned reversal reading it only has to correct it."""
+    ``policy.encode`` of the observation), finite and within :data:`REFERENCE_REVERSAL_LIMIT`.
+    A coarse reversal that carries how this flow bends at this reference; a learned reversal
+    reading it only has to correct it."""
     with torch.no_grad():
         noise = action_to_noise(
             lambda x, t: policy.velocity(x, t, cache),
@@ -283,7 +287,8 @@ def reference_reversal(policy: Any, cache: Any, reference: torch.Tensor) -> torc
             1,
             time_grid=policy.spec.time_grid,
         )
-    return noise.flatten(1).float()
+    limit = REFERENCE_REVERSAL_LIMIT
+    return noise.flatten(1).float().nan_to_num(0.0, limit, -limit).clamp(-limit, limit)
 
 
 def policy_embedding(policy: Any, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
