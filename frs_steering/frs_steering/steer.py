@@ -532,6 +532,11 @@ def steer(
             temperature=float(temperature),
         )
         out = run_method(ctx, **params)
+        if not torch.isfinite(out.chunk).all():  # e.g. a finite reference far past the policy's
+            raise ValueError(  # range: the flow's steps overflow, and nothing may act on that
+                f"method {method!r} made non-finite actions (a reference far outside the "
+                "policy's action range?)"
+            )
         base = out.base_chunk
         if include_base_sample and base is None:
             base = ctx.generate(ctx.noise())

@@ -230,3 +230,13 @@ def test_a_one_step_reader_is_loaded_checked_and_bounded(trained_one_step, tmp_p
     save_noise_policy(NoisePolicy(NoisePolicyConfig(wrong, HORIZON, REAL + 1)), tmp_path / "w")
     with pytest.raises(CheckpointError, match="derived inputs"):
         load_checked_noise_policy(tmp_path / "w", policy)
+
+
+def test_a_reference_the_flow_cannot_reverse_finitely_is_refused_not_returned():
+    """FRS reverses the reference itself: from about 1e20 the flow's steps overflow, and steer
+    says so instead of returning actions nothing may act on."""
+    policy = _policy()
+    obs, references, commanded = _requests(4, seed=5)
+    assert torch.isfinite(_steer(policy, obs, references * 1e6, commanded, "frs").chunk).all()
+    with pytest.raises(ValueError, match="non-finite actions"):
+        _steer(policy, obs, references * 1e20, commanded, "frs")
