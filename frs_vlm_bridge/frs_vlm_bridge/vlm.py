@@ -14,16 +14,19 @@ only as ``Authorization: Bearer ...``, and scrubbed from every reason string.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import math
 import os
 import re
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +250,20 @@ def _snippet(text: str) -> str:
     return flat if len(flat) <= _SNIPPET_CHARS else flat[:_SNIPPET_CHARS] + "..."
 
 
+def _json_loads(text: str, what: str) -> Any:
+    """``json.loads`` of ``text``; AnswerError (naming ``what``) for text that is valid JSON
+    but that Python refuses to decode, which ``json`` raises as other errors than
+    JSONDecodeError: nesting past the recursion limit, an integer past the digit limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise AnswerError(f"{what} is nested too deeply to decode") from None
+    except ValueError as err:
+        raise AnswerError(f"{what} cannot be decoded: {_snippet(str(err))}") from None
+
+
 def extract_json_object(text: str) -> dict[str, Any]:
     """The JSON object in a model's reply, tolerating code fences and reasoning blocks."""
     body = _THINK_BLOCK.sub("", text).strip()
@@ -254,7 +271,7 @@ def extract_json_object(text: str) -> dict[str, Any]:
     if fenced:
         body = fenced.group(1).strip()
     try:
-        value = json.loads(body)
+        value = _json_loads(body, "answer")
     except json.JSONDecodeError as first_error:
         start, end = body.find("{"), body.rfind("}")
         if start < 0 or end <= start:
@@ -262,7 +279,7 @@ def extract_json_object(text: str) -> dict[str, Any]:
                 f"answer is not valid JSON ({first_error.msg}): {_snippet(text)!r}"
             ) from None
         try:
-            value = json.loads(body[start : end + 1])
+            value = _json_loads(body[start : end + 1], "answer")
         except json.JSONDecodeError as err:
             raise AnswerError(
                 f"answer is not valid JSON ({err.msg} at char {err.pos}): {_snippet(text)!r}"
@@ -272,8 +289,14 @@ def extract_json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_finite_number(value: object) -> bool:
+    """A JSON number that is finite as a float (an integer too large for one is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def parse_answer(
@@ -332,9 +355,7 @@ def parse_answer(
     parsed_point: tuple[float, float] | None = None
     if point is not None:
         if not (
-            isinstance(point, list)
-            and len(point) == 2
-            and all(_is_number(c) and math.isfinite(c) for c in point)
+            isinstance(point, list) and len(point) == 2 and all(_is_finite_number(c) for c in point)
         ):
             raise AnswerError(f"field 'point' must be [u, v] numbers or null, got {point!r}")
         if image_size is not None:
@@ -402,7 +423,7 @@ class _RequestFailed(Exception):
 def _completion_text(body: str) -> str:
     """The assistant text in a chat-completions response body (already redacted)."""
     try:
-        data = json.loads(body)
+        data = _json_loads(body, "server response")
     except json.JSONDecodeError:
         raise AnswerError(f"server response is not JSON: {_snippet(body)!r}") from None
     choices = data.get("choices") if isinstance(data, dict) else None
@@ -413,12 +434,51 @@ def _completion_text(body: str) -> str:
         raise AnswerError("server response choice has no message")
     content = message.get("content")
     if isinstance(content, list):  # some servers return content parts
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        content = "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     if not isinstance(content, str) or not content.strip():
         refusal = message.get("refusal")
         detail = f" (refusal: {_snippet(str(refusal))!r})" if refusal else ""
         raise AnswerError(f"answer is empty{detail}")
     return content
+
+
+@contextlib.contextmanager
+def _cut_off_after(seconds: float | None) -> Iterator[list[socket.socket]]:
+    """Shut the sockets added to the yielded list down once ``seconds`` pass, and report that
+    as the deadline running out (None: no bound). Socket timeouts bound each wait only, so
+    without this a server trickling its reply a byte at a time holds a call past any deadline.
+    """
+    sockets: list[socket.socket] = []
+    if seconds is None:
+        yield sockets
+        return
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        for sock in list(sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut_off)
+    timer.daemon = True
+    timer.start()
+    message = f"timed out: no complete response in the {seconds:.3g} s left"
+    ran_out = _RequestFailed(message, True)
+    try:
+        yield sockets
+    except _RequestFailed:
+        if expired.is_set():
+            raise ran_out from None
+        raise
+    finally:
+        timer.cancel()
+    if expired.is_set():  # a read cut short can also end quietly, as if the body were complete
+        raise ran_out
 
 
 class VlmReasoner:
@@ -520,8 +580,18 @@ class VlmReasoner:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _post_once(self, body: bytes, read_timeout: float, connect_timeout: float) -> bytes:
-        """One POST; the response body on 2xx, else _RequestFailed saying what went wrong."""
+    def _post_once(
+        self,
+        body: bytes,
+        read_timeout: float,
+        connect_timeout: float,
+        time_left: float | None = None,
+    ) -> bytes:
+        """One POST; the response body on 2xx, else _RequestFailed saying what went wrong.
+
+        ``time_left`` (s, optional) bounds the whole exchange (see :func:`_cut_off_after`);
+        ``read_timeout`` bounds each wait for the server only.
+        """
         if self._https:
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
                 self._host,
@@ -532,24 +602,32 @@ class VlmReasoner:
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
         phase, limit = "connect", connect_timeout
-        try:
-            connection.connect()
-            connection.sock.settimeout(read_timeout)
-            phase, limit = "response", read_timeout
-            connection.request("POST", self._path, body=body, headers=self._headers())
-            response = connection.getresponse()
-            payload = response.read(self.config.max_response_bytes + 1)
-            status, status_text = response.status, response.reason
-        except TimeoutError:
-            raise _RequestFailed(f"timed out waiting for {phase} ({limit:.3g} s)", True) from None
-        except ConnectionRefusedError:
-            raise _RequestFailed(f"connection refused by {self._host}:{self._port}", True) from None
-        except (ConnectionError, http.client.HTTPException) as err:
-            raise _RequestFailed(f"connection error: {type(err).__name__}: {err}", True) from None
-        except OSError as err:
-            raise _RequestFailed(f"network error: {type(err).__name__}: {err}", False) from None
-        finally:
-            connection.close()
+        with _cut_off_after(time_left) as watched:
+            try:
+                connection.connect()
+                watched.append(connection.sock)  # the response reads it once the connection lets go
+                connection.sock.settimeout(read_timeout)
+                phase, limit = "response", read_timeout
+                connection.request("POST", self._path, body=body, headers=self._headers())
+                response = connection.getresponse()
+                payload = response.read(self.config.max_response_bytes + 1)
+                status, status_text = response.status, response.reason
+            except TimeoutError:
+                raise _RequestFailed(
+                    f"timed out waiting for {phase} ({limit:.3g} s)", True
+                ) from None
+            except ConnectionRefusedError:
+                raise _RequestFailed(
+                    f"connection refused by {self._host}:{self._port}", True
+                ) from None
+            except (ConnectionError, http.client.HTTPException) as err:
+                raise _RequestFailed(
+                    f"connection error: {type(err).__name__}: {err}", True
+                ) from None
+            except OSError as err:
+                raise _RequestFailed(f"network error: {type(err).__name__}: {err}", False) from None
+            finally:
+                connection.close()
         if len(payload) > self.config.max_response_bytes:
             raise _RequestFailed(
                 f"response larger than {self.config.max_response_bytes} bytes", False
@@ -569,12 +647,14 @@ class VlmReasoner:
         while True:
             attempt += 1
             read_timeout, connect_timeout = config.timeout_s, config.connect_timeout_s
+            time_left = None
             if config.deadline_s is not None:
                 remaining = config.deadline_s - (self._clock() - started)
                 read_timeout = max(1e-3, min(read_timeout, remaining))
                 connect_timeout = max(1e-3, min(connect_timeout, remaining))
+                time_left = max(1e-3, remaining)
             try:
-                return self._post_once(body, read_timeout, connect_timeout)
+                return self._post_once(body, read_timeout, connect_timeout, time_left)
             except _RequestFailed as failure:
                 plural = "s" if attempt > 1 else ""
                 summary = f"request failed after {attempt} attempt{plural}: {failure.message}"

@@ -49,12 +49,14 @@ def completion(content: str) -> bytes:
 class ScriptedServer:
     """Chat-completions endpoint on 127.0.0.1 that records requests and replays a script.
 
-    Each scripted reply is (status, body bytes, delay seconds); the last one repeats.
+    Each scripted reply is (status, body bytes, delay seconds); the last one repeats. With
+    ``trickle_s`` > 0 the body goes out one byte at a time, that many seconds apart.
     """
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.script: list[tuple[int, bytes, float]] = []
+        self.trickle_s = 0.0
         self._stop = threading.Event()
         server = self
 
@@ -74,7 +76,13 @@ class ScriptedServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(reply)))
                     self.end_headers()
-                    self.wfile.write(reply)
+                    if not server.trickle_s:
+                        self.wfile.write(reply)
+                    for byte in reply if server.trickle_s else b"":
+                        if server._stop.wait(server.trickle_s):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
                 except OSError:  # the client gave up (timeout test)
                     pass
 
@@ -238,6 +246,36 @@ def test_deadline_bounds_the_whole_call(server):
     proposal = reasoner.propose(OBS)
     assert proposal.defer and "timed out" in proposal.reason
     assert time.monotonic() - started < 0.9
+
+
+def test_deadline_bounds_a_server_that_trickles_its_reply(server):
+    """Each byte arrives well inside timeout_s, so only the deadline can end the call."""
+    server.trickle_s = 0.05  # the whole reply would take ~15 s
+    server.answer(json.dumps(VALID))
+    reasoner = make_reasoner(server.url, max_retries=10, deadline_s=0.5)
+    started = time.monotonic()
+    proposal = reasoner.propose(OBS)
+    assert time.monotonic() - started < 0.9
+    assert proposal.defer and "no complete response" in proposal.reason, proposal.reason
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (completion("[" * 100_000 + "]" * 100_000), "answer is nested too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "server response is nested too deeply"),
+        (completion('{"defer": true, "reason": 1' + "0" * 5000 + "}"), "cannot be decoded"),
+        (completion(json.dumps({**VALID, "point": [10**400, 2]})), "field 'point'"),
+        (json.dumps({"choices": [{"message": {"content": [{"text": 5}]}}]}).encode(), "empty"),
+    ],
+    ids=["deep-answer", "deep-response", "long-integer", "huge-point", "non-text-part"],
+)
+def test_json_python_cannot_decode_is_rejected_without_a_traceback(server, caplog, reply, expected):
+    server.fail(200, reply)
+    with caplog.at_level(logging.ERROR, logger="frs_vlm_bridge.vlm"):
+        proposal = make_reasoner(server.url).propose(OBS)
+    assert proposal.defer and "answer rejected" in proposal.reason, proposal.reason
+    assert expected in proposal.reason and not caplog.records
 
 
 def test_server_error_is_retried_then_succeeds(server):
