@@ -41,9 +41,11 @@ from frs_bringup.bag_replay import (
     iter_chunks,
     steering_parameters,
 )
-from frs_bringup.bags import BagError, BagReader, parse_remaps
+from frs_bringup.bags import RECORD_TOPICS, BagError, BagReader, parse_remaps
 
 STATUS_TOPIC = "frs/episode_status"
+#: What ``--chunk-topic`` may hold: steering records, or plain (e.g. teleoperated) chunks.
+CHUNK_TYPES = (RECORD_TOPICS[RECORD_TOPIC], "frs_msgs/msg/ActionChunk")
 # Largest RMS (real units) between the executed chunk and the regenerated logged noise for that
 # noise to be the label: float error only (re-runs reproduce logged chunks to ~1e-6).
 LOGGED_TOLERANCE = 1e-4
@@ -54,6 +56,7 @@ def episode_outcomes(bag: BagReader, window: tuple[int, int]) -> tuple[list, lis
     times, episodes, success = [], [], {}
     if bag.count(STATUS_TOPIC) == 0:
         return times, episodes, success
+    bag.check_types({STATUS_TOPIC: [RECORD_TOPICS[STATUS_TOPIC]]})
     for item in bag.messages([STATUS_TOPIC], None, window[1]):
         times.append(item.log_ns)
         episodes.append(int(item.msg.episode))
@@ -179,6 +182,7 @@ def export(args: argparse.Namespace) -> dict:
             skipped=skipped,
             progress=progress,
             chunk_topic=topic,
+            chunk_types=CHUNK_TYPES,
         ):
             msg = chunk.record.refined if hasattr(chunk.record, "refined") else chunk.record
             try:

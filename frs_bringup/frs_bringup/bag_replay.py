@@ -32,14 +32,14 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from frs_bringup.bags import BagError, BagReader, BagWriter, parse_remaps
+from frs_bringup.bags import RECORD_TOPICS, BagError, BagReader, BagWriter, parse_remaps
 
 RECORD_TOPIC = "frs/steering/record"
 JOINTS_TOPIC = "joint_states"
@@ -204,10 +204,13 @@ def iter_chunks(
     skipped: Skipped,
     progress: bool,
     chunk_topic: str = RECORD_TOPIC,
+    chunk_types: Collection[str] = (RECORD_TOPICS[RECORD_TOPIC],),
 ) -> Iterator[Chunk]:
     """Logged chunks in ``[start_ns, end_ns]`` with their rebuilt observation and reference.
 
     Samples from before ``start_ns`` (up to the buffer) still serve chunks inside the range.
+    ``chunk_types``: the message types ``chunk_topic`` may hold. A topic recorded with another
+    type than expected (the inputs' too) is a BagError, before anything is read as that type.
     """
     from tqdm import tqdm
 
@@ -217,6 +220,14 @@ def iter_chunks(
     streams = builder.topics()
     instruction = ""
     topics = [JOINTS_TOPIC, *streams, INSTRUCTION_TOPIC, chunk_topic]
+    bag.check_types(
+        {
+            JOINTS_TOPIC: [RECORD_TOPICS[JOINTS_TOPIC]],
+            **{spec.topic.strip("/"): [spec.msg_type] for spec in builder.adapter.streams()},
+            INSTRUCTION_TOPIC: [RECORD_TOPICS[INSTRUCTION_TOPIC]],
+            chunk_topic: chunk_types,
+        }
+    )
     total = sum(bag.count(t) for t in topics)
     bar = tqdm(total=total, unit="msg", desc="replay", disable=not progress, file=sys.stderr)
     lookback = start_ns - 60 * 1_000_000_000

@@ -31,7 +31,7 @@ import stat
 import struct
 import sys
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -493,6 +493,22 @@ class BagReader:
                 f"bag {self.path} lacks messages on {missing}{reason}; it has {present}. "
                 "Record them, or map other names with --remap old:=new"
             )
+
+    def check_types(self, expected: Mapping[str, Collection[str]]) -> None:
+        """BagError naming every topic of ``expected`` recorded with a message type not among
+        its types: a message of another type decodes, and would then be read as what it is not
+        (a bag of another stack, or ``--remap`` onto the wrong topic)."""
+        wrong = {
+            topic: sorted({c.msgtype for c in self.connections.get(topic, [])} - set(types))
+            for topic, types in expected.items()
+        }
+        details = [
+            f"{topic} holds {found}, expected {sorted(expected[topic])}"
+            for topic, found in wrong.items()
+            if found
+        ]
+        if details:
+            raise BagError(f"bag {self.path} has wrong message types: {'; '.join(details)}")
 
     def time_window(self, start_s: float | None, end_s: float | None) -> tuple[int, int]:
         """Absolute ``[start, end]`` ns from offsets in seconds after the bag's first message."""

@@ -326,6 +326,16 @@ def _missing_topics(session: Path, root: Path) -> Path:
     return root / "missing"
 
 
+def _wrong_types(_session: Path, root: Path) -> Path:
+    """Every topic the tools need, each holding strings (a bag of another stack)."""
+    with BagWriter(root / "wrong") as writer:
+        text = typestore().types["std_msgs/msg/String"](data="not a joint state")
+        for topic in SESSION_TOPICS:
+            writer.add_topic(topic, "std_msgs/msg/String")
+            writer.write(topic, 1_000_000_000, text)
+    return root / "wrong"
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -334,8 +344,9 @@ def _missing_topics(session: Path, root: Path) -> Path:
         (_empty, "empty"),
         (_missing_topics, "lacks messages on ['frs/steering/record']"),
         (lambda _s, root: root / "nowhere", "does not exist"),
+        (_wrong_types, "joint_states holds ['std_msgs/msg/String']"),
     ],
-    ids=["truncated", "corrupt", "empty", "missing-topics", "missing-path"],
+    ids=["truncated", "corrupt", "empty", "missing-topics", "missing-path", "wrong-types"],
 )
 def test_broken_bags_fail_clearly_and_write_nothing(session, tmp_path, make, message) -> None:  # noqa: ANN001
     bag = make(session, tmp_path)
