@@ -10,8 +10,10 @@ env does not exist. Inside the side env the real tests below are collected.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,7 +26,7 @@ SIDE_PYTHON = Path(
 )
 INSIDE = importlib.util.find_spec("lerobot") is not None
 #: Tests the side env must run (the runner fails if fewer pass, e.g. if some were skipped).
-EXPECTED_SIDE_TESTS = 13
+EXPECTED_SIDE_TESTS = 14
 
 
 if not INSIDE:
@@ -242,6 +244,32 @@ else:
         (tmp_path / "config.json").write_text((checkpoints["pi05"] / "config.json").read_text())
         with pytest.raises(LeRobotCheckpointError, match="model.safetensors"):
             load_lerobot_pi(tmp_path)
+
+    def test_broken_files_raise_checkpoint_errors_naming_them(checkpoints, tmp_path) -> None:
+        """What LeRobot's parsers raise on a broken file (SafetensorError, draccus's
+        DecodingError, TypeError) is not a ValueError; the steering node's configure catches
+        ValueError and says why, and rclpy swallows anything else without a word."""
+
+        def truncate(path: Path) -> None:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+        def edit_config(path: Path) -> None:
+            path.write_text(json.dumps({**json.loads(path.read_text()), "chunk_size": "fifty"}))
+
+        cases = [
+            ("model.safetensors", truncate, "SafetensorError"),
+            ("config.json", edit_config, "DecodingError.*chunk_size"),
+            ("config.json", lambda path: path.write_text("[1, 2]"), "TypeError"),
+            ("policy_preprocessor_step_3_normalizer_processor.safetensors", truncate, "Safet"),
+        ]
+        for index, (name, edit, error) in enumerate(cases):
+            broken = tmp_path / str(index)
+            shutil.copytree(checkpoints["pi05"], broken)
+            edit(broken / name)
+            target = name if name.endswith(("config.json", "model.safetensors")) else "policy_pre"
+            with tiny_architecture(), pytest.raises(LeRobotCheckpointError) as caught:
+                load_lerobot_pi(broken)
+            assert re.search(f"cannot read {broken / target}.*{error}", str(caught.value))
 
     def image_msg(stamp_ns: int, seed: int, height: int = 48, width: int = 80):
         """A random bgr8 camera image (not square: exercises LeRobot's resize with padding)."""

@@ -20,8 +20,9 @@ tokenizer as an object or in ``<dir>/tokenizer``). LeRobot is imported on first 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,21 @@ def action_normalizer(preprocessor: Any, modules: LeRobotModules | None = None) 
     raise LeRobotCheckpointError(f"action normalization {mode} is not supported")
 
 
+@contextlib.contextmanager
+def _reading(what: Path | str) -> Iterator[None]:
+    """LeRobotCheckpointError naming ``what`` (a file) for what LeRobot's, draccus's or
+    safetensors's parsers raise on a broken file: their own types (SafetensorError,
+    DecodingError, TypeError...), which callers that catch ValueError would miss."""
+    try:
+        yield
+    except (LeRobotCheckpointError, ImportError):
+        raise
+    except Exception as error:  # noqa: BLE001 - the parsers raise many types on bad files
+        raise LeRobotCheckpointError(
+            f"cannot read {what}: {type(error).__name__}: {error}"
+        ) from None
+
+
 def _required_file(directory: Path, name: str) -> Path:
     path = directory / name
     if not path.is_file():
@@ -280,12 +296,13 @@ def load_lerobot_pi(
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     modules = import_lerobot()
-    _required_file(directory, "config.json")
+    config_file = _required_file(directory, "config.json")
     weights = _required_file(directory, "model.safetensors")
-    _required_file(directory, PREPROCESSOR_FILE)
-    config = modules.configs_policies.PreTrainedConfig.from_pretrained(
-        str(directory), local_files_only=True
-    )
+    preprocessor_file = _required_file(directory, PREPROCESSOR_FILE)
+    with _reading(config_file):
+        config = modules.configs_policies.PreTrainedConfig.from_pretrained(
+            str(directory), local_files_only=True
+        )
     if config.type not in POLICY_TYPES:
         raise LeRobotCheckpointError(f"{directory} holds a {config.type!r} policy, not pi0/pi05")
     config.device = str(device)
@@ -293,7 +310,9 @@ def load_lerobot_pi(
         modules.modeling_pi0.PI0Policy if config.type == "pi0" else modules.modeling_pi05.PI05Policy
     )
     lerobot_policy = policy_cls(config)
-    tensors = lerobot_policy._fix_pytorch_state_dict_keys(load_file(str(weights)), config)
+    with _reading(weights):
+        tensors = load_file(str(weights))
+    tensors = lerobot_policy._fix_pytorch_state_dict_keys(tensors, config)
     tensors = {k if k.startswith("model.") else f"model.{k}": v for k, v in tensors.items()}
     missing, unexpected = lerobot_policy.load_state_dict(tensors, strict=False)
     if missing or unexpected:
@@ -312,13 +331,14 @@ def load_lerobot_pi(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    preprocessor = modules.pipeline.PolicyProcessorPipeline.from_pretrained(
-        str(directory),
-        config_filename=PREPROCESSOR_FILE,
-        local_files_only=True,
-        overrides={
-            "tokenizer_processor": {"tokenizer": tokenizer},
-            "device_processor": {"device": str(device)},
-        },
-    )
+    with _reading(f"{preprocessor_file} (or a state file it names)"):
+        preprocessor = modules.pipeline.PolicyProcessorPipeline.from_pretrained(
+            str(directory),
+            config_filename=PREPROCESSOR_FILE,
+            local_files_only=True,
+            overrides={
+                "tokenizer_processor": {"tokenizer": tokenizer},
+                "device_processor": {"device": str(device)},
+            },
+        )
     return LeRobotPiPolicy(lerobot_policy, action_normalizer(preprocessor, modules), preprocessor)
