@@ -181,6 +181,11 @@ def steering_adapter(params: dict[str, Any]) -> Any:
     )
 
 
+def observed_topic_types(adapter: Any) -> dict[str, str]:
+    """Bag topic -> message type of each stream an observation adapter reads."""
+    return {spec.topic.strip("/"): spec.msg_type for spec in adapter.streams()}
+
+
 def steering_parameters(params_file: Path | None) -> dict[str, Any]:
     """The steering node's ``ros__parameters`` in a parameter YAML ({} without a file)."""
     if params_file is None:
@@ -223,7 +228,7 @@ def iter_chunks(
     bag.check_types(
         {
             JOINTS_TOPIC: [RECORD_TOPICS[JOINTS_TOPIC]],
-            **{spec.topic.strip("/"): [spec.msg_type] for spec in builder.adapter.streams()},
+            **{topic: [kind] for topic, kind in observed_topic_types(builder.adapter).items()},
             INSTRUCTION_TOPIC: [RECORD_TOPICS[INSTRUCTION_TOPIC]],
             chunk_topic: chunk_types,
         }

@@ -185,10 +185,9 @@ def select_topics(args: argparse.Namespace, observed: dict[str, str]) -> dict[st
 
 def observed_topics(params_file: Path) -> dict[str, str]:
     """Topic -> type of what the steering node configured by ``params_file`` observes."""
-    from frs_bringup.bag_replay import steering_adapter, steering_parameters
+    from frs_bringup.bag_replay import observed_topic_types, steering_adapter, steering_parameters
 
-    adapter = steering_adapter(steering_parameters(params_file))
-    return {spec.topic.strip("/"): spec.msg_type for spec in adapter.streams()}
+    return observed_topic_types(steering_adapter(steering_parameters(params_file)))
 
 
 def main(argv: list[str] | None = None) -> int:

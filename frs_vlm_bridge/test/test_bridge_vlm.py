@@ -78,7 +78,8 @@ class ScriptedServer:
                     self.end_headers()
                     if not server.trickle_s:
                         self.wfile.write(reply)
-                    for byte in reply if server.trickle_s else b"":
+                        return
+                    for byte in reply:
                         if server._stop.wait(server.trickle_s):
                             return
                         self.wfile.write(bytes([byte]))
